@@ -1,0 +1,362 @@
+//! The pipeline config: `pipelines/<name>.toml`.
+//!
+//! One TOML file says everything a run computes with: the dataset, the model
+//! backend, the rollout, the rewards, the selection and the optimizer. Each
+//! hyper-parameter of the paper (section 4.1) is here, with the paper's value
+//! documented beside the embedded default. Unknown keys are errors (a typo
+//! must not silently fall back to a default), and [`PipelineConfig::validate`]
+//! checks every value's range with a message that names the key.
+//!
+//! [`PipelineConfig::fingerprint`] is the SHA-256 of the canonical JSON form
+//! of the config: a stage commit records it, and a rerun under a different
+//! config is refused instead of mixing two configs in one run.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// A config that could not be read or is invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read pipeline config '{path}': {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("pipeline config '{path}' is not valid: {message}")]
+    Parse { path: String, message: String },
+    #[error("pipeline config '{path}': {key} = {value}: {reason}")]
+    Invalid {
+        path: String,
+        key: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+/// The whole pipeline config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    pub run: RunSection,
+    pub data: DataSection,
+    pub model: ModelSection,
+    pub rollout: RolloutSection,
+    pub reward: RewardSection,
+    pub select: SelectSection,
+    pub optimize: OptimizeSection,
+}
+
+/// `[run]`: identity and length of the run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSection {
+    /// Root of every random draw: (seed, iteration, stage, group, candidate).
+    pub seed: u64,
+    /// Iterations of the full schedule (eta is annealed over it).
+    pub iterations: u64,
+}
+
+/// `[data]`: the prompts and action sequences trained on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// World prompts (scenes). Paper: 4,000 images with captions.
+    pub prompts: u64,
+    /// Groups (prompt, action sequence) per iteration.
+    pub groups: u64,
+    /// Fraction of training sequences that use combined actions.
+    pub combined_fraction: f64,
+}
+
+/// Which model backend a run uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    /// A linear-Gaussian policy over small latent vectors: exercises the
+    /// pipeline mechanics (rollout, scoring, selection, updates, commits) in
+    /// milliseconds. Not a video model.
+    Linear,
+}
+
+/// `[model]`: the policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    pub kind: ModelKind,
+    /// Size of one clip's latent vector (linear backend).
+    pub latent_dim: usize,
+}
+
+/// Rollout granularity (Table 2 ablation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutMode {
+    /// The paper's clip-level rollout: shared prefix, G candidates of clip n.
+    Clip,
+    /// Sample-level: G whole sequences per group, scored as a whole.
+    Sample,
+}
+
+/// `[rollout]`: clips, candidates, sampler.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutSection {
+    pub mode: RolloutMode,
+    /// N clips per sequence. Paper: 16.
+    pub clips: u64,
+    /// 4-frame action windows per clip. Paper: 4 (16 frames per clip).
+    pub windows_per_clip: u64,
+    /// G candidates per group. Paper: 16.
+    pub candidates: u64,
+    /// T sampler steps. Paper: 40.
+    pub sampler_steps: u64,
+    /// Timestep shift of the flow-matching schedule (1 = none).
+    pub timestep_shift: f64,
+}
+
+/// Which rewards drive the update (Table 2 ablation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RewardSet {
+    Both,
+    IfOnly,
+    VqOnly,
+}
+
+/// `[reward]`: the action-accuracy metric and the quality scorer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewardSection {
+    /// Rotation threshold tau_rot in degrees. Paper: 1.
+    pub tau_rot_deg: f64,
+    /// Translation thresholds; a window is right under any of them.
+    /// Paper: [0.01, 0.02, 0.03, 0.04, 0.05].
+    pub trans_thresholds: Vec<f64>,
+    /// Score frames sampled every this many frames for VQ. Paper: 4.
+    pub vq_frame_stride: u64,
+    /// External scorer command (program and arguments); empty = built-in.
+    #[serde(default)]
+    pub external_command: Vec<String>,
+    /// Seconds before an external scorer is killed.
+    #[serde(default = "default_timeout")]
+    pub external_timeout_s: u64,
+}
+
+fn default_timeout() -> u64 {
+    3600
+}
+
+/// `[select]`: advantages, optimality probability, best-of-N.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelectSection {
+    pub rewards: RewardSet,
+    /// lambda: weight of IF in the combined advantage. Paper: 2/3.
+    pub lambda: f64,
+    /// Z: advantage normaliser inside the clip. Paper: 2.
+    pub z: f64,
+    /// Best-of-N on/off (Table 3 ablation).
+    pub best_of_n: bool,
+    /// Keep this many top and this many bottom candidates. Paper: 3 and 3.
+    pub keep_top: u64,
+    pub keep_bottom: u64,
+}
+
+/// `[optimize]`: the NFT update, optimizer and old-policy EMA.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimizeSection {
+    /// Learning rate. Paper: 1e-5 for an 8B model.
+    pub lr: f64,
+    /// NFT beta. Paper: 1.
+    pub beta: f64,
+    /// Fraction of the T timesteps trained on per iteration. Paper: 0.5.
+    pub timestep_fraction: f64,
+    /// EMA decay of the old policy, annealed linearly. Paper: 0.4 -> 0.8.
+    pub eta_start: f64,
+    pub eta_end: f64,
+    /// Momentum of the optimizer.
+    pub momentum: f64,
+    /// Weight of the optional KL term to the reference model. Paper: off (0).
+    pub kl_weight: f64,
+}
+
+impl PipelineConfig {
+    /// Read and validate a config file.
+    pub fn load(path: &str) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_string(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parse and validate config text; `origin` names it in errors.
+    pub fn parse(origin: &str, text: &str) -> Result<Self, ConfigError> {
+        let cfg: PipelineConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_string(),
+            message: e.to_string(),
+        })?;
+        cfg.validate(origin)?;
+        Ok(cfg)
+    }
+
+    /// The config as TOML (what `init` stores as the run's `run.toml`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serialises")
+    }
+
+    /// SHA-256 of the canonical JSON of the config.
+    pub fn fingerprint(&self) -> String {
+        let json = serde_json::to_vec(self).expect("config serialises");
+        hex::encode(Sha256::digest(&json))
+    }
+
+    /// Check every value's range.
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let bad = |key: &'static str, value: String, reason: &str| {
+            Err(ConfigError::Invalid {
+                path: origin.to_string(),
+                key,
+                value,
+                reason: reason.to_string(),
+            })
+        };
+        let unit = |x: f64| (0.0..=1.0).contains(&x);
+        let r = &self.rollout;
+        let s = &self.select;
+        let o = &self.optimize;
+        if self.run.iterations == 0 {
+            return bad("run.iterations", "0".into(), "must be at least 1");
+        }
+        if self.data.prompts == 0 {
+            return bad("data.prompts", "0".into(), "must be at least 1");
+        }
+        if self.data.groups == 0 {
+            return bad("data.groups", "0".into(), "must be at least 1");
+        }
+        if !unit(self.data.combined_fraction) {
+            return bad("data.combined_fraction", self.data.combined_fraction.to_string(), "must be in [0, 1]");
+        }
+        if self.model.latent_dim == 0 {
+            return bad("model.latent_dim", "0".into(), "must be at least 1");
+        }
+        if r.clips == 0 {
+            return bad("rollout.clips", "0".into(), "must be at least 1");
+        }
+        if r.windows_per_clip == 0 {
+            return bad("rollout.windows_per_clip", "0".into(), "must be at least 1");
+        }
+        if r.candidates < 2 {
+            return bad("rollout.candidates", r.candidates.to_string(), "need at least 2 candidates for a group advantage");
+        }
+        if r.sampler_steps == 0 {
+            return bad("rollout.sampler_steps", "0".into(), "must be at least 1");
+        }
+        if !(r.timestep_shift > 0.0 && r.timestep_shift.is_finite()) {
+            return bad("rollout.timestep_shift", r.timestep_shift.to_string(), "must be a positive number");
+        }
+        let rw = &self.reward;
+        if !(rw.tau_rot_deg > 0.0 && rw.tau_rot_deg.is_finite()) {
+            return bad("reward.tau_rot_deg", rw.tau_rot_deg.to_string(), "must be a positive number of degrees");
+        }
+        if rw.trans_thresholds.is_empty() || rw.trans_thresholds.iter().any(|t| !(*t > 0.0 && t.is_finite())) {
+            return bad("reward.trans_thresholds", format!("{:?}", rw.trans_thresholds), "must be a non-empty list of positive numbers");
+        }
+        if rw.vq_frame_stride == 0 {
+            return bad("reward.vq_frame_stride", "0".into(), "must be at least 1");
+        }
+        if !unit(s.lambda) {
+            return bad("select.lambda", s.lambda.to_string(), "must be in [0, 1]");
+        }
+        if !(s.z > 0.0 && s.z.is_finite()) {
+            return bad("select.z", s.z.to_string(), "must be a positive number");
+        }
+        if s.best_of_n && s.keep_top + s.keep_bottom > r.candidates {
+            return bad(
+                "select.keep_top",
+                s.keep_top.to_string(),
+                &format!("keep_top + keep_bottom ({}) exceeds rollout.candidates ({})", s.keep_top + s.keep_bottom, r.candidates),
+            );
+        }
+        if s.best_of_n && s.keep_top + s.keep_bottom == 0 {
+            return bad("select.keep_top", "0".into(), "best_of_n keeps nothing: set keep_top/keep_bottom or best_of_n = false");
+        }
+        if !(o.lr > 0.0 && o.lr.is_finite()) {
+            return bad("optimize.lr", o.lr.to_string(), "must be a positive number");
+        }
+        if !(o.beta > 0.0 && o.beta.is_finite()) {
+            return bad("optimize.beta", o.beta.to_string(), "must be a positive number");
+        }
+        if !(o.timestep_fraction > 0.0 && o.timestep_fraction <= 1.0) {
+            return bad("optimize.timestep_fraction", o.timestep_fraction.to_string(), "must be in (0, 1]");
+        }
+        if !unit(o.eta_start) {
+            return bad("optimize.eta_start", o.eta_start.to_string(), "must be in [0, 1]");
+        }
+        if !unit(o.eta_end) {
+            return bad("optimize.eta_end", o.eta_end.to_string(), "must be in [0, 1]");
+        }
+        if !(0.0..1.0).contains(&o.momentum) {
+            return bad("optimize.momentum", o.momentum.to_string(), "must be in [0, 1)");
+        }
+        if !(o.kl_weight >= 0.0 && o.kl_weight.is_finite()) {
+            return bad("optimize.kl_weight", o.kl_weight.to_string(), "must be >= 0");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn embedded() -> String {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../pipelines/embedded.toml");
+        std::fs::read_to_string(path).unwrap()
+    }
+
+    #[test]
+    fn shipped_pipelines_parse_and_validate() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../pipelines");
+        let mut n = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                PipelineConfig::load(path.to_str().unwrap()).unwrap_or_else(|e| panic!("{e}"));
+                n += 1;
+            }
+        }
+        assert!(n >= 1);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let text = embedded().replace("[select]", "[select]\nlambdaa = 0.5");
+        let err = PipelineConfig::parse("x.toml", &text).unwrap_err().to_string();
+        assert!(err.contains("lambdaa") && err.contains("x.toml"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_is_named_with_reason() {
+        let cfg = PipelineConfig::parse("e", &embedded()).unwrap();
+        let text = embedded().replace(&format!("lambda = {}", cfg.select.lambda), "lambda = 1.5");
+        let err = PipelineConfig::parse("x.toml", &text).unwrap_err().to_string();
+        assert!(err.contains("select.lambda = 1.5") && err.contains("[0, 1]"), "{err}");
+        let text = embedded().replace("[rollout]", "[rollout]\n").replace(&format!("candidates = {}", cfg.rollout.candidates), "candidates = \"eight\"");
+        let err = PipelineConfig::parse("x.toml", &text).unwrap_err().to_string();
+        assert!(err.contains("candidates"), "{err}");
+    }
+
+    #[test]
+    fn fingerprint_changes_with_any_value_and_survives_roundtrip() {
+        let cfg = PipelineConfig::parse("e", &embedded()).unwrap();
+        let back = PipelineConfig::parse("roundtrip", &cfg.to_toml()).unwrap();
+        assert_eq!(cfg, back);
+        assert_eq!(cfg.fingerprint(), back.fingerprint());
+        let mut other = cfg.clone();
+        other.optimize.lr *= 2.0;
+        assert_ne!(cfg.fingerprint(), other.fingerprint());
+    }
+}

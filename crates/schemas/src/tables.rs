@@ -1,0 +1,204 @@
+//! Arrow schemas of the Parquet tables the stages exchange.
+
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema};
+use serde::Serialize;
+
+/// Column types used by the project's tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FieldType {
+    Int64,
+    Float32,
+    Float64,
+    Boolean,
+    Utf8,
+    /// A list of u8 values (for example one action bit mask per window).
+    ListUint8,
+    /// A list of f32 values (for example per-frame scores).
+    ListFloat32,
+}
+
+impl FieldType {
+    /// The Arrow type of this column.
+    pub fn arrow(&self) -> DataType {
+        match self {
+            FieldType::Int64 => DataType::Int64,
+            FieldType::Float32 => DataType::Float32,
+            FieldType::Float64 => DataType::Float64,
+            FieldType::Boolean => DataType::Boolean,
+            FieldType::Utf8 => DataType::Utf8,
+            FieldType::ListUint8 => DataType::List(Arc::new(Field::new("item", DataType::UInt8, true))),
+            FieldType::ListFloat32 => DataType::List(Arc::new(Field::new("item", DataType::Float32, true))),
+        }
+    }
+
+    /// Whether an Arrow type read from a file is acceptable for this column.
+    /// Lists are compared by item type only (item field names differ between
+    /// writers: pyarrow says `element`, arrow-rs says `item`), and large
+    /// strings are accepted as strings.
+    pub fn accepts(&self, found: &DataType) -> bool {
+        match (self, found) {
+            (FieldType::Utf8, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) => true,
+            (FieldType::ListUint8, DataType::List(f) | DataType::LargeList(f)) => f.data_type() == &DataType::UInt8,
+            (FieldType::ListFloat32, DataType::List(f) | DataType::LargeList(f)) => {
+                f.data_type() == &DataType::Float32
+            }
+            (t, found) => &t.arrow() == found,
+        }
+    }
+}
+
+/// One column of a table.
+#[derive(Debug, Clone, Serialize)]
+pub struct FieldSpec {
+    pub name: &'static str,
+    #[serde(rename = "type")]
+    pub dtype: FieldType,
+    pub nullable: bool,
+    pub doc: &'static str,
+}
+
+/// A Parquet table's schema.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableSchema {
+    pub name: &'static str,
+    pub format: &'static str,
+    pub doc: &'static str,
+    pub fields: Vec<FieldSpec>,
+}
+
+impl TableSchema {
+    /// The Arrow schema.
+    pub fn arrow(&self) -> Arc<Schema> {
+        Arc::new(Schema::new(
+            self.fields
+                .iter()
+                .map(|f| Field::new(f.name, f.dtype.arrow(), f.nullable))
+                .collect::<Vec<_>>(),
+        ))
+    }
+
+    /// The schema as the pretty JSON checked into `schemas/tables/`.
+    pub fn to_json(&self) -> String {
+        let mut s = serde_json::to_string_pretty(self).expect("schema serialises");
+        s.push('\n');
+        s
+    }
+
+    /// Look a column up by name.
+    pub fn field(&self, name: &str) -> Option<&FieldSpec> {
+        self.fields.iter().find(|f| f.name == name)
+    }
+}
+
+const fn col(name: &'static str, dtype: FieldType, doc: &'static str) -> FieldSpec {
+    FieldSpec {
+        name,
+        dtype,
+        nullable: false,
+        doc,
+    }
+}
+
+/// Prompts of a run: one row per world prompt (scene).
+pub fn prompts() -> TableSchema {
+    use FieldType::*;
+    TableSchema {
+        name: "prompts",
+        format: "parquet",
+        doc: "World prompts: one row per scene. Written by `init`/`data` at data/prompts.parquet.",
+        fields: vec![
+            col("prompt_id", Int64, "Prompt index, 0-based."),
+            col("scene_seed", Int64, "Seed of the procedural scene."),
+            col("caption", Utf8, "Text description of the scene."),
+        ],
+    }
+}
+
+/// Groups of a run: one row per (prompt, action sequence) pair trained on.
+pub fn groups() -> TableSchema {
+    use FieldType::*;
+    TableSchema {
+        name: "groups",
+        format: "parquet",
+        doc: "Training groups: one (prompt, action sequence) per row. Written at data/groups.parquet. \
+              Action masks: one u8 per 4-frame window, bit 0 forward, 1 backward, 2 left, 3 right, \
+              4 turn up, 5 turn down, 6 turn left, 7 turn right.",
+        fields: vec![
+            col("group_id", Int64, "Group index, 0-based; shards own groups round-robin."),
+            col("prompt_id", Int64, "Prompt (scene) of the group."),
+            col("kind", Utf8, "Action-sequence kind: 'basic' or 'combined'."),
+            col("num_clips", Int64, "Clips in the sequence (N)."),
+            col("actions", ListUint8, "Action bit mask per window, num_clips * windows_per_clip entries."),
+        ],
+    }
+}
+
+const SCORE_FIELDS: [FieldSpec; 9] = [
+    col("iter", FieldType::Int64, "Training iteration k."),
+    col("group_id", FieldType::Int64, "Group of the candidate."),
+    col("prompt_id", FieldType::Int64, "Prompt of the group."),
+    col("clip_index", FieldType::Int64, "Target clip n (1-based) scored in this iteration."),
+    col("candidate", FieldType::Int64, "Candidate index j within the group, 0..G."),
+    col("rot_acc", FieldType::Float64, "Rotation accuracy over the clip's windows, in [0, 1]."),
+    col("trans_acc", FieldType::Float64, "Translation accuracy over the clip's windows, in [0, 1]."),
+    col("if_score", FieldType::Float64, "Interaction following: mean of rot_acc and trans_acc."),
+    col("vq_score", FieldType::Float64, "Visual quality: mean score over frames sampled every 4 frames."),
+];
+
+/// Per-candidate scores written by the reward stage (and by external scorers).
+pub fn reward_scores() -> TableSchema {
+    TableSchema {
+        name: "reward_scores",
+        format: "parquet",
+        doc: "Reward stage output: one row per candidate clip. iters/<k>/reward/<shard>/scores.parquet.",
+        fields: SCORE_FIELDS.to_vec(),
+    }
+}
+
+/// The select stage's output, which is also the reward log.
+pub fn selection() -> TableSchema {
+    use FieldType::*;
+    let mut fields = SCORE_FIELDS.to_vec();
+    fields.extend([
+        col("adv_if", Float64, "Group-normalised IF advantage (0 when the group has no spread)."),
+        col("adv_vq", Float64, "Group-normalised VQ advantage (0 when the group has no spread)."),
+        col("adv", Float64, "Combined advantage lambda*adv_if + (1-lambda)*adv_vq."),
+        col("r", Float64, "Optimality probability 1/2 + 1/2 clip(adv/Z, -1, 1)."),
+        col("selected", Boolean, "Kept by best-of-N (top k and bottom k by adv) for the update."),
+    ]);
+    TableSchema {
+        name: "selection",
+        format: "parquet",
+        doc: "Select stage output and reward log: one row per candidate. Written at \
+              iters/<k>/select/selection.parquet and reward_log/iter-<k>.parquet.",
+        fields,
+    }
+}
+
+/// Metrics of the optimize stage: one row per optimizer step.
+pub fn optimize_metrics() -> TableSchema {
+    use FieldType::*;
+    TableSchema {
+        name: "optimize_metrics",
+        format: "parquet",
+        doc: "Optimize stage metrics: one row per optimizer step. iters/<k>/optimize/metrics.parquet.",
+        fields: vec![
+            col("iter", Int64, "Training iteration k."),
+            col("step", Int64, "Optimizer step within the iteration."),
+            col("loss", Float64, "Loss of the step (NaN if the step was rejected)."),
+            col("grad_norm", Float64, "Global gradient norm before the update."),
+            col("lr", Float64, "Learning rate of the step."),
+            col("eta", Float64, "EMA decay used for the old-policy update of this iteration."),
+            col("samples", Int64, "Training samples (candidate x timestep) in the step."),
+            col("applied", Boolean, "False when the step produced NaN/Inf and was not applied."),
+        ],
+    }
+}
+
+/// Every table schema.
+pub fn all() -> Vec<TableSchema> {
+    vec![prompts(), groups(), reward_scores(), selection(), optimize_metrics()]
+}
