@@ -1,14 +1,25 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! The five training stages and the runner that commits them.
+//!
+//! Each stage is a thin shell: it opens the committed artifacts it depends on
+//! ([`inputs`]), calls pure logic (the model backend in [`linear`], the RL
+//! maths in `wc-rl`), and commits its outputs through the store's commit
+//! protocol. [`runner`] decides whether a stage must run (skipping what is
+//! already committed, refusing a different config), and [`train`] runs the
+//! stages of each iteration in order, resuming whatever is committed.
+//!
+//! Where a run's files live is in one place, [`layout`].
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+mod error;
+pub mod init;
+pub mod inputs;
+pub mod layout;
+pub mod linear;
+pub mod runner;
+pub mod stages;
+pub mod status;
+pub mod tables;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use error::StageError;
+pub use init::{init_run, InitOutcome};
+pub use runner::{run_stage, train, RunContext, Stage, StageOutcome, StageRequest};
+pub use status::{run_status, StatusRow};

@@ -1,0 +1,40 @@
+//! Errors of the stages.
+
+use wc_config::ConfigError;
+use wc_schemas::SchemaError;
+use wc_store::StoreError;
+
+/// Everything a stage can fail with. Every message says what to do next
+/// where there is something to do.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("run {uri} is not initialised (no run.toml): create it with `worldcompass init --run {uri} --pipeline pipelines/embedded.toml`")]
+    NotInitialised { uri: String },
+    #[error("run {uri} is already initialised with a different pipeline config; use a new run URI, or --force to replace it")]
+    AlreadyInitialised { uri: String },
+    #[error("{stage} of iteration {iter} is not complete: {detail}")]
+    Incomplete {
+        stage: &'static str,
+        iter: u64,
+        detail: String,
+    },
+    #[error("stage {stage} is not sharded: run it without --shard (or with --shard 0/1)")]
+    NotSharded { stage: &'static str },
+    #[error("{artifact}: {reason}")]
+    InvalidInput { artifact: String, reason: String },
+}
+
+impl StageError {
+    pub(crate) fn invalid(artifact: impl Into<String>, reason: impl Into<String>) -> Self {
+        StageError::InvalidInput {
+            artifact: artifact.into(),
+            reason: reason.into(),
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! `status`: what is committed in a run, per iteration, stage and shard.
+
+use std::collections::BTreeMap;
+
+use wc_store::MANIFEST_FILE;
+
+use crate::error::StageError;
+use crate::layout;
+use crate::runner::{RunContext, Stage};
+
+/// One line of the status table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusRow {
+    pub iter: u64,
+    pub stage: &'static str,
+    /// "whole", or e.g. "3 shards".
+    pub shards: String,
+    /// Committed shard indices (sharded stages).
+    pub committed: Vec<u32>,
+    /// "committed", "partial", or "uncommitted files" (data without a manifest:
+    /// running now, or interrupted; a rerun completes it).
+    pub state: &'static str,
+}
+
+/// Status of every stage of every iteration that has any file.
+pub fn run_status(ctx: &RunContext) -> Result<Vec<StatusRow>, StageError> {
+    // (iter, stage) -> (shard dir or "" -> has manifest)
+    let mut seen: BTreeMap<(u64, &'static str), BTreeMap<String, bool>> = BTreeMap::new();
+    for path in ctx.store.list("iters")? {
+        let parts: Vec<&str> = path.split('/').collect();
+        if parts.len() < 4 {
+            continue;
+        }
+        let (Ok(iter), Some(stage)) = (parts[1].parse::<u64>(), Stage::parse(parts[2])) else {
+            continue;
+        };
+        let (unit, file) = if stage.sharded() && parts.len() >= 5 {
+            (parts[3].to_string(), parts[4])
+        } else {
+            (String::new(), parts[3])
+        };
+        let e = seen.entry((iter, stage.name())).or_default().entry(unit).or_insert(false);
+        *e |= file == MANIFEST_FILE;
+    }
+    let mut rows = Vec::new();
+    for ((iter, stage), units) in seen {
+        if units.contains_key("") {
+            let done = units[""];
+            rows.push(StatusRow {
+                iter,
+                stage,
+                shards: "whole".into(),
+                committed: vec![],
+                state: if done { "committed" } else { "uncommitted files" },
+            });
+            continue;
+        }
+        let mut by_count: BTreeMap<u32, (Vec<u32>, bool)> = BTreeMap::new();
+        for (dir, has_manifest) in units {
+            if let Some(spec) = layout::parse_shard_dir(&dir) {
+                let e = by_count.entry(spec.count).or_default();
+                if has_manifest {
+                    e.0.push(spec.index);
+                } else {
+                    e.1 = true;
+                }
+            }
+        }
+        for (count, (committed, dangling)) in by_count {
+            let state = if committed.len() == count as usize {
+                "committed"
+            } else if committed.is_empty() && dangling {
+                "uncommitted files"
+            } else {
+                "partial"
+            };
+            rows.push(StatusRow {
+                iter,
+                stage,
+                shards: format!("{count} shard{}", if count == 1 { "" } else { "s" }),
+                committed,
+                state,
+            });
+        }
+    }
+    Ok(rows)
+}

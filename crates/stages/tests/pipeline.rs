@@ -1,0 +1,141 @@
+//! The stages end to end, in process, on memory:// and file:// runs.
+
+use wc_config::PipelineConfig;
+use wc_stages::tables::selection_from_batch;
+use wc_stages::{init_run, run_stage, train, RunContext, Stage, StageOutcome, StageRequest};
+use wc_store::{RunStore, ShardSpec};
+
+fn embedded() -> PipelineConfig {
+    PipelineConfig::load(concat!(env!("CARGO_MANIFEST_DIR"), "/../../pipelines/embedded.toml")).unwrap()
+}
+
+fn new_run(uri: &str, cfg: &PipelineConfig) -> RunContext {
+    let store = RunStore::open(uri).unwrap();
+    init_run(&store, cfg, false).unwrap();
+    RunContext::from_store(store).unwrap()
+}
+
+fn req(stage: Stage, iter: u64, shard: ShardSpec) -> StageRequest {
+    StageRequest { stage, iter, shard, force: false }
+}
+
+fn mean_if(ctx: &RunContext, iter: u64) -> f64 {
+    let path = format!("reward_log/iter-{iter:06}.parquet");
+    let b = wc_schemas::read_table(&wc_schemas::tables::selection(), &path, ctx.store.get(&path).unwrap()).unwrap();
+    let rows = selection_from_batch(&b, &path).unwrap();
+    rows.iter().map(|r| r.score.if_score).sum::<f64>() / rows.len() as f64
+}
+
+#[test]
+fn training_improves_interaction_following_on_the_linear_backend() {
+    let mut cfg = embedded();
+    cfg.run.iterations = 24;
+    let ctx = new_run("memory://train", &cfg);
+    train(&ctx, 24, |_, _, _| {}).unwrap();
+    let early: f64 = (0..4).map(|k| mean_if(&ctx, k)).sum::<f64>() / 4.0;
+    let late: f64 = (20..24).map(|k| mean_if(&ctx, k)).sum::<f64>() / 4.0;
+    eprintln!("IF first 4 iterations {early:.3}, last 4 {late:.3}");
+    assert!(late > early + 0.05, "IF did not improve: first 4 iterations {early:.3}, last 4 {late:.3}");
+}
+
+#[test]
+fn stage_run_twice_commits_once() {
+    let ctx = new_run("memory://twice", &embedded());
+    let first = run_stage(&ctx, req(Stage::Prefix, 0, ShardSpec::WHOLE)).unwrap();
+    assert!(matches!(first, StageOutcome::Committed { .. }));
+    let before = ctx.store.list("iters").unwrap();
+    let second = run_stage(&ctx, req(Stage::Prefix, 0, ShardSpec::WHOLE)).unwrap();
+    assert!(matches!(second, StageOutcome::AlreadyCommitted { .. }), "{second:?}");
+    assert!(second.to_string().contains("already committed"));
+    assert_eq!(before, ctx.store.list("iters").unwrap());
+}
+
+#[test]
+fn sharded_iteration_gives_the_same_bytes_as_unsharded() {
+    let cfg = embedded();
+    let whole = new_run("memory://whole", &cfg);
+    let sharded = new_run("memory://sharded", &cfg);
+    for k in 0..2 {
+        for stage in Stage::ALL {
+            run_stage(&whole, req(stage, k, ShardSpec::WHOLE)).unwrap();
+            if stage.sharded() {
+                for i in 0..3 {
+                    run_stage(&sharded, req(stage, k, ShardSpec::new(i, 3).unwrap())).unwrap();
+                }
+            } else {
+                run_stage(&sharded, req(stage, k, ShardSpec::WHOLE)).unwrap();
+            }
+        }
+    }
+    for f in ["checkpoints/000002/policy.safetensors", "checkpoints/000002/old_policy.safetensors", "reward_log/iter-000001.parquet"] {
+        assert_eq!(whole.store.get(f).unwrap(), sharded.store.get(f).unwrap(), "{f}");
+    }
+    // Per-group outputs are identical too, wherever the shard put them.
+    let a = whole.store.get("iters/000001/rollout/shard-000-of-001/group-00004.safetensors").unwrap();
+    let b = sharded.store.get("iters/000001/rollout/shard-001-of-003/group-00004.safetensors").unwrap();
+    assert_eq!(a, b);
+}
+
+#[test]
+fn next_stage_refuses_incomplete_shards_and_says_which() {
+    let ctx = new_run("memory://incomplete", &embedded());
+    run_stage(&ctx, req(Stage::Prefix, 0, ShardSpec::new(0, 2).unwrap())).unwrap();
+    let err = run_stage(&ctx, req(Stage::Rollout, 0, ShardSpec::WHOLE)).unwrap_err().to_string();
+    assert!(err.contains("prefix of iteration 0 is not complete") && err.contains("1 of 2 shards"), "{err}");
+    let err = run_stage(&ctx, req(Stage::Select, 0, ShardSpec::new(0, 2).unwrap())).unwrap_err().to_string();
+    assert!(err.contains("not sharded"), "{err}");
+}
+
+#[test]
+fn rerun_under_another_config_is_refused_unless_forced() {
+    let cfg = embedded();
+    let ctx = new_run("memory://refuse", &cfg);
+    run_stage(&ctx, req(Stage::Prefix, 0, ShardSpec::WHOLE)).unwrap();
+    let mut other = cfg.clone();
+    other.optimize.lr *= 3.0;
+    let ctx2 = RunContext { cfg: other.clone(), fingerprint: other.fingerprint(), store: ctx.store.clone() };
+    let err = run_stage(&ctx2, req(Stage::Prefix, 0, ShardSpec::WHOLE)).unwrap_err().to_string();
+    assert!(err.contains("different config fingerprint") && err.contains("--force"), "{err}");
+    let forced = run_stage(&ctx2, StageRequest { force: true, ..req(Stage::Prefix, 0, ShardSpec::WHOLE) }).unwrap();
+    assert!(matches!(forced, StageOutcome::Committed { .. }));
+    // init with another config is refused too
+    let err = init_run(&ctx.store, &other, false).unwrap_err().to_string();
+    assert!(err.contains("already initialised with a different pipeline config"), "{err}");
+}
+
+#[test]
+fn selection_follows_the_formulas() {
+    let ctx = new_run("memory://select", &embedded());
+    train(&ctx, 1, |_, _, _| {}).unwrap();
+    let path = "reward_log/iter-000000.parquet";
+    let b = wc_schemas::read_table(&wc_schemas::tables::selection(), path, ctx.store.get(path).unwrap()).unwrap();
+    let rows = selection_from_batch(&b, path).unwrap();
+    let (g, z, lambda) = (ctx.cfg.rollout.candidates as usize, ctx.cfg.select.z, ctx.cfg.select.lambda);
+    assert_eq!(rows.len(), ctx.cfg.data.groups as usize * g);
+    for group in rows.chunks(g) {
+        // Advantages are zero-mean per group, r follows its formula, 6 kept.
+        assert!(group.iter().map(|r| r.adv_if).sum::<f64>().abs() < 1e-9);
+        for r in group {
+            let adv = lambda * r.adv_if + (1.0 - lambda) * r.adv_vq;
+            assert!((r.adv - adv).abs() < 1e-12);
+            assert!((r.r - (0.5 + 0.5 * (adv / z).clamp(-1.0, 1.0))).abs() < 1e-12);
+        }
+        assert_eq!(group.iter().filter(|r| r.selected).count(), 6);
+        let min_kept = group.iter().filter(|r| r.selected).map(|r| r.adv).fold(f64::INFINITY, f64::min);
+        let max_dropped = group.iter().filter(|r| !r.selected).map(|r| r.adv).fold(f64::NEG_INFINITY, f64::max);
+        let max_kept = group.iter().filter(|r| r.selected).map(|r| r.adv).fold(f64::NEG_INFINITY, f64::max);
+        assert!(max_dropped <= max_kept && min_kept <= max_dropped.max(min_kept));
+    }
+}
+
+#[test]
+fn file_run_survives_reopen_and_status_reports_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let uri = format!("file://{}", dir.path().display());
+    let ctx = new_run(&uri, &embedded());
+    run_stage(&ctx, req(Stage::Prefix, 0, ShardSpec::new(1, 2).unwrap())).unwrap();
+    let reopened = RunContext::open(&uri).unwrap();
+    let rows = wc_stages::run_status(&reopened).unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!((rows[0].stage, rows[0].state, rows[0].committed.clone()), ("prefix", "partial", vec![1]));
+}
