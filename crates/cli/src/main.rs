@@ -1,1 +1,123 @@
-fn main(){}
+//! `worldcompass`: see `worldcompass --help`.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+use wc_config::PipelineConfig;
+use wc_stages::{init_run, run_stage, run_status, train, InitOutcome, RunContext, StageRequest};
+use wc_store::{RunStore, ShardSpec};
+use worldcompass::{resolve_shard, Cli, Command};
+
+fn main() -> ExitCode {
+    // Behave like a Unix tool when piped into `head`: exit quietly on a closed pipe.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_env("WORLDCOMPASS_LOG").unwrap_or_else(|_| EnvFilter::new("warn")))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // The whole chain, each cause on its own line, credentials redacted.
+            let mut msg = format!("error: {e}");
+            for cause in e.chain().skip(1) {
+                msg.push_str(&format!("\n  caused by: {cause}"));
+            }
+            eprintln!("{}", wc_store::redact(&msg));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Init { run, pipeline, force } => {
+            let cfg = PipelineConfig::load(&pipeline)?;
+            let store = RunStore::open(&run)?;
+            match init_run(&store, &cfg, force)? {
+                InitOutcome::Created => println!("initialised {} with {pipeline}", store.uri()),
+                InitOutcome::AlreadyInitialised => println!("{} is already initialised with this config; nothing to do", store.uri()),
+            }
+        }
+        Command::Stage { stage, run, iter, shard, force } => {
+            let shard = resolve_shard(shard.as_deref(), |k| std::env::var(k).ok()).map_err(anyhow::Error::msg)?;
+            let stage = stage.stage();
+            let shard = match shard {
+                Some(s) if !stage.sharded() && s.count > 1 => {
+                    anyhow::bail!("stage {} is not sharded: run it as a single job (got shard {s})", stage.name())
+                }
+                Some(s) if stage.sharded() => s,
+                _ => ShardSpec::WHOLE,
+            };
+            let ctx = RunContext::open(&run)?;
+            let outcome = run_stage(&ctx, StageRequest { stage, iter, shard, force })
+                .with_context(|| format!("stage {} of iteration {iter} (shard {shard}) failed; nothing was committed", stage.name()))?;
+            println!("{} iter {iter} shard {shard}: {outcome}", stage.name());
+        }
+        Command::Train { run, pipeline, iters } => {
+            let store = RunStore::open(&run)?;
+            if let Some(p) = &pipeline {
+                let cfg = PipelineConfig::load(p)?;
+                if init_run(&store, &cfg, false)? == InitOutcome::Created {
+                    println!("initialised {} with {p}", store.uri());
+                }
+            }
+            let ctx = RunContext::from_store(store)?;
+            let iters = iters.unwrap_or(ctx.cfg.run.iterations);
+            let bar = indicatif::ProgressBar::new(iters * 5);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} stages {msg} ({elapsed})")
+                    .expect("valid template")
+                    .progress_chars("=> "),
+            );
+            bar.set_prefix("train");
+            train(&ctx, iters, |k, stage, outcome| {
+                bar.set_message(format!("iter {k} {}", stage.name()));
+                bar.inc(1);
+                bar.suspend(|| println!("iter {k} {}: {outcome}", stage.name()));
+            })?;
+            bar.finish_and_clear();
+            println!("trained {iters} iterations; checkpoint: {}/checkpoints/{iters:06}", ctx.store.uri());
+        }
+        Command::Status { run } => {
+            let ctx = RunContext::open(&run)?;
+            let rows = run_status(&ctx)?;
+            println!("run {} (config {})", ctx.store.uri(), &ctx.fingerprint[..12]);
+            if rows.is_empty() {
+                println!("no stage has run yet");
+            }
+            println!("{:>6}  {:<9} {:<10} {:<18} committed shards", "iter", "stage", "shards", "state");
+            for r in rows {
+                let idx = if r.committed.is_empty() { "-".to_string() } else { format!("{:?}", r.committed) };
+                println!("{:>6}  {:<9} {:<10} {:<18} {idx}", r.iter, r.stage, r.shards, r.state);
+            }
+        }
+        Command::Schemas { write, check } => {
+            let dir = std::path::Path::new(&write);
+            let mut drift = Vec::new();
+            for (rel, json) in wc_schemas::all_schema_files() {
+                let path = dir.join(&rel);
+                if check {
+                    if std::fs::read_to_string(&path).ok().as_deref() != Some(json.as_str()) {
+                        drift.push(rel);
+                    }
+                } else {
+                    std::fs::create_dir_all(path.parent().expect("has parent"))?;
+                    std::fs::write(&path, json).with_context(|| format!("writing {}", path.display()))?;
+                    println!("wrote {}", path.display());
+                }
+            }
+            if !drift.is_empty() {
+                anyhow::bail!("schema files differ from the code: {}; run `worldcompass schemas --write {write}`", drift.join(", "));
+            }
+        }
+    }
+    Ok(())
+}

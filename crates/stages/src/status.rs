@@ -25,7 +25,7 @@ pub struct StatusRow {
 /// Status of every stage of every iteration that has any file.
 pub fn run_status(ctx: &RunContext) -> Result<Vec<StatusRow>, StageError> {
     // (iter, stage) -> (shard dir or "" -> has manifest)
-    let mut seen: BTreeMap<(u64, &'static str), BTreeMap<String, bool>> = BTreeMap::new();
+    let mut seen: BTreeMap<(u64, usize), BTreeMap<String, bool>> = BTreeMap::new();
     for path in ctx.store.list("iters")? {
         let parts: Vec<&str> = path.split('/').collect();
         if parts.len() < 4 {
@@ -39,11 +39,13 @@ pub fn run_status(ctx: &RunContext) -> Result<Vec<StatusRow>, StageError> {
         } else {
             (String::new(), parts[3])
         };
-        let e = seen.entry((iter, stage.name())).or_default().entry(unit).or_insert(false);
+        let order = Stage::ALL.iter().position(|s| *s == stage).expect("known stage");
+        let e = seen.entry((iter, order)).or_default().entry(unit).or_insert(false);
         *e |= file == MANIFEST_FILE;
     }
     let mut rows = Vec::new();
-    for ((iter, stage), units) in seen {
+    for ((iter, order), units) in seen {
+        let stage = Stage::ALL[order].name();
         if units.contains_key("") {
             let done = units[""];
             rows.push(StatusRow {

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{
-    ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutPayload, RetryConfig,
+    ClientConfigKey, ObjectStore, ObjectStoreExt, PutMode, PutPayload, RetryConfig,
 };
 use sha2::{Digest, Sha256};
 
@@ -136,9 +136,10 @@ impl RunUri {
             max_retries: 10,
             retry_timeout: Duration::from_secs(180),
         };
-        let client = ClientOptions::new()
-            .with_timeout(Duration::from_secs(120))
-            .with_connect_timeout(Duration::from_secs(10));
+        // Timeouts on top of whatever the environment configured (AWS_ALLOW_HTTP
+        // and friends live in the same client options, so set keys, not a whole
+        // new ClientOptions).
+        let client_keys = [(ClientConfigKey::Timeout, "120s"), (ClientConfigKey::ConnectTimeout, "10s")];
         let prefix = |p: &str| Path::parse(p).map_err(|e| StoreError::InvalidUri {
             uri: self.uri.clone(),
             reason: e.to_string(),
@@ -155,29 +156,35 @@ impl RunUri {
             }
             Scheme::Memory => (Arc::new(object_store::memory::InMemory::new()), prefix(&self.path)?),
             Scheme::S3 => {
-                let s3 = object_store::aws::AmazonS3Builder::from_env()
+                let mut b = object_store::aws::AmazonS3Builder::from_env()
                     .with_bucket_name(&self.authority)
-                    .with_retry(retry)
-                    .with_client_options(client)
-                    .build()
+                    .with_retry(retry);
+                for (k, v) in client_keys {
+                    b = b.with_config(object_store::aws::AmazonS3ConfigKey::Client(k), v);
+                }
+                let s3 = b.build()
                     .map_err(backend_err)?;
                 (Arc::new(s3), prefix(&self.path)?)
             }
             Scheme::Gcs => {
-                let gcs = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
                     .with_bucket_name(&self.authority)
-                    .with_retry(retry)
-                    .with_client_options(client)
-                    .build()
+                    .with_retry(retry);
+                for (k, v) in client_keys {
+                    b = b.with_config(object_store::gcp::GoogleConfigKey::Client(k), v);
+                }
+                let gcs = b.build()
                     .map_err(backend_err)?;
                 (Arc::new(gcs), prefix(&self.path)?)
             }
             Scheme::Azure => {
-                let az = object_store::azure::MicrosoftAzureBuilder::from_env()
+                let mut b = object_store::azure::MicrosoftAzureBuilder::from_env()
                     .with_container_name(&self.authority)
-                    .with_retry(retry)
-                    .with_client_options(client)
-                    .build()
+                    .with_retry(retry);
+                for (k, v) in client_keys {
+                    b = b.with_config(object_store::azure::AzureConfigKey::Client(k), v);
+                }
+                let az = b.build()
                     .map_err(backend_err)?;
                 (Arc::new(az), prefix(&self.path)?)
             }

@@ -1,0 +1,200 @@
+//! Test support shared by the end-to-end tests: the `worldcompass` binary,
+//! a real S3-compatible server (moto) on loopback, and small helpers.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use wc_store::{CommittedSet, RunStore};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_worldcompass");
+
+pub fn pipeline() -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../../pipelines/embedded.toml").to_string()
+}
+
+/// Write a copy of the embedded pipeline with `replace` edits applied.
+pub fn pipeline_with(dir: &std::path::Path, edits: &[(&str, &str)]) -> String {
+    let mut text = std::fs::read_to_string(pipeline()).unwrap();
+    for (from, to) in edits {
+        assert!(text.contains(from), "pipeline has no '{from}'");
+        text = text.replacen(from, to, 1);
+    }
+    let path = dir.join("pipeline.toml");
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// Run the binary to completion with extra environment.
+pub fn wc(args: &[&str], env: &[(&str, String)]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).env_remove("WORLDCOMPASS_RUN");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("worldcompass runs")
+}
+
+/// Run and require success; returns stdout.
+pub fn wc_ok(args: &[&str], env: &[(&str, String)]) -> String {
+    let out = wc(args, env);
+    assert!(
+        out.status.success(),
+        "worldcompass {args:?} failed:\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Run and require a clean failure (exit 1, message, no panic); returns stderr.
+pub fn wc_err(args: &[&str], env: &[(&str, String)]) -> String {
+    let out = wc(args, env);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "worldcompass {args:?} should fail cleanly; stderr: {stderr}");
+    assert!(stderr.starts_with("error: "), "no error message: {stderr}");
+    assert!(!stderr.contains("panicked"), "panicked: {stderr}");
+    stderr
+}
+
+pub fn spawn(args: &[&str], env: &[(&str, String)]) -> Child {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).env_remove("WORLDCOMPASS_RUN");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("worldcompass starts")
+}
+
+/// A deterministic pseudo-random sequence for kill points.
+pub fn kill_points(seed: u64, n: usize, max_ms: u64) -> Vec<u64> {
+    let mut rng = wc_rl::seeds::SplitMix64::new(seed);
+    (0..n).map(|_| rng.next_u64() % max_ms.max(1)).collect()
+}
+
+/// A moto S3 server on a free loopback port, stopped (by PID) on drop.
+pub struct MotoServer {
+    child: Child,
+    pub endpoint: String,
+    pub port: u16,
+}
+
+pub const ACCESS_KEY: &str = "AKIATESTKEYID4WORLDC";
+pub const SECRET_KEY: &str = "wc-secret-Zq8vN3xK7pL2sT9e";
+
+impl MotoServer {
+    pub fn start() -> MotoServer {
+        let mut child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", "0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("moto_server is not installed: run `just setup` (pip install 'moto[server]')");
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = BufReader::new(stderr).lines();
+        let port = loop {
+            let line = lines.next().expect("moto_server exited before listening").unwrap();
+            if let Some(rest) = line.split("Running on http://127.0.0.1:").nth(1) {
+                break rest.trim().parse::<u16>().expect("port");
+            }
+        };
+        // Keep draining its log so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        MotoServer { child, endpoint: format!("http://127.0.0.1:{port}"), port }
+    }
+
+    /// Create a bucket (moto accepts an unsigned PUT).
+    pub fn create_bucket(&self, name: &str) {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(s, "PUT /{name} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", self.port).unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        assert!(resp.starts_with("HTTP/1.1 200"), "create bucket: {resp}");
+    }
+
+    /// The environment a worker needs to reach this server.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY.to_string()),
+            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.to_string()),
+            ("AWS_REGION", "us-east-1".to_string()),
+            ("AWS_ALLOW_HTTP", "true".to_string()),
+        ]
+    }
+
+    /// Set this server's environment in the current (test) process.
+    pub fn set_env(&self) {
+        for (k, v) in self.env() {
+            // SAFETY: tests that call this use the S3 store from one thread at a time.
+            unsafe { std::env::set_var(k, v) };
+        }
+    }
+}
+
+impl Drop for MotoServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every file listed by every manifest of a run, with its bytes.
+pub fn committed_files(store: &wc_store::RunStore) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    for path in store.list("").unwrap() {
+        if path.ends_with(wc_store::MANIFEST_FILE) {
+            let set = wc_store::CommittedSet::open(store, &path).unwrap();
+            for f in set.paths() {
+                out.insert(f.to_string(), set.read(f).unwrap().to_vec());
+            }
+            out.insert(path.clone(), store.get(&path).unwrap().to_vec());
+        }
+    }
+    out
+}
+
+/// A stage that writes many files, so kill points land mid-write.
+pub fn heavy_pipeline(dir: &std::path::Path) -> String {
+    pipeline_with(dir, &[("groups = 8 ", "groups = 96 "), ("prompts = 16 ", "prompts = 96 "), ("latent_dim = 16", "latent_dim = 4096")])
+}
+
+/// Kill `stage prefix` at random points; whatever is left must not be
+/// trusted, and the rerun must produce the reference bytes.
+pub fn kill_stage_and_resume(runs: &dyn Fn(usize) -> String, env: &[(&str, String)], pipeline: &str, trials: usize, seed: u64) {
+    let reference = runs(0);
+    wc_ok(&["init", "--run", &reference, "--pipeline", pipeline], env);
+    let t0 = Instant::now();
+    wc_ok(&["stage", "prefix", "--run", &reference, "--iter", "0"], env);
+    let full_ms = t0.elapsed().as_millis() as u64;
+    let ref_store = RunStore::open(&reference).unwrap();
+    let expected = committed_files(&ref_store);
+    let mut killed_mid_write = 0;
+    for (t, delay) in kill_points(seed, trials, full_ms).into_iter().enumerate() {
+        let run = runs(t + 1);
+        wc_ok(&["init", "--run", &run, "--pipeline", pipeline], env);
+        let mut child = spawn(&["stage", "prefix", "--run", &run, "--iter", "0"], env);
+        std::thread::sleep(Duration::from_millis(delay));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let store = RunStore::open(&run).unwrap();
+        let manifest = "iters/000000/prefix/shard-000-of-001/_manifest.json";
+        match CommittedSet::open(&store, manifest) {
+            Err(e) => {
+                assert!(e.is_not_found(), "{e}");
+                let partial = store.list("iters").unwrap().len();
+                killed_mid_write += (partial > 0) as usize;
+                // The next stage refuses to read it.
+                let err = wc_err(&["stage", "rollout", "--run", &run, "--iter", "0"], env);
+                assert!(err.contains("not complete"), "{err}");
+            }
+            Ok(set) => assert_eq!(set.manifest.files.len(), 96), // it finished before the kill
+        }
+        wc_ok(&["stage", "prefix", "--run", &run, "--iter", "0"], env);
+        assert_eq!(committed_files(&store), expected, "trial {t}: resumed run differs from the reference");
+    }
+    assert!(killed_mid_write > 0, "no kill landed mid-write (full run {full_ms} ms); the test proved nothing");
+}
+
