@@ -207,3 +207,33 @@ fn status_shows_committed_partial_and_interrupted_work() {
     assert!(p.contains("3 shards") && p.contains("partial") && p.contains("[1]"), "{p}");
     assert!(line("     1  rollout").contains("uncommitted files"), "{out}");
 }
+
+#[test]
+fn python_reads_the_run_with_the_documented_schema_and_the_same_means() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = file_uri(tmp.path(), "run");
+    wc_ok(&["train", "--run", &run, "--pipeline", &pipeline(), "--iters", "3"], &[]);
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let out = std::process::Command::new("python3")
+        .arg(format!("{root}/tests/python/read_run.py"))
+        .arg(tmp.path().join("run"))
+        .arg(format!("{root}/schemas"))
+        .output()
+        .expect("python3 runs");
+    assert!(out.status.success(), "python reader failed (run `just setup`): {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["tables"]["prompts"], 16);
+    let log = v["reward_log"].as_array().unwrap();
+    assert_eq!(log.len(), 3);
+    let store = RunStore::open(&run).unwrap();
+    for (k, row) in log.iter().enumerate() {
+        assert_eq!(row["iter"], k);
+        assert_eq!(row["rows"], 64);
+        assert_eq!(row["selected"], 48);
+        let path = format!("reward_log/iter-{k:06}.parquet");
+        let b = wc_schemas::read_table(&wc_schemas::tables::selection(), &path, store.get(&path).unwrap()).unwrap();
+        let ifs = b.column_by_name("if_score").unwrap().as_any().downcast_ref::<arrow::array::Float64Array>().unwrap();
+        let mean = ifs.values().iter().sum::<f64>() / ifs.len() as f64;
+        assert!((row["mean_if"].as_f64().unwrap() - mean).abs() < 1e-12, "iter {k}");
+    }
+}

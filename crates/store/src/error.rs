@@ -18,7 +18,7 @@ pub enum StoreError {
     #[error("'{path}' not found in run {run}")]
     NotFound { run: String, path: String },
 
-    #[error("{op} '{path}' in run {run} failed: {}", redact(&source.to_string()))]
+    #[error("{op} '{path}' in run {run} failed")]
     Backend {
         op: &'static str,
         run: String,

@@ -276,7 +276,9 @@ impl RunStore {
 
     fn backend(&self, op: &'static str, rel: &str, e: object_store::Error) -> StoreError {
         match e {
-            object_store::Error::NotFound { .. } => StoreError::NotFound {
+            // A missing object on read is "not found"; on write it means the
+            // bucket or container itself is missing, which the backend says.
+            object_store::Error::NotFound { .. } if matches!(op, "get" | "list" | "delete") => StoreError::NotFound {
                 run: self.uri.uri.clone(),
                 path: rel.to_string(),
             },
