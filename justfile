@@ -14,7 +14,7 @@ default:
 
 # Install what the tests and the Python analysis path need (S3 test server, pyarrow, polars), and build.
 setup:
-    python3 -m pip install --quiet --disable-pip-version-check 'moto[server]' pyarrow polars numpy safetensors
+    python3 -m pip install --quiet --disable-pip-version-check 'moto[server]' pyarrow polars numpy safetensors pillow
     cargo build --workspace --tests --bins
 
 # Run the main job on the embedded default: init (if needed) and train, resuming what is committed.

@@ -237,3 +237,57 @@ fn python_reads_the_run_with_the_documented_schema_and_the_same_means() {
         assert!((row["mean_if"].as_f64().unwrap() - mean).abs() < 1e-12, "iter {k}");
     }
 }
+
+#[test]
+fn dataset_is_read_by_python_with_the_documented_schema() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = file_uri(tmp.path(), "ds");
+    let args = ["data", "--out", out.as_str(), "--prompts", "6", "--sequences", "5", "--pretrain-clips", "40", "--size", "24"];
+    assert!(wc_ok(&args, &[]).contains("wrote"));
+    assert!(wc_ok(&args, &[]).contains("already holds this dataset"));
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let py = std::process::Command::new("python3")
+        .arg(format!("{root}/tests/python/read_dataset.py"))
+        .arg(tmp.path().join("ds"))
+        .arg(format!("{root}/schemas"))
+        .output()
+        .expect("python3 runs");
+    assert!(py.status.success(), "python reader failed (run `just setup`): {}", String::from_utf8_lossy(&py.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&py.stdout).unwrap();
+    assert_eq!(v["rows"]["prompts"], 6);
+    assert_eq!(v["rows"]["sequences"], 10);
+    assert_eq!(v["rows"]["pretrain_clips"], 40);
+    assert_eq!(v["rows"]["pretrain_poses"], 40 * 9);
+    assert_eq!(v["first_frames"], serde_json::json!([6, 24, 24, 3]));
+    assert_eq!(v["frame_files"]["frames-00000.safetensors"], serde_json::json!([40, 9, 24, 24, 3]));
+    assert!(v["worst_pose_error"].as_f64().unwrap() < 1e-9, "{v}");
+    assert!(v["combined_share"].as_f64().unwrap() < 0.2, "{v}");
+    assert_eq!(v["kinds"], serde_json::json!(["basic", "combined"]));
+    // Deterministic: a second dataset with the same seed has the same bytes.
+    let again = file_uri(tmp.path(), "ds2");
+    let args2 = ["data", "--out", again.as_str(), "--prompts", "6", "--sequences", "5", "--pretrain-clips", "40", "--size", "24"];
+    wc_ok(&args2, &[]);
+    let a = committed_files(&RunStore::open(&out).unwrap());
+    let b = committed_files(&RunStore::open(&again).unwrap());
+    assert_eq!(a, b);
+}
+
+#[test]
+fn render_writes_a_gif_and_a_png_that_open_as_images() {
+    let tmp = tempfile::tempdir().unwrap();
+    let prefix = tmp.path().join("walk");
+    let p = prefix.to_str().unwrap();
+    let out = wc_ok(&["render", "--scene", "4", "--actions", "forward,turn_left,left+forward", "--out", p], &[]);
+    assert!(out.contains("forward, turn_left, forward+left") && out.contains("13 frames"), "{out}");
+    let check = std::process::Command::new("python3")
+        .args(["-c", "import sys; from PIL import Image\nfor f in sys.argv[1:]:\n im = Image.open(f); im.load(); print(f, im.format, im.size, getattr(im, 'n_frames', 1))"])
+        .arg(format!("{p}.gif"))
+        .arg(format!("{p}.png"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    assert!(text.contains("GIF (256, 256) 13") && text.contains("PNG"), "{text}");
+    let err = wc_err(&["render", "--actions", "forward,jump", "--out", p], &[]);
+    assert!(err.contains("unknown action 'jump'"), "{err}");
+}

@@ -92,6 +92,78 @@ pub enum Command {
         #[arg(long, env = "WORLDCOMPASS_RUN")]
         run: String,
     },
+    /// Write a dataset of the embedded world to the store (under <OUT>/dataset/).
+    ///
+    /// Prompts (scene seed, caption, first frame), basic and combined action
+    /// sequences, and ground-truth pre-training clips with exact per-frame
+    /// camera poses, in which combined actions are rare. Deterministic in --seed.
+    ///
+    /// Example: worldcompass data --out file:///data/wc-dataset --pretrain-clips 2000
+    Data {
+        /// Store URI the dataset is written under.
+        #[arg(long)]
+        out: String,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// World prompts (scenes).
+        #[arg(long, default_value_t = 64)]
+        prompts: usize,
+        /// Action sequences of each kind (basic, combined).
+        #[arg(long, default_value_t = 64)]
+        sequences: usize,
+        /// Clips per action sequence.
+        #[arg(long, default_value_t = 4)]
+        clips: usize,
+        /// 4-frame windows per clip.
+        #[arg(long, default_value_t = 1)]
+        windows_per_clip: usize,
+        /// Ground-truth pre-training clips.
+        #[arg(long, default_value_t = 256)]
+        pretrain_clips: usize,
+        /// Windows per pre-training clip.
+        #[arg(long, default_value_t = 2)]
+        pretrain_windows: usize,
+        /// Share of pre-training windows with a combined action.
+        #[arg(long, default_value_t = 0.08)]
+        combined_rate: f64,
+        /// Frame size (square), pixels.
+        #[arg(long, default_value_t = 32)]
+        size: usize,
+        /// Replace a dataset written with other settings.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Render a scene and an action sequence as an animated GIF and a PNG strip.
+    ///
+    /// Actions are one per 4-frame window: basic (forward, backward, left,
+    /// right, turn_up, turn_down, turn_left, turn_right), combined with '+'
+    /// (forward+turn_left), or idle. Without --actions, a random sequence of
+    /// --kind is drawn from --seed.
+    ///
+    /// Example: worldcompass render --scene 7 --actions forward,forward,turn_left,forward+right --out /tmp/walk
+    Render {
+        /// Scene seed.
+        #[arg(long, default_value_t = 0)]
+        scene: u64,
+        /// Comma-separated actions, one per window.
+        #[arg(long, value_delimiter = ',')]
+        actions: Vec<String>,
+        /// Kind of random sequence when --actions is not given.
+        #[arg(long, value_enum, default_value = "basic")]
+        kind: KindArg,
+        /// Windows of the random sequence.
+        #[arg(long, default_value_t = 8)]
+        windows: usize,
+        /// Seed of the random sequence.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Frame size (square), pixels.
+        #[arg(long, default_value_t = 32)]
+        size: usize,
+        /// Output path prefix: writes PREFIX.gif and PREFIX.png.
+        #[arg(long)]
+        out: String,
+    },
     /// Write (or check) the schema files of every table and tensor file.
     ///
     /// The files under schemas/ are generated from the code; a test fails when
@@ -104,6 +176,13 @@ pub enum Command {
         #[arg(long)]
         check: bool,
     },
+}
+
+/// Action-sequence kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KindArg {
+    Basic,
+    Combined,
 }
 
 /// The stages, as the command line names them.

@@ -99,6 +99,51 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{:>6}  {:<9} {:<10} {:<18} {idx}", r.iter, r.stage, r.shards, r.state);
             }
         }
+        Command::Data { out, seed, prompts, sequences, clips, windows_per_clip, pretrain_clips, pretrain_windows, combined_rate, size, force } => {
+            let spec = wc_data::DatasetSpec {
+                seed,
+                prompts,
+                sequences_per_kind: sequences,
+                clips,
+                windows_per_clip,
+                pretrain_clips,
+                pretrain_windows,
+                pretrain_combined_rate: combined_rate,
+                render: wc_world::RenderConfig { width: size, height: size, ..Default::default() },
+                ..Default::default()
+            };
+            let store = RunStore::open(&out)?;
+            match wc_data::write_dataset(&store, &spec, force)? {
+                wc_data::DataOutcome::Written { files } => println!("wrote {files} files under {}/{}", store.uri(), wc_data::DATASET_DIR),
+                wc_data::DataOutcome::AlreadyWritten => println!("{}/{} already holds this dataset; nothing to do", store.uri(), wc_data::DATASET_DIR),
+                wc_data::DataOutcome::LostRace => println!("another worker wrote this dataset first; nothing to do"),
+            }
+        }
+        Command::Render { scene, actions, kind, windows, seed, size, out } => {
+            use wc_world::actions::{action_sequence, ActionMask, Kinematics, SequenceKind};
+            let kin = Kinematics::default();
+            let acts: Vec<ActionMask> = if actions.is_empty() {
+                let kind = match kind {
+                    worldcompass::KindArg::Basic => SequenceKind::Basic,
+                    worldcompass::KindArg::Combined => SequenceKind::Combined,
+                };
+                action_sequence(seed, kind, windows, 1, &kin)
+            } else {
+                actions.iter().map(|a| ActionMask::parse(a)).collect::<Result<_, _>>().map_err(anyhow::Error::msg)?
+            };
+            anyhow::ensure!(size >= 8 && size <= 512, "--size {size}: use 8 to 512 pixels");
+            let cfg = wc_world::RenderConfig { width: size, height: size, ..Default::default() };
+            let world = wc_world::Scene::generate(scene);
+            let frames = wc_world::render::render_trajectory(&world, &kin.trajectory(wc_world::Pose::START, &acts), &cfg);
+            let scale = (256 / size).max(1);
+            let gif = wc_world::media::gif_bytes(&frames, scale, 12)?;
+            let png = wc_world::media::png_strip_bytes(&frames, scale.min(4), kin.frames_per_window * 4 + 1)?;
+            std::fs::write(format!("{out}.gif"), gif).with_context(|| format!("writing {out}.gif"))?;
+            std::fs::write(format!("{out}.png"), png).with_context(|| format!("writing {out}.png"))?;
+            println!("scene {scene}: {}", world.caption);
+            println!("actions: {}", acts.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "));
+            println!("wrote {out}.gif and {out}.png ({} frames)", frames.len());
+        }
         Command::Schemas { write, check } => {
             let dir = std::path::Path::new(&write);
             let mut drift = Vec::new();

@@ -198,7 +198,73 @@ pub fn optimize_metrics() -> TableSchema {
     }
 }
 
+/// Action sequences of a dataset (evaluation and training).
+pub fn sequences() -> TableSchema {
+    use FieldType::*;
+    TableSchema {
+        name: "sequences",
+        format: "parquet",
+        doc: "Action sequences of a dataset: <dataset>/sequences.parquet. Action masks as in `groups`.",
+        fields: vec![
+            col("sequence_id", Int64, "Sequence index, 0-based."),
+            col("prompt_id", Int64, "Prompt (scene) the sequence starts from."),
+            col("kind", Utf8, "'basic' (one basic action per window) or 'combined' (two at once)."),
+            col("num_clips", Int64, "Clips in the sequence."),
+            col("windows_per_clip", Int64, "4-frame windows per clip."),
+            col("actions", ListUint8, "Action bit mask per window."),
+        ],
+    }
+}
+
+/// Ground-truth pre-training clips: one row per clip.
+pub fn pretrain_clips() -> TableSchema {
+    use FieldType::*;
+    TableSchema {
+        name: "pretrain_clips",
+        format: "parquet",
+        doc: "Ground-truth pre-training clips: <dataset>/pretrain/clips.parquet. Frames are in \
+              pretrain/frames-<shard>.safetensors, row `index` of tensor `frames`.",
+        fields: vec![
+            col("clip_id", Int64, "Clip index, 0-based."),
+            col("scene_seed", Int64, "Scene the clip was rendered in."),
+            col("file", Utf8, "Frames file (relative to the dataset root)."),
+            col("index", Int64, "Row of the clip in the frames file."),
+            col("actions", ListUint8, "Action bit mask per window."),
+            col("combined_windows", Int64, "Windows holding a combined action."),
+        ],
+    }
+}
+
+/// Exact per-frame camera poses of the pre-training clips.
+pub fn pretrain_poses() -> TableSchema {
+    use FieldType::*;
+    TableSchema {
+        name: "pretrain_poses",
+        format: "parquet",
+        doc: "Exact camera pose of every frame of every pre-training clip: <dataset>/pretrain/poses.parquet. \
+              World y is up; yaw grows turning right, pitch grows looking up.",
+        fields: vec![
+            col("clip_id", Int64, "Clip of the frame."),
+            col("frame", Int64, "Frame index in the clip (0 = context frame)."),
+            col("x", Float64, "Camera position x."),
+            col("y", Float64, "Camera position y (height)."),
+            col("z", Float64, "Camera position z."),
+            col("yaw_deg", Float64, "Yaw in degrees."),
+            col("pitch_deg", Float64, "Pitch in degrees."),
+        ],
+    }
+}
+
 /// Every table schema.
 pub fn all() -> Vec<TableSchema> {
-    vec![prompts(), groups(), reward_scores(), selection(), optimize_metrics()]
+    vec![
+        prompts(),
+        groups(),
+        reward_scores(),
+        selection(),
+        optimize_metrics(),
+        sequences(),
+        pretrain_clips(),
+        pretrain_poses(),
+    ]
 }

@@ -113,7 +113,39 @@ pub fn candidate_clips() -> TensorFileSchema {
 /// Checkpoints are validated against the model's own parameter list (names and
 /// shapes depend on the model config), see each model's `param_specs`.
 pub fn all() -> Vec<TensorFileSchema> {
-    vec![prefix_clips(), candidate_clips(), linear_policy(), linear_optimizer()]
+    vec![prefix_clips(), candidate_clips(), linear_policy(), linear_optimizer(), first_frames(), pretrain_frames()]
+}
+
+/// The first frame of every prompt of a dataset.
+pub fn first_frames() -> TensorFileSchema {
+    TensorFileSchema {
+        name: "first_frames",
+        format: "safetensors",
+        doc: "First frame (world prompt image) of every prompt: <dataset>/first_frames.safetensors. \
+              8-bit RGB, row-major, channels last.",
+        tensors: vec![TensorSpec {
+            name: "frames",
+            dtype: TensorDType::U8,
+            shape: vec![Dim::Named("prompts"), Dim::Named("height"), Dim::Named("width"), Dim::Fixed(3)],
+            doc: "Row p is the first frame of prompt p.",
+        }],
+    }
+}
+
+/// Frames of a shard of ground-truth pre-training clips.
+pub fn pretrain_frames() -> TensorFileSchema {
+    TensorFileSchema {
+        name: "pretrain_frames",
+        format: "safetensors",
+        doc: "Ground-truth frames of pre-training clips: <dataset>/pretrain/frames-<shard>.safetensors. \
+              Frame 0 is the context frame, then 4 frames per window. 8-bit RGB, channels last.",
+        tensors: vec![TensorSpec {
+            name: "frames",
+            dtype: TensorDType::U8,
+            shape: vec![Dim::Named("clips"), Dim::Named("frames"), Dim::Named("height"), Dim::Named("width"), Dim::Fixed(3)],
+            doc: "Clip i of the shard, all its frames.",
+        }],
+    }
 }
 
 /// Weights of the linear-Gaussian policy (the pipeline-mechanics backend).

@@ -2,14 +2,16 @@
 
 use bytes::Bytes;
 use wc_config::PipelineConfig;
-use wc_rl::seeds::{derive_seed, SeedDomain, SplitMix64};
+use wc_data::rows::{prompts_to_batch, PromptRow};
+use wc_rl::seeds::{derive_seed, SeedDomain};
+use wc_world::actions::{action_sequence, Kinematics, SequenceKind};
 use wc_schemas::{tensors, DimBindings, TensorSet};
 use wc_store::{CommitOutcome, ManifestState, PendingCommit, RunStore};
 
 use crate::error::StageError;
 use crate::layout;
 use crate::linear::LinearPolicy;
-use crate::tables::{groups_to_batch, prompts_to_batch, GroupRow, PromptRow};
+use crate::tables::{groups_to_batch, GroupRow};
 
 /// How `init` ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,60 +20,17 @@ pub enum InitOutcome {
     AlreadyInitialised,
 }
 
-/// Every combined action: two basic actions held at once that do not cancel
-/// (a translation with a rotation, forward/back with a strafe, yaw with pitch).
-pub fn combined_actions() -> Vec<u8> {
-    let mut out = Vec::new();
-    for t in 0..4 {
-        for r in 4..8 {
-            out.push((1u8 << t) | (1u8 << r));
-        }
-    }
-    for fb in 0..2 {
-        for lr in 2..4 {
-            out.push((1u8 << fb) | (1u8 << lr));
-        }
-    }
-    for pitch in 4..6 {
-        for yaw in 6..8 {
-            out.push((1u8 << pitch) | (1u8 << yaw));
-        }
-    }
-    out
-}
-
-/// An action sequence of `windows` windows, a new action every `hold`
-/// windows: basic (one of the 8 basic actions) or combined.
-pub fn action_sequence(seed: u64, combined: bool, windows: usize, hold: usize) -> Vec<u8> {
-    let mut rng = SplitMix64::new(seed);
-    let combos = combined_actions();
-    let mut out = Vec::with_capacity(windows);
-    let mut current = 0u8;
-    for w in 0..windows {
-        if w % hold.max(1) == 0 {
-            current = if combined {
-                combos[(rng.next_u64() % combos.len() as u64) as usize]
-            } else {
-                1u8 << (rng.next_u64() % 8)
-            };
-        }
-        out.push(current);
-    }
-    out
-}
-
 fn build_data(cfg: &PipelineConfig) -> (Vec<PromptRow>, Vec<GroupRow>) {
     let seed = cfg.run.seed;
-    let prompts: Vec<PromptRow> = (0..cfg.data.prompts)
-        .map(|p| {
-            let scene_seed = (derive_seed(seed, 0, SeedDomain::Data, p, 0) >> 1) as i64;
-            PromptRow {
-                prompt_id: p as i64,
-                scene_seed,
-                caption: format!("procedural scene {p} (seed {scene_seed})"),
-            }
-        })
-        .collect();
+    let spec = wc_data::DatasetSpec {
+        seed,
+        prompts: cfg.data.prompts as usize,
+        clips: cfg.rollout.clips as usize,
+        windows_per_clip: cfg.rollout.windows_per_clip as usize,
+        ..Default::default()
+    };
+    let prompts = wc_data::build::prompts(&spec);
+    let kin = Kinematics::default();
     let combined_count = (cfg.data.combined_fraction * cfg.data.prompts as f64).round() as u64;
     let windows = (cfg.rollout.clips * cfg.rollout.windows_per_clip) as usize;
     let groups = (0..cfg.data.prompts)
@@ -85,10 +44,14 @@ fn build_data(cfg: &PipelineConfig) -> (Vec<PromptRow>, Vec<GroupRow>) {
                 num_clips: cfg.rollout.clips as i64,
                 actions: action_sequence(
                     derive_seed(seed, 0, SeedDomain::Data, p, 1),
-                    combined,
+                    if combined { SequenceKind::Combined } else { SequenceKind::Basic },
                     windows,
                     cfg.rollout.windows_per_clip as usize,
-                ),
+                    &kin,
+                )
+                .iter()
+                .map(|a| a.0)
+                .collect(),
             }
         })
         .collect();
@@ -152,25 +115,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn combined_actions_are_pairs_that_do_not_cancel() {
-        let c = combined_actions();
-        assert_eq!(c.len(), 24);
-        for m in &c {
-            assert_eq!(m.count_ones(), 2);
-            for (a, b) in [(0, 1), (2, 3), (4, 5), (6, 7)] {
-                assert!(!(m & (1 << a) != 0 && m & (1 << b) != 0), "{m:08b} holds opposite actions");
-            }
+    fn pool_mixes_kinds_at_the_configured_fraction_with_scene_captions() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../pipelines/embedded.toml");
+        let cfg = PipelineConfig::load(path).unwrap();
+        let (prompts, groups) = build_data(&cfg);
+        let combined = groups.iter().filter(|g| g.kind == "combined").count();
+        assert_eq!(combined as f64, (cfg.data.combined_fraction * cfg.data.prompts as f64).round());
+        for g in &groups {
+            let want = if g.kind == "combined" { 2 } else { 1 };
+            assert!(g.actions.iter().all(|m| m.count_ones() == want), "{g:?}");
         }
-    }
-
-    #[test]
-    fn sequences_switch_every_hold_windows_and_are_deterministic() {
-        let s = action_sequence(9, false, 8, 2);
-        assert_eq!(s, action_sequence(9, false, 8, 2));
-        assert!(s.iter().all(|m| m.count_ones() == 1));
-        for w in s.chunks(2) {
-            assert_eq!(w[0], w[1]);
-        }
-        assert!(action_sequence(9, true, 8, 1).iter().all(|m| m.count_ones() == 2));
+        assert!(prompts.iter().all(|p| p.caption.starts_with("a ")), "captions come from the scenes");
+        let _: &PromptRow = &prompts[0];
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use arrow::array::{
     Array, ArrayRef, BooleanArray, Float64Array, Int64Array, ListArray, RecordBatch, StringArray, UInt8Array,
 };
-use arrow::datatypes::UInt8Type;
+use wc_data::rows::{f64s, i64s, strings, u8_lists};
 use wc_schemas::TableSchema;
 
 use crate::error::StageError;
@@ -17,36 +17,11 @@ fn batch(schema: &TableSchema, cols: Vec<ArrayRef>) -> RecordBatch {
     RecordBatch::try_new(schema.arrow(), cols).expect("columns follow the schema")
 }
 
-fn i64s(v: impl Iterator<Item = i64>) -> ArrayRef {
-    Arc::new(Int64Array::from_iter_values(v))
-}
-fn f64s(v: impl Iterator<Item = f64>) -> ArrayRef {
-    Arc::new(Float64Array::from_iter_values(v))
-}
 
 fn col<'a, T: 'static>(b: &'a RecordBatch, artifact: &str, name: &str) -> Result<&'a T, StageError> {
     b.column_by_name(name)
         .and_then(|c| c.as_any().downcast_ref::<T>())
         .ok_or_else(|| StageError::invalid(artifact, format!("column '{name}' missing or of the wrong type")))
-}
-
-/// One prompt (scene).
-#[derive(Debug, Clone, PartialEq)]
-pub struct PromptRow {
-    pub prompt_id: i64,
-    pub scene_seed: i64,
-    pub caption: String,
-}
-
-pub fn prompts_to_batch(rows: &[PromptRow]) -> RecordBatch {
-    batch(
-        &wc_schemas::tables::prompts(),
-        vec![
-            i64s(rows.iter().map(|r| r.prompt_id)),
-            i64s(rows.iter().map(|r| r.scene_seed)),
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.caption.as_str()))),
-        ],
-    )
 }
 
 /// One (prompt, action sequence) of the sequence pool.
@@ -61,17 +36,14 @@ pub struct GroupRow {
 }
 
 pub fn groups_to_batch(rows: &[GroupRow]) -> RecordBatch {
-    let actions = ListArray::from_iter_primitive::<UInt8Type, _, _>(
-        rows.iter().map(|r| Some(r.actions.iter().map(|a| Some(*a)).collect::<Vec<_>>())),
-    );
     batch(
         &wc_schemas::tables::groups(),
         vec![
             i64s(rows.iter().map(|r| r.group_id)),
             i64s(rows.iter().map(|r| r.prompt_id)),
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.kind.as_str()))),
+            strings(rows.iter().map(|r| r.kind.as_str())),
             i64s(rows.iter().map(|r| r.num_clips)),
-            Arc::new(actions),
+            u8_lists(rows.iter().map(|r| r.actions.as_slice())),
         ],
     )
 }
