@@ -291,3 +291,18 @@ fn render_writes_a_gif_and_a_png_that_open_as_images() {
     let err = wc_err(&["render", "--actions", "forward,jump", "--out", p], &[]);
     assert!(err.contains("unknown action 'jump'"), "{err}");
 }
+
+#[test]
+fn metric_reference_points_ground_truth_is_perfect_and_static_is_the_floor() {
+    let out = wc_ok(&["metric", "--sequences", "60"], &[]);
+    let row = |kind: &str, model: &str| -> Vec<f64> {
+        let line = out.lines().find(|l| l.starts_with(kind) && l.contains(model)).unwrap_or_else(|| panic!("{out}"));
+        line.split_whitespace().rev().take(4).map(|v| v.parse().unwrap()).collect()
+    };
+    for kind in ["basic", "combined"] {
+        assert_eq!(row(kind, "ground truth"), vec![1.0, 1.0, 1.0, 1.0], "{out}");
+        assert_eq!(row(kind, "static model")[0], 0.0, "a static model never gets both right");
+    }
+    let static_if = |kind| row(kind, "static model")[1];
+    assert!((static_if("basic") - 0.5).abs() < 0.01 && (static_if("combined") - 0.167).abs() < 0.03, "{out}");
+}

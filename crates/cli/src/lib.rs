@@ -133,6 +133,33 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Print the action-accuracy metric's reference points: ground-truth
+    /// trajectories (100%), a static model, and a model that moves but
+    /// ignores the actions, on generated basic and combined sequences.
+    ///
+    /// Any model's accuracy means something only above the static model's.
+    Metric {
+        /// Sequences of each kind.
+        #[arg(long, default_value_t = 500)]
+        sequences: usize,
+        /// Clips per sequence.
+        #[arg(long, default_value_t = 4)]
+        clips: usize,
+        /// 4-frame windows per clip.
+        #[arg(long, default_value_t = 4)]
+        windows_per_clip: usize,
+        /// Switch to a new action every this many windows.
+        #[arg(long, default_value_t = 1)]
+        hold: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Rotation threshold in degrees.
+        #[arg(long, default_value_t = 1.0)]
+        tau_rot: f64,
+        /// Translation thresholds (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "0.01,0.02,0.03,0.04,0.05")]
+        thresholds: Vec<f64>,
+    },
     /// Render a scene and an action sequence as an animated GIF and a PNG strip.
     ///
     /// Actions are one per 4-frame window: basic (forward, backward, left,

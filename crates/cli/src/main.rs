@@ -119,6 +119,17 @@ fn run(cli: Cli) -> Result<()> {
                 wc_data::DataOutcome::LostRace => println!("another worker wrote this dataset first; nothing to do"),
             }
         }
+        Command::Metric { sequences, clips, windows_per_clip, hold, seed, tau_rot, thresholds } => {
+            use wc_world::actions::{Kinematics, SequenceKind};
+            let cfg = wc_world::metric::MetricConfig { tau_rot_deg: tau_rot, trans_thresholds: thresholds, ..Default::default() };
+            let kin = Kinematics::default();
+            println!("{:<9} {:<15} {:>8} {:>8} {:>9} {:>6} {:>10}", "kind", "model", "windows", "rot_acc", "trans_acc", "IF", "both_right");
+            for kind in [SequenceKind::Basic, SequenceKind::Combined] {
+                for (name, a) in wc_world::metric::reference_scores(kind, sequences, clips * windows_per_clip, hold, seed, &cfg, &kin) {
+                    println!("{:<9} {:<15} {:>8} {:>8.3} {:>9.3} {:>6.3} {:>10.3}", kind.name(), name, a.windows, a.rot_acc, a.trans_acc, a.if_score, a.both_rate);
+                }
+            }
+        }
         Command::Render { scene, actions, kind, windows, seed, size, out } => {
             use wc_world::actions::{action_sequence, ActionMask, Kinematics, SequenceKind};
             let kin = Kinematics::default();

@@ -141,6 +141,37 @@ pub fn static_baseline(actions: &[ActionMask], cfg: &MetricConfig) -> Accuracy {
     action_accuracy(&vec![WindowMotion::default(); actions.len()], actions, cfg)
 }
 
+/// The metric's reference points on generated sequences of one kind:
+/// ground-truth trajectories (must score 1), a static model (zero motion),
+/// and the trajectory of a different sequence (a model that ignores the
+/// actions but moves). Returns (name, accuracy) rows.
+pub fn reference_scores(
+    kind: crate::actions::SequenceKind,
+    sequences: usize,
+    windows: usize,
+    hold: usize,
+    seed: u64,
+    cfg: &MetricConfig,
+    kin: &crate::actions::Kinematics,
+) -> Vec<(&'static str, Accuracy)> {
+    use crate::actions::action_sequence;
+    use crate::camera::{window_motions, Pose};
+    let (mut truth, mut still, mut other) = (AccuracyTally::default(), AccuracyTally::default(), AccuracyTally::default());
+    for i in 0..sequences as u64 {
+        let acts = action_sequence(seed.wrapping_add(i), kind, windows, hold, kin);
+        let motions = window_motions(&kin.trajectory(Pose::START, &acts), kin.frames_per_window);
+        truth.add_windows(&motions, &acts, cfg);
+        still.add_windows(&vec![WindowMotion::default(); acts.len()], &acts, cfg);
+        let shuffled = action_sequence(seed.wrapping_add(i).wrapping_add(0x5EED_0000), kind, windows, hold, kin);
+        other.add_windows(&motions, &shuffled, cfg);
+    }
+    vec![
+        ("ground truth", truth.accuracy()),
+        ("static model", still.accuracy()),
+        ("other sequence", other.accuracy()),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
