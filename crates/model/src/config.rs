@@ -1,0 +1,96 @@
+//! The model's configuration.
+
+use serde::{Deserialize, Serialize};
+
+/// Sizes of the world model. Serialised into every checkpoint's run config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Frame height and width in pixels.
+    pub frame_size: usize,
+    /// Square patch size; a token is one patch of one frame.
+    pub patch: usize,
+    /// Frames per clip (4 per action window).
+    pub frames_per_clip: usize,
+    /// Recent frames kept in the context besides the first frame.
+    pub context_frames: usize,
+    pub d_model: usize,
+    pub layers: usize,
+    pub heads: usize,
+    /// MLP hidden size as a multiple of d_model.
+    pub mlp_ratio: usize,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            frame_size: 32,
+            patch: 8,
+            frames_per_clip: 4,
+            context_frames: 4,
+            d_model: 192,
+            layers: 6,
+            heads: 6,
+            mlp_ratio: 4,
+        }
+    }
+}
+
+/// Number of action inputs: 8 basic actions and a "dropped" flag (for
+/// classifier-free guidance).
+pub const ACTION_INPUTS: usize = 9;
+
+impl ModelConfig {
+    /// A small config for tests.
+    pub fn tiny() -> Self {
+        ModelConfig {
+            frame_size: 16,
+            patch: 4,
+            frames_per_clip: 4,
+            context_frames: 2,
+            d_model: 48,
+            layers: 2,
+            heads: 2,
+            mlp_ratio: 2,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.patch == 0 || self.frame_size % self.patch != 0 {
+            return Err(format!("frame_size {} must be a multiple of patch {}", self.frame_size, self.patch));
+        }
+        if self.heads == 0 || self.d_model % self.heads != 0 {
+            return Err(format!("d_model {} must be a multiple of heads {}", self.d_model, self.heads));
+        }
+        if self.d_model < self.token_dim() {
+            return Err(format!(
+                "d_model {} is narrower than a token ({} values): the first layer would lose information",
+                self.d_model,
+                self.token_dim()
+            ));
+        }
+        if self.frames_per_clip == 0 || self.layers == 0 || self.mlp_ratio == 0 {
+            return Err("frames_per_clip, layers and mlp_ratio must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// Tokens per frame.
+    pub fn tokens_per_frame(&self) -> usize {
+        (self.frame_size / self.patch).pow(2)
+    }
+
+    /// Values per token (3 channels of a patch).
+    pub fn token_dim(&self) -> usize {
+        3 * self.patch * self.patch
+    }
+
+    /// Context frames: the first frame and the recent ones.
+    pub fn context_slots(&self) -> usize {
+        1 + self.context_frames
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.d_model / self.heads
+    }
+}

@@ -1,0 +1,141 @@
+//! Flow matching: training loss and sampler.
+//!
+//! Convention: z_t = (1 - t) x + t eps, t = 1 is noise; the model predicts
+//! the velocity v = eps - x. Training weights each sample by min(1, 4 t^2),
+//! which is the clean-clip loss ||x_hat - x||^2 weighted by min(1/t^2, 4):
+//! low-noise steps, where the target is nearly the input, count less.
+
+use candle_core::{Device, Tensor};
+use wc_rl::schedule::sampler_times;
+
+use crate::model::{ContextCache, WorldModel};
+use crate::Result;
+
+/// Per-sample weight of the velocity loss at time t.
+pub fn loss_weight(t: f64) -> f64 {
+    (4.0 * t * t).min(1.0)
+}
+
+/// The flow-matching loss of a batch: clean target tokens `x` [B, N, P],
+/// noise `eps` (same shape), times `t` (one per sample), context tokens and
+/// action input. Returns the scalar loss.
+pub fn flow_matching_loss(
+    model: &WorldModel,
+    context: &Tensor,
+    x: &Tensor,
+    eps: &Tensor,
+    t: &[f32],
+    actions: &Tensor,
+) -> Result<Tensor> {
+    let dev = x.device();
+    let b = t.len();
+    let tt = Tensor::from_vec(t.to_vec(), (b, 1, 1), dev)?;
+    let z = (x.broadcast_mul(&(1.0 - &tt)?)? + eps.broadcast_mul(&tt)?)?;
+    let v = (eps - x)?;
+    let cache = model.encode_context(context)?;
+    let v_hat = model.velocity(&cache, &z, &Tensor::from_vec(t.to_vec(), b, dev)?, actions)?;
+    let w: Vec<f32> = t.iter().map(|t| loss_weight(*t as f64) as f32).collect();
+    let w = Tensor::from_vec(w, (b, 1, 1), dev)?;
+    let per = (v_hat - v)?.sqr()?.broadcast_mul(&w)?;
+    Ok(per.mean_all()?)
+}
+
+/// Sampler settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SamplerConfig {
+    pub steps: usize,
+    pub shift: f64,
+    /// Classifier-free guidance over the action (1 = off).
+    pub guidance: f64,
+}
+
+/// Sample clips by Euler integration from `noise` [G, N, P] at t = 1 to
+/// t = 0, all G in one batch, with one context cache (batch 1 or G) reused
+/// for every step. `actions` / `uncond` are the action inputs [G, F, 9]
+/// with and without the action.
+pub fn sample(
+    model: &WorldModel,
+    cache: &ContextCache,
+    noise: &Tensor,
+    actions: &Tensor,
+    uncond: &Tensor,
+    cfg: &SamplerConfig,
+) -> Result<Tensor> {
+    let g = noise.dim(0)?;
+    let dev = noise.device();
+    let times = sampler_times(cfg.steps, cfg.shift);
+    let guided = (cfg.guidance - 1.0).abs() > 1e-12;
+    let (acts, cache2) = if guided {
+        let c = ContextCache {
+            kv: cache
+                .kv
+                .iter()
+                .map(|(k, v)| -> Result<(Tensor, Tensor)> {
+                    if k.dim(0)? == 1 {
+                        Ok((k.clone(), v.clone()))
+                    } else {
+                        Ok((Tensor::cat(&[k, k], 0)?, Tensor::cat(&[v, v], 0)?))
+                    }
+                })
+                .collect::<Result<_>>()?,
+        };
+        (Tensor::cat(&[actions, uncond], 0)?, c)
+    } else {
+        (actions.clone(), cache.clone())
+    };
+    let mut x = noise.clone();
+    for w in times.windows(2) {
+        let (t, t_next) = (w[0], w[1]);
+        let v = if guided {
+            let both = Tensor::cat(&[&x, &x], 0)?;
+            let tt = Tensor::full(t as f32, 2 * g, dev)?;
+            let out = model.velocity(&cache2, &both, &tt, &acts)?;
+            let (vc, vu) = (out.narrow(0, 0, g)?, out.narrow(0, g, g)?);
+            (&vu + ((vc - &vu)? * cfg.guidance)?)?
+        } else {
+            model.velocity(&cache2, &x, &Tensor::full(t as f32, g, dev)?, &acts)?
+        };
+        x = (x + (v * (t_next - t))?)?;
+    }
+    Ok(x)
+}
+
+/// The same sampler without the prefix cache: the context is re-encoded for
+/// every candidate at every step (what clip-level rollout avoids). Used to
+/// check the cache and to measure what it saves.
+pub fn sample_recomputing(
+    model: &WorldModel,
+    context: &Tensor,
+    noise: &Tensor,
+    actions: &Tensor,
+    uncond: &Tensor,
+    cfg: &SamplerConfig,
+) -> Result<Tensor> {
+    let g = noise.dim(0)?;
+    let dev = noise.device();
+    let ctx_g = context.broadcast_as((g, context.dim(1)?, context.dim(2)?))?.contiguous()?;
+    let mut x = noise.clone();
+    for w in sampler_times(cfg.steps, cfg.shift).windows(2) {
+        let (t, t_next) = (w[0], w[1]);
+        let tt = Tensor::full(t as f32, g, dev)?;
+        let vc = model.velocity(&model.encode_context(&ctx_g)?, &x, &tt, actions)?;
+        let v = if (cfg.guidance - 1.0).abs() > 1e-12 {
+            let vu = model.velocity(&model.encode_context(&ctx_g)?, &x, &tt, uncond)?;
+            (&vu + ((vc - &vu)? * cfg.guidance)?)?
+        } else {
+            vc
+        };
+        x = (x + (v * (t_next - t))?)?;
+    }
+    Ok(x)
+}
+
+/// Standard-normal noise from a seed (ChaCha8: the same on every machine).
+pub fn seeded_noise(seed: u64, shape: &[usize], device: &Device) -> Result<Tensor> {
+    use rand::SeedableRng;
+    use rand_distr::Distribution;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rand_distr::StandardNormal.sample(&mut rng)).collect();
+    Ok(Tensor::from_vec(v, shape, device)?)
+}
