@@ -160,6 +160,52 @@ pub enum Command {
         #[arg(long, value_delimiter = ',', default_value = "0.01,0.02,0.03,0.04,0.05")]
         thresholds: Vec<f64>,
     },
+    /// Pre-train the base world model on a dataset's ground-truth clips.
+    ///
+    /// Commits a checkpoint every --checkpoint-every steps under
+    /// <OUT>/pretrain/step-<s>/ (model.safetensors, which PyTorch's
+    /// safetensors loader reads; optimizer state; loss log). Interrupt it at
+    /// any time: run the same command again and it resumes from the newest
+    /// checkpoint, with the same result as an uninterrupted run.
+    ///
+    /// Example: worldcompass pretrain --data file:///data/wc-dataset --out file:///data/wc-base --steps 3000
+    Pretrain {
+        /// Store URI holding the dataset (written by `worldcompass data`).
+        #[arg(long)]
+        data: String,
+        /// Store URI the checkpoints are committed under.
+        #[arg(long)]
+        out: String,
+        /// Train up to this many steps in total.
+        #[arg(long, default_value_t = 3000)]
+        steps: u64,
+        #[arg(long, default_value_t = 24)]
+        batch: usize,
+        #[arg(long, default_value_t = 2e-3)]
+        lr: f64,
+        #[arg(long, default_value_t = 100)]
+        warmup: u64,
+        #[arg(long, default_value_t = 200)]
+        checkpoint_every: u64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Model width.
+        #[arg(long, default_value_t = 192)]
+        d_model: usize,
+        #[arg(long, default_value_t = 4)]
+        layers: usize,
+        #[arg(long, default_value_t = 6)]
+        heads: usize,
+        /// Patch size in pixels (a token is one patch of one frame).
+        #[arg(long, default_value_t = 8)]
+        patch: usize,
+        /// Recent frames in the context besides the first frame.
+        #[arg(long, default_value_t = 2)]
+        context_frames: usize,
+        /// MLP width as a multiple of the model width.
+        #[arg(long, default_value_t = 2)]
+        mlp_ratio: usize,
+    },
     /// Render a scene and an action sequence as an animated GIF and a PNG strip.
     ///
     /// Actions are one per 4-frame window: basic (forward, backward, left,

@@ -15,6 +15,11 @@ fn main() -> ExitCode {
     // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        // Keep freed tensor buffers in the heap instead of returning them to
+        // the kernel: candle allocates a buffer per op, and re-faulting fresh
+        // pages cost about a tenth of a training step.
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
     }
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_env("WORLDCOMPASS_LOG").unwrap_or_else(|_| EnvFilter::new("warn")))
@@ -118,6 +123,57 @@ fn run(cli: Cli) -> Result<()> {
                 wc_data::DataOutcome::AlreadyWritten => println!("{}/{} already holds this dataset; nothing to do", store.uri(), wc_data::DATASET_DIR),
                 wc_data::DataOutcome::LostRace => println!("another worker wrote this dataset first; nothing to do"),
             }
+        }
+        Command::Pretrain { data, out, steps, batch, lr, warmup, checkpoint_every, seed, d_model, layers, heads, patch, context_frames, mlp_ratio } => {
+            let data = RunStore::open(&data)?;
+            let out = RunStore::open(&out)?;
+            anyhow::ensure!(checkpoint_every > 0, "--checkpoint-every must be at least 1");
+            let model = wc_model::ModelConfig {
+                d_model,
+                layers,
+                heads,
+                patch,
+                context_frames,
+                mlp_ratio,
+                ..Default::default()
+            };
+            let settings = wc_stages::pretrain::PretrainSettings {
+                model,
+                seed,
+                batch,
+                lr,
+                warmup_steps: warmup,
+                action_dropout: 0.1,
+                checkpoint_every,
+                dataset: String::new(),
+            };
+            let bar = indicatif::ProgressBar::new(steps);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} steps {msg} ({elapsed}, eta {eta})")
+                    .expect("valid template")
+                    .progress_chars("=> "),
+            );
+            bar.set_prefix("pretrain");
+            let mut ema_loss: Option<f64> = None;
+            let mut first = true;
+            let done = wc_stages::pretrain::run_pretrain(&data, &out, settings, steps, |step, r| {
+                if first {
+                    bar.set_position(step);
+                    first = false;
+                }
+                let l = ema_loss.map_or(r.loss, |e| 0.98 * e + 0.02 * r.loss);
+                ema_loss = Some(l);
+                bar.set_message(format!("loss {l:.4} lr {:.1e}", r.lr));
+                bar.inc(1);
+                if !bar.is_hidden() {
+                    return;
+                }
+                if (step + 1) % 50 == 0 {
+                    eprintln!("step {} loss {l:.4} grad_norm {:.3}", step + 1, r.grad_norm);
+                }
+            })?;
+            bar.finish_and_clear();
+            println!("pre-trained to step {done}; checkpoint: {}/{}", out.uri(), wc_stages::pretrain::step_dir(done));
         }
         Command::Metric { sequences, clips, windows_per_clip, hold, seed, tau_rot, thresholds } => {
             use wc_world::actions::{Kinematics, SequenceKind};

@@ -16,6 +16,7 @@
 //! [`build`]) is separate from writing ([`write_dataset`]).
 
 pub mod build;
+pub mod read;
 pub mod rows;
 
 use indicatif::{ProgressBar, ProgressStyle};

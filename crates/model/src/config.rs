@@ -27,11 +27,11 @@ impl Default for ModelConfig {
             frame_size: 32,
             patch: 8,
             frames_per_clip: 4,
-            context_frames: 4,
+            context_frames: 2,
             d_model: 192,
-            layers: 6,
+            layers: 4,
             heads: 6,
-            mlp_ratio: 4,
+            mlp_ratio: 2,
         }
     }
 }

@@ -26,6 +26,7 @@ pub mod model;
 pub mod nn;
 pub mod optim;
 pub mod params;
+pub mod train;
 
 pub use config::ModelConfig;
 pub use model::{ContextCache, WorldModel};

@@ -18,7 +18,7 @@ pub mod tensors;
 
 pub use error::SchemaError;
 pub use parquet_io::{read_table, write_table};
-pub use safetensors_io::{read_tensors, write_tensors, DimBindings, Tensor, TensorSet};
+pub use safetensors_io::{read_any, read_tensors, write_any, write_tensors, DimBindings, Tensor, TensorSet};
 pub use tables::{FieldSpec, FieldType, TableSchema};
 pub use tensors::{Dim, TensorDType, TensorFileSchema, TensorSpec};
 

@@ -236,6 +236,52 @@ pub fn read_tensors(
     Ok(out)
 }
 
+/// Encode any named tensors as safetensors (for files whose layout the
+/// caller validates itself, such as model checkpoints: the model checks
+/// every parameter's name and shape on load).
+pub fn write_any(artifact: &str, tensors: &TensorSet) -> Result<Bytes, SchemaError> {
+    let views = tensors
+        .iter()
+        .map(|(name, t)| {
+            TensorView::new(st_dtype(t.dtype), t.shape.clone(), &t.data)
+                .map(|v| (name.clone(), v))
+                .map_err(|e| SchemaError::Invalid { artifact: artifact.to_string(), reason: e.to_string() })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let bytes = safetensors::serialize(views, None).map_err(|e| SchemaError::Invalid {
+        artifact: artifact.to_string(),
+        reason: e.to_string(),
+    })?;
+    Ok(Bytes::from(bytes))
+}
+
+/// Decode any safetensors file of the supported dtypes.
+pub fn read_any(artifact: &str, bytes: &[u8]) -> Result<TensorSet, SchemaError> {
+    let st = SafeTensors::deserialize(bytes).map_err(|e| SchemaError::BadSafetensors {
+        artifact: artifact.to_string(),
+        reason: e.to_string(),
+    })?;
+    let mut out = TensorSet::new();
+    for (name, view) in st.tensors() {
+        let dtype = match view.dtype() {
+            Dtype::F32 => TensorDType::F32,
+            Dtype::F64 => TensorDType::F64,
+            Dtype::U8 => TensorDType::U8,
+            Dtype::I64 => TensorDType::I64,
+            other => {
+                return Err(SchemaError::WrongDType {
+                    artifact: artifact.to_string(),
+                    tensor: name,
+                    expected: "F32, F64, U8 or I64".into(),
+                    found: format!("{other:?}"),
+                });
+            }
+        };
+        out.insert(name, Tensor { dtype, shape: view.shape().to_vec(), data: view.data().to_vec() });
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -255,6 +255,23 @@ pub fn pretrain_poses() -> TableSchema {
     }
 }
 
+/// Pre-training metrics: one row per step.
+pub fn pretrain_metrics() -> TableSchema {
+    use FieldType::*;
+    TableSchema {
+        name: "pretrain_metrics",
+        format: "parquet",
+        doc: "Pre-training loss log: <out>/pretrain/step-<s>/metrics.parquet holds the steps since the previous checkpoint.",
+        fields: vec![
+            col("step", Int64, "Optimizer step (0-based)."),
+            col("loss", Float64, "Flow-matching loss of the batch."),
+            col("grad_norm", Float64, "Global gradient norm."),
+            col("lr", Float64, "Learning rate."),
+            col("applied", Boolean, "False when the step was skipped for a non-finite loss or gradient."),
+        ],
+    }
+}
+
 /// Every table schema.
 pub fn all() -> Vec<TableSchema> {
     vec![
@@ -266,5 +283,6 @@ pub fn all() -> Vec<TableSchema> {
         sequences(),
         pretrain_clips(),
         pretrain_poses(),
+        pretrain_metrics(),
     ]
 }

@@ -14,6 +14,7 @@ pub mod init;
 pub mod inputs;
 pub mod layout;
 pub mod linear;
+pub mod pretrain;
 pub mod runner;
 pub mod stages;
 pub mod status;

@@ -228,3 +228,17 @@ mod tests {
         assert!(err.contains("scores.parquet") && err.contains("if_score") && err.contains("NaN"), "{err}");
     }
 }
+
+/// Pre-training metrics rows.
+pub fn pretrain_metrics_to_batch(rows: &[(u64, wc_model::train::StepReport)]) -> RecordBatch {
+    batch(
+        &wc_schemas::tables::pretrain_metrics(),
+        vec![
+            i64s(rows.iter().map(|(s, _)| *s as i64)),
+            f64s(rows.iter().map(|(_, r)| r.loss)),
+            f64s(rows.iter().map(|(_, r)| r.grad_norm)),
+            f64s(rows.iter().map(|(_, r)| r.lr)),
+            Arc::new(BooleanArray::from(rows.iter().map(|(_, r)| r.applied).collect::<Vec<_>>())),
+        ],
+    )
+}

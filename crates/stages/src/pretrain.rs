@@ -1,0 +1,156 @@
+//! `pretrain`: train the base world model on a dataset's ground-truth clips.
+//!
+//! A batch job like the stages: it reads the committed dataset, trains, and
+//! commits a checkpoint every `checkpoint_every` steps under
+//! `<out>/pretrain/step-<s>/` (model, optimizer state, the loss of the steps
+//! since the previous checkpoint, the model config). Restarted, it resumes
+//! from the newest checkpoint committed under the same settings; batches,
+//! noise and times derive from (seed, step), so the result is the same bytes
+//! as an uninterrupted run.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use wc_model::codec::PixelCodec;
+use wc_model::optim::{OptimConfig, Optimizer};
+use wc_model::params::Params;
+use wc_model::train::{pretrain_step, PretrainConfig, StepReport, Video};
+use wc_model::{ModelConfig, WorldModel};
+use wc_store::{CommittedSet, ManifestState, PendingCommit, RunStore, MANIFEST_FILE};
+
+use crate::error::StageError;
+
+/// Everything a pre-training run depends on (its fingerprint).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PretrainSettings {
+    pub model: ModelConfig,
+    pub seed: u64,
+    pub batch: usize,
+    pub lr: f64,
+    pub warmup_steps: u64,
+    pub action_dropout: f64,
+    pub checkpoint_every: u64,
+    /// Digest of the dataset manifest trained on.
+    pub dataset: String,
+}
+
+impl PretrainSettings {
+    pub fn fingerprint(&self) -> String {
+        hex::encode(Sha256::digest(serde_json::to_vec(self).expect("serialises")))
+    }
+}
+
+pub const PRETRAIN_DIR: &str = "pretrain";
+
+pub fn step_dir(step: u64) -> String {
+    format!("{PRETRAIN_DIR}/step-{step:07}")
+}
+
+/// The newest committed checkpoint with this fingerprint, as (step, set).
+pub fn latest_checkpoint(store: &RunStore, fingerprint: &str) -> Result<Option<(u64, CommittedSet)>, StageError> {
+    let mut best = None;
+    for path in store.list(PRETRAIN_DIR)? {
+        let Some(dir) = path.strip_suffix(&format!("/{MANIFEST_FILE}")) else { continue };
+        let Some(step) = dir.strip_prefix(&format!("{PRETRAIN_DIR}/step-")).and_then(|s| s.parse::<u64>().ok()) else { continue };
+        let set = CommittedSet::open(store, &path)?;
+        if set.manifest.fingerprint == fingerprint && best.as_ref().is_none_or(|(s, _)| step > *s) {
+            best = Some((step, set));
+        }
+    }
+    Ok(best)
+}
+
+fn model_err(e: wc_model::ModelError) -> StageError {
+    StageError::invalid("model", e.to_string())
+}
+
+/// Load model parameters from a checkpoint file listed in `set`.
+pub fn load_params(store: &RunStore, set: &CommittedSet, path: &str, params: &Params) -> Result<(), StageError> {
+    let bytes = set.read(path)?;
+    let t = wc_schemas::read_any(&store.uri_of(path), &bytes)?;
+    params.load(&t).map_err(|e| StageError::invalid(store.uri_of(path), e.to_string()))
+}
+
+/// Run (or resume) pre-training up to `steps`. `on_step` sees each step's report.
+pub fn run_pretrain(
+    data: &RunStore,
+    out: &RunStore,
+    settings_in: PretrainSettings,
+    steps: u64,
+    mut on_step: impl FnMut(u64, &StepReport),
+) -> Result<u64, StageError> {
+    let dataset = wc_data::read::open_dataset(data).map_err(|e| StageError::invalid(data.uri(), e.to_string()))?;
+    let settings = PretrainSettings { dataset: dataset.digest.clone(), ..settings_in };
+    let (gt, size) = wc_data::read::pretrain_videos(data).map_err(|e| StageError::invalid(data.uri(), e.to_string()))?;
+    if size != settings.model.frame_size {
+        return Err(StageError::invalid(data.uri(), format!("dataset frames are {size}px, the model is configured for {}px", settings.model.frame_size)));
+    }
+    let videos: Vec<Video> = gt.into_iter().map(|v| Video { frames: v.frames, actions: v.actions }).collect();
+    if videos.is_empty() {
+        return Err(StageError::invalid(data.uri(), "the dataset has no pre-training clips"));
+    }
+    let fingerprint = settings.fingerprint();
+    let device = wc_model::train::default_device();
+    let mut params = Params::new(settings.seed, &device);
+    let model = WorldModel::new(&settings.model, &mut params).map_err(model_err)?;
+    let mut opt = Optimizer::new(OptimConfig { lr: settings.lr, ..Default::default() }, &params).map_err(model_err)?;
+    let mut start = 0;
+    if let Some((step, set)) = latest_checkpoint(out, &fingerprint)? {
+        load_params(out, &set, &format!("{}/model.safetensors", step_dir(step)), &params)?;
+        let p = format!("{}/optimizer.safetensors", step_dir(step));
+        let t = wc_schemas::read_any(&out.uri_of(&p), &set.read(&p)?)?;
+        opt.load(&t).map_err(model_err)?;
+        start = step;
+        tracing::info!(step, "resuming pre-training");
+    }
+    let pc = PretrainConfig {
+        seed: settings.seed,
+        batch: settings.batch,
+        lr: settings.lr,
+        warmup_steps: settings.warmup_steps,
+        action_dropout: settings.action_dropout,
+        ..Default::default()
+    };
+    let mut log: Vec<(u64, StepReport)> = Vec::new();
+    for step in start..steps {
+        let r = pretrain_step(&model, &params, &mut opt, &videos, &PixelCodec, &pc, step).map_err(model_err)?;
+        if !r.applied {
+            tracing::warn!(step, loss = r.loss, grad_norm = r.grad_norm, "non-finite step skipped");
+        }
+        on_step(step, &r);
+        log.push((step, r));
+        let done = step + 1;
+        if done % settings.checkpoint_every == 0 || done == steps {
+            commit_checkpoint(out, &settings, &fingerprint, done, &params, &opt, &log)?;
+            log.clear();
+        }
+    }
+    Ok(steps.max(start))
+}
+
+fn commit_checkpoint(
+    out: &RunStore,
+    settings: &PretrainSettings,
+    fingerprint: &str,
+    step: u64,
+    params: &Params,
+    opt: &Optimizer,
+    log: &[(u64, StepReport)],
+) -> Result<(), StageError> {
+    let dir = step_dir(step);
+    let mut pending = PendingCommit::begin(out, &dir, "pretrain", Some(step), None, fingerprint);
+    if let ManifestState::Committed(_) = pending.check(false)? {
+        return Ok(());
+    }
+    let p = format!("{dir}/model.safetensors");
+    pending.write(&p, wc_schemas::write_any(&out.uri_of(&p), &params.to_tensor_set().map_err(model_err)?)?)?;
+    let p = format!("{dir}/optimizer.safetensors");
+    pending.write(&p, wc_schemas::write_any(&out.uri_of(&p), &opt.to_tensor_set().map_err(model_err)?)?)?;
+    let p = format!("{dir}/settings.json");
+    pending.write(&p, Bytes::from(serde_json::to_vec_pretty(settings).expect("serialises")))?;
+    let batch = crate::tables::pretrain_metrics_to_batch(log);
+    let p = format!("{dir}/metrics.parquet");
+    pending.write(&p, wc_schemas::write_table(&wc_schemas::tables::pretrain_metrics(), &out.uri_of(&p), &batch)?)?;
+    pending.commit()?;
+    Ok(())
+}
