@@ -29,6 +29,26 @@ stage name *args:
 status run=run:
     {{wc}} status --run {{run}}
 
+# Where the embedded dataset and the base model live.
+data := "file://" + justfile_directory() + "/runs/data"
+base := "file://" + justfile_directory() + "/runs/base"
+
+# Write the embedded dataset (prompts, sequences, ground-truth pre-training clips).
+data clips="3000":
+    {{wc}} data --out {{data}} --pretrain-clips {{clips}} --pretrain-windows 3 --seed 1
+
+# Pre-train the base world model on the dataset (resumes from its last checkpoint).
+pretrain steps="3000": (data)
+    {{wc}} pretrain --data {{data}} --out {{base}} --steps {{steps}} --checkpoint-every 250
+
+# Action accuracy of the base model on held-out prompts (re-render probe).
+eval-base sequences="16":
+    {{wc}} eval --data {{data}} --model {{base}} --sequences {{sequences}}
+
+# Speed of the world model on this machine.
+bench:
+    {{wc}} bench model
+
 # Run the whole test suite (installs the test dependencies first).
 test: setup
     if cargo nextest --version >/dev/null 2>&1; then cargo nextest run --workspace --no-fail-fast; else cargo test --workspace --no-fail-fast; fi

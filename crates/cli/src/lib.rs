@@ -206,6 +206,83 @@ pub enum Command {
         #[arg(long, default_value_t = 2)]
         mlp_ratio: usize,
     },
+    /// Evaluate a model checkpoint's action following on held-out prompts.
+    ///
+    /// Every clip of each held-out sequence (basic and combined) is generated
+    /// from the ground-truth context, and each window is classified by
+    /// re-rendering the 81 candidate motions from the true pose (an
+    /// instrument that reads the simulator: evaluation only). Prints rotation
+    /// and translation accuracy, IF, and the rate of windows with both right,
+    /// beside a static model's on the same windows.
+    ///
+    /// Example: worldcompass eval --data file:///data/wc-dataset --model file:///data/wc-base
+    Eval {
+        /// Store URI holding the dataset (its prompts are held out of pre-training).
+        #[arg(long)]
+        data: String,
+        /// Store URI holding the checkpoints (pretrain/step-*/).
+        #[arg(long)]
+        model: String,
+        /// Checkpoint step (default: the newest).
+        #[arg(long)]
+        step: Option<u64>,
+        /// Sequences of each kind.
+        #[arg(long, default_value_t = 16)]
+        sequences: usize,
+        /// Sampler steps T.
+        #[arg(long, default_value_t = 10)]
+        sampler_steps: usize,
+        /// Timestep shift of the sampler.
+        #[arg(long, default_value_t = 3.0)]
+        shift: f64,
+        /// Classifier-free guidance scale over the action (1 = off).
+        #[arg(long, default_value_t = 1.0)]
+        guidance: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Generate a sequence with a model from a scene's first frame and an
+    /// action sequence, and write it as an animated GIF and a PNG strip
+    /// (with --truth, the simulator's ground truth is placed beside it).
+    ///
+    /// Example: worldcompass sample --model file:///data/wc-base --scene 3 --actions forward,turn_left,left --out /tmp/gen
+    Sample {
+        /// Store URI holding the checkpoints.
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        step: Option<u64>,
+        /// Scene seed of the world prompt.
+        #[arg(long, default_value_t = 0)]
+        scene: u64,
+        /// Comma-separated actions, one per 4-frame window.
+        #[arg(long, value_delimiter = ',', required = true)]
+        actions: Vec<String>,
+        #[arg(long, default_value_t = 10)]
+        sampler_steps: usize,
+        #[arg(long, default_value_t = 3.0)]
+        shift: f64,
+        #[arg(long, default_value_t = 1.0)]
+        guidance: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Also render the ground truth beside the generated frames.
+        #[arg(long)]
+        truth: bool,
+        /// Output path prefix: writes PREFIX.gif and PREFIX.png.
+        #[arg(long)]
+        out: String,
+    },
+    /// Measure speed on this machine, side by side in one process.
+    ///
+    /// `bench model`: the f32 matmul peak, a sampler step for a batch of G,
+    /// G candidates with the prefix cache against recomputing the prefix,
+    /// and a training step's forward and backward, in GFLOP/s and as a share
+    /// of the measured peak.
+    Bench {
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
     /// Render a scene and an action sequence as an animated GIF and a PNG strip.
     ///
     /// Actions are one per 4-frame window: basic (forward, backward, left,
@@ -248,6 +325,23 @@ pub enum Command {
         /// Only check that the directory matches the code.
         #[arg(long)]
         check: bool,
+    },
+}
+
+/// What `bench` measures.
+#[derive(Debug, Subcommand)]
+pub enum BenchWhat {
+    /// The world model at its default config.
+    Model {
+        /// Candidates G per group.
+        #[arg(long, default_value_t = 8)]
+        candidates: usize,
+        /// Sampler steps T.
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        /// Training batch.
+        #[arg(long, default_value_t = 24)]
+        batch: usize,
     },
 }
 

@@ -175,6 +175,68 @@ fn run(cli: Cli) -> Result<()> {
             bar.finish_and_clear();
             println!("pre-trained to step {done}; checkpoint: {}/{}", out.uri(), wc_stages::pretrain::step_dir(done));
         }
+        Command::Eval { data, model, step, sequences, sampler_steps, shift, guidance, seed } => {
+            let data = RunStore::open(&data)?;
+            let store = RunStore::open(&model)?;
+            let m = wc_stages::evaluate::load_checkpoint(&store, step)?;
+            let seqs = wc_stages::evaluate::held_out(&data, sequences)?;
+            let clips: usize = seqs.iter().map(|s| s.actions.len() * 4 / m.model.cfg.frames_per_clip).sum();
+            let bar = indicatif::ProgressBar::new(clips as u64);
+            bar.set_prefix("eval");
+            let sampler = wc_model::flow::SamplerConfig { steps: sampler_steps, shift, guidance };
+            let report = wc_stages::evaluate::evaluate(&m, &seqs, &sampler, seed, &|| bar.inc(1))?;
+            bar.finish_and_clear();
+            println!("model {} (step {}), {} held-out sequences per kind, T={sampler_steps}, shift={shift}, guidance={guidance}", m.path, m.step, sequences);
+            println!("{:<9} {:>8} {:>8} {:>9} {:>6} {:>10} {:>10} {:>12}", "kind", "windows", "rot_acc", "trans_acc", "IF", "both_right", "static_IF", "static_both");
+            for (kind, a, s) in &report.rows {
+                println!("{kind:<9} {:>8} {:>8.3} {:>9.3} {:>6.3} {:>10.3} {:>10.3} {:>12.3}", a.windows, a.rot_acc, a.trans_acc, a.if_score, a.both_rate, s.if_score, s.both_rate);
+            }
+        }
+        Command::Sample { model, step, scene, actions, sampler_steps, shift, guidance, seed, truth, out } => {
+            use wc_world::actions::{ActionMask, Kinematics};
+            let store = RunStore::open(&model)?;
+            let m = wc_stages::evaluate::load_checkpoint(&store, step)?;
+            let acts: Vec<ActionMask> = actions.iter().map(|a| ActionMask::parse(a)).collect::<Result<_, _>>().map_err(anyhow::Error::msg)?;
+            let size = m.model.cfg.frame_size;
+            let rcfg = wc_world::RenderConfig { width: size, height: size, ..Default::default() };
+            let world = wc_world::Scene::generate(scene);
+            let kin = Kinematics::default();
+            let gt: Vec<Vec<u8>> = kin.trajectory(wc_world::Pose::START, &acts).iter().map(|p| wc_world::render::render(&world, p, &rcfg).to_u8()).collect();
+            let sampler = wc_model::flow::SamplerConfig { steps: sampler_steps, shift, guidance };
+            let generated = wc_stages::evaluate::rollout_sequence(&m, &gt[0], &acts, &sampler, seed)?;
+            let to_frame = |rgb: &Vec<u8>, w: usize| wc_world::Frame { width: w, height: size, rgb: rgb.iter().map(|v| *v as f32 / 255.0).collect() };
+            let frames: Vec<wc_world::Frame> = if truth {
+                generated
+                    .iter()
+                    .zip(&gt)
+                    .map(|(g, t)| {
+                        let mut row = Vec::with_capacity(2 * g.len());
+                        for y in 0..size {
+                            row.extend_from_slice(&g[y * size * 3..(y + 1) * size * 3]);
+                            row.extend_from_slice(&t[y * size * 3..(y + 1) * size * 3]);
+                        }
+                        to_frame(&row, 2 * size)
+                    })
+                    .collect()
+            } else {
+                generated.iter().map(|g| to_frame(g, size)).collect()
+            };
+            let scale = (256 / size).max(1);
+            std::fs::write(format!("{out}.gif"), wc_world::media::gif_bytes(&frames, scale, 12)?).with_context(|| format!("writing {out}.gif"))?;
+            std::fs::write(format!("{out}.png"), wc_world::media::png_strip_bytes(&frames, scale.min(4), 4 * acts.len().min(4) + 1)?)
+                .with_context(|| format!("writing {out}.png"))?;
+            println!("model {} (step {}); scene {scene}: {}", m.path, m.step, world.caption);
+            println!("wrote {out}.gif and {out}.png ({} frames{})", frames.len(), if truth { ", generated left, ground truth right" } else { "" });
+        }
+        Command::Bench { what: worldcompass::BenchWhat::Model { candidates, steps, batch } } => {
+            let cfg = wc_model::ModelConfig::default();
+            println!("model: {cfg:?}");
+            println!("{:<48} {:>10} {:>9}  note", "measurement", "seconds", "GFLOP/s");
+            for r in wc_model::bench::model_bench(&cfg, candidates, steps, batch)? {
+                let g = r.gflops.map(|g| format!("{g:.1}")).unwrap_or_else(|| "-".into());
+                println!("{:<48} {:>10.4} {:>9}  {}", r.name, r.seconds, g, r.note);
+            }
+        }
         Command::Metric { sequences, clips, windows_per_clip, hold, seed, tau_rot, thresholds } => {
             use wc_world::actions::{Kinematics, SequenceKind};
             let cfg = wc_world::metric::MetricConfig { tau_rot_deg: tau_rot, trans_thresholds: thresholds, ..Default::default() };

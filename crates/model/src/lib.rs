@@ -19,6 +19,7 @@
 //!
 //! No I/O here: callers pass tensors in and get tensors out.
 
+pub mod bench;
 pub mod codec;
 pub mod config;
 pub mod flow;

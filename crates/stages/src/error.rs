@@ -28,6 +28,8 @@ pub enum StageError {
     NotSharded { stage: &'static str },
     #[error("{artifact}: {reason}")]
     InvalidInput { artifact: String, reason: String },
+    #[error("model computation failed: {0}")]
+    Tensor(#[from] candle_core::Error),
 }
 
 impl StageError {

@@ -13,6 +13,7 @@ mod error;
 pub mod init;
 pub mod inputs;
 pub mod layout;
+pub mod evaluate;
 pub mod linear;
 pub mod pretrain;
 pub mod runner;

@@ -80,11 +80,10 @@ pub fn run_pretrain(
     mut on_step: impl FnMut(u64, &StepReport),
 ) -> Result<u64, StageError> {
     let dataset = wc_data::read::open_dataset(data).map_err(|e| StageError::invalid(data.uri(), e.to_string()))?;
-    let settings = PretrainSettings { dataset: dataset.digest.clone(), ..settings_in };
     let (gt, size) = wc_data::read::pretrain_videos(data).map_err(|e| StageError::invalid(data.uri(), e.to_string()))?;
-    if size != settings.model.frame_size {
-        return Err(StageError::invalid(data.uri(), format!("dataset frames are {size}px, the model is configured for {}px", settings.model.frame_size)));
-    }
+    // The dataset decides the frame size.
+    let model = ModelConfig { frame_size: size, ..settings_in.model.clone() };
+    let settings = PretrainSettings { dataset: dataset.digest.clone(), model, ..settings_in };
     let videos: Vec<Video> = gt.into_iter().map(|v| Video { frames: v.frames, actions: v.actions }).collect();
     if videos.is_empty() {
         return Err(StageError::invalid(data.uri(), "the dataset has no pre-training clips"));

@@ -17,6 +17,7 @@ pub mod actions;
 pub mod camera;
 pub mod media;
 pub mod metric;
+pub mod probe;
 pub mod render;
 pub mod scene;
 

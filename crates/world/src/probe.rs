@@ -1,0 +1,82 @@
+//! A ground-truth instrument for generated frames: re-render the 81
+//! candidate motions of a window (9 translations x 9 rotations) from the
+//! true pose at the window's start, and take the one nearest (mean squared
+//! error) to the generated frames.
+//!
+//! It reads the simulator's state (the scene and the true pose), so it is an
+//! evaluation instrument where ground truth is known, never a reward.
+
+use crate::actions::{ActionMask, Kinematics};
+use crate::camera::Pose;
+use crate::render::{render, RenderConfig};
+use crate::scene::Scene;
+
+/// The 9 translation classes (none, 4 axes, 4 diagonals) as masks.
+pub fn translation_classes() -> [ActionMask; 9] {
+    [0u8, 1, 2, 4, 8, 1 | 4, 1 | 8, 2 | 4, 2 | 8].map(ActionMask)
+}
+
+/// The 9 rotation classes (none, 4 axes, 4 diagonals) as masks.
+pub fn rotation_classes() -> [ActionMask; 9] {
+    [0u8, 16, 32, 64, 128, 16 | 64, 16 | 128, 32 | 64, 32 | 128].map(ActionMask)
+}
+
+/// The candidate whose rendered frames are nearest to `frames` (f32 RGB HWC
+/// in [0, 1], `frames_per_window` frames after `start`).
+pub fn nearest_motion(scene: &Scene, start: &Pose, frames: &[f32], kin: &Kinematics, cfg: &RenderConfig) -> ActionMask {
+    let mut best = (f64::INFINITY, ActionMask(0));
+    for t in translation_classes() {
+        for r in rotation_classes() {
+            let a = t.union(r);
+            let poses = kin.trajectory(*start, &[a]);
+            let mut err = 0.0f64;
+            for (i, p) in poses[1..].iter().enumerate() {
+                let f = render(scene, p, cfg);
+                let n = f.rgb.len();
+                err += f.rgb.iter().zip(&frames[i * n..(i + 1) * n]).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>();
+            }
+            if err < best.0 {
+                best = (err, a);
+            }
+        }
+    }
+    best.1
+}
+
+/// Whether a classified motion matches the command: (rotation right, translation right).
+pub fn judge(found: ActionMask, commanded: ActionMask) -> (bool, bool) {
+    (found.rotation() == commanded.rotation(), found.translation() == commanded.translation())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actions::combined_actions;
+
+    #[test]
+    fn ground_truth_windows_are_classified_exactly() {
+        let kin = Kinematics::default();
+        let cfg = RenderConfig::default();
+        let mut actions: Vec<ActionMask> = ActionMask::basic().to_vec();
+        actions.extend(combined_actions().into_iter().step_by(3));
+        for (i, a) in actions.iter().enumerate() {
+            let scene = Scene::generate(100 + i as u64);
+            let start = Pose { yaw: 0.3 * i as f64, ..Pose::START };
+            let poses = kin.trajectory(start, &[*a]);
+            let frames: Vec<f32> = poses[1..].iter().flat_map(|p| render(&scene, p, &cfg).rgb).collect();
+            assert_eq!(nearest_motion(&scene, &start, &frames, &kin, &cfg), *a, "scene {i}");
+        }
+    }
+
+    #[test]
+    fn a_still_video_is_classified_as_no_motion() {
+        let kin = Kinematics::default();
+        let cfg = RenderConfig::default();
+        let scene = Scene::generate(7);
+        let f0 = render(&scene, &Pose::START, &cfg).rgb;
+        let still: Vec<f32> = (0..4).flat_map(|_| f0.clone()).collect();
+        let found = nearest_motion(&scene, &Pose::START, &still, &kin, &cfg);
+        assert_eq!(found, ActionMask(0));
+        assert_eq!(judge(found, ActionMask::FORWARD), (true, false));
+    }
+}
