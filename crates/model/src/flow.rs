@@ -49,6 +49,11 @@ pub struct SamplerConfig {
     pub guidance: f64,
 }
 
+/// Classifier-free guidance: v_u + g (v_c - v_u).
+pub fn guide(v_cond: &Tensor, v_uncond: &Tensor, g: f64) -> Result<Tensor> {
+    Ok((v_uncond + ((v_cond - v_uncond)? * g)?)?)
+}
+
 /// Sample clips by Euler integration from `noise` [G, N, P] at t = 1 to
 /// t = 0, all G in one batch, with one context cache (batch 1 or G) reused
 /// for every step. `actions` / `uncond` are the action inputs [G, F, 9]
@@ -90,8 +95,7 @@ pub fn sample(
             let both = Tensor::cat(&[&x, &x], 0)?;
             let tt = Tensor::full(t as f32, 2 * g, dev)?;
             let out = model.velocity(&cache2, &both, &tt, &acts)?;
-            let (vc, vu) = (out.narrow(0, 0, g)?, out.narrow(0, g, g)?);
-            (&vu + ((vc - &vu)? * cfg.guidance)?)?
+            guide(&out.narrow(0, 0, g)?, &out.narrow(0, g, g)?, cfg.guidance)?
         } else {
             model.velocity(&cache2, &x, &Tensor::full(t as f32, g, dev)?, &acts)?
         };
@@ -121,7 +125,7 @@ pub fn sample_recomputing(
         let vc = model.velocity(&model.encode_context(&ctx_g)?, &x, &tt, actions)?;
         let v = if (cfg.guidance - 1.0).abs() > 1e-12 {
             let vu = model.velocity(&model.encode_context(&ctx_g)?, &x, &tt, uncond)?;
-            (&vu + ((vc - &vu)? * cfg.guidance)?)?
+            guide(&vc, &vu, cfg.guidance)?
         } else {
             vc
         };

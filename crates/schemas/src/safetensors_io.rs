@@ -104,6 +104,24 @@ fn st_dtype(d: TensorDType) -> Dtype {
     }
 }
 
+/// Our dtype of a safetensors dtype, or a WrongDType error naming the tensor.
+fn dtype_of(artifact: &str, tensor: &str, d: Dtype) -> Result<TensorDType, SchemaError> {
+    Ok(match d {
+        Dtype::F32 => TensorDType::F32,
+        Dtype::F64 => TensorDType::F64,
+        Dtype::U8 => TensorDType::U8,
+        Dtype::I64 => TensorDType::I64,
+        other => {
+            return Err(SchemaError::WrongDType {
+                artifact: artifact.to_string(),
+                tensor: tensor.to_string(),
+                expected: "F32, F64, U8 or I64".into(),
+                found: format!("{other:?}"),
+            });
+        }
+    })
+}
+
 fn check(
     layout: &TensorFileSchema,
     bindings: &DimBindings,
@@ -209,20 +227,7 @@ pub fn read_tensors(
     // Deterministic order, so the first error reported is always the same.
     views.sort_by(|a, b| a.0.cmp(&b.0));
     for (name, view) in views {
-        let dtype = match view.dtype() {
-            Dtype::F32 => TensorDType::F32,
-            Dtype::F64 => TensorDType::F64,
-            Dtype::U8 => TensorDType::U8,
-            Dtype::I64 => TensorDType::I64,
-            other => {
-                return Err(SchemaError::WrongDType {
-                    artifact: artifact.to_string(),
-                    tensor: name.clone(),
-                    expected: "a layout dtype".into(),
-                    found: format!("{other:?}"),
-                });
-            }
-        };
+        let dtype = dtype_of(artifact, &name, view.dtype())?;
         check(layout, bindings, artifact, &name, format!("{dtype:?}"), view.shape())?;
         out.insert(
             name,
@@ -263,20 +268,7 @@ pub fn read_any(artifact: &str, bytes: &[u8]) -> Result<TensorSet, SchemaError> 
     })?;
     let mut out = TensorSet::new();
     for (name, view) in st.tensors() {
-        let dtype = match view.dtype() {
-            Dtype::F32 => TensorDType::F32,
-            Dtype::F64 => TensorDType::F64,
-            Dtype::U8 => TensorDType::U8,
-            Dtype::I64 => TensorDType::I64,
-            other => {
-                return Err(SchemaError::WrongDType {
-                    artifact: artifact.to_string(),
-                    tensor: name,
-                    expected: "F32, F64, U8 or I64".into(),
-                    found: format!("{other:?}"),
-                });
-            }
-        };
+        let dtype = dtype_of(artifact, &name, view.dtype())?;
         out.insert(name, Tensor { dtype, shape: view.shape().to_vec(), data: view.data().to_vec() });
     }
     Ok(out)

@@ -60,6 +60,35 @@ pub fn load_checkpoint(store: &RunStore, step: Option<u64>) -> Result<LoadedMode
     Ok(LoadedModel { model, params, step: s, path: store.uri_of(&dir) })
 }
 
+/// Generate one clip from context frames (u8 HWC: the first frame, then the
+/// recent ones) and one action mask per target frame. Returns the clip's
+/// frames, u8 HWC.
+pub fn generate_clip(m: &LoadedModel, context_rgb: &[u8], masks: &[u8], sampler: &SamplerConfig, noise_seed: u64) -> Result<Vec<u8>, StageError> {
+    let cfg = &m.model.cfg;
+    let (size, tpf, tok) = (cfg.frame_size, cfg.tokens_per_frame(), cfg.token_dim());
+    let codec = PixelCodec;
+    let dev = m.params.device().clone();
+    let context = Tensor::from_vec(patchify(&codec.encode(context_rgb, size), 3, size, cfg.patch), (1, cfg.context_slots() * tpf, tok), &dev)?;
+    let acts = action_input(&[masks.to_vec()], &[false], &dev).map_err(model_err)?;
+    let unc = action_input(&[masks.to_vec()], &[true], &dev).map_err(model_err)?;
+    let noise = seeded_noise(noise_seed, &[1, cfg.frames_per_clip * tpf, tok], &dev).map_err(model_err)?;
+    let cache = m.model.encode_context(&context).map_err(model_err)?;
+    let x = sample(&m.model, &cache, &noise, &acts, &unc, sampler).map_err(model_err)?;
+    Ok(codec.decode(&unpatchify(&x.flatten_all()?.to_vec1::<f32>()?, 3, size, cfg.patch), size))
+}
+
+/// The context of the clip whose first frame is `first_target`: the first
+/// frame, then the `context_frames` frames before the target (the first
+/// frame where there are fewer).
+pub fn context_frames(frames: &[Vec<u8>], first_target: usize, context_frames: usize) -> Vec<u8> {
+    let mut ctx = frames[0].clone();
+    for k in (1..=context_frames).rev() {
+        let i = first_target as isize - k as isize;
+        ctx.extend_from_slice(&frames[if i >= 0 { i as usize } else { 0 }]);
+    }
+    ctx
+}
+
 /// A held-out sequence.
 #[derive(Debug, Clone)]
 pub struct HeldOut {
@@ -101,11 +130,9 @@ pub struct EvalReport {
 /// Evaluate `m` on `seqs` with teacher-forced context.
 pub fn evaluate(m: &LoadedModel, seqs: &[HeldOut], sampler: &SamplerConfig, seed: u64, tick: &dyn Fn()) -> Result<EvalReport, StageError> {
     let cfg: &ModelConfig = &m.model.cfg;
-    let (size, tpf, tok) = (cfg.frame_size, cfg.tokens_per_frame(), cfg.token_dim());
+    let size = cfg.frame_size;
     let kin = Kinematics::default();
     let rcfg = RenderConfig { width: size, height: size, ..Default::default() };
-    let codec = PixelCodec;
-    let dev = m.params.device().clone();
     let mut rows = Vec::new();
     for kind in ["basic", "combined"] {
         let mut tally = AccuracyTally::default();
@@ -118,22 +145,9 @@ pub fn evaluate(m: &LoadedModel, seqs: &[HeldOut], sampler: &SamplerConfig, seed
             let clips = s.actions.len() / windows_per_clip.max(1);
             for n in 1..=clips {
                 let first = 1 + (n - 1) * cfg.frames_per_clip;
-                let mut ctx: Vec<u8> = frames[0].clone();
-                for k in (1..=cfg.context_frames).rev() {
-                    let i = first as isize - k as isize;
-                    ctx.extend_from_slice(&frames[if i >= 0 { i as usize } else { 0 }]);
-                }
-                let ctx_tokens = patchify(&codec.encode(&ctx, size), 3, size, cfg.patch);
-                let context = Tensor::from_vec(ctx_tokens, (1, cfg.context_slots() * tpf, tok), &dev)?;
+                let ctx = context_frames(&frames, first, cfg.context_frames);
                 let masks: Vec<u8> = (0..cfg.frames_per_clip).map(|j| s.actions[(first - 1 + j) / 4].0).collect();
-                let acts = action_input(std::slice::from_ref(&masks), &[false], &dev).map_err(model_err)?;
-                let unc = action_input(std::slice::from_ref(&masks), &[true], &dev).map_err(model_err)?;
-                let noise = seeded_noise(derive_seed(seed, si as u64, SeedDomain::Eval, n as u64, 0), &[1, cfg.frames_per_clip * tpf, tok], &dev)
-                    .map_err(model_err)?;
-                let cache = m.model.encode_context(&context).map_err(model_err)?;
-                let x = sample(&m.model, &cache, &noise, &acts, &unc, sampler).map_err(model_err)?;
-                let lat = unpatchify(&x.flatten_all()?.to_vec1::<f32>()?, 3, size, cfg.patch);
-                let gen_u8 = codec.decode(&lat, size);
+                let gen_u8 = generate_clip(m, &ctx, &masks, sampler, derive_seed(seed, si as u64, SeedDomain::Eval, n as u64, 0))?;
                 let generated: Vec<f32> = gen_u8.iter().map(|v| *v as f32 / 255.0).collect();
                 let per_window = 4 * size * size * 3;
                 for w in 0..windows_per_clip {
@@ -164,25 +178,13 @@ pub fn rollout_sequence(
     seed: u64,
 ) -> Result<Vec<Vec<u8>>, StageError> {
     let cfg = &m.model.cfg;
-    let (size, tpf, tok) = (cfg.frame_size, cfg.tokens_per_frame(), cfg.token_dim());
-    let codec = PixelCodec;
-    let dev = m.params.device().clone();
+    let size = cfg.frame_size;
     let windows_per_clip = (cfg.frames_per_clip / 4).max(1);
     let mut frames: Vec<Vec<u8>> = vec![first_frame.to_vec()];
     for (n, clip_actions) in actions.chunks(windows_per_clip).enumerate() {
-        let mut ctx = frames[0].clone();
-        for k in (1..=cfg.context_frames).rev() {
-            let i = frames.len() as isize - k as isize;
-            ctx.extend_from_slice(&frames[if i >= 0 { i as usize } else { 0 }]);
-        }
-        let context = Tensor::from_vec(patchify(&codec.encode(&ctx, size), 3, size, cfg.patch), (1, cfg.context_slots() * tpf, tok), &dev)?;
+        let ctx = context_frames(&frames, frames.len(), cfg.context_frames);
         let masks: Vec<u8> = (0..cfg.frames_per_clip).map(|j| clip_actions[(j / 4).min(clip_actions.len() - 1)].0).collect();
-        let acts = action_input(std::slice::from_ref(&masks), &[false], &dev).map_err(model_err)?;
-        let unc = action_input(std::slice::from_ref(&masks), &[true], &dev).map_err(model_err)?;
-        let noise = seeded_noise(derive_seed(seed, 0, SeedDomain::Eval, n as u64, 1), &[1, cfg.frames_per_clip * tpf, tok], &dev).map_err(model_err)?;
-        let cache = m.model.encode_context(&context).map_err(model_err)?;
-        let x = sample(&m.model, &cache, &noise, &acts, &unc, sampler).map_err(model_err)?;
-        let rgb = codec.decode(&unpatchify(&x.flatten_all()?.to_vec1::<f32>()?, 3, size, cfg.patch), size);
+        let rgb = generate_clip(m, &ctx, &masks, sampler, derive_seed(seed, 0, SeedDomain::Eval, n as u64, 1))?;
         let fsize = size * size * 3;
         let take = clip_actions.len() * 4;
         for f in 0..take.min(cfg.frames_per_clip) {

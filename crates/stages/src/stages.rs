@@ -86,22 +86,29 @@ fn group_files(sets: &[CommittedSet]) -> BTreeMap<u64, (&CommittedSet, String)> 
     out
 }
 
-/// The prefix latents of group `g` (P x D, flattened) and P.
-fn prefix_latents(
+/// The `latents` tensor of group `g`'s file in a stage's committed shards.
+fn group_latents(
     ctx: &RunContext,
     files: &BTreeMap<u64, (&CommittedSet, String)>,
+    stage: &'static str,
     iter: u64,
     g: u64,
+    file_layout: &wc_schemas::TensorFileSchema,
+    bindings: &DimBindings,
 ) -> Result<Vec<f32>, StageError> {
     let (set, path) = files.get(&g).ok_or_else(|| StageError::Incomplete {
-        stage: "prefix",
+        stage,
         iter,
-        detail: format!("no committed prefix for group {g}"),
+        detail: format!("no committed {stage} output for group {g}"),
     })?;
-    let p = target_clip(iter, ctx.cfg.rollout.clips) as usize - 1;
-    let b = latent_bindings(ctx).dim("P", p);
-    let t = read_tensor_file(ctx, set, path, &tensors::prefix_clips(), &b)?;
+    let t = read_tensor_file(ctx, set, path, file_layout, bindings)?;
     Ok(t["latents"].to_f32())
+}
+
+/// The prefix latents of group `g` (P x D, flattened).
+fn prefix_latents(ctx: &RunContext, files: &BTreeMap<u64, (&CommittedSet, String)>, iter: u64, g: u64) -> Result<Vec<f32>, StageError> {
+    let p = target_clip(iter, ctx.cfg.rollout.clips) as usize - 1;
+    group_latents(ctx, files, "prefix", iter, g, &tensors::prefix_clips(), &latent_bindings(ctx).dim("P", p))
 }
 
 /// The last clip of a prefix (the zero latent when the prefix is empty).
@@ -114,19 +121,8 @@ fn last_clip(prefix: &[f32], dim: usize) -> Vec<f32> {
 }
 
 /// The candidates of group `g`: latents (G x D, flattened).
-fn candidate_latents(
-    ctx: &RunContext,
-    files: &BTreeMap<u64, (&CommittedSet, String)>,
-    iter: u64,
-    g: u64,
-) -> Result<Vec<f32>, StageError> {
-    let (set, path) = files.get(&g).ok_or_else(|| StageError::Incomplete {
-        stage: "rollout",
-        iter,
-        detail: format!("no committed candidates for group {g}"),
-    })?;
-    let t = read_tensor_file(ctx, set, path, &tensors::candidate_clips(), &latent_bindings(ctx))?;
-    Ok(t["latents"].to_f32())
+fn candidate_latents(ctx: &RunContext, files: &BTreeMap<u64, (&CommittedSet, String)>, iter: u64, g: u64) -> Result<Vec<f32>, StageError> {
+    group_latents(ctx, files, "rollout", iter, g, &tensors::candidate_clips(), &latent_bindings(ctx))
 }
 
 /// prefix: clips 1..n-1 of each group, generated with the old policy.
