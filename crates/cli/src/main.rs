@@ -276,7 +276,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Schemas { write, check } => {
             let dir = std::path::Path::new(&write);
             let mut drift = Vec::new();
-            for (rel, json) in wc_schemas::all_schema_files() {
+            let mut files = wc_schemas::all_schema_files();
+            files.push(("tensors/world_model.json".into(), wc_model::checkpoint_layout_json(&wc_model::ModelConfig::default())?));
+            for (rel, json) in files {
                 let path = dir.join(&rel);
                 if check {
                     if std::fs::read_to_string(&path).ok().as_deref() != Some(json.as_str()) {

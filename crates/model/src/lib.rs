@@ -44,3 +44,40 @@ pub enum ModelError {
 }
 
 pub type Result<T> = std::result::Result<T, ModelError>;
+
+/// The checkpoint layout of the model at `cfg` (parameter names, dtype,
+/// shapes) as the JSON checked into `schemas/tensors/world_model.json` for
+/// the default config.
+pub fn checkpoint_layout_json(cfg: &ModelConfig) -> Result<String> {
+    let mut p = params::Params::new(0, &candle_core::Device::Cpu);
+    WorldModel::new(cfg, &mut p)?;
+    let tensors: Vec<serde_json::Value> = p
+        .specs()
+        .into_iter()
+        .map(|(name, shape)| serde_json::json!({"name": name, "dtype": "F32", "shape": shape}))
+        .collect();
+    let doc = serde_json::json!({
+        "name": "world_model",
+        "format": "safetensors",
+        "doc": "Parameters of the world model at the default ModelConfig: <out>/pretrain/step-<s>/model.safetensors \
+                and the policy / old-policy checkpoints. Other configs change the shapes; the model checks \
+                every name and shape on load.",
+        "config": cfg,
+        "parameters": p.count(),
+        "tensors": tensors,
+    });
+    let mut s = serde_json::to_string_pretty(&doc).expect("serialises");
+    s.push('\n');
+    Ok(s)
+}
+
+#[cfg(test)]
+mod layout_drift {
+    #[test]
+    fn checked_in_world_model_layout_matches_the_code() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../schemas/tensors/world_model.json");
+        let on_disk = std::fs::read_to_string(path).expect("schemas/tensors/world_model.json exists");
+        let code = super::checkpoint_layout_json(&super::ModelConfig::default()).unwrap();
+        assert_eq!(on_disk, code, "world_model.json drifted; regenerate with `worldcompass schemas --write schemas/`");
+    }
+}
