@@ -133,7 +133,7 @@ mod tests {
     fn flop_count_of_a_hand_sized_config() {
         // d = 4, 1 layer, mlp 1, 1 token per frame (frame = patch), token dim 3*2*2 = 12,
         // context 2 slots, 1 target frame.
-        let cfg = ModelConfig { frame_size: 2, patch: 2, frames_per_clip: 1, context_frames: 1, d_model: 4, layers: 1, heads: 1, mlp_ratio: 1 };
+        let cfg = ModelConfig { frame_size: 2, patch: 2, frames_per_clip: 1, context_frames: 1, d_model: 4, layers: 1, heads: 1, mlp_ratio: 1, ..Default::default() };
         // per token-layer: 2*(3*16 + 16 + 2*16) = 192; io = 2*12*4*2 = 192
         // target (nt=1, nc=2): 1*(192 + 192) + 4*1*3*4 = 432
         // context: 2*(192 + 96) + 4*4*4 = 640

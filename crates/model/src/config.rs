@@ -2,6 +2,20 @@
 
 use serde::{Deserialize, Serialize};
 
+/// What the network's output head predicts. The velocity the sampler and
+/// the losses use is derived from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Prediction {
+    /// The clean clip x; v = (z - x) / t. With large pixel patches (a token
+    /// of 192 values at d_model 192) this learns far faster than predicting
+    /// the high-dimensional noise content of v directly.
+    #[default]
+    Clean,
+    /// The velocity v = eps - x directly.
+    Velocity,
+}
+
 /// Sizes of the world model. Serialised into every checkpoint's run config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -19,6 +33,9 @@ pub struct ModelConfig {
     pub heads: usize,
     /// MLP hidden size as a multiple of d_model.
     pub mlp_ratio: usize,
+    /// What the output head predicts.
+    #[serde(default)]
+    pub prediction: Prediction,
 }
 
 impl Default for ModelConfig {
@@ -32,6 +49,7 @@ impl Default for ModelConfig {
             layers: 4,
             heads: 6,
             mlp_ratio: 2,
+            prediction: Prediction::Clean,
         }
     }
 }
@@ -52,6 +70,7 @@ impl ModelConfig {
             layers: 2,
             heads: 2,
             mlp_ratio: 2,
+            prediction: Prediction::Clean,
         }
     }
 

@@ -14,12 +14,14 @@
 
 use candle_core::{Tensor, D};
 
-use crate::config::{ModelConfig, ACTION_INPUTS};
+use crate::config::{ModelConfig, Prediction, ACTION_INPUTS};
 use crate::nn::{modulate, rms_norm, timestep_embedding, Linear};
 use crate::params::{Init, Params};
 use crate::{ModelError, Result};
 
 const NORM_EPS: f64 = 1e-6;
+/// Smallest t used when turning a clean prediction into a velocity.
+pub const MIN_T: f64 = 0.05;
 const TIME_DIM: usize = 64;
 /// Standard deviation of the modulation and output weights at init.
 const ADA_INIT_STD: f64 = 0.01;
@@ -192,7 +194,14 @@ impl WorldModel {
         let x = modulate(&rms_norm(&x, NORM_EPS)?, &m.narrow(D::Minus1, 0, d)?, &m.narrow(D::Minus1, d, d)?)?;
         let out = self.patch_out.forward(&x)?;
         debug_assert_eq!(out.dims(), &[b, f * self.cfg.tokens_per_frame(), self.cfg.token_dim()]);
-        Ok(out)
+        match self.cfg.prediction {
+            Prediction::Velocity => Ok(out),
+            // v = (z - x_hat) / t, with t kept away from 0.
+            Prediction::Clean => {
+                let t = t.clamp(MIN_T, 1.0)?.reshape((b, 1, 1))?;
+                Ok((z - out)?.broadcast_div(&t)?)
+            }
+        }
     }
 }
 
