@@ -29,9 +29,11 @@ stage name *args:
 status run=run:
     {{wc}} status --run {{run}}
 
-# Where the embedded dataset and the base model live.
+# Where the embedded dataset and the base model live. The dataset is
+# regenerated deterministically; models/base holds the committed pre-training
+# checkpoint, and `just pretrain` resumes from it.
 data := "file://" + justfile_directory() + "/runs/data"
-base := "file://" + justfile_directory() + "/runs/base"
+base := "file://" + justfile_directory() + "/models/base"
 
 # Write the embedded dataset (prompts, sequences, ground-truth pre-training clips).
 data clips="3000":

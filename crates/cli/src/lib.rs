@@ -229,17 +229,8 @@ pub enum Command {
         /// Sequences of each kind.
         #[arg(long, default_value_t = 16)]
         sequences: usize,
-        /// Sampler steps T.
-        #[arg(long, default_value_t = 10)]
-        sampler_steps: usize,
-        /// Timestep shift of the sampler.
-        #[arg(long, default_value_t = 3.0)]
-        shift: f64,
-        /// Classifier-free guidance scale over the action (1 = off).
-        #[arg(long, default_value_t = 1.0)]
-        guidance: f64,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
+        #[command(flatten)]
+        sampler: SamplerArgs,
     },
     /// Generate a sequence with a model from a scene's first frame and an
     /// action sequence, and write it as an animated GIF and a PNG strip
@@ -258,14 +249,8 @@ pub enum Command {
         /// Comma-separated actions, one per 4-frame window.
         #[arg(long, value_delimiter = ',', required = true)]
         actions: Vec<String>,
-        #[arg(long, default_value_t = 10)]
-        sampler_steps: usize,
-        #[arg(long, default_value_t = 3.0)]
-        shift: f64,
-        #[arg(long, default_value_t = 1.0)]
-        guidance: f64,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
+        #[command(flatten)]
+        sampler: SamplerArgs,
         /// Also render the ground truth beside the generated frames.
         #[arg(long)]
         truth: bool,
@@ -326,6 +311,29 @@ pub enum Command {
         #[arg(long)]
         check: bool,
     },
+}
+
+/// How clips are sampled from a model.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SamplerArgs {
+    /// Sampler steps T.
+    #[arg(long, default_value_t = 10)]
+    pub sampler_steps: usize,
+    /// Timestep shift of the sampler.
+    #[arg(long, default_value_t = 3.0)]
+    pub shift: f64,
+    /// Classifier-free guidance scale over the action (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub guidance: f64,
+    /// Seed of the initial noise.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl SamplerArgs {
+    pub fn config(&self) -> wc_model::flow::SamplerConfig {
+        wc_model::flow::SamplerConfig { steps: self.sampler_steps, shift: self.shift, guidance: self.guidance }
+    }
 }
 
 /// What `bench` measures.

@@ -175,7 +175,7 @@ fn run(cli: Cli) -> Result<()> {
             bar.finish_and_clear();
             println!("pre-trained to step {done}; checkpoint: {}/{}", out.uri(), wc_stages::pretrain::step_dir(done));
         }
-        Command::Eval { data, model, step, sequences, sampler_steps, shift, guidance, seed } => {
+        Command::Eval { data, model, step, sequences, sampler } => {
             let data = RunStore::open(&data)?;
             let store = RunStore::open(&model)?;
             let m = wc_stages::evaluate::load_checkpoint(&store, step)?;
@@ -183,16 +183,18 @@ fn run(cli: Cli) -> Result<()> {
             let clips: usize = seqs.iter().map(|s| s.actions.len() * 4 / m.model.cfg.frames_per_clip).sum();
             let bar = indicatif::ProgressBar::new(clips as u64);
             bar.set_prefix("eval");
-            let sampler = wc_model::flow::SamplerConfig { steps: sampler_steps, shift, guidance };
-            let report = wc_stages::evaluate::evaluate(&m, &seqs, &sampler, seed, &|| bar.inc(1))?;
+            let report = wc_stages::evaluate::evaluate(&m, &seqs, &sampler.config(), sampler.seed, &|| bar.inc(1))?;
             bar.finish_and_clear();
-            println!("model {} (step {}), {} held-out sequences per kind, T={sampler_steps}, shift={shift}, guidance={guidance}", m.path, m.step, sequences);
+            println!(
+                "model {} (step {}), {} held-out sequences per kind, T={}, shift={}, guidance={}",
+                m.path, m.step, sequences, sampler.sampler_steps, sampler.shift, sampler.guidance
+            );
             println!("{:<9} {:>8} {:>8} {:>9} {:>6} {:>10} {:>10} {:>12}", "kind", "windows", "rot_acc", "trans_acc", "IF", "both_right", "static_IF", "static_both");
             for (kind, a, s) in &report.rows {
                 println!("{kind:<9} {:>8} {:>8.3} {:>9.3} {:>6.3} {:>10.3} {:>10.3} {:>12.3}", a.windows, a.rot_acc, a.trans_acc, a.if_score, a.both_rate, s.if_score, s.both_rate);
             }
         }
-        Command::Sample { model, step, scene, actions, sampler_steps, shift, guidance, seed, truth, out } => {
+        Command::Sample { model, step, scene, actions, sampler, truth, out } => {
             use wc_world::actions::{ActionMask, Kinematics};
             let store = RunStore::open(&model)?;
             let m = wc_stages::evaluate::load_checkpoint(&store, step)?;
@@ -202,8 +204,7 @@ fn run(cli: Cli) -> Result<()> {
             let world = wc_world::Scene::generate(scene);
             let kin = Kinematics::default();
             let gt: Vec<Vec<u8>> = kin.trajectory(wc_world::Pose::START, &acts).iter().map(|p| wc_world::render::render(&world, p, &rcfg).to_u8()).collect();
-            let sampler = wc_model::flow::SamplerConfig { steps: sampler_steps, shift, guidance };
-            let generated = wc_stages::evaluate::rollout_sequence(&m, &gt[0], &acts, &sampler, seed)?;
+            let generated = wc_stages::evaluate::rollout_sequence(&m, &gt[0], &acts, &sampler.config(), sampler.seed)?;
             let to_frame = |rgb: &Vec<u8>, w: usize| wc_world::Frame { width: w, height: size, rgb: rgb.iter().map(|v| *v as f32 / 255.0).collect() };
             let frames: Vec<wc_world::Frame> = if truth {
                 generated
