@@ -65,6 +65,16 @@ pub fn uses_muon(name: &str, dims: &[usize]) -> bool {
     dims.len() == 2 && name.starts_with("blocks.") && name.ends_with(".weight")
 }
 
+/// Checkpoint name of buffer `i` of a parameter with `len` buffers
+/// (1: Muon momentum; 2: AdamW first and second moments).
+fn state_key(name: &str, len: usize, i: usize) -> String {
+    match (len, i) {
+        (1, _) => format!("muon.momentum.{name}"),
+        (_, 0) => format!("adam.m.{name}"),
+        _ => format!("adam.v.{name}"),
+    }
+}
+
 /// Muon + AdamW over a model's parameters.
 pub struct Optimizer {
     pub cfg: OptimConfig,
@@ -129,11 +139,7 @@ impl Optimizer {
         let mut out = TensorSet::new();
         for (name, st) in &self.state {
             for (i, t) in st.iter().enumerate() {
-                let key = match (st.len(), i) {
-                    (1, _) => format!("muon.momentum.{name}"),
-                    (_, 0) => format!("adam.m.{name}"),
-                    _ => format!("adam.v.{name}"),
-                };
+                let key = state_key(name, st.len(), i);
                 let values: Vec<f32> = t.flatten_all()?.to_vec1()?;
                 out.insert(key, HostTensor::from_f32(t.dims(), &values));
             }
@@ -145,12 +151,9 @@ impl Optimizer {
     /// Restore the state saved by [`Optimizer::to_tensor_set`].
     pub fn load(&mut self, set: &TensorSet) -> Result<()> {
         for (name, st) in self.state.iter_mut() {
+            let len = st.len();
             for (i, t) in st.iter_mut().enumerate() {
-                let key = match (i, *t.dims() == *t.dims()) {
-                    (0, _) if set.contains_key(&format!("muon.momentum.{name}")) => format!("muon.momentum.{name}"),
-                    (0, _) => format!("adam.m.{name}"),
-                    _ => format!("adam.v.{name}"),
-                };
+                let key = state_key(name, len, i);
                 let h = set.get(&key).ok_or_else(|| ModelError::Checkpoint(format!("optimizer state '{key}' is missing")))?;
                 if h.shape != t.dims() {
                     return Err(ModelError::Checkpoint(format!("optimizer state '{key}' has shape {:?}, expected {:?}", h.shape, t.dims())));

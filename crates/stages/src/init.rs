@@ -126,6 +126,5 @@ mod tests {
             assert!(g.actions.iter().all(|m| m.count_ones() == want), "{g:?}");
         }
         assert!(prompts.iter().all(|p| p.caption.starts_with("a ")), "captions come from the scenes");
-        let _: &PromptRow = &prompts[0];
     }
 }
