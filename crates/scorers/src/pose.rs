@@ -1,0 +1,366 @@
+//! The camera pose estimator: pixels in, relative camera motion out.
+//!
+//! It sees a window's first frame (the frame before the window) and last
+//! frame, and classifies each motion axis (yaw, pitch, forward, right) as
+//! negative, none or positive. The motion it returns is the expectation
+//! over those classes of the nominal window motion (for yaw:
+//! `turn * (p(+) - p(-))`), so a confident "none" is well inside the
+//! metric's 1 degree / 0.01 unit thresholds and a confident "right turn" is
+//! the full turn. The action-accuracy metric maps these motions to labels
+//! exactly as it maps ground-truth poses.
+//!
+//! The network is a small MLP over [first, last, last - first] (pixels in
+//! [-1, 1], planar), trained on simulator renders with exact poses: every
+//! batch is rendered fresh from training scenes (seeds disjoint from the
+//! held-out scenes), random start poses, and window motions drawn from all
+//! 81 (translation x rotation) classes and the basic and combined actions,
+//! half of them mildly blurred or noised so the estimator also reads
+//! imperfect generated frames. Batches derive from (seed, step): training
+//! is deterministic and resumable.
+
+use candle_core::{DType, Device, Tensor, D};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use wc_model::nn::Linear;
+use wc_model::params::Params;
+use wc_rl::seeds::SplitMix64;
+use wc_world::actions::combined_actions;
+use wc_world::camera::WindowMotion;
+use wc_world::probe::{rotation_classes, translation_classes};
+use wc_world::render::render;
+use wc_world::{ActionMask, Frame, Kinematics, Pose, RenderConfig, Scene};
+
+use crate::degrade::{degrade, Degradation};
+use crate::Result;
+
+/// Architecture and data of the estimator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PoseConfig {
+    pub frame_size: usize,
+    pub hidden: usize,
+}
+
+impl Default for PoseConfig {
+    fn default() -> Self {
+        PoseConfig { frame_size: 32, hidden: 256 }
+    }
+}
+
+impl PoseConfig {
+    pub fn input_dim(&self) -> usize {
+        3 * 3 * self.frame_size * self.frame_size
+    }
+}
+
+/// Scene seeds of the training set: `TRAIN_SCENE_BASE + i`, i < TRAIN_SCENES.
+pub const TRAIN_SCENE_BASE: u64 = 0x5EED_0000_0000;
+pub const TRAIN_SCENES: u64 = 4096;
+/// Scene seeds of held-out evaluation: never trained on.
+pub const HELD_OUT_SCENE_BASE: u64 = 0xE7A1_0000_0000;
+
+/// Motion axes the estimator classifies.
+pub const AXES: usize = 4;
+
+/// The estimator network.
+pub struct PoseNet {
+    pub cfg: PoseConfig,
+    l1: Linear,
+    l2: Linear,
+    head: Linear,
+}
+
+impl PoseNet {
+    pub fn new(cfg: &PoseConfig, p: &mut Params) -> Result<Self> {
+        let h = cfg.hidden;
+        Ok(PoseNet {
+            cfg: cfg.clone(),
+            l1: Linear::new(p, "pose.l1", cfg.input_dim(), h, None, true)?,
+            l2: Linear::new(p, "pose.l2", h, h, None, true)?,
+            head: Linear::new(p, "pose.head", h, AXES * 3, None, true)?,
+        })
+    }
+
+    /// Logits [B, AXES, 3] (classes: negative, none, positive).
+    pub fn logits(&self, input: &Tensor) -> Result<Tensor> {
+        let x = self.l1.forward(input)?.gelu()?;
+        let x = self.l2.forward(&x)?.gelu()?;
+        let b = input.dim(0)?;
+        Ok(self.head.forward(&x)?.reshape((b, AXES, 3))?)
+    }
+
+    /// Mean cross-entropy of the axis labels (class index 0, 1, 2 per axis).
+    pub fn loss(&self, input: &Tensor, labels: &[u32]) -> Result<Tensor> {
+        let logits = self.logits(input)?;
+        let b = logits.dim(0)?;
+        let flat = logits.reshape((b * AXES, 3))?;
+        let target = Tensor::from_vec(labels.to_vec(), b * AXES, input.device())?;
+        Ok(candle_nn::loss::cross_entropy(&flat, &target)?)
+    }
+
+    /// Window motions of a batch of inputs.
+    pub fn estimate_batch(&self, input: &Tensor, kin: &Kinematics) -> Result<Vec<WindowMotion>> {
+        let p = candle_nn::ops::softmax(&self.logits(input)?, D::Minus1)?.to_dtype(DType::F64)?.to_vec3::<f64>()?;
+        let w = kin.frames_per_window as f64;
+        let (turn, step) = (kin.turn_step_deg * w, kin.move_step * w);
+        Ok(p.iter()
+            .map(|a| {
+                let e = |i: usize| a[i][2] - a[i][0];
+                WindowMotion { dyaw_deg: turn * e(0), dpitch_deg: turn * e(1), forward: step * e(2), right: step * e(3) }
+            })
+            .collect())
+    }
+}
+
+/// The network input of one window: [first, last, last - first], planar,
+/// pixels mapped to [-1, 1].
+pub fn window_input(first: &Frame, last: &Frame) -> Vec<f32> {
+    let (a, b) = (first.to_chw(), last.to_chw());
+    let mut out = Vec::with_capacity(3 * a.len());
+    out.extend(a.iter().map(|v| 2.0 * v - 1.0));
+    out.extend(b.iter().map(|v| 2.0 * v - 1.0));
+    out.extend(a.iter().zip(&b).map(|(x, y)| 2.0 * (y - x)));
+    out
+}
+
+/// Class labels of a true window motion: per axis 0 (negative), 1 (none),
+/// 2 (positive), by the signs of the commanded action.
+pub fn labels_of(action: ActionMask) -> [u32; AXES] {
+    let (fw, rt) = action.translation();
+    let (yaw, pitch) = action.rotation();
+    [yaw, pitch, fw, rt].map(|s| (s + 1) as u32)
+}
+
+/// Estimate the window motions of a frame sequence: `frames[0]` is the
+/// frame before the first window, then `frames_per_window` frames per window.
+pub fn estimate_motions(net: &PoseNet, frames: &[Frame], kin: &Kinematics, device: &Device) -> Result<Vec<WindowMotion>> {
+    let f = kin.frames_per_window;
+    let windows = frames.len().saturating_sub(1) / f;
+    if windows == 0 {
+        return Ok(Vec::new());
+    }
+    let input: Vec<f32> = (0..windows).flat_map(|w| window_input(&frames[w * f], &frames[(w + 1) * f])).collect();
+    let t = Tensor::from_vec(input, (windows, net.cfg.input_dim()), device)?;
+    net.estimate_batch(&t, kin)
+}
+
+/// One example of the estimator's data: inputs, labels, and the action.
+#[derive(Debug, Clone)]
+pub struct PoseExample {
+    pub input: Vec<f32>,
+    pub labels: [u32; AXES],
+    pub action: ActionMask,
+    pub truth: WindowMotion,
+}
+
+/// Which actions an example draws.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActionDraw {
+    /// Training mix: all 81 classes, the basic and the combined actions.
+    Training,
+    Basic,
+    Combined,
+}
+
+/// Render example `index` from scene seeds `scene_base + (0..scenes)`.
+/// `augment` blurs or noises half the examples mildly.
+pub fn render_example(seed: u64, index: u64, scene_base: u64, scenes: u64, draw: ActionDraw, augment: bool, size: usize) -> PoseExample {
+    let kin = Kinematics::default();
+    let mut rng = ChaCha8Rng::seed_from_u64(SplitMix64::new(seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15)).next_u64());
+    let scene = Scene::generate(scene_base + rng.random_range(0..scenes));
+    let basic = ActionMask::basic();
+    let combined = combined_actions();
+    let pick = |rng: &mut ChaCha8Rng, draw: ActionDraw| -> ActionMask {
+        match draw {
+            ActionDraw::Basic => basic[rng.random_range(0..basic.len())],
+            ActionDraw::Combined => combined[rng.random_range(0..combined.len())],
+            ActionDraw::Training => match rng.random_range(0..3) {
+                0 => translation_classes()[rng.random_range(0..9)].union(rotation_classes()[rng.random_range(0..9)]),
+                1 => basic[rng.random_range(0..basic.len())],
+                _ => combined[rng.random_range(0..combined.len())],
+            },
+        }
+    };
+    // A start pose reached by a short random walk from the scene's start,
+    // with the pitch kept within the kinematics' bound.
+    let mut start = Pose { yaw: rng.random_range(-std::f64::consts::PI..std::f64::consts::PI), ..Pose::START };
+    for _ in 0..rng.random_range(0..4) {
+        let a = pick(&mut rng, ActionDraw::Training);
+        let end = *kin.trajectory(start, &[a]).last().expect("non-empty");
+        if end.pitch.to_degrees().abs() <= kin.max_pitch_deg - 20.0 {
+            start = end;
+        }
+    }
+    let mut action = pick(&mut rng, draw);
+    let room = kin.max_pitch_deg;
+    let pitch_after = start.pitch.to_degrees() + action.rotation().1 as f64 * kin.turn_step_deg * kin.frames_per_window as f64;
+    if pitch_after.abs() > room {
+        // Flip the pitch so that the window stays within the bound.
+        let flipped = action.0 ^ (ActionMask::TURN_UP.0 | ActionMask::TURN_DOWN.0);
+        action = ActionMask(if action.rotation().1 != 0 { flipped } else { action.0 });
+    }
+    let poses = kin.trajectory(start, &[action]);
+    let cfg = RenderConfig { width: size, height: size, ..Default::default() };
+    let (mut a, mut b) = (render(&scene, &poses[0], &cfg), render(&scene, poses.last().expect("non-empty"), &cfg));
+    if augment && rng.random_bool(0.5) {
+        let kind = [Degradation::Blur, Degradation::Noise][rng.random_range(0..2)];
+        let s = rng.random::<u64>();
+        a = degrade(&a, kind, 1, s);
+        b = degrade(&b, kind, 1, s ^ 1);
+    }
+    PoseExample {
+        input: window_input(&a, &b),
+        labels: labels_of(action),
+        action,
+        truth: WindowMotion::between(&poses[0], poses.last().expect("non-empty")),
+    }
+}
+
+/// A training batch of `batch` examples for step `step` (parallel, and the
+/// same bytes on any number of threads).
+pub fn training_batch(seed: u64, step: u64, batch: usize, size: usize) -> Vec<PoseExample> {
+    (0..batch as u64)
+        .into_par_iter()
+        .map(|i| render_example(seed ^ step.wrapping_mul(0xA24B_AED4_963E_E407), i, TRAIN_SCENE_BASE, TRAIN_SCENES, ActionDraw::Training, true, size))
+        .collect()
+}
+
+/// Stack examples into an input tensor and flat labels.
+pub fn stack(examples: &[PoseExample], dim: usize, device: &Device) -> Result<(Tensor, Vec<u32>)> {
+    let input: Vec<f32> = examples.iter().flat_map(|e| e.input.iter().copied()).collect();
+    let labels = examples.iter().flat_map(|e| e.labels).collect();
+    Ok((Tensor::from_vec(input, (examples.len(), dim), device)?, labels))
+}
+
+/// Training state of the estimator (AdamW on every parameter).
+pub struct PoseTrainer {
+    pub params: Params,
+    pub net: PoseNet,
+    pub opt: wc_model::optim::Optimizer,
+    pub seed: u64,
+    pub batch: usize,
+    pub lr: f64,
+}
+
+impl PoseTrainer {
+    pub fn new(cfg: &PoseConfig, seed: u64, batch: usize, lr: f64, device: &Device) -> Result<Self> {
+        let mut params = Params::new(seed, device);
+        let net = PoseNet::new(cfg, &mut params)?;
+        let opt = wc_model::optim::Optimizer::new(wc_model::optim::OptimConfig { lr, weight_decay: 0.0, ..Default::default() }, &params)?;
+        Ok(PoseTrainer { params, net, opt, seed, batch, lr })
+    }
+
+    /// The learning rate at `step` of `total`: cosine decay to 5%.
+    pub fn lr_at(&self, step: u64, total: u64) -> f64 {
+        let x = (step as f64 / total.max(1) as f64).min(1.0);
+        self.lr * (0.05 + 0.95 * 0.5 * (1.0 + (std::f64::consts::PI * x).cos()))
+    }
+
+    /// One step on the batch of `step`; returns the loss.
+    pub fn step(&mut self, step: u64, total: u64) -> Result<f64> {
+        let ex = training_batch(self.seed, step, self.batch, self.net.cfg.frame_size);
+        let (x, y) = stack(&ex, self.net.cfg.input_dim(), self.params.device())?;
+        let loss = self.net.loss(&x, &y)?;
+        let grads = loss.backward()?;
+        self.opt.apply(&self.params, &grads, self.lr_at(step, total))?;
+        Ok(loss.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+    }
+}
+
+/// Action accuracy of the estimator on `count` held-out windows of one
+/// kind (clean ground-truth renders of scenes never trained on), with the
+/// metric's thresholds.
+pub fn held_out_accuracy(net: &PoseNet, draw: ActionDraw, count: usize, seed: u64, metric: &wc_world::metric::MetricConfig, device: &Device) -> Result<wc_world::metric::Accuracy> {
+    let kin = Kinematics::default();
+    let mut tally = wc_world::metric::AccuracyTally::default();
+    for chunk in (0..count as u64).collect::<Vec<_>>().chunks(256) {
+        let ex: Vec<PoseExample> = chunk
+            .par_iter()
+            .map(|i| render_example(seed, *i, HELD_OUT_SCENE_BASE, 1 << 20, draw, false, net.cfg.frame_size))
+            .collect();
+        let (x, _) = stack(&ex, net.cfg.input_dim(), device)?;
+        for (m, e) in net.estimate_batch(&x, &kin)?.iter().zip(&ex) {
+            let (r, t) = wc_world::metric::window_correct(m, e.action, metric);
+            tally.add(r, t);
+        }
+    }
+    Ok(tally.accuracy())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wc_world::metric::{window_correct, MetricConfig};
+
+    #[test]
+    fn labels_agree_with_the_metric_on_true_motion() {
+        // The classes the estimator learns are the ones the metric reads
+        // from the true motion of the rendered window.
+        let metric = MetricConfig::default();
+        for i in 0..200 {
+            let e = render_example(3, i, TRAIN_SCENE_BASE, 16, ActionDraw::Training, false, 16);
+            assert_eq!(window_correct(&e.truth, e.action, &metric), (true, true), "{:?} {:?}", e.action, e.truth);
+            assert_eq!(e.labels, labels_of(e.action));
+        }
+    }
+
+    #[test]
+    fn confident_logits_give_the_nominal_motion() {
+        let dev = Device::Cpu;
+        let cfg = PoseConfig { frame_size: 4, hidden: 8 };
+        let mut p = Params::new(0, &dev);
+        let net = PoseNet::new(&cfg, &mut p).unwrap();
+        // Zero the first layers and set the head bias: yaw +, pitch none,
+        // forward -, right none, each with probability ~1.
+        let mut set = p.to_tensor_set().unwrap();
+        for (name, t) in set.iter_mut() {
+            let mut v = vec![0.0f32; t.to_f32().len()];
+            if name == "pose.head.bias" {
+                for (axis, class) in [(0, 2), (1, 1), (2, 0), (3, 1)] {
+                    v[axis * 3 + class] = 40.0;
+                }
+            }
+            *t = wc_schemas::Tensor::from_f32(&t.shape.clone(), &v);
+        }
+        p.load(&set).unwrap();
+        let kin = Kinematics::default();
+        let x = Tensor::zeros((1, cfg.input_dim()), DType::F32, &dev).unwrap();
+        let m = net.estimate_batch(&x, &kin).unwrap()[0];
+        assert!((m.dyaw_deg - 20.0).abs() < 1e-9 && m.dpitch_deg.abs() < 1e-9, "{m:?}");
+        assert!((m.forward + 0.48).abs() < 1e-9 && m.right.abs() < 1e-9, "{m:?}");
+    }
+
+    #[test]
+    fn batches_are_deterministic_across_thread_counts() {
+        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let a = one.install(|| training_batch(9, 4, 6, 16));
+        let b = training_batch(9, 4, 6, 16);
+        assert!(a.iter().zip(&b).all(|(x, y)| x.input == y.input && x.labels == y.labels));
+    }
+
+    #[test]
+    fn training_lowers_the_loss_and_reaches_every_parameter() {
+        let dev = Device::Cpu;
+        let cfg = PoseConfig { frame_size: 16, hidden: 64 };
+        let mut t = PoseTrainer::new(&cfg, 1, 32, 3e-3, &dev).unwrap();
+        let ex = training_batch(1, 0, 32, 16);
+        let (x, y) = stack(&ex, cfg.input_dim(), &dev).unwrap();
+        let first = t.net.loss(&x, &y).unwrap();
+        let grads = first.backward().unwrap();
+        for (name, var) in t.params.vars() {
+            let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}"));
+            let n = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(n.is_finite() && n > 0.0, "{name}: {n}");
+        }
+        let first = first.to_scalar::<f32>().unwrap();
+        // Fit one fixed batch: the loss must fall well below its start.
+        for _ in 0..60 {
+            let loss = t.net.loss(&x, &y).unwrap();
+            let g = loss.backward().unwrap();
+            t.opt.apply(&t.params, &g, 3e-3).unwrap();
+        }
+        let last = t.net.loss(&x, &y).unwrap().to_scalar::<f32>().unwrap();
+        assert!(last < 0.3 * first, "loss {first} -> {last}");
+    }
+}
