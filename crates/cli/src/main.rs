@@ -238,6 +238,7 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{:<48} {:>10.4} {:>9}  {}", r.name, r.seconds, g, r.note);
             }
         }
+        Command::Scorers { what } => scorers(what)?,
         Command::Metric { sequences, clips, windows_per_clip, hold, seed, tau_rot, thresholds } => {
             use wc_world::actions::{Kinematics, SequenceKind};
             let cfg = wc_world::metric::MetricConfig { tau_rot_deg: tau_rot, trans_thresholds: thresholds, ..Default::default() };
@@ -297,4 +298,65 @@ fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `worldcompass scorers ...`.
+fn scorers(what: worldcompass::ScorersWhat) -> anyhow::Result<()> {
+    use worldcompass::ScorersWhat;
+    match what {
+        ScorersWhat::TrainPose { out, steps, batch, lr, checkpoint_every, hidden, frame_size, seed } => {
+            anyhow::ensure!(checkpoint_every > 0, "--checkpoint-every must be at least 1");
+            let out = RunStore::open(&out)?;
+            let settings = wc_stages::scorer_models::PoseSettings {
+                model: wc_scorers::pose::PoseConfig { frame_size, hidden },
+                seed,
+                batch,
+                lr,
+                schedule_steps: steps,
+                checkpoint_every,
+            };
+            let bar = step_bar(steps, "pose");
+            let mut ema: Option<f64> = None;
+            let done = wc_stages::scorer_models::train_pose(&out, &settings, steps, |step, loss| {
+                let e = ema.map_or(loss, |e| 0.98 * e + 0.02 * loss);
+                ema = Some(e);
+                bar.set_position(step + 1);
+                bar.set_message(format!("loss {e:.4}"));
+            })?;
+            bar.finish_and_clear();
+            println!("pose estimator at step {done} under {}", out.uri_of(wc_stages::scorer_models::POSE_DIR));
+        }
+        ScorersWhat::EvalPose { model, windows, seed } => {
+            let store = RunStore::open(&model)?;
+            let m = wc_stages::scorer_models::load_pose(&store)?;
+            let metric = wc_world::metric::MetricConfig::default();
+            println!("pose estimator {} (step {}), held-out scenes, clean ground-truth renders", m.path, m.step);
+            println!("{:<9} {:>8} {:>8} {:>9} {:>6} {:>10}", "kind", "windows", "rot_acc", "trans_acc", "IF", "both_right");
+            for (name, draw) in [("basic", wc_scorers::pose::ActionDraw::Basic), ("combined", wc_scorers::pose::ActionDraw::Combined)] {
+                let a = wc_scorers::pose::held_out_accuracy(&m.net, draw, windows, seed, &metric, m.params.device())?;
+                println!("{:<9} {:>8} {:>8.3} {:>9.3} {:>6.3} {:>10.3}", name, a.windows, a.rot_acc, a.trans_acc, a.if_score, a.both_rate);
+            }
+        }
+        ScorersWhat::EvalVq { frames, size } => {
+            println!("VQ scorer on {frames} held-out frames: share of frames whose clean version scores higher, per level; mean score clean -> level 1..3");
+            for v in wc_scorers::vq::validate(wc_scorers::pose::HELD_OUT_SCENE_BASE, frames, size) {
+                let wins: Vec<String> = v.clean_wins.iter().map(|w| format!("{w:.3}")).collect();
+                let means: Vec<String> = v.mean_scores.iter().map(|m| format!("{m:.3}")).collect();
+                println!("{:<11} wins {}   mean {}", v.degradation.name(), wins.join(" "), means.join(" -> "));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A step progress bar on stderr.
+fn step_bar(len: u64, label: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} steps {msg} ({elapsed}, eta {eta})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(label.to_string());
+    bar
 }

@@ -77,6 +77,20 @@ pub enum ModelKind {
     /// pipeline mechanics (rollout, scoring, selection, updates, commits) in
     /// milliseconds. Not a video model.
     Linear,
+    /// The candle world model (`wc-model`): clips are latent video frames,
+    /// rewards come from the built-in scorers (`wc-scorers`).
+    World,
+}
+
+/// How a clip's VQ is computed from its frame scores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum VqMode {
+    /// Mean score of the sampled frames (the paper).
+    #[default]
+    Absolute,
+    /// Mean of -|score(frame) - score(first frame)| (the reference code).
+    Drift,
 }
 
 /// `[model]`: the policy.
@@ -84,8 +98,26 @@ pub enum ModelKind {
 #[serde(deny_unknown_fields)]
 pub struct ModelSection {
     pub kind: ModelKind,
-    /// Size of one clip's latent vector (linear backend).
+    /// Size of one clip's latent vector (linear backend only).
+    #[serde(default)]
     pub latent_dim: usize,
+    /// World backend: the store holding the base model's pre-training
+    /// checkpoints (`<base>/pretrain/step-*/`), a URI or a local path
+    /// (relative to the directory `init` runs in). `init` copies its weights
+    /// into checkpoint 0, so later stages never read it. Empty: a fresh,
+    /// seeded model of `preset` (for tests).
+    #[serde(default)]
+    pub base: String,
+    /// Base checkpoint step (default: the newest).
+    #[serde(default)]
+    pub base_step: Option<u64>,
+    /// Architecture of a fresh model when `base` is empty: "tiny" or "default".
+    #[serde(default = "default_preset")]
+    pub preset: String,
+}
+
+fn default_preset() -> String {
+    "tiny".to_string()
 }
 
 /// Rollout granularity (Table 2 ablation).
@@ -113,6 +145,13 @@ pub struct RolloutSection {
     pub sampler_steps: u64,
     /// Timestep shift of the flow-matching schedule (1 = none).
     pub timestep_shift: f64,
+    /// Classifier-free guidance scale over the action (1 = off).
+    #[serde(default = "one")]
+    pub guidance: f64,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 /// Which rewards drive the update (Table 2 ablation).
@@ -141,6 +180,14 @@ pub struct RewardSection {
     /// Seconds before an external scorer is killed.
     #[serde(default = "default_timeout")]
     pub external_timeout_s: u64,
+    /// World backend: the store holding the pose estimator
+    /// (`<pose_model>/pose_estimator/step-*/`), a URI or a local path; `init`
+    /// copies it into the run.
+    #[serde(default)]
+    pub pose_model: String,
+    /// Absolute VQ (paper) or drift from the first frame (reference code).
+    #[serde(default)]
+    pub vq_mode: VqMode,
 }
 
 fn default_timeout() -> u64 {
@@ -180,6 +227,14 @@ pub struct OptimizeSection {
     pub momentum: f64,
     /// Weight of the optional KL term to the reference model. Paper: off (0).
     pub kl_weight: f64,
+    /// World backend: (candidate, timestep) samples per optimizer step; the
+    /// selected samples of an iteration make one pass in minibatches.
+    #[serde(default = "default_minibatch")]
+    pub minibatch: u64,
+}
+
+fn default_minibatch() -> u64 {
+    32
 }
 
 impl PipelineConfig {
@@ -239,8 +294,26 @@ impl PipelineConfig {
         if !unit(self.data.combined_fraction) {
             return bad("data.combined_fraction", self.data.combined_fraction.to_string(), "must be in [0, 1]");
         }
-        if self.model.latent_dim == 0 {
-            return bad("model.latent_dim", "0".into(), "must be at least 1");
+        match self.model.kind {
+            ModelKind::Linear if self.model.latent_dim < 8 => {
+                return bad("model.latent_dim", self.model.latent_dim.to_string(), "the linear backend needs at least 8 (one per basic action)");
+            }
+            ModelKind::World if self.model.base.is_empty() && !["tiny", "default"].contains(&self.model.preset.as_str()) => {
+                return bad("model.preset", self.model.preset.clone(), "must be \"tiny\" or \"default\" (or set model.base)");
+            }
+            ModelKind::World if self.reward.pose_model.is_empty() && self.reward.external_command.is_empty() => {
+                return bad("reward.pose_model", "\"\"".into(), "the world backend needs a pose estimator (or reward.external_command)");
+            }
+            ModelKind::World if self.rollout.mode == RolloutMode::Sample => {
+                return bad("rollout.mode", "\"sample\"".into(), "sample-level rollout is not implemented for the world backend yet");
+            }
+            _ => {}
+        }
+        if !(r.guidance >= 1.0 && r.guidance.is_finite()) {
+            return bad("rollout.guidance", r.guidance.to_string(), "must be >= 1 (1 = no guidance)");
+        }
+        if self.optimize.minibatch == 0 {
+            return bad("optimize.minibatch", "0".into(), "must be at least 1");
         }
         if r.clips == 0 {
             return bad("rollout.clips", "0".into(), "must be at least 1");

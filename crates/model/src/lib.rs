@@ -24,6 +24,7 @@ pub mod codec;
 pub mod config;
 pub mod flow;
 pub mod model;
+pub mod nft;
 pub mod nn;
 pub mod optim;
 pub mod params;

@@ -17,7 +17,7 @@ use wc_model::model::action_input;
 use wc_model::params::Params;
 use wc_model::{ModelConfig, WorldModel};
 use wc_rl::seeds::{derive_seed, SeedDomain};
-use wc_store::{CommittedSet, RunStore, MANIFEST_FILE};
+use wc_store::RunStore;
 use wc_world::metric::{Accuracy, AccuracyTally};
 use wc_world::probe::{judge, nearest_motion};
 use wc_world::render::render;
@@ -40,18 +40,10 @@ fn model_err(e: wc_model::ModelError) -> StageError {
 
 /// Load the newest pre-training checkpoint under `store` (or `step`).
 pub fn load_checkpoint(store: &RunStore, step: Option<u64>) -> Result<LoadedModel, StageError> {
-    let mut found: Option<(u64, String)> = None;
-    for path in store.list(PRETRAIN_DIR)? {
-        let Some(dir) = path.strip_suffix(&format!("/{MANIFEST_FILE}")) else { continue };
-        let Some(s) = dir.strip_prefix(&format!("{PRETRAIN_DIR}/step-")).and_then(|s| s.parse::<u64>().ok()) else { continue };
-        if step.is_none_or(|want| want == s) && found.as_ref().is_none_or(|(b, _)| s > *b) {
-            found = Some((s, dir.to_string()));
-        }
-    }
-    let (s, dir) = found.ok_or_else(|| {
+    let (s, set) = crate::pretrain::newest_step(store, PRETRAIN_DIR, None, step)?.ok_or_else(|| {
         StageError::invalid(store.uri(), format!("no committed checkpoint{} under {PRETRAIN_DIR}/", step.map(|s| format!(" at step {s}")).unwrap_or_default()))
     })?;
-    let set = CommittedSet::open(store, &format!("{dir}/{MANIFEST_FILE}"))?;
+    let dir = crate::pretrain::step_dir(s);
     let settings: PretrainSettings = serde_json::from_slice(&set.read(&format!("{dir}/settings.json"))?)
         .map_err(|e| StageError::invalid(store.uri_of(&format!("{dir}/settings.json")), e.to_string()))?;
     let mut params = Params::new(0, &wc_model::train::default_device());

@@ -17,9 +17,11 @@ pub mod evaluate;
 pub mod linear;
 pub mod pretrain;
 pub mod runner;
+pub mod scorer_models;
 pub mod stages;
 pub mod status;
 pub mod tables;
+pub mod world;
 
 pub use error::StageError;
 pub use init::{init_run, InitOutcome};

@@ -48,12 +48,21 @@ pub fn step_dir(step: u64) -> String {
 
 /// The newest committed checkpoint with this fingerprint, as (step, set).
 pub fn latest_checkpoint(store: &RunStore, fingerprint: &str) -> Result<Option<(u64, CommittedSet)>, StageError> {
+    newest_step(store, PRETRAIN_DIR, Some(fingerprint), None)
+}
+
+/// The newest committed `<root>/step-NNNNNNN/` checkpoint (with this
+/// fingerprint, or at this step, when given), as (step, set).
+pub fn newest_step(store: &RunStore, root: &str, fingerprint: Option<&str>, at: Option<u64>) -> Result<Option<(u64, CommittedSet)>, StageError> {
     let mut best = None;
-    for path in store.list(PRETRAIN_DIR)? {
+    for path in store.list(root)? {
         let Some(dir) = path.strip_suffix(&format!("/{MANIFEST_FILE}")) else { continue };
-        let Some(step) = dir.strip_prefix(&format!("{PRETRAIN_DIR}/step-")).and_then(|s| s.parse::<u64>().ok()) else { continue };
+        let Some(step) = dir.strip_prefix(&format!("{root}/step-")).and_then(|s| s.parse::<u64>().ok()) else { continue };
+        if at.is_some_and(|a| a != step) || best.as_ref().is_some_and(|(s, _)| step <= *s) {
+            continue;
+        }
         let set = CommittedSet::open(store, &path)?;
-        if set.manifest.fingerprint == fingerprint && best.as_ref().is_none_or(|(s, _)| step > *s) {
+        if fingerprint.is_none_or(|f| set.manifest.fingerprint == f) {
             best = Some((step, set));
         }
     }

@@ -1,0 +1,103 @@
+//! The DiffusionNFT loss (the paper's eq. 6) on the world model's tensors.
+//!
+//! For each sample b (a selected candidate clip x at a time t, with noise
+//! eps, optimality probability r_b and weight w_b):
+//!
+//! ```text
+//! v     = eps - x                                  flow-matching target
+//! v+    = (1 - beta) v_old + beta v_theta          implicit positive policy
+//! v-    = (1 + beta) v_old - beta v_theta          implicit negative policy
+//! L     = mean_b w_b [ r_b |v+ - v|^2 + (1 - r_b) |v- - v|^2 ]
+//! ```
+//!
+//! |.|^2 is the mean over the sample's elements. `v_old` is the old (EMA)
+//! policy's prediction and carries no gradient (it is detached here, so a
+//! caller cannot forget). The per-sample weight is the pre-training
+//! convention (`flow::loss_weight`), so the loss lives on the scale the
+//! model was trained on. The plain-slice reference is `wc_rl::nft`.
+
+use candle_core::Tensor;
+
+use crate::Result;
+
+/// The NFT loss of a batch: `v_theta`, `v_old`, `v_target` [B, ...];
+/// `r` and `weight` one value per sample.
+pub fn nft_loss(v_theta: &Tensor, v_old: &Tensor, v_target: &Tensor, r: &[f32], weight: &[f32], beta: f64) -> Result<Tensor> {
+    let b = v_theta.dim(0)?;
+    let dev = v_theta.device();
+    let v_old = v_old.detach();
+    let pos = ((&v_old * (1.0 - beta))? + (v_theta * beta)?)?;
+    let neg = ((&v_old * (1.0 + beta))? - (v_theta * beta)?)?;
+    let per = |t: &Tensor| -> Result<Tensor> { Ok((t - v_target)?.sqr()?.reshape((b, ()))?.mean(1)?) };
+    let (lp, ln) = (per(&pos)?, per(&neg)?);
+    let r = Tensor::from_vec(r.to_vec(), b, dev)?;
+    let w = Tensor::from_vec(weight.to_vec(), b, dev)?;
+    let one_minus_r = r.affine(-1.0, 1.0)?;
+    let per_sample = ((lp * &r)? + (ln * one_minus_r)?)?;
+    Ok((per_sample * w)?.mean_all()?)
+}
+
+/// The optional KL regulariser to a reference model: mean_b w_b |v_theta - v_ref|^2.
+pub fn kl_term(v_theta: &Tensor, v_ref: &Tensor, weight: &[f32]) -> Result<Tensor> {
+    let b = v_theta.dim(0)?;
+    let w = Tensor::from_vec(weight.to_vec(), b, v_theta.device())?;
+    let per = (v_theta - v_ref.detach())?.sqr()?.reshape((b, ()))?.mean(1)?;
+    Ok((per * w)?.mean_all()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Var};
+
+    use super::*;
+
+    fn host(v: &[f64]) -> Vec<f32> {
+        v.iter().map(|x| *x as f32).collect()
+    }
+
+    #[test]
+    fn matches_the_float64_reference_and_its_gradient() {
+        // Two samples of 6 values; compare loss and d loss / d v_theta with
+        // wc_rl::nft (float64, hand-derived gradient).
+        let vt: Vec<f64> = (0..12).map(|i| (i as f64 * 0.37).sin()).collect();
+        let vo: Vec<f64> = (0..12).map(|i| (i as f64 * 0.91).cos()).collect();
+        let v: Vec<f64> = (0..12).map(|i| 0.1 * i as f64 - 0.5).collect();
+        let (r, w, beta) = ([0.8f64, 0.25], [1.0f64, 0.5], 0.7);
+        let dev = Device::Cpu;
+        let theta = Var::from_tensor(&Tensor::from_vec(host(&vt), (2, 2, 3), &dev).unwrap()).unwrap();
+        let old = Tensor::from_vec(host(&vo), (2, 2, 3), &dev).unwrap();
+        let target = Tensor::from_vec(host(&v), (2, 2, 3), &dev).unwrap();
+        let loss = nft_loss(theta.as_tensor(), &old, &target, &host(&r), &host(&w), beta).unwrap();
+        let grads = loss.backward().unwrap();
+        let g = grads.get(theta.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let mut want_loss = 0.0;
+        for b in 0..2 {
+            let sl = b * 6..(b + 1) * 6;
+            let (l, grad) = wc_rl::nft::nft_loss(&v[sl.clone()], &vo[sl.clone()], &vt[sl.clone()], r[b], beta);
+            want_loss += w[b] * l / 2.0;
+            for (i, gi) in grad.iter().enumerate() {
+                let want = w[b] * gi / 2.0;
+                assert!((g[b * 6 + i] as f64 - want).abs() < 1e-5, "grad {b},{i}: {} vs {want}", g[b * 6 + i]);
+            }
+        }
+        let got = loss.to_scalar::<f32>().unwrap() as f64;
+        assert!((got - want_loss).abs() < 1e-5, "{got} vs {want_loss}");
+    }
+
+    #[test]
+    fn beta_one_expands_by_hand_and_old_policy_gets_no_gradient() {
+        // beta = 1: v+ = v_theta, v- = 2 v_old - v_theta. One element:
+        // v_theta = 1, v_old = 0.5, v = 0, r = 0.75:
+        // L = 0.75 * 1 + 0.25 * (1 - 1)^2 = 0.75; dL/dv_theta = 2*0.75*1 - 2*0.25*(0)*1 = 1.5.
+        let dev = Device::Cpu;
+        let theta = Var::from_tensor(&Tensor::new(&[[1.0f32]], &dev).unwrap()).unwrap();
+        let old = Var::from_tensor(&Tensor::new(&[[0.5f32]], &dev).unwrap()).unwrap();
+        let target = Tensor::new(&[[0.0f32]], &dev).unwrap();
+        let loss = nft_loss(theta.as_tensor(), old.as_tensor(), &target, &[0.75], &[1.0], 1.0).unwrap();
+        assert!((loss.to_scalar::<f32>().unwrap() - 0.75).abs() < 1e-6);
+        let grads = loss.backward().unwrap();
+        let g = grads.get(theta.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()[0];
+        assert!((g - 1.5).abs() < 1e-6, "{g}");
+        assert!(grads.get(old.as_tensor()).is_none(), "v_old must carry no gradient");
+    }
+}

@@ -1,0 +1,103 @@
+//! Training, storing and loading the learned pose estimator.
+//!
+//! `worldcompass scorers train-pose` trains it on fresh simulator renders
+//! (see `wc_scorers::pose`) and commits a checkpoint every
+//! `checkpoint_every` steps under `<out>/pose_estimator/step-NNNNNNN/`
+//! (model, optimizer state, settings). Restarted with the same settings it
+//! resumes from the newest checkpoint; batches derive from (seed, step), so
+//! the result is the same bytes as an uninterrupted run.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use wc_model::params::Params;
+use wc_scorers::pose::{PoseConfig, PoseNet, PoseTrainer};
+use wc_store::{ManifestState, PendingCommit, RunStore};
+
+use crate::error::StageError;
+use crate::pretrain::{load_params, newest_step};
+
+/// Where pose estimator checkpoints live under their store.
+pub const POSE_DIR: &str = "pose_estimator";
+
+/// Everything a pose-estimator training run depends on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PoseSettings {
+    pub model: PoseConfig,
+    pub seed: u64,
+    pub batch: usize,
+    pub lr: f64,
+    /// Steps of the cosine learning-rate schedule.
+    pub schedule_steps: u64,
+    pub checkpoint_every: u64,
+}
+
+impl PoseSettings {
+    pub fn fingerprint(&self) -> String {
+        hex::encode(Sha256::digest(serde_json::to_vec(self).expect("serialises")))
+    }
+}
+
+fn step_dir(step: u64) -> String {
+    format!("{POSE_DIR}/step-{step:07}")
+}
+
+fn err(e: impl std::fmt::Display) -> StageError {
+    StageError::invalid("pose estimator", e.to_string())
+}
+
+/// Train (or resume) up to `steps`; `on_step(step, loss)` sees every step.
+pub fn train_pose(out: &RunStore, settings: &PoseSettings, steps: u64, mut on_step: impl FnMut(u64, f64)) -> Result<u64, StageError> {
+    let fingerprint = settings.fingerprint();
+    let device = wc_model::train::default_device();
+    let mut t = PoseTrainer::new(&settings.model, settings.seed, settings.batch, settings.lr, &device).map_err(err)?;
+    let mut start = 0;
+    if let Some((step, set)) = newest_step(out, POSE_DIR, Some(&fingerprint), None)? {
+        load_params(out, &set, &format!("{}/model.safetensors", step_dir(step)), &t.params)?;
+        let p = format!("{}/optimizer.safetensors", step_dir(step));
+        t.opt.load(&wc_schemas::read_any(&out.uri_of(&p), &set.read(&p)?)?).map_err(err)?;
+        start = step;
+        tracing::info!(step, "resuming pose-estimator training");
+    }
+    for step in start..steps {
+        let loss = t.step(step, settings.schedule_steps).map_err(err)?;
+        on_step(step, loss);
+        let done = step + 1;
+        if done % settings.checkpoint_every == 0 || done == steps {
+            let dir = step_dir(done);
+            let mut pending = PendingCommit::begin(out, &dir, "pose_estimator", Some(done), None, &fingerprint);
+            if let ManifestState::Committed(_) = pending.check(false)? {
+                continue;
+            }
+            let p = format!("{dir}/model.safetensors");
+            pending.write(&p, wc_schemas::write_any(&out.uri_of(&p), &t.params.to_tensor_set().map_err(err)?)?)?;
+            let p = format!("{dir}/optimizer.safetensors");
+            pending.write(&p, wc_schemas::write_any(&out.uri_of(&p), &t.opt.to_tensor_set().map_err(err)?)?)?;
+            let p = format!("{dir}/settings.json");
+            pending.write(&p, Bytes::from(serde_json::to_vec_pretty(settings).expect("serialises")))?;
+            pending.commit()?;
+        }
+    }
+    Ok(steps.max(start))
+}
+
+/// A loaded pose estimator.
+pub struct LoadedPose {
+    pub net: PoseNet,
+    pub params: Params,
+    pub step: u64,
+    pub path: String,
+}
+
+/// Load the newest committed pose estimator under `store`.
+pub fn load_pose(store: &RunStore) -> Result<LoadedPose, StageError> {
+    let (step, set) = newest_step(store, POSE_DIR, None, None)?
+        .ok_or_else(|| StageError::invalid(store.uri(), format!("no committed pose estimator under {POSE_DIR}/ (train one with `worldcompass scorers train-pose`)")))?;
+    let dir = step_dir(step);
+    let settings: PoseSettings = serde_json::from_slice(&set.read(&format!("{dir}/settings.json"))?)
+        .map_err(|e| StageError::invalid(store.uri_of(&format!("{dir}/settings.json")), e.to_string()))?;
+    let mut params = Params::new(0, &wc_model::train::default_device());
+    let net = PoseNet::new(&settings.model, &mut params).map_err(err)?;
+    load_params(store, &set, &format!("{dir}/model.safetensors"), &params)?;
+    Ok(LoadedPose { net, params, step, path: store.uri_of(&dir) })
+}

@@ -1,0 +1,364 @@
+//! The `world` model backend: the candle world model in the five stages.
+//!
+//! A clip is `frames_per_clip` latent frames (the codec's channels-first
+//! layout; stored as safetensors `[.., F, C, H, W]`). The context of clip n
+//! is the world prompt's first frame and the `context_frames` most recent
+//! frames before it (first frame + prefix clips), exactly as in
+//! pre-training.
+//!
+//! - prefix: clips 1..n-1 of every group of the shard with the old policy,
+//!   one clip at a time, all groups of the shard in one batch.
+//! - rollout: per group, the prefix context is encoded once into the
+//!   model's cache and the G candidates are sampled from it as one batch,
+//!   each from its own seeded noise.
+//! - reward: candidates are decoded to frames; the pose estimator reads each
+//!   window (the frame before it and its last frame) and the metric maps its
+//!   motion to rotation and translation labels; VQ scores every
+//!   `vq_frame_stride`-th frame.
+//! - optimize: the NFT loss (`wc_model::nft`) on every selected candidate at
+//!   a random subset of the sampler's timesteps, v_old from the old (EMA)
+//!   policy, Muon/AdamW in minibatches, a step with a non-finite loss or
+//!   gradient skipped and reported; then the EMA update of the old policy.
+
+use candle_core::{Device, Tensor};
+use wc_model::codec::{patchify, unpatchify, Codec, PixelCodec};
+use wc_model::flow::{loss_weight, sample, SamplerConfig};
+use wc_model::model::action_input;
+use wc_model::optim::{OptimConfig, Optimizer};
+use wc_model::params::Params;
+use wc_model::{ModelConfig, WorldModel};
+use wc_schemas::TensorSet;
+use wc_store::CommittedSet;
+
+use crate::error::StageError;
+use crate::layout;
+use crate::runner::RunContext;
+
+/// The model config of a run (`checkpoints/000000/model.json`, written by init).
+pub const MODEL_CONFIG_FILE: &str = "model.json";
+
+pub(crate) fn model_err(e: wc_model::ModelError) -> StageError {
+    StageError::invalid("world model", e.to_string())
+}
+
+/// A policy (or old policy) loaded from a checkpoint.
+pub struct WorldPolicy {
+    pub model: WorldModel,
+    pub params: Params,
+}
+
+impl WorldPolicy {
+    /// A model of `cfg` with seeded initial weights.
+    pub fn fresh(cfg: &ModelConfig, seed: u64, device: &Device) -> Result<Self, StageError> {
+        let mut params = Params::new(seed, device);
+        let model = WorldModel::new(cfg, &mut params).map_err(model_err)?;
+        Ok(WorldPolicy { model, params })
+    }
+
+    pub fn from_tensors(cfg: &ModelConfig, t: &TensorSet, device: &Device) -> Result<Self, StageError> {
+        let p = Self::fresh(cfg, 0, device)?;
+        p.params.load(t).map_err(model_err)?;
+        Ok(p)
+    }
+}
+
+/// The run's model config, from the init commit.
+pub fn model_config(ctx: &RunContext, init: &CommittedSet) -> Result<ModelConfig, StageError> {
+    let path = format!("{}/{MODEL_CONFIG_FILE}", layout::checkpoint_dir(0));
+    serde_json::from_slice(&init.read(&path)?).map_err(|e| StageError::invalid(ctx.store.uri_of(&path), e.to_string()))
+}
+
+/// Load `policy` / `old_policy` of checkpoint `k` (listed in `set`).
+pub fn load_policy(ctx: &RunContext, cfg: &ModelConfig, set: &CommittedSet, k: u64, name: &str) -> Result<WorldPolicy, StageError> {
+    let path = format!("{}/{name}.safetensors", layout::checkpoint_dir(k));
+    let t = wc_schemas::read_any(&ctx.store.uri_of(&path), &set.read(&path)?)?;
+    WorldPolicy::from_tensors(cfg, &t, &wc_model::train::default_device())
+        .map_err(|e| StageError::invalid(ctx.store.uri_of(&path), e.to_string()))
+}
+
+/// The optimizer of checkpoint `k`, over `params`.
+pub fn load_optimizer(ctx: &RunContext, set: &CommittedSet, k: u64, params: &Params) -> Result<Optimizer, StageError> {
+    let path = format!("{}/optimizer.safetensors", layout::checkpoint_dir(k));
+    let mut opt = Optimizer::new(optim_config(ctx), params).map_err(model_err)?;
+    let t = wc_schemas::read_any(&ctx.store.uri_of(&path), &set.read(&path)?)?;
+    opt.load(&t).map_err(|e| StageError::invalid(ctx.store.uri_of(&path), e.to_string()))?;
+    Ok(opt)
+}
+
+/// The optimizer settings of the run.
+pub fn optim_config(ctx: &RunContext) -> OptimConfig {
+    OptimConfig { lr: ctx.cfg.optimize.lr, muon_momentum: ctx.cfg.optimize.momentum, ..Default::default() }
+}
+
+/// The sampler settings of the run.
+pub fn sampler_config(ctx: &RunContext) -> SamplerConfig {
+    let r = &ctx.cfg.rollout;
+    SamplerConfig { steps: r.sampler_steps as usize, shift: r.timestep_shift, guidance: r.guidance }
+}
+
+/// Values in one latent frame.
+pub fn frame_len(cfg: &ModelConfig) -> usize {
+    PixelCodec.channels() * cfg.frame_size * cfg.frame_size
+}
+
+/// The latent shape of one clip: [F, C, H, W].
+pub fn clip_shape(cfg: &ModelConfig) -> Vec<usize> {
+    vec![cfg.frames_per_clip, PixelCodec.channels(), cfg.frame_size, cfg.frame_size]
+}
+
+/// Encode a u8 HWC frame into a latent frame.
+pub fn encode_frame(cfg: &ModelConfig, rgb: &[u8]) -> Vec<f32> {
+    PixelCodec.encode(rgb, cfg.frame_size)
+}
+
+/// Decode latent frames into u8 HWC frames (concatenated).
+pub fn decode_frames(cfg: &ModelConfig, latents: &[f32]) -> Vec<u8> {
+    PixelCodec.decode(latents, cfg.frame_size)
+}
+
+fn tokens(cfg: &ModelConfig, latents: &[f32]) -> Vec<f32> {
+    patchify(latents, PixelCodec.channels(), cfg.frame_size, cfg.patch)
+}
+
+/// Context tokens of the clip that follows `prefix` (latent frames, any
+/// number of whole frames): the first frame, then the `context_frames`
+/// most recent frames of [first, prefix...] (the first frame where there
+/// are fewer).
+pub fn context_tokens(cfg: &ModelConfig, first: &[f32], prefix: &[f32]) -> Vec<f32> {
+    let fl = frame_len(cfg);
+    let have = 1 + prefix.len() / fl;
+    let frame = |i: usize| if i == 0 { first } else { &prefix[(i - 1) * fl..i * fl] };
+    let mut lat = first.to_vec();
+    for k in (1..=cfg.context_frames).rev() {
+        let i = have as isize - k as isize;
+        lat.extend_from_slice(frame(if i >= 0 { i as usize } else { 0 }));
+    }
+    tokens(cfg, &lat)
+}
+
+/// Per-frame action masks of a clip from its per-window masks.
+pub fn frame_masks(cfg: &ModelConfig, windows: &[u8]) -> Vec<u8> {
+    (0..cfg.frames_per_clip).map(|j| windows[(j * windows.len()) / cfg.frames_per_clip]).collect()
+}
+
+/// Seeded standard-normal latent noise of one clip.
+pub fn clip_noise(cfg: &ModelConfig, seed: u64) -> Vec<f32> {
+    crate::linear::gaussian_noise(seed, cfg.frames_per_clip * frame_len(cfg))
+}
+
+/// Sample one clip for each of B contexts (one action list and one noise
+/// each); returns the clips' latents, concatenated.
+pub fn sample_clips(p: &WorldPolicy, sampler: &SamplerConfig, contexts: &[Vec<f32>], masks: &[Vec<u8>], noises: &[Vec<f32>]) -> Result<Vec<f32>, StageError> {
+    let cfg = &p.model.cfg;
+    let dev = p.params.device().clone();
+    let b = contexts.len();
+    let (tpf, tok) = (cfg.tokens_per_frame(), cfg.token_dim());
+    let ctx = Tensor::from_vec(contexts.concat(), (b, cfg.context_slots() * tpf, tok), &dev)?;
+    let cache = p.model.encode_context(&ctx).map_err(model_err)?;
+    candidates_from_cache(p, sampler, &cache, masks, noises)
+}
+
+/// Sample G clips that share one encoded context (batch 1 or G).
+pub fn candidates_from_cache(
+    p: &WorldPolicy,
+    sampler: &SamplerConfig,
+    cache: &wc_model::ContextCache,
+    masks: &[Vec<u8>],
+    noises: &[Vec<f32>],
+) -> Result<Vec<f32>, StageError> {
+    let cfg = &p.model.cfg;
+    let dev = p.params.device().clone();
+    let g = noises.len();
+    let (tpf, tok) = (cfg.tokens_per_frame(), cfg.token_dim());
+    let noise_tokens: Vec<f32> = noises.iter().flat_map(|n| tokens(cfg, n)).collect();
+    let noise = Tensor::from_vec(noise_tokens, (g, cfg.frames_per_clip * tpf, tok), &dev)?;
+    let acts = action_input(masks, &vec![false; g], &dev).map_err(model_err)?;
+    let unc = action_input(masks, &vec![true; g], &dev).map_err(model_err)?;
+    let x = sample(&p.model, cache, &noise, &acts, &unc, sampler).map_err(model_err)?;
+    let flat = x.flatten_all()?.to_vec1::<f32>()?;
+    let per = cfg.frames_per_clip * tpf * tok;
+    Ok(flat
+        .chunks_exact(per)
+        .flat_map(|c| unpatchify(c, PixelCodec.channels(), cfg.frame_size, cfg.patch))
+        .collect())
+}
+
+/// Encode one context for G candidates.
+pub fn encode_context(p: &WorldPolicy, context: &[f32]) -> Result<wc_model::ContextCache, StageError> {
+    let cfg = &p.model.cfg;
+    let ctx = Tensor::from_vec(context.to_vec(), (1, cfg.context_slots() * cfg.tokens_per_frame(), cfg.token_dim()), p.params.device())?;
+    p.model.encode_context(&ctx).map_err(model_err)
+}
+
+/// One NFT training sample: a selected candidate at one timestep.
+#[derive(Debug, Clone)]
+pub struct NftSample {
+    /// Context tokens.
+    pub context: Vec<f32>,
+    /// Clean candidate tokens x.
+    pub x: Vec<f32>,
+    /// Noise tokens eps.
+    pub eps: Vec<f32>,
+    pub t: f32,
+    pub masks: Vec<u8>,
+    pub r: f32,
+}
+
+/// What one optimizer step did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NftStep {
+    pub loss: f64,
+    pub grad_norm: f64,
+    pub applied: bool,
+}
+
+/// Velocities of `policy` and `old` (and of `reference`, when given) on a
+/// batch of samples: (v_theta, v_old, v_ref, v_target, weights).
+#[allow(clippy::type_complexity)]
+pub fn nft_velocities(
+    policy: &WorldPolicy,
+    old: &WorldPolicy,
+    reference: Option<&WorldPolicy>,
+    batch: &[NftSample],
+) -> Result<(Tensor, Tensor, Option<Tensor>, Tensor, Vec<f32>), StageError> {
+    let cfg = &policy.model.cfg;
+    let dev = policy.params.device().clone();
+    let b = batch.len();
+    let (tpf, tok) = (cfg.tokens_per_frame(), cfg.token_dim());
+    let cat = |f: &dyn Fn(&NftSample) -> &[f32]| batch.iter().flat_map(|s| f(s).to_vec()).collect::<Vec<f32>>();
+    let ctx = Tensor::from_vec(cat(&|s| &s.context), (b, cfg.context_slots() * tpf, tok), &dev)?;
+    let x = Tensor::from_vec(cat(&|s| &s.x), (b, cfg.frames_per_clip * tpf, tok), &dev)?;
+    let eps = Tensor::from_vec(cat(&|s| &s.eps), (b, cfg.frames_per_clip * tpf, tok), &dev)?;
+    let t: Vec<f32> = batch.iter().map(|s| s.t).collect();
+    let tt = Tensor::from_vec(t.clone(), (b, 1, 1), &dev)?;
+    let z = (x.broadcast_mul(&tt.affine(-1.0, 1.0)?)? + eps.broadcast_mul(&tt)?)?;
+    let target = (&eps - &x)?;
+    let acts = action_input(&batch.iter().map(|s| s.masks.clone()).collect::<Vec<_>>(), &vec![false; b], &dev).map_err(model_err)?;
+    let t1 = Tensor::from_vec(t.clone(), b, &dev)?;
+    let v = |p: &WorldPolicy| -> Result<Tensor, StageError> {
+        let cache = p.model.encode_context(&ctx).map_err(model_err)?;
+        p.model.velocity(&cache, &z, &t1, &acts).map_err(model_err)
+    };
+    let v_theta = v(policy)?;
+    let v_old = v(old)?.detach();
+    let v_ref = reference.map(|r| v(r).map(|t| t.detach())).transpose()?;
+    let w = t.iter().map(|t| loss_weight(*t as f64) as f32).collect();
+    Ok((v_theta, v_old, v_ref, target, w))
+}
+
+/// One optimizer step of the NFT loss on `batch`. A non-finite loss or
+/// gradient is not applied.
+pub fn nft_step(
+    policy: &WorldPolicy,
+    old: &WorldPolicy,
+    reference: Option<(&WorldPolicy, f64)>,
+    opt: &mut Optimizer,
+    batch: &[NftSample],
+    beta: f64,
+    lr: f64,
+) -> Result<NftStep, StageError> {
+    let (v_theta, v_old, v_ref, target, w) = nft_velocities(policy, old, reference.map(|r| r.0), batch)?;
+    let r: Vec<f32> = batch.iter().map(|s| s.r).collect();
+    let mut loss = wc_model::nft::nft_loss(&v_theta, &v_old, &target, &r, &w, beta).map_err(model_err)?;
+    if let (Some(v_ref), Some((_, kl))) = (&v_ref, reference) {
+        loss = (loss + (wc_model::nft::kl_term(&v_theta, v_ref, &w).map_err(model_err)? * kl)?)?;
+    }
+    let value = loss.to_scalar::<f32>()? as f64;
+    let grads = loss.backward()?;
+    let grad_norm = Optimizer::grad_norm(&policy.params, &grads).map_err(model_err)?;
+    if !value.is_finite() || !grad_norm.is_finite() {
+        return Ok(NftStep { loss: value, grad_norm, applied: false });
+    }
+    opt.apply(&policy.params, &grads, lr).map_err(model_err)?;
+    Ok(NftStep { loss: value, grad_norm, applied: true })
+}
+
+/// Tokens of a clip's latents (for the optimize stage).
+pub fn clip_tokens(cfg: &ModelConfig, latents: &[f32]) -> Vec<f32> {
+    tokens(cfg, latents)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny_pair() -> (WorldPolicy, WorldPolicy) {
+        let cfg = ModelConfig::tiny();
+        (WorldPolicy::fresh(&cfg, 1, &Device::Cpu).unwrap(), WorldPolicy::fresh(&cfg, 1, &Device::Cpu).unwrap())
+    }
+
+    fn batch(cfg: &ModelConfig, n: usize) -> Vec<NftSample> {
+        let fl = frame_len(cfg);
+        (0..n)
+            .map(|i| NftSample {
+                context: context_tokens(cfg, &clip_noise(cfg, 10 + i as u64)[..fl], &[]),
+                x: clip_tokens(cfg, &clip_noise(cfg, 20 + i as u64)),
+                eps: clip_tokens(cfg, &clip_noise(cfg, 30 + i as u64)),
+                t: 0.3 + 0.1 * i as f32,
+                masks: vec![1 << (i % 8); cfg.frames_per_clip],
+                r: if i % 2 == 0 { 0.9 } else { 0.1 },
+            })
+            .collect()
+    }
+
+    #[test]
+    fn v_old_comes_from_the_old_policy_not_the_policy() {
+        // Regression test for the reference code's bug (v_old overwritten
+        // by a detached copy of v_theta, which turns NFT into regression).
+        let (policy, old) = tiny_pair();
+        let cfg = policy.model.cfg.clone();
+        let b = batch(&cfg, 4);
+        let (vt, vo, _, _, _) = nft_velocities(&policy, &old, None, &b).unwrap();
+        let diff = |a: &Tensor, c: &Tensor| (a - c).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(diff(&vt, &vo), 0.0, "identical weights give identical velocities");
+        // Diverge: a few NFT steps on the policy only.
+        let mut opt = Optimizer::new(OptimConfig { lr: 1e-2, ..Default::default() }, &policy.params).unwrap();
+        for _ in 0..3 {
+            assert!(nft_step(&policy, &old, None, &mut opt, &b, 1.0, 1e-2).unwrap().applied);
+        }
+        let (vt, vo, _, _, _) = nft_velocities(&policy, &old, None, &b).unwrap();
+        assert!(diff(&vt, &vo) > 1e-3, "after the policy moved, v_old must differ from v_theta");
+        // And v_old is exactly what the old policy alone predicts.
+        let (vo_alone, _, _, _, _) = nft_velocities(&old, &old, None, &b).unwrap();
+        assert_eq!(diff(&vo, &vo_alone), 0.0);
+    }
+
+    #[test]
+    fn nft_steps_reach_the_policy_but_never_the_old_policy() {
+        let (policy, old) = tiny_pair();
+        let before_old = old.params.to_tensor_set().unwrap();
+        let before = policy.params.to_tensor_set().unwrap();
+        let mut opt = Optimizer::new(OptimConfig::default(), &policy.params).unwrap();
+        let s = nft_step(&policy, &old, None, &mut opt, &batch(&policy.model.cfg, 3), 1.0, 1e-3).unwrap();
+        assert!(s.applied && s.loss.is_finite() && s.grad_norm > 0.0, "{s:?}");
+        assert_eq!(old.params.to_tensor_set().unwrap(), before_old);
+        assert_ne!(policy.params.to_tensor_set().unwrap(), before);
+    }
+
+    #[test]
+    fn non_finite_samples_are_not_applied() {
+        let (policy, old) = tiny_pair();
+        let before = policy.params.to_tensor_set().unwrap();
+        let mut b = batch(&policy.model.cfg, 2);
+        b[0].x[0] = f32::NAN;
+        let mut opt = Optimizer::new(OptimConfig::default(), &policy.params).unwrap();
+        let s = nft_step(&policy, &old, None, &mut opt, &b, 1.0, 1e-3).unwrap();
+        assert!(!s.applied && !s.loss.is_finite());
+        assert_eq!(policy.params.to_tensor_set().unwrap(), before, "a skipped step changes nothing");
+    }
+
+    #[test]
+    fn context_is_first_frame_then_recent_frames() {
+        let cfg = ModelConfig::tiny(); // 2 recent frames
+        let fl = frame_len(&cfg);
+        let first = vec![0.0f32; fl];
+        let prefix: Vec<f32> = (1..=8).flat_map(|i| vec![i as f32; fl]).collect(); // 2 clips of 4 frames
+        let lat = unpatchify(&context_tokens(&cfg, &first, &prefix), 3, cfg.frame_size, cfg.patch);
+        let vals: Vec<f32> = (0..3).map(|f| lat[f * fl]).collect();
+        assert_eq!(vals, vec![0.0, 7.0, 8.0]);
+        let lat = unpatchify(&context_tokens(&cfg, &first, &prefix[..fl]), 3, cfg.frame_size, cfg.patch);
+        assert_eq!((0..3).map(|f| lat[f * fl]).collect::<Vec<_>>(), vec![0.0, 0.0, 1.0]);
+        assert_eq!(frame_masks(&cfg, &[1, 2]), vec![1, 1, 2, 2]);
+        assert_eq!(frame_masks(&cfg, &[4]), vec![4, 4, 4, 4]);
+    }
+}
