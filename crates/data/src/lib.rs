@@ -46,10 +46,6 @@ pub enum DataOutcome {
     LostRace,
 }
 
-fn u8_tensor(shape: &[usize], data: Vec<u8>) -> Tensor {
-    Tensor { dtype: wc_schemas::TensorDType::U8, shape: shape.to_vec(), data }
-}
-
 /// Build and commit the dataset of `spec` under `<store>/dataset/`.
 pub fn write_dataset(store: &RunStore, spec: &DatasetSpec, force: bool) -> Result<DataOutcome, DataError> {
     spec.validate().map_err(DataError::Spec)?;
@@ -66,7 +62,7 @@ pub fn write_dataset(store: &RunStore, spec: &DatasetSpec, force: bool) -> Resul
     let batch = rows::prompts_to_batch(&prompts);
     pending.write(&path("prompts.parquet"), wc_schemas::write_table(&tables::prompts(), &uri("prompts.parquet"), &batch)?)?;
     let mut t = TensorSet::new();
-    t.insert("frames".into(), u8_tensor(&[prompts.len(), h, w, 3], frames));
+    t.insert("frames".into(), Tensor::from_u8(&[prompts.len(), h, w, 3], &frames));
     let b = DimBindings::new().dim("prompts", prompts.len()).dim("height", h).dim("width", w);
     let bytes = wc_schemas::write_tensors(&tensors::first_frames(), &b, &uri("first_frames.safetensors"), &t)?;
     pending.write(&path("first_frames.safetensors"), bytes)?;
@@ -105,7 +101,7 @@ pub fn write_dataset(store: &RunStore, spec: &DatasetSpec, force: bool) -> Resul
             }
         }
         let mut t = TensorSet::new();
-        t.insert("frames".into(), u8_tensor(&[shard.len(), frames_per_clip, h, w, 3], data));
+        t.insert("frames".into(), Tensor::from_u8(&[shard.len(), frames_per_clip, h, w, 3], &data));
         let b = DimBindings::new().dim("clips", shard.len()).dim("frames", frames_per_clip).dim("height", h).dim("width", w);
         pending.write(&path(&file), wc_schemas::write_tensors(&tensors::pretrain_frames(), &b, &uri(&file), &t)?)?;
     }

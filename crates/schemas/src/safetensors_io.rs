@@ -17,6 +17,12 @@ pub struct Tensor {
 }
 
 impl Tensor {
+    /// A u8 tensor. Panics if `values.len()` is not the product of `shape`.
+    pub fn from_u8(shape: &[usize], values: &[u8]) -> Self {
+        assert_eq!(values.len(), shape.iter().product::<usize>(), "values match the shape");
+        Tensor { dtype: TensorDType::U8, shape: shape.to_vec(), data: values.to_vec() }
+    }
+
     /// An f32 tensor. Panics if `values.len()` is not the product of `shape`
     /// (a programming error, not bad input).
     pub fn from_f32(shape: &[usize], values: &[f32]) -> Self {

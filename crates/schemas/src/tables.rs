@@ -158,6 +158,31 @@ pub fn reward_scores() -> TableSchema {
     }
 }
 
+/// Per-window detail of the reward stage (world backend): what the pose
+/// estimator saw in each window of each candidate, and the frame VQ.
+pub fn reward_windows() -> TableSchema {
+    use FieldType::*;
+    TableSchema {
+        name: "reward_windows",
+        format: "parquet",
+        doc: "Reward stage detail: one row per candidate and action window. iters/<k>/reward/<shard>/windows.parquet.",
+        fields: vec![
+            col("iter", Int64, "Training iteration k."),
+            col("group_id", Int64, "Group within the iteration."),
+            col("candidate", Int64, "Candidate index j in 0..G."),
+            col("window", Int64, "4-frame action window within the clip."),
+            col("action", Int64, "Commanded action bit mask (bits: forward, backward, left, right, turn_up, turn_down, turn_left, turn_right)."),
+            col("est_yaw_deg", Float64, "Estimated yaw change over the window, degrees (positive: right)."),
+            col("est_pitch_deg", Float64, "Estimated pitch change, degrees (positive: up)."),
+            col("est_forward", Float64, "Estimated translation along the heading, world units."),
+            col("est_right", Float64, "Estimated translation to the right, world units."),
+            col("rot_ok", Boolean, "Rotation label matches the command."),
+            col("trans_ok", Boolean, "Translation label matches the command (under any threshold)."),
+            FieldSpec { nullable: true, ..col("vq_frame", Float64, "VQ of the frame sampled in this window (null when none is).") },
+        ],
+    }
+}
+
 /// The select stage's output, which is also the reward log.
 pub fn selection() -> TableSchema {
     use FieldType::*;
@@ -278,6 +303,7 @@ pub fn all() -> Vec<TableSchema> {
         prompts(),
         groups(),
         reward_scores(),
+        reward_windows(),
         selection(),
         optimize_metrics(),
         sequences(),

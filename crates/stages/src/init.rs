@@ -85,6 +85,88 @@ pub fn init_run(store: &RunStore, cfg: &PipelineConfig, force: bool) -> Result<I
     pending.write(layout::PROMPTS, wc_schemas::write_table(&wc_schemas::tables::prompts(), &uri(layout::PROMPTS), &prompts_to_batch(&prompts))?)?;
     pending.write(layout::GROUPS, wc_schemas::write_table(&wc_schemas::tables::groups(), &uri(layout::GROUPS), &groups_to_batch(&groups))?)?;
 
+    if cfg.model.kind == wc_config::ModelKind::World {
+        write_world_checkpoint(store, cfg, &prompts, &mut pending)?;
+    } else {
+        write_linear_checkpoint(store, cfg, &mut pending)?;
+    }
+    match pending.commit()? {
+        CommitOutcome::Committed { .. } => Ok(InitOutcome::Created),
+        CommitOutcome::LostRace { .. } => Ok(InitOutcome::AlreadyInitialised),
+    }
+}
+
+/// A store URI from a config value: a URI as is, a local path made absolute
+/// against the working directory.
+pub fn resolve_store(value: &str) -> Result<RunStore, StageError> {
+    if value.contains("://") {
+        return Ok(RunStore::open(value)?);
+    }
+    let abs = std::path::absolute(value).map_err(|e| StageError::invalid(value, format!("cannot resolve the path: {e}")))?;
+    Ok(RunStore::open(&format!("file://{}", abs.display()))?)
+}
+
+fn write_world_checkpoint(store: &RunStore, cfg: &PipelineConfig, prompts: &[PromptRow], pending: &mut PendingCommit) -> Result<(), StageError> {
+    use crate::world::{WorldPolicy, MODEL_CONFIG_FILE};
+    use crate::world_stages::{FIRST_FRAMES, POSE_MODEL, POSE_SETTINGS};
+    let device = wc_model::train::default_device();
+    let policy = if cfg.model.base.is_empty() {
+        let mc = if cfg.model.preset == "default" { wc_model::ModelConfig::default() } else { wc_model::ModelConfig::tiny() };
+        WorldPolicy::fresh(&mc, derive_seed(cfg.run.seed, 0, SeedDomain::Init, 0, 0), &device)?
+    } else {
+        let base = resolve_store(&cfg.model.base)?;
+        let m = crate::evaluate::load_checkpoint(&base, cfg.model.base_step)?;
+        tracing::info!(base = %m.path, step = m.step, "initialising the policy from the base model");
+        WorldPolicy { model: m.model, params: m.params }
+    };
+    let mc = policy.model.cfg.clone();
+    if cfg.rollout.windows_per_clip as usize * 4 != mc.frames_per_clip {
+        return Err(StageError::invalid(
+            "rollout.windows_per_clip",
+            format!("{} windows of 4 frames per clip, but the model makes {}-frame clips", cfg.rollout.windows_per_clip, mc.frames_per_clip),
+        ));
+    }
+    let uri = |p: &str| store.uri_of(p);
+    let dir = layout::checkpoint_dir(0);
+    let weights = policy.params.to_tensor_set().map_err(crate::world::model_err)?;
+    for name in ["policy", "old_policy"] {
+        let path = format!("{dir}/{name}.safetensors");
+        pending.write(&path, wc_schemas::write_any(&uri(&path), &weights)?)?;
+    }
+    let opt = wc_model::optim::Optimizer::new(wc_model::optim::OptimConfig::default(), &policy.params).map_err(crate::world::model_err)?;
+    let path = format!("{dir}/optimizer.safetensors");
+    pending.write(&path, wc_schemas::write_any(&uri(&path), &opt.to_tensor_set().map_err(crate::world::model_err)?)?)?;
+    let path = format!("{dir}/{MODEL_CONFIG_FILE}");
+    pending.write(&path, Bytes::from(serde_json::to_vec_pretty(&mc).expect("serialises")))?;
+    // First frames at the model's size.
+    let spec = wc_data::DatasetSpec {
+        render: wc_world::RenderConfig { width: mc.frame_size, height: mc.frame_size, ..Default::default() },
+        ..Default::default()
+    };
+    let frames = wc_data::build::first_frames(&spec, prompts);
+    let mut t = TensorSet::new();
+    t.insert("frames".into(), wc_schemas::Tensor::from_u8(&[prompts.len(), mc.frame_size, mc.frame_size, 3], &frames));
+    let b = DimBindings::new().dim("prompts", prompts.len()).dim("height", mc.frame_size).dim("width", mc.frame_size);
+    pending.write(FIRST_FRAMES, wc_schemas::write_tensors(&tensors::first_frames(), &b, &uri(FIRST_FRAMES), &t)?)?;
+    // The pose estimator, copied so that the run is self-contained.
+    if !cfg.reward.pose_model.is_empty() {
+        let pose_store = resolve_store(&cfg.reward.pose_model)?;
+        let pose = crate::scorer_models::load_pose(&pose_store)?;
+        if pose.net.cfg.frame_size != mc.frame_size {
+            return Err(StageError::invalid(
+                pose.path,
+                format!("the pose estimator reads {0}x{0} frames, the model makes {1}x{1}", pose.net.cfg.frame_size, mc.frame_size),
+            ));
+        }
+        let settings = crate::scorer_models::read_settings(&pose_store, pose.step)?;
+        pending.write(POSE_MODEL, wc_schemas::write_any(&uri(POSE_MODEL), &pose.params.to_tensor_set().map_err(crate::world::model_err)?)?)?;
+        pending.write(POSE_SETTINGS, Bytes::from(serde_json::to_vec_pretty(&settings).expect("serialises")))?;
+    }
+    Ok(())
+}
+
+fn write_linear_checkpoint(store: &RunStore, cfg: &PipelineConfig, pending: &mut PendingCommit) -> Result<(), StageError> {
+    let uri = |p: &str| store.uri_of(p);
     let d = cfg.model.latent_dim;
     let policy = LinearPolicy::init(d, derive_seed(cfg.run.seed, 0, SeedDomain::Init, 0, 0));
     let zeros = LinearPolicy {
@@ -104,10 +186,7 @@ pub fn init_run(store: &RunStore, cfg: &PipelineConfig, force: bool) -> Result<I
     mom.insert("momentum.bias".into(), zt["bias"].clone());
     let path = format!("{dir}/optimizer.safetensors");
     pending.write(&path, wc_schemas::write_tensors(&tensors::linear_optimizer(), &b, &uri(&path), &mom)?)?;
-    match pending.commit()? {
-        CommitOutcome::Committed { .. } => Ok(InitOutcome::Created),
-        CommitOutcome::LostRace { .. } => Ok(InitOutcome::AlreadyInitialised),
-    }
+    Ok(())
 }
 
 #[cfg(test)]

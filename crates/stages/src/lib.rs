@@ -22,6 +22,7 @@ pub mod stages;
 pub mod status;
 pub mod tables;
 pub mod world;
+pub mod world_stages;
 
 pub use error::StageError;
 pub use init::{init_run, InitOutcome};

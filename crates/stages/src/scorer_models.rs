@@ -81,6 +81,13 @@ pub fn train_pose(out: &RunStore, settings: &PoseSettings, steps: u64, mut on_st
     Ok(steps.max(start))
 }
 
+/// The settings of the checkpoint at `step`.
+pub fn read_settings(store: &RunStore, step: u64) -> Result<PoseSettings, StageError> {
+    let (_, set) = newest_step(store, POSE_DIR, None, Some(step))?.ok_or_else(|| StageError::invalid(store.uri(), format!("no pose estimator at step {step}")))?;
+    let p = format!("{}/settings.json", step_dir(step));
+    serde_json::from_slice(&set.read(&p)?).map_err(|e| StageError::invalid(store.uri_of(&p), e.to_string()))
+}
+
 /// A loaded pose estimator.
 pub struct LoadedPose {
     pub net: PoseNet,

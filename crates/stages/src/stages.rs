@@ -25,7 +25,7 @@ use crate::tables::{
 };
 
 /// A progress bar on stderr (drawn only when stderr is a terminal).
-fn progress(len: usize, label: &str) -> ProgressBar {
+pub(crate) fn progress(len: usize, label: &str) -> ProgressBar {
     let pb = ProgressBar::new(len as u64);
     pb.set_style(
         ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} {msg} ({elapsed})")
@@ -36,7 +36,7 @@ fn progress(len: usize, label: &str) -> ProgressBar {
     pb
 }
 
-fn write_tensors(
+pub(crate) fn write_tensors(
     ctx: &RunContext,
     pending: &mut PendingCommit,
     path: &str,
@@ -49,7 +49,7 @@ fn write_tensors(
     Ok(())
 }
 
-fn write_table(
+pub(crate) fn write_table(
     ctx: &RunContext,
     pending: &mut PendingCommit,
     path: &str,
@@ -68,7 +68,7 @@ fn latent_bindings(ctx: &RunContext) -> DimBindings {
 }
 
 /// Map group id -> (shard manifest, file) over a complete set of shards.
-fn group_files(sets: &[CommittedSet]) -> BTreeMap<u64, (&CommittedSet, String)> {
+pub(crate) fn group_files(sets: &[CommittedSet]) -> BTreeMap<u64, (&CommittedSet, String)> {
     let mut out = BTreeMap::new();
     for set in sets {
         for path in set.paths() {
@@ -87,7 +87,7 @@ fn group_files(sets: &[CommittedSet]) -> BTreeMap<u64, (&CommittedSet, String)> 
 }
 
 /// The `latents` tensor of group `g`'s file in a stage's committed shards.
-fn group_latents(
+pub(crate) fn group_latents(
     ctx: &RunContext,
     files: &BTreeMap<u64, (&CommittedSet, String)>,
     stage: &'static str,
@@ -127,6 +127,9 @@ fn candidate_latents(ctx: &RunContext, files: &BTreeMap<u64, (&CommittedSet, Str
 
 /// prefix: clips 1..n-1 of each group, generated with the old policy.
 pub fn prefix(ctx: &RunContext, iter: u64, shard: ShardSpec, dir: &str, pending: &mut PendingCommit) -> Result<usize, StageError> {
+    if ctx.cfg.model.kind == wc_config::ModelKind::World {
+        return crate::world_stages::prefix(ctx, iter, shard, dir, pending);
+    }
     let ckpt = inputs::checkpoint_set(ctx, iter)?;
     let init = inputs::init_set(ctx)?;
     pending.add_input(&ckpt);
@@ -162,6 +165,9 @@ pub fn prefix(ctx: &RunContext, iter: u64, shard: ShardSpec, dir: &str, pending:
 /// rollout: G candidates of clip n per group from the shared prefix, each
 /// from its own noise, with the old policy.
 pub fn rollout(ctx: &RunContext, iter: u64, shard: ShardSpec, dir: &str, pending: &mut PendingCommit) -> Result<usize, StageError> {
+    if ctx.cfg.model.kind == wc_config::ModelKind::World {
+        return crate::world_stages::rollout(ctx, iter, shard, dir, pending);
+    }
     let ckpt = inputs::checkpoint_set(ctx, iter)?;
     let init = inputs::init_set(ctx)?;
     let prefixes = stage_shards(ctx, iter, Stage::Prefix)?;
@@ -201,6 +207,9 @@ pub fn rollout(ctx: &RunContext, iter: u64, shard: ShardSpec, dir: &str, pending
 
 /// reward: score every candidate of the shard's groups.
 pub fn reward(ctx: &RunContext, iter: u64, shard: ShardSpec, dir: &str, pending: &mut PendingCommit) -> Result<usize, StageError> {
+    if ctx.cfg.model.kind == wc_config::ModelKind::World {
+        return crate::world_stages::reward(ctx, iter, shard, dir, pending);
+    }
     let init = inputs::init_set(ctx)?;
     let prefixes = stage_shards(ctx, iter, Stage::Prefix)?;
     let rollouts = stage_shards(ctx, iter, Stage::Rollout)?;
@@ -284,7 +293,7 @@ pub fn select(ctx: &RunContext, iter: u64, dir: &str, pending: &mut PendingCommi
     rewards.iter().for_each(|s| pending.add_input(s));
     let mut scores = Vec::new();
     for set in &rewards {
-        for path in set.paths() {
+        for path in set.paths().filter(|p| p.ends_with("/scores.parquet")) {
             let artifact = ctx.store.uri_of(path);
             let batch = wc_schemas::read_table(&wc_schemas::tables::reward_scores(), &artifact, set.read(path)?)?;
             scores.extend(scores_from_batch(&batch, &artifact)?);
@@ -316,6 +325,9 @@ pub fn select(ctx: &RunContext, iter: u64, dir: &str, pending: &mut PendingCommi
 /// optimize: one policy update on the selected candidates, then the EMA
 /// update of the old policy; commits checkpoint k+1 and the step metrics.
 pub fn optimize(ctx: &RunContext, iter: u64, dir: &str, pending: &mut PendingCommit) -> Result<usize, StageError> {
+    if ctx.cfg.model.kind == wc_config::ModelKind::World {
+        return crate::world_stages::optimize(ctx, iter, dir, pending);
+    }
     let ckpt = inputs::checkpoint_set(ctx, iter)?;
     let init = inputs::init_set(ctx)?;
     let sel = inputs::whole_stage(ctx, iter, Stage::Select)?;

@@ -134,6 +134,43 @@ pub fn scores_from_batch(b: &RecordBatch, artifact: &str) -> Result<Vec<ScoreRow
         .collect()
 }
 
+/// One window of one candidate (reward stage detail).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowRow {
+    pub iter: i64,
+    pub group_id: i64,
+    pub candidate: i64,
+    pub window: i64,
+    pub action: u8,
+    pub est_yaw_deg: f64,
+    pub est_pitch_deg: f64,
+    pub est_forward: f64,
+    pub est_right: f64,
+    pub rot_ok: bool,
+    pub trans_ok: bool,
+    pub vq_frame: Option<f64>,
+}
+
+pub fn windows_to_batch(rows: &[WindowRow]) -> RecordBatch {
+    batch(
+        &wc_schemas::tables::reward_windows(),
+        vec![
+            i64s(rows.iter().map(|r| r.iter)),
+            i64s(rows.iter().map(|r| r.group_id)),
+            i64s(rows.iter().map(|r| r.candidate)),
+            i64s(rows.iter().map(|r| r.window)),
+            i64s(rows.iter().map(|r| r.action as i64)),
+            f64s(rows.iter().map(|r| r.est_yaw_deg)),
+            f64s(rows.iter().map(|r| r.est_pitch_deg)),
+            f64s(rows.iter().map(|r| r.est_forward)),
+            f64s(rows.iter().map(|r| r.est_right)),
+            Arc::new(BooleanArray::from(rows.iter().map(|r| r.rot_ok).collect::<Vec<_>>())) as ArrayRef,
+            Arc::new(BooleanArray::from(rows.iter().map(|r| r.trans_ok).collect::<Vec<_>>())) as ArrayRef,
+            Arc::new(arrow::array::Float64Array::from(rows.iter().map(|r| r.vq_frame).collect::<Vec<_>>())) as ArrayRef,
+        ],
+    )
+}
+
 /// One candidate's selection (select stage; also the reward log row).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SelectionRow {

@@ -1,0 +1,328 @@
+//! Stage bodies of the `world` backend (see [`crate::world`] for what each
+//! computes). Like every stage they read committed inputs, compute, and
+//! write into the pending commit; the runner commits.
+
+use std::collections::BTreeMap;
+
+use candle_core::Device;
+use wc_rl::schedule::{eta_at, sampler_times, target_clip, timestep_subset};
+use wc_rl::seeds::{derive_seed, SeedDomain};
+use wc_schemas::{tensors, DimBindings, Tensor, TensorSet};
+use wc_scorers::pose::{estimate_motions, PoseConfig, PoseNet};
+use wc_scorers::vq::{clip_vq, VqMode};
+use wc_store::{CommittedSet, PendingCommit, ShardSpec};
+use wc_world::metric::{window_correct, MetricConfig};
+use wc_world::{Frame, Kinematics};
+
+use crate::error::StageError;
+use crate::inputs::{self, clip_windows, iteration_groups, sequence_pool, stage_shards};
+use crate::layout;
+use crate::runner::{RunContext, Stage};
+use crate::stages::{group_files, group_latents, progress, write_table, write_tensors};
+use crate::tables::{metrics_to_batch, scores_to_batch, selection_from_batch, windows_to_batch, MetricRow, ScoreRow, WindowRow};
+use crate::world::{self, NftSample};
+
+/// Where init stores the run's copy of the pose estimator.
+pub const POSE_MODEL: &str = "data/pose_estimator/model.safetensors";
+pub const POSE_SETTINGS: &str = "data/pose_estimator/settings.json";
+/// First frames of the run's prompts at the model's frame size.
+pub const FIRST_FRAMES: &str = "data/first_frames.safetensors";
+
+fn bindings(cfg: &wc_model::ModelConfig, ctx: &RunContext) -> DimBindings {
+    DimBindings::new()
+        .splice("latent", &world::clip_shape(cfg))
+        .dim("G", ctx.cfg.rollout.candidates as usize)
+}
+
+/// The first frames of the run's prompts (u8 HWC each).
+pub fn first_frames(ctx: &RunContext, init: &CommittedSet, size: usize) -> Result<Vec<Vec<u8>>, StageError> {
+    let b = DimBindings::new().dim("height", size).dim("width", size);
+    let t = inputs::read_tensor_file(ctx, init, FIRST_FRAMES, &tensors::first_frames(), &b)?;
+    let bytes = t["frames"].data.clone();
+    Ok(bytes.chunks_exact(size * size * 3).map(|c| c.to_vec()).collect())
+}
+
+struct Opened {
+    cfg: wc_model::ModelConfig,
+    init: CommittedSet,
+    pool: Vec<crate::tables::GroupRow>,
+    firsts: Vec<Vec<u8>>,
+}
+
+fn open(ctx: &RunContext, pending: &mut PendingCommit) -> Result<Opened, StageError> {
+    let init = inputs::init_set(ctx)?;
+    pending.add_input(&init);
+    let cfg = world::model_config(ctx, &init)?;
+    let pool = sequence_pool(ctx, &init)?;
+    let firsts = first_frames(ctx, &init, cfg.frame_size)?;
+    Ok(Opened { cfg, init, pool, firsts })
+}
+
+fn first_latent(o: &Opened, prompt: i64) -> Result<Vec<f32>, StageError> {
+    let f = o.firsts.get(prompt as usize).ok_or_else(|| StageError::invalid(FIRST_FRAMES, format!("no first frame for prompt {prompt}")))?;
+    Ok(world::encode_frame(&o.cfg, f))
+}
+
+/// prefix: clips 1..n-1 of each group with the old policy; all groups of
+/// the shard sampled together, one clip index at a time.
+pub fn prefix(ctx: &RunContext, iter: u64, shard: ShardSpec, dir: &str, pending: &mut PendingCommit) -> Result<usize, StageError> {
+    let o = open(ctx, pending)?;
+    let ckpt = inputs::checkpoint_set(ctx, iter)?;
+    pending.add_input(&ckpt);
+    let old = world::load_policy(ctx, &o.cfg, &ckpt, iter, "old_policy")?;
+    let sampler = world::sampler_config(ctx);
+    let p = target_clip(iter, ctx.cfg.rollout.clips) - 1;
+    let groups: Vec<_> = iteration_groups(ctx, &o.pool, iter).into_iter().filter(|(g, _)| shard.owns(*g as usize)).collect();
+    let firsts: Vec<Vec<f32>> = groups.iter().map(|(_, row)| first_latent(&o, row.prompt_id)).collect::<Result<_, _>>()?;
+    let mut prefixes: Vec<Vec<f32>> = vec![Vec::new(); groups.len()];
+    let pb = progress(p as usize, "prefix");
+    for c in 1..=p {
+        if groups.is_empty() {
+            break;
+        }
+        let contexts: Vec<Vec<f32>> = firsts.iter().zip(&prefixes).map(|(f, pre)| world::context_tokens(&o.cfg, f, pre)).collect();
+        let masks: Vec<Vec<u8>> = groups.iter().map(|(_, row)| world::frame_masks(&o.cfg, &clip_windows(ctx, row, c))).collect();
+        let noises: Vec<Vec<f32>> = groups.iter().map(|(g, _)| world::clip_noise(&o.cfg, derive_seed(ctx.cfg.run.seed, iter, SeedDomain::Prefix, *g, c))).collect();
+        let clips = world::sample_clips(&old, &sampler, &contexts, &masks, &noises)?;
+        let per = clips.len() / groups.len();
+        for (pre, clip) in prefixes.iter_mut().zip(clips.chunks_exact(per)) {
+            pre.extend_from_slice(clip);
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let b = bindings(&o.cfg, ctx).dim("P", p as usize);
+    let mut shape = vec![p as usize];
+    shape.extend(world::clip_shape(&o.cfg));
+    for ((g, _), pre) in groups.iter().zip(&prefixes) {
+        let mut t = TensorSet::new();
+        t.insert("latents".into(), Tensor::from_f32(&shape, pre));
+        write_tensors(ctx, pending, &layout::group_file(dir, *g), &tensors::prefix_clips(), &b, &t)?;
+    }
+    Ok(groups.len())
+}
+
+fn prefix_of(ctx: &RunContext, cfg: &wc_model::ModelConfig, files: &BTreeMap<u64, (&CommittedSet, String)>, iter: u64, g: u64) -> Result<Vec<f32>, StageError> {
+    let p = target_clip(iter, ctx.cfg.rollout.clips) as usize - 1;
+    group_latents(ctx, files, "prefix", iter, g, &tensors::prefix_clips(), &bindings(cfg, ctx).dim("P", p))
+}
+
+/// rollout: G candidates of clip n per group from one encoded prefix context.
+pub fn rollout(ctx: &RunContext, iter: u64, shard: ShardSpec, dir: &str, pending: &mut PendingCommit) -> Result<usize, StageError> {
+    let o = open(ctx, pending)?;
+    let ckpt = inputs::checkpoint_set(ctx, iter)?;
+    let prefixes = stage_shards(ctx, iter, Stage::Prefix)?;
+    pending.add_input(&ckpt);
+    prefixes.iter().for_each(|s| pending.add_input(s));
+    let old = world::load_policy(ctx, &o.cfg, &ckpt, iter, "old_policy")?;
+    let sampler = world::sampler_config(ctx);
+    let files = group_files(&prefixes);
+    let g_count = ctx.cfg.rollout.candidates;
+    let n = target_clip(iter, ctx.cfg.rollout.clips);
+    let groups: Vec<_> = iteration_groups(ctx, &o.pool, iter).into_iter().filter(|(g, _)| shard.owns(*g as usize)).collect();
+    let pb = progress(groups.len(), "rollout");
+    for (g, row) in &groups {
+        let pre = prefix_of(ctx, &o.cfg, &files, iter, *g)?;
+        let cache = world::encode_context(&old, &world::context_tokens(&o.cfg, &first_latent(&o, row.prompt_id)?, &pre))?;
+        let masks = vec![world::frame_masks(&o.cfg, &clip_windows(ctx, row, n)); g_count as usize];
+        let noises: Vec<Vec<f32>> = (0..g_count).map(|j| world::clip_noise(&o.cfg, derive_seed(ctx.cfg.run.seed, iter, SeedDomain::Rollout, *g, j))).collect();
+        let latents = world::candidates_from_cache(&old, &sampler, &cache, &masks, &noises)?;
+        let mut shape = vec![g_count as usize];
+        shape.extend(world::clip_shape(&o.cfg));
+        let mut t = TensorSet::new();
+        t.insert("latents".into(), Tensor::from_f32(&shape, &latents));
+        t.insert("noise".into(), Tensor::from_f32(&shape, &noises.concat()));
+        write_tensors(ctx, pending, &layout::group_file(dir, *g), &tensors::candidate_clips(), &bindings(&o.cfg, ctx), &t)?;
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    Ok(groups.len())
+}
+
+/// The run's pose estimator (copied into the run by init).
+pub fn load_pose(ctx: &RunContext, init: &CommittedSet) -> Result<(PoseNet, wc_model::params::Params), StageError> {
+    let settings: crate::scorer_models::PoseSettings =
+        serde_json::from_slice(&init.read(POSE_SETTINGS)?).map_err(|e| StageError::invalid(ctx.store.uri_of(POSE_SETTINGS), e.to_string()))?;
+    let cfg: PoseConfig = settings.model;
+    let mut params = wc_model::params::Params::new(0, &wc_model::train::default_device());
+    let net = PoseNet::new(&cfg, &mut params).map_err(|e| StageError::invalid(ctx.store.uri_of(POSE_MODEL), e.to_string()))?;
+    crate::pretrain::load_params(&ctx.store, init, POSE_MODEL, &params)?;
+    Ok((net, params))
+}
+
+fn frames_of(cfg: &wc_model::ModelConfig, latents: &[f32]) -> Vec<Frame> {
+    let s = cfg.frame_size;
+    world::decode_frames(cfg, latents)
+        .chunks_exact(s * s * 3)
+        .map(|f| Frame { width: s, height: s, rgb: f.iter().map(|v| *v as f32 / 255.0).collect() })
+        .collect()
+}
+
+/// Scores of one group's candidates: (score rows, window rows).
+#[allow(clippy::too_many_arguments)]
+pub fn score_candidates(
+    ctx: &RunContext,
+    cfg: &wc_model::ModelConfig,
+    pose: &PoseNet,
+    device: &Device,
+    iter: u64,
+    group: (u64, &crate::tables::GroupRow),
+    first: &Frame,
+    before: &Frame,
+    candidates: &[f32],
+) -> Result<(Vec<ScoreRow>, Vec<WindowRow>), StageError> {
+    let (g, row) = group;
+    let n = target_clip(iter, ctx.cfg.rollout.clips);
+    let windows = clip_windows(ctx, row, n);
+    let metric = MetricConfig { tau_rot_deg: ctx.cfg.reward.tau_rot_deg, trans_thresholds: ctx.cfg.reward.trans_thresholds.clone(), ..Default::default() };
+    let kin = Kinematics::default();
+    let mode = match ctx.cfg.reward.vq_mode {
+        wc_config::VqMode::Absolute => VqMode::Absolute,
+        wc_config::VqMode::Drift => VqMode::Drift,
+    };
+    let clip_len = world::clip_shape(cfg).iter().product::<usize>();
+    let stride = ctx.cfg.reward.vq_frame_stride as usize;
+    let (mut scores, mut rows) = (Vec::new(), Vec::new());
+    for (j, lat) in candidates.chunks_exact(clip_len).enumerate() {
+        let mut frames = vec![before.clone()];
+        frames.extend(frames_of(cfg, lat));
+        let motions = estimate_motions(pose, &frames, &kin, device).map_err(|e| StageError::invalid("pose estimator", e.to_string()))?;
+        let (vq, per_frame) = clip_vq(&frames[1..], stride, mode, Some(first));
+        let mut tally = wc_world::metric::AccuracyTally::default();
+        for (w, (m, a)) in motions.iter().zip(&windows).enumerate() {
+            let (r, t) = window_correct(m, wc_world::ActionMask(*a), &metric);
+            tally.add(r, t);
+            // The frame VQ sampled inside this window, if any.
+            let frames_per_window = kin.frames_per_window;
+            let vq_frame = (w * frames_per_window..(w + 1) * frames_per_window)
+                .find(|f| (f + 1) % stride.max(1) == 0)
+                .map(|f| per_frame[(f + 1) / stride.max(1) - 1]);
+            rows.push(WindowRow {
+                iter: iter as i64,
+                group_id: g as i64,
+                candidate: j as i64,
+                window: w as i64,
+                action: *a,
+                est_yaw_deg: m.dyaw_deg,
+                est_pitch_deg: m.dpitch_deg,
+                est_forward: m.forward,
+                est_right: m.right,
+                rot_ok: r,
+                trans_ok: t,
+                vq_frame,
+            });
+        }
+        let a = tally.accuracy();
+        scores.push(ScoreRow {
+            iter: iter as i64,
+            group_id: g as i64,
+            prompt_id: row.prompt_id,
+            clip_index: n as i64,
+            candidate: j as i64,
+            rot_acc: a.rot_acc,
+            trans_acc: a.trans_acc,
+            if_score: a.if_score,
+            vq_score: vq,
+        });
+    }
+    Ok((scores, rows))
+}
+
+/// reward: estimated poses, action accuracy and VQ of every candidate.
+pub fn reward(ctx: &RunContext, iter: u64, shard: ShardSpec, dir: &str, pending: &mut PendingCommit) -> Result<usize, StageError> {
+    let o = open(ctx, pending)?;
+    let prefixes = stage_shards(ctx, iter, Stage::Prefix)?;
+    let rollouts = stage_shards(ctx, iter, Stage::Rollout)?;
+    prefixes.iter().chain(&rollouts).for_each(|s| pending.add_input(s));
+    let (pose, params) = load_pose(ctx, &o.init)?;
+    if pose.cfg.frame_size != o.cfg.frame_size {
+        return Err(StageError::invalid(POSE_SETTINGS, format!("the pose estimator reads {0}x{0} frames, the model makes {1}x{1}", pose.cfg.frame_size, o.cfg.frame_size)));
+    }
+    let (pfiles, cfiles) = (group_files(&prefixes), group_files(&rollouts));
+    let groups: Vec<_> = iteration_groups(ctx, &o.pool, iter).into_iter().filter(|(g, _)| shard.owns(*g as usize)).collect();
+    let fl = world::frame_len(&o.cfg);
+    let pb = progress(groups.len(), "reward");
+    let (mut scores, mut windows) = (Vec::new(), Vec::new());
+    for (g, row) in &groups {
+        let pre = prefix_of(ctx, &o.cfg, &pfiles, iter, *g)?;
+        let cands = group_latents(ctx, &cfiles, "rollout", iter, *g, &tensors::candidate_clips(), &bindings(&o.cfg, ctx))?;
+        let first = first_latent(&o, row.prompt_id)?;
+        let before = if pre.is_empty() { first.clone() } else { pre[pre.len() - fl..].to_vec() };
+        let (s, w) = score_candidates(ctx, &o.cfg, &pose, params.device(), iter, (*g, row), &frames_of(&o.cfg, &first)[0], &frames_of(&o.cfg, &before)[0], &cands)?;
+        scores.extend(s);
+        windows.extend(w);
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    write_table(ctx, pending, &format!("{dir}/scores.parquet"), &wc_schemas::tables::reward_scores(), &scores_to_batch(&scores))?;
+    write_table(ctx, pending, &format!("{dir}/windows.parquet"), &wc_schemas::tables::reward_windows(), &windows_to_batch(&windows))?;
+    Ok(2)
+}
+
+/// optimize: NFT on the selected candidates at a random subset of the
+/// sampler's timesteps, in minibatches; then the old policy's EMA update.
+pub fn optimize(ctx: &RunContext, iter: u64, dir: &str, pending: &mut PendingCommit) -> Result<usize, StageError> {
+    let o = open(ctx, pending)?;
+    let ckpt = inputs::checkpoint_set(ctx, iter)?;
+    let sel = inputs::whole_stage(ctx, iter, Stage::Select)?;
+    let prefixes = stage_shards(ctx, iter, Stage::Prefix)?;
+    let rollouts = stage_shards(ctx, iter, Stage::Rollout)?;
+    for s in [&ckpt, &sel].into_iter().chain(&prefixes).chain(&rollouts) {
+        pending.add_input(s);
+    }
+    let policy = world::load_policy(ctx, &o.cfg, &ckpt, iter, "policy")?;
+    let old = world::load_policy(ctx, &o.cfg, &ckpt, iter, "old_policy")?;
+    let mut opt = world::load_optimizer(ctx, &ckpt, iter, &policy.params)?;
+    let o_cfg = &ctx.cfg.optimize;
+    let reference = if o_cfg.kl_weight > 0.0 { Some(world::load_policy(ctx, &o.cfg, &o.init, 0, "policy")?) } else { None };
+    let groups: BTreeMap<u64, _> = iteration_groups(ctx, &o.pool, iter).into_iter().collect();
+    let sel_path = format!("{}/selection.parquet", layout::stage_dir(iter, "select"));
+    let artifact = ctx.store.uri_of(&sel_path);
+    let rows = selection_from_batch(&wc_schemas::read_table(&wc_schemas::tables::selection(), &artifact, sel.read(&sel_path)?)?, &artifact)?;
+    let (pfiles, cfiles) = (group_files(&prefixes), group_files(&rollouts));
+    let n = target_clip(iter, ctx.cfg.rollout.clips);
+    let steps = ctx.cfg.rollout.sampler_steps as usize;
+    let times = sampler_times(steps, ctx.cfg.rollout.timestep_shift);
+    let subset = timestep_subset(steps, o_cfg.timestep_fraction, derive_seed(ctx.cfg.run.seed, iter, SeedDomain::Optimize, 0, 0));
+    let clip_len = world::clip_shape(&o.cfg).iter().product::<usize>();
+    let mut samples = Vec::new();
+    for (g, group_rows) in rows.chunk_by(|a, b| a.score.group_id == b.score.group_id).map(|c| (c[0].score.group_id as u64, c)) {
+        let row = groups.get(&g).ok_or_else(|| StageError::invalid(&artifact, format!("group {g} is not in iteration {iter}")))?;
+        let pre = prefix_of(ctx, &o.cfg, &pfiles, iter, g)?;
+        let cands = group_latents(ctx, &cfiles, "rollout", iter, g, &tensors::candidate_clips(), &bindings(&o.cfg, ctx))?;
+        let context = world::context_tokens(&o.cfg, &first_latent(&o, row.prompt_id)?, &pre);
+        let masks = world::frame_masks(&o.cfg, &clip_windows(ctx, row, n));
+        for r in group_rows.iter().filter(|r| r.selected) {
+            let j = r.score.candidate as usize;
+            let x = world::clip_tokens(&o.cfg, &cands[j * clip_len..(j + 1) * clip_len]);
+            for &ti in &subset {
+                let eps = world::clip_tokens(&o.cfg, &world::clip_noise(&o.cfg, derive_seed(ctx.cfg.run.seed, iter, SeedDomain::Optimize, g, (j * steps + ti) as u64 + 1)));
+                samples.push(NftSample { context: context.clone(), x: x.clone(), eps, t: times[ti] as f32, masks: masks.clone(), r: r.r as f32 });
+            }
+        }
+    }
+    let eta = eta_at(iter, ctx.cfg.run.iterations, o_cfg.eta_start, o_cfg.eta_end);
+    let mut metrics = Vec::new();
+    let pb = progress(samples.len().div_ceil(o_cfg.minibatch as usize), "optimize");
+    for (step, batch) in samples.chunks(o_cfg.minibatch as usize).enumerate() {
+        let s = world::nft_step(&policy, &old, reference.as_ref().map(|r| (r, o_cfg.kl_weight)), &mut opt, batch, o_cfg.beta, o_cfg.lr)?;
+        if !s.applied {
+            tracing::warn!(iter, step, loss = s.loss, grad_norm = s.grad_norm, "non-finite loss or gradient: the step was not applied");
+        }
+        metrics.push(MetricRow { iter: iter as i64, step: step as i64, loss: s.loss, grad_norm: s.grad_norm, lr: o_cfg.lr, eta, samples: batch.len() as i64, applied: s.applied });
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    old.params.ema_toward(&policy.params, eta).map_err(world::model_err)?;
+    let next = layout::checkpoint_dir(iter + 1);
+    let put = |pending: &mut PendingCommit, name: &str, t: TensorSet| -> Result<(), StageError> {
+        let p = format!("{next}/{name}.safetensors");
+        pending.write(&p, wc_schemas::write_any(&ctx.store.uri_of(&p), &t)?)?;
+        Ok(())
+    };
+    put(pending, "policy", policy.params.to_tensor_set().map_err(world::model_err)?)?;
+    put(pending, "old_policy", old.params.to_tensor_set().map_err(world::model_err)?)?;
+    put(pending, "optimizer", opt.to_tensor_set().map_err(world::model_err)?)?;
+    write_table(ctx, pending, &format!("{dir}/metrics.parquet"), &wc_schemas::tables::optimize_metrics(), &metrics_to_batch(&metrics))?;
+    Ok(4)
+}
