@@ -9,9 +9,16 @@
 //! the full turn. The action-accuracy metric maps these motions to labels
 //! exactly as it maps ground-truth poses.
 //!
-//! The network is a small MLP over [first, last, last - first] (pixels in
-//! [-1, 1], planar), trained on simulator renders with exact poses: every
-//! batch is rendered fresh from training scenes (seeds disjoint from the
+//! The network is a small MLP over a cost volume, the correlation layer of
+//! optical-flow networks: for each block of a grid over the first frame,
+//! the mean squared difference to the last frame at every shift of a
+//! search window, normalised by the block's mean over shifts. Rotation
+//! moves every block alike, sideways translation moves near blocks (the
+//! ground) more than far ones, forward motion spreads blocks outward: the
+//! volume holds that geometry and not the scene's appearance, so the
+//! estimator carries over to scenes it never saw. It is trained on
+//! simulator renders with exact poses: every batch is rendered fresh from
+//! training scenes (seeds disjoint from the
 //! held-out scenes), random start poses, and window motions drawn from all
 //! 81 (translation x rotation) classes and the basic and combined actions,
 //! half of them mildly blurred or noised so the estimator also reads
@@ -49,8 +56,25 @@ impl Default for PoseConfig {
 }
 
 impl PoseConfig {
+    /// Block size of the cost volume (pixels).
+    pub fn block(&self) -> usize {
+        (self.frame_size / 4).max(2)
+    }
+    /// Top-left corners of the blocks along one axis.
+    pub fn block_starts(&self) -> Vec<usize> {
+        let (b, s) = (self.block(), self.frame_size);
+        let stride = (3 * b / 4).max(1);
+        (0..).map(|i| i * stride).take_while(|x| x + b <= s).collect()
+    }
+    /// Shifts searched along one axis: -max..=max in steps.
+    pub fn shifts(&self) -> Vec<isize> {
+        let max = (3 * self.frame_size / 8) as isize;
+        let step = (self.frame_size / 16).max(1) as isize;
+        (-max / step..=max / step).map(|i| i * step).collect()
+    }
     pub fn input_dim(&self) -> usize {
-        3 * 3 * self.frame_size * self.frame_size
+        let n = self.block_starts().len();
+        n * n * self.shifts().len().pow(2)
     }
 }
 
@@ -113,14 +137,46 @@ impl PoseNet {
     }
 }
 
-/// The network input of one window: [first, last, last - first], planar,
-/// pixels mapped to [-1, 1].
-pub fn window_input(first: &Frame, last: &Frame) -> Vec<f32> {
-    let (a, b) = (first.to_chw(), last.to_chw());
-    let mut out = Vec::with_capacity(3 * a.len());
-    out.extend(a.iter().map(|v| 2.0 * v - 1.0));
-    out.extend(b.iter().map(|v| 2.0 * v - 1.0));
-    out.extend(a.iter().zip(&b).map(|(x, y)| 2.0 * (y - x)));
+/// The network input of one window: the normalised cost volume of the
+/// first frame's blocks against the last frame (see the module doc).
+pub fn window_input(cfg: &PoseConfig, first: &Frame, last: &Frame) -> Vec<f32> {
+    let (w, h) = (first.width, first.height);
+    assert_eq!((w, h), (cfg.frame_size, cfg.frame_size), "frames must be {0}x{0}", cfg.frame_size);
+    let (b, starts, shifts) = (cfg.block(), cfg.block_starts(), cfg.shifts());
+    let px = |f: &Frame, x: usize, y: usize, c: usize| f.rgb[(y * w + x) * 3 + c];
+    let mut out = Vec::with_capacity(cfg.input_dim());
+    for &by in &starts {
+        for &bx in &starts {
+            let mut costs = Vec::with_capacity(shifts.len().pow(2));
+            for &dy in &shifts {
+                for &dx in &shifts {
+                    let (mut sum, mut n) = (0.0f32, 0usize);
+                    for y in by..by + b {
+                        let yy = y as isize + dy;
+                        if yy < 0 || yy >= h as isize {
+                            continue;
+                        }
+                        for x in bx..bx + b {
+                            let xx = x as isize + dx;
+                            if xx < 0 || xx >= w as isize {
+                                continue;
+                            }
+                            for c in 0..3 {
+                                let d = px(first, x, y, c) - px(last, xx as usize, yy as usize, c);
+                                sum += d * d;
+                            }
+                            n += 1;
+                        }
+                    }
+                    // Shifts that leave the frame cost the block's mean.
+                    costs.push(if n * 4 >= b * b { sum / n as f32 } else { f32::NAN });
+                }
+            }
+            let valid: Vec<f32> = costs.iter().copied().filter(|c| c.is_finite()).collect();
+            let mean = valid.iter().sum::<f32>() / valid.len().max(1) as f32 + 1e-4;
+            out.extend(costs.iter().map(|c| if c.is_finite() { 1.0 - c / mean } else { 0.0 }));
+        }
+    }
     out
 }
 
@@ -140,7 +196,7 @@ pub fn estimate_motions(net: &PoseNet, frames: &[Frame], kin: &Kinematics, devic
     if windows == 0 {
         return Ok(Vec::new());
     }
-    let input: Vec<f32> = (0..windows).flat_map(|w| window_input(&frames[w * f], &frames[(w + 1) * f])).collect();
+    let input: Vec<f32> = (0..windows).flat_map(|w| window_input(&net.cfg, &frames[w * f], &frames[(w + 1) * f])).collect();
     let t = Tensor::from_vec(input, (windows, net.cfg.input_dim()), device)?;
     net.estimate_batch(&t, kin)
 }
@@ -165,7 +221,8 @@ pub enum ActionDraw {
 
 /// Render example `index` from scene seeds `scene_base + (0..scenes)`.
 /// `augment` blurs or noises half the examples mildly.
-pub fn render_example(seed: u64, index: u64, scene_base: u64, scenes: u64, draw: ActionDraw, augment: bool, size: usize) -> PoseExample {
+pub fn render_example(cfg: &PoseConfig, seed: u64, index: u64, scene_base: u64, scenes: u64, draw: ActionDraw, augment: bool) -> PoseExample {
+    let size = cfg.frame_size;
     let kin = Kinematics::default();
     let mut rng = ChaCha8Rng::seed_from_u64(SplitMix64::new(seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15)).next_u64());
     let scene = Scene::generate(scene_base + rng.random_range(0..scenes));
@@ -201,8 +258,8 @@ pub fn render_example(seed: u64, index: u64, scene_base: u64, scenes: u64, draw:
         action = ActionMask(if action.rotation().1 != 0 { flipped } else { action.0 });
     }
     let poses = kin.trajectory(start, &[action]);
-    let cfg = RenderConfig { width: size, height: size, ..Default::default() };
-    let (mut a, mut b) = (render(&scene, &poses[0], &cfg), render(&scene, poses.last().expect("non-empty"), &cfg));
+    let rcfg = RenderConfig { width: size, height: size, ..Default::default() };
+    let (mut a, mut b) = (render(&scene, &poses[0], &rcfg), render(&scene, poses.last().expect("non-empty"), &rcfg));
     if augment && rng.random_bool(0.5) {
         let kind = [Degradation::Blur, Degradation::Noise][rng.random_range(0..2)];
         let s = rng.random::<u64>();
@@ -210,7 +267,7 @@ pub fn render_example(seed: u64, index: u64, scene_base: u64, scenes: u64, draw:
         b = degrade(&b, kind, 1, s ^ 1);
     }
     PoseExample {
-        input: window_input(&a, &b),
+        input: window_input(cfg, &a, &b),
         labels: labels_of(action),
         action,
         truth: WindowMotion::between(&poses[0], poses.last().expect("non-empty")),
@@ -219,10 +276,10 @@ pub fn render_example(seed: u64, index: u64, scene_base: u64, scenes: u64, draw:
 
 /// A training batch of `batch` examples for step `step` (parallel, and the
 /// same bytes on any number of threads).
-pub fn training_batch(seed: u64, step: u64, batch: usize, size: usize) -> Vec<PoseExample> {
+pub fn training_batch(cfg: &PoseConfig, seed: u64, step: u64, batch: usize) -> Vec<PoseExample> {
     (0..batch as u64)
         .into_par_iter()
-        .map(|i| render_example(seed ^ step.wrapping_mul(0xA24B_AED4_963E_E407), i, TRAIN_SCENE_BASE, TRAIN_SCENES, ActionDraw::Training, true, size))
+        .map(|i| render_example(cfg, seed ^ step.wrapping_mul(0xA24B_AED4_963E_E407), i, TRAIN_SCENE_BASE, TRAIN_SCENES, ActionDraw::Training, true))
         .collect()
 }
 
@@ -259,7 +316,7 @@ impl PoseTrainer {
 
     /// One step on the batch of `step`; returns the loss.
     pub fn step(&mut self, step: u64, total: u64) -> Result<f64> {
-        let ex = training_batch(self.seed, step, self.batch, self.net.cfg.frame_size);
+        let ex = training_batch(&self.net.cfg, self.seed, step, self.batch);
         let (x, y) = stack(&ex, self.net.cfg.input_dim(), self.params.device())?;
         let loss = self.net.loss(&x, &y)?;
         let grads = loss.backward()?;
@@ -277,7 +334,7 @@ pub fn held_out_accuracy(net: &PoseNet, draw: ActionDraw, count: usize, seed: u6
     for chunk in (0..count as u64).collect::<Vec<_>>().chunks(256) {
         let ex: Vec<PoseExample> = chunk
             .par_iter()
-            .map(|i| render_example(seed, *i, HELD_OUT_SCENE_BASE, 1 << 20, draw, false, net.cfg.frame_size))
+            .map(|i| render_example(&net.cfg, seed, *i, HELD_OUT_SCENE_BASE, 1 << 20, draw, false))
             .collect();
         let (x, _) = stack(&ex, net.cfg.input_dim(), device)?;
         for (m, e) in net.estimate_batch(&x, &kin)?.iter().zip(&ex) {
@@ -299,7 +356,7 @@ mod tests {
         // from the true motion of the rendered window.
         let metric = MetricConfig::default();
         for i in 0..200 {
-            let e = render_example(3, i, TRAIN_SCENE_BASE, 16, ActionDraw::Training, false, 16);
+            let e = render_example(&PoseConfig { frame_size: 16, hidden: 8 }, 3, i, TRAIN_SCENE_BASE, 16, ActionDraw::Training, false);
             assert_eq!(window_correct(&e.truth, e.action, &metric), (true, true), "{:?} {:?}", e.action, e.truth);
             assert_eq!(e.labels, labels_of(e.action));
         }
@@ -308,7 +365,7 @@ mod tests {
     #[test]
     fn confident_logits_give_the_nominal_motion() {
         let dev = Device::Cpu;
-        let cfg = PoseConfig { frame_size: 4, hidden: 8 };
+        let cfg = PoseConfig { frame_size: 8, hidden: 8 };
         let mut p = Params::new(0, &dev);
         let net = PoseNet::new(&cfg, &mut p).unwrap();
         // Zero the first layers and set the head bias: yaw +, pitch none,
@@ -334,8 +391,9 @@ mod tests {
     #[test]
     fn batches_are_deterministic_across_thread_counts() {
         let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
-        let a = one.install(|| training_batch(9, 4, 6, 16));
-        let b = training_batch(9, 4, 6, 16);
+        let cfg = PoseConfig { frame_size: 16, hidden: 8 };
+        let a = one.install(|| training_batch(&cfg, 9, 4, 6));
+        let b = training_batch(&cfg, 9, 4, 6);
         assert!(a.iter().zip(&b).all(|(x, y)| x.input == y.input && x.labels == y.labels));
     }
 
@@ -344,7 +402,7 @@ mod tests {
         let dev = Device::Cpu;
         let cfg = PoseConfig { frame_size: 16, hidden: 64 };
         let mut t = PoseTrainer::new(&cfg, 1, 32, 3e-3, &dev).unwrap();
-        let ex = training_batch(1, 0, 32, 16);
+        let ex = training_batch(&cfg, 1, 0, 32);
         let (x, y) = stack(&ex, cfg.input_dim(), &dev).unwrap();
         let first = t.net.loss(&x, &y).unwrap();
         let grads = first.backward().unwrap();
