@@ -198,3 +198,31 @@ pub fn kill_stage_and_resume(runs: &dyn Fn(usize) -> String, env: &[(&str, Strin
     assert!(killed_mid_write > 0, "no kill landed mid-write (full run {full_ms} ms); the test proved nothing");
 }
 
+
+/// Train a small pose estimator for 16x16 frames (a few steps: it is weak,
+/// but real) under `dir/pose`; returns its store URI.
+pub fn tiny_pose_model(dir: &std::path::Path) -> String {
+    let uri = format!("file://{}", dir.join("pose").display());
+    wc_ok(&["scorers", "train-pose", "--out", &uri, "--steps", "6", "--batch", "16", "--hidden", "32", "--frame-size", "16", "--checkpoint-every", "6"], &[]);
+    uri
+}
+
+/// The embedded pipeline on the world backend with a fresh tiny model and
+/// the pose estimator at `pose`, small enough for tests.
+pub fn tiny_world_pipeline(dir: &std::path::Path, pose: &str) -> String {
+    pipeline_with(
+        dir,
+        &[
+            ("kind = \"linear\"", "kind = \"world\"\npreset = \"tiny\""),
+            ("latent_dim = 16", ""),
+            ("vq_frame_stride = 4", &format!("vq_frame_stride = 4\npose_model = \"{pose}\"")),
+            ("prompts = 16 ", "prompts = 6 "),
+            ("groups = 8 ", "groups = 3 "),
+            ("candidates = 8 ", "candidates = 4 "),
+            ("keep_top = 3 ", "keep_top = 1 "),
+            ("keep_bottom = 3 ", "keep_bottom = 1 "),
+            ("sampler_steps = 10 ", "sampler_steps = 4 "),
+            ("lr = 0.5 ", "lr = 1e-3 "),
+        ],
+    )
+}
