@@ -12,7 +12,7 @@ use wc_store::{CommittedSet, RunStore};
 pub const BIN: &str = env!("CARGO_BIN_EXE_worldcompass");
 
 pub fn pipeline() -> String {
-    concat!(env!("CARGO_MANIFEST_DIR"), "/../../pipelines/embedded.toml").to_string()
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../../pipelines/linear.toml").to_string()
 }
 
 /// Write a copy of the embedded pipeline with `replace` edits applied.

@@ -220,12 +220,16 @@ pub enum Command {
         /// Store URI holding the dataset (its prompts are held out of pre-training).
         #[arg(long)]
         data: String,
-        /// Store URI holding the checkpoints (pretrain/step-*/).
+        /// Store URI holding the checkpoints: a pre-training store
+        /// (pretrain/step-*/), or a training run with --checkpoint.
         #[arg(long)]
         model: String,
-        /// Checkpoint step (default: the newest).
-        #[arg(long)]
+        /// Pre-training checkpoint step (default: the newest).
+        #[arg(long, conflicts_with = "checkpoint")]
         step: Option<u64>,
+        /// Evaluate checkpoint K of the training run at --model (its policy).
+        #[arg(long)]
+        checkpoint: Option<u64>,
         /// Sequences of each kind.
         #[arg(long, default_value_t = 16)]
         sequences: usize,

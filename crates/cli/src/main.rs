@@ -83,10 +83,13 @@ fn run(cli: Cli) -> Result<()> {
                     .progress_chars("=> "),
             );
             bar.set_prefix("train");
+            let mut t0 = std::time::Instant::now();
             train(&ctx, iters, |k, stage, outcome| {
+                let secs = t0.elapsed().as_secs_f64();
+                t0 = std::time::Instant::now();
                 bar.set_message(format!("iter {k} {}", stage.name()));
                 bar.inc(1);
-                bar.suspend(|| println!("iter {k} {}: {outcome}", stage.name()));
+                bar.suspend(|| println!("iter {k} {}: {outcome} [{secs:.1} s]", stage.name()));
             })?;
             bar.finish_and_clear();
             println!("trained {iters} iterations; checkpoint: {}/checkpoints/{iters:06}", ctx.store.uri());
@@ -175,10 +178,13 @@ fn run(cli: Cli) -> Result<()> {
             bar.finish_and_clear();
             println!("pre-trained to step {done}; checkpoint: {}/{}", out.uri(), wc_stages::pretrain::step_dir(done));
         }
-        Command::Eval { data, model, step, sequences, sampler } => {
+        Command::Eval { data, model, step, checkpoint, sequences, sampler } => {
             let data = RunStore::open(&data)?;
             let store = RunStore::open(&model)?;
-            let m = wc_stages::evaluate::load_checkpoint(&store, step)?;
+            let m = match checkpoint {
+                Some(k) => wc_stages::evaluate::load_run_checkpoint(&store, k, "policy")?,
+                None => wc_stages::evaluate::load_checkpoint(&store, step)?,
+            };
             let seqs = wc_stages::evaluate::held_out(&data, sequences)?;
             let clips: usize = seqs.iter().map(|s| s.actions.len() * 4 / m.model.cfg.frames_per_clip).sum();
             let bar = indicatif::ProgressBar::new(clips as u64);

@@ -386,7 +386,7 @@ mod tests {
     use super::*;
 
     fn embedded() -> String {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../pipelines/embedded.toml");
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../pipelines/linear.toml");
         std::fs::read_to_string(path).unwrap()
     }
 

@@ -52,6 +52,17 @@ pub fn load_checkpoint(store: &RunStore, step: Option<u64>) -> Result<LoadedMode
     Ok(LoadedModel { model, params, step: s, path: store.uri_of(&dir) })
 }
 
+/// Load checkpoint `k` of a world-backend run (`which`: "policy" or
+/// "old_policy").
+pub fn load_run_checkpoint(run: &RunStore, k: u64, which: &str) -> Result<LoadedModel, StageError> {
+    let ctx = crate::runner::RunContext::from_store(run.clone())?;
+    let init = crate::inputs::init_set(&ctx)?;
+    let cfg = crate::world::model_config(&ctx, &init)?;
+    let set = crate::inputs::checkpoint_set(&ctx, k)?;
+    let p = crate::world::load_policy(&ctx, &cfg, &set, k, which)?;
+    Ok(LoadedModel { model: p.model, params: p.params, step: k, path: run.uri_of(&format!("{}/{which}.safetensors", crate::layout::checkpoint_dir(k))) })
+}
+
 /// Generate one clip from context frames (u8 HWC: the first frame, then the
 /// recent ones) and one action mask per target frame. Returns the clip's
 /// frames, u8 HWC.

@@ -6,7 +6,7 @@ use wc_stages::{init_run, run_stage, train, RunContext, Stage, StageOutcome, Sta
 use wc_store::{RunStore, ShardSpec};
 
 fn embedded() -> PipelineConfig {
-    PipelineConfig::load(concat!(env!("CARGO_MANIFEST_DIR"), "/../../pipelines/embedded.toml")).unwrap()
+    PipelineConfig::load(concat!(env!("CARGO_MANIFEST_DIR"), "/../../pipelines/linear.toml")).unwrap()
 }
 
 fn new_run(uri: &str, cfg: &PipelineConfig) -> RunContext {
