@@ -72,3 +72,51 @@ print("ok")
     let out = std::process::Command::new("python3").args(["-c", script, dir.to_str().unwrap()]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn external_scorer_in_python_is_validated_and_committed_and_bad_ones_commit_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pose = tiny_pose_model(tmp.path());
+    let base = tiny_world_pipeline(tmp.path(), &pose);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/python/external_scorer.py");
+    let text = std::fs::read_to_string(&base).unwrap().replace(
+        "vq_frame_stride = 4",
+        &format!("vq_frame_stride = 4\nexternal_command = [\"python3\", \"{script}\"]\nexternal_timeout_s = 5"),
+    );
+    let pipeline = tmp.path().join("external.toml");
+    std::fs::write(&pipeline, text).unwrap();
+    let pipeline = pipeline.to_str().unwrap();
+    let run = file_uri(tmp.path(), "run");
+    wc_ok(&["init", "--run", &run, "--pipeline", pipeline], &[]);
+    wc_ok(&["stage", "prefix", "--run", &run, "--iter", "0"], &[]);
+    wc_ok(&["stage", "rollout", "--run", &run, "--iter", "0"], &[]);
+    let store = RunStore::open(&run).unwrap();
+    let manifest = "iters/000000/reward/shard-000-of-001/_manifest.json";
+    for (mode, expect) in [
+        ("missing_column", "vq_score"),
+        ("wrong_rows", "11 rows, expected 12"),
+        ("nan", "scores must be finite"),
+        ("exit", "scorer failed on purpose"),
+        ("sleep", "timed out"),
+    ] {
+        let err = wc_err(&["stage", "reward", "--run", &run, "--iter", "0"], &[("WC_SCORER_MODE", mode.to_string())]);
+        assert!(err.contains(expect), "{mode}: {err}");
+        assert!(store.get_opt(manifest).unwrap().is_none(), "{mode}: nothing may be committed");
+    }
+    wc_ok(&["stage", "reward", "--run", &run, "--iter", "0"], &[]);
+    // The committed table is the scorer's, and it measured the frames the
+    // stage handed over: its vq_score is the mean of the last frame.
+    let set = wc_store::CommittedSet::open(&store, manifest).unwrap();
+    let scores = set.read("iters/000000/reward/shard-000-of-001/scores.parquet").unwrap();
+    let batch = wc_schemas::read_table(&wc_schemas::tables::reward_scores(), "scores", scores).unwrap();
+    assert_eq!(batch.num_rows(), 12);
+    let rset = wc_store::CommittedSet::open(&store, "iters/000000/rollout/shard-000-of-001/_manifest.json").unwrap();
+    let t = wc_schemas::read_any("rollout", &rset.read("iters/000000/rollout/shard-000-of-001/group-00000.safetensors").unwrap()).unwrap();
+    let lat = t["latents"].to_f32(); // [G, F, 3, 16, 16]
+    let per_frame = 3 * 16 * 16;
+    let last = &lat[3 * per_frame..4 * per_frame]; // candidate 0, frame 3
+    let want: f64 = last.iter().map(|v| ((v + 1.0) * 127.5).round().clamp(0.0, 255.0) as f64 / 255.0).sum::<f64>() / per_frame as f64;
+    let vq = batch.column_by_name("vq_score").unwrap().as_any().downcast_ref::<arrow::array::Float64Array>().unwrap().value(0);
+    assert!((vq - want).abs() < 1e-9, "{vq} vs {want}");
+    wc_ok(&["stage", "select", "--run", &run, "--iter", "0"], &[]);
+}

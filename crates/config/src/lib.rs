@@ -295,6 +295,9 @@ impl PipelineConfig {
             return bad("data.combined_fraction", self.data.combined_fraction.to_string(), "must be in [0, 1]");
         }
         match self.model.kind {
+            ModelKind::Linear if !self.reward.external_command.is_empty() => {
+                return bad("reward.external_command", format!("{:?}", self.reward.external_command), "external scorers read frames: they need model.kind = \"world\"");
+            }
             ModelKind::Linear if self.model.latent_dim < 8 => {
                 return bad("model.latent_dim", self.model.latent_dim.to_string(), "the linear backend needs at least 8 (one per basic action)");
             }

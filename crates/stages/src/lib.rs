@@ -14,6 +14,7 @@ pub mod init;
 pub mod inputs;
 pub mod layout;
 pub mod evaluate;
+pub mod external;
 pub mod linear;
 pub mod pretrain;
 pub mod runner;

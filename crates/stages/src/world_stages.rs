@@ -234,6 +234,9 @@ pub fn reward(ctx: &RunContext, iter: u64, shard: ShardSpec, dir: &str, pending:
     let prefixes = stage_shards(ctx, iter, Stage::Prefix)?;
     let rollouts = stage_shards(ctx, iter, Stage::Rollout)?;
     prefixes.iter().chain(&rollouts).for_each(|s| pending.add_input(s));
+    if !ctx.cfg.reward.external_command.is_empty() {
+        return external_reward(ctx, &o, iter, shard, dir, pending, &prefixes, &rollouts);
+    }
     let (pose, params) = load_pose(ctx, &o.init)?;
     if pose.cfg.frame_size != o.cfg.frame_size {
         return Err(StageError::invalid(POSE_SETTINGS, format!("the pose estimator reads {0}x{0} frames, the model makes {1}x{1}", pose.cfg.frame_size, o.cfg.frame_size)));
@@ -257,6 +260,59 @@ pub fn reward(ctx: &RunContext, iter: u64, shard: ShardSpec, dir: &str, pending:
     write_table(ctx, pending, &format!("{dir}/scores.parquet"), &wc_schemas::tables::reward_scores(), &scores_to_batch(&scores))?;
     write_table(ctx, pending, &format!("{dir}/windows.parquet"), &wc_schemas::tables::reward_windows(), &windows_to_batch(&windows))?;
     Ok(2)
+}
+
+/// reward through an external scorer (see [`crate::external`]).
+#[allow(clippy::too_many_arguments)]
+fn external_reward(
+    ctx: &RunContext,
+    o: &Opened,
+    iter: u64,
+    shard: ShardSpec,
+    dir: &str,
+    pending: &mut PendingCommit,
+    prefixes: &[CommittedSet],
+    rollouts: &[CommittedSet],
+) -> Result<usize, StageError> {
+    use crate::external::{run_scorer, JobGroup, JobManifest};
+    let (pfiles, cfiles) = (group_files(prefixes), group_files(rollouts));
+    let work = tempfile::Builder::new().prefix("wc-external-").tempdir().map_err(|e| StageError::invalid("external scorer work folder", e.to_string()))?;
+    let n = target_clip(iter, ctx.cfg.rollout.clips);
+    let (fl, s, f) = (world::frame_len(&o.cfg), o.cfg.frame_size, o.cfg.frames_per_clip);
+    let g_count = ctx.cfg.rollout.candidates as usize;
+    let mut groups = Vec::new();
+    for (g, row) in iteration_groups(ctx, &o.pool, iter).into_iter().filter(|(g, _)| shard.owns(*g as usize)) {
+        let pre = prefix_of(ctx, &o.cfg, &pfiles, iter, g)?;
+        let cands = group_latents(ctx, &cfiles, "rollout", iter, g, &tensors::candidate_clips(), &bindings(&o.cfg, ctx))?;
+        let before = if pre.is_empty() { first_latent(o, row.prompt_id)? } else { pre[pre.len() - fl..].to_vec() };
+        let before_rgb = world::decode_frames(&o.cfg, &before);
+        let mut frames = Vec::with_capacity(g_count * (f + 1) * s * s * 3);
+        for lat in cands.chunks_exact(f * fl) {
+            frames.extend_from_slice(&before_rgb);
+            frames.extend(world::decode_frames(&o.cfg, lat));
+        }
+        let name = format!("group-{g:05}.safetensors");
+        let mut t = TensorSet::new();
+        t.insert("frames".into(), Tensor::from_u8(&[g_count, f + 1, s, s, 3], &frames));
+        let path = work.path().join(&name);
+        std::fs::write(&path, wc_schemas::write_any(&path.display().to_string(), &t)?).map_err(|e| StageError::invalid(path.display().to_string(), e.to_string()))?;
+        groups.push(JobGroup { group_id: g, prompt_id: row.prompt_id, actions: clip_windows(ctx, &row, n), frames: name });
+    }
+    let job = JobManifest {
+        run: ctx.store.uri().to_string(),
+        iter,
+        shard: shard.to_string(),
+        clip_index: n,
+        candidates: g_count as u64,
+        frames_per_window: 4,
+        groups,
+        output: work.path().join("scores.parquet").display().to_string(),
+        output_schema: wc_schemas::tables::reward_scores(),
+    };
+    let timeout = std::time::Duration::from_secs(ctx.cfg.reward.external_timeout_s);
+    let (_, bytes) = run_scorer(&ctx.cfg.reward.external_command, timeout, work.path(), &job)?;
+    pending.write(&format!("{dir}/scores.parquet"), bytes::Bytes::from(bytes))?;
+    Ok(1)
 }
 
 /// optimize: NFT on the selected candidates at a random subset of the
