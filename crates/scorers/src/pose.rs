@@ -9,7 +9,7 @@
 //! the full turn. The action-accuracy metric maps these motions to labels
 //! exactly as it maps ground-truth poses.
 //!
-//! The network is a small MLP over a cost volume, the correlation layer of
+//! The network is a small residual MLP over a cost volume, the correlation layer of
 //! optical-flow networks: for each block of a grid over the first frame,
 //! the mean squared difference to the last frame at every shift of a
 //! search window, normalised by the block's mean over shifts. Rotation
@@ -66,15 +66,23 @@ impl PoseConfig {
         let stride = (3 * b / 4).max(1);
         (0..).map(|i| i * stride).take_while(|x| x + b <= s).collect()
     }
-    /// Shifts searched along one axis: -max..=max in steps.
-    pub fn shifts(&self) -> Vec<isize> {
-        let max = (3 * self.frame_size / 8) as isize;
-        let step = (self.frame_size / 16).max(1) as isize;
+    /// Largest shift searched along each axis (pixels).
+    pub fn max_shift(&self) -> isize {
+        (3 * self.frame_size / 8) as isize
+    }
+    /// Shifts of the coarse cost volume along one axis.
+    pub fn coarse_shifts(&self) -> Vec<isize> {
+        let max = self.max_shift();
+        let step = (self.frame_size / 10).max(1) as isize;
         (-max / step..=max / step).map(|i| i * step).collect()
     }
+    /// Features per block: the coarse cost volume, then the best shift
+    /// (dx, dy), the soft-argmin shift (dx, dy) and the match contrast.
+    pub fn block_features(&self) -> usize {
+        self.coarse_shifts().len().pow(2) + 5
+    }
     pub fn input_dim(&self) -> usize {
-        let n = self.block_starts().len();
-        n * n * self.shifts().len().pow(2)
+        self.block_starts().len().pow(2) * self.block_features()
     }
 }
 
@@ -92,6 +100,7 @@ pub struct PoseNet {
     pub cfg: PoseConfig,
     l1: Linear,
     l2: Linear,
+    l3: Linear,
     head: Linear,
 }
 
@@ -102,6 +111,7 @@ impl PoseNet {
             cfg: cfg.clone(),
             l1: Linear::new(p, "pose.l1", cfg.input_dim(), h, None, true)?,
             l2: Linear::new(p, "pose.l2", h, h, None, true)?,
+            l3: Linear::new(p, "pose.l3", h, h, None, true)?,
             head: Linear::new(p, "pose.head", h, AXES * 3, None, true)?,
         })
     }
@@ -109,7 +119,8 @@ impl PoseNet {
     /// Logits [B, AXES, 3] (classes: negative, none, positive).
     pub fn logits(&self, input: &Tensor) -> Result<Tensor> {
         let x = self.l1.forward(input)?.gelu()?;
-        let x = self.l2.forward(&x)?.gelu()?;
+        let x = (&x + self.l2.forward(&x)?.gelu()?)?;
+        let x = (&x + self.l3.forward(&x)?.gelu()?)?;
         let b = input.dim(0)?;
         Ok(self.head.forward(&x)?.reshape((b, AXES, 3))?)
     }
@@ -137,44 +148,72 @@ impl PoseNet {
     }
 }
 
-/// The network input of one window: the normalised cost volume of the
-/// first frame's blocks against the last frame (see the module doc).
+/// Mean squared difference of a block of `first` at (bx, by) against
+/// `last` shifted by (dx, dy), over the pixels that stay in the frame
+/// (None when fewer than a quarter do).
+fn block_cost(first: &Frame, last: &Frame, bx: usize, by: usize, b: usize, dx: isize, dy: isize) -> Option<f32> {
+    let (w, h) = (first.width as isize, first.height as isize);
+    let (mut sum, mut n) = (0.0f32, 0usize);
+    for y in by..by + b {
+        let yy = y as isize + dy;
+        if yy < 0 || yy >= h {
+            continue;
+        }
+        for x in bx..bx + b {
+            let xx = x as isize + dx;
+            if xx < 0 || xx >= w {
+                continue;
+            }
+            let (i, j) = ((y * first.width + x) * 3, (yy as usize * first.width + xx as usize) * 3);
+            for c in 0..3 {
+                let d = first.rgb[i + c] - last.rgb[j + c];
+                sum += d * d;
+            }
+            n += 1;
+        }
+    }
+    (n * 4 >= b * b).then(|| sum / n as f32)
+}
+
+/// The network input of one window (see the module doc): per block of the
+/// first frame, its cost volume against the last frame on a coarse grid of
+/// shifts (normalised by its mean), the best whole-pixel shift, the
+/// soft-argmin shift over all whole-pixel shifts, and how much better the
+/// best match is than the average one.
 pub fn window_input(cfg: &PoseConfig, first: &Frame, last: &Frame) -> Vec<f32> {
-    let (w, h) = (first.width, first.height);
-    assert_eq!((w, h), (cfg.frame_size, cfg.frame_size), "frames must be {0}x{0}", cfg.frame_size);
-    let (b, starts, shifts) = (cfg.block(), cfg.block_starts(), cfg.shifts());
-    let px = |f: &Frame, x: usize, y: usize, c: usize| f.rgb[(y * w + x) * 3 + c];
+    assert_eq!((first.width, first.height), (cfg.frame_size, cfg.frame_size), "frames must be {0}x{0}", cfg.frame_size);
+    let (b, starts, coarse, max) = (cfg.block(), cfg.block_starts(), cfg.coarse_shifts(), cfg.max_shift());
+    let scale = max as f32;
     let mut out = Vec::with_capacity(cfg.input_dim());
     for &by in &starts {
         for &bx in &starts {
-            let mut costs = Vec::with_capacity(shifts.len().pow(2));
-            for &dy in &shifts {
-                for &dx in &shifts {
-                    let (mut sum, mut n) = (0.0f32, 0usize);
-                    for y in by..by + b {
-                        let yy = y as isize + dy;
-                        if yy < 0 || yy >= h as isize {
-                            continue;
-                        }
-                        for x in bx..bx + b {
-                            let xx = x as isize + dx;
-                            if xx < 0 || xx >= w as isize {
-                                continue;
-                            }
-                            for c in 0..3 {
-                                let d = px(first, x, y, c) - px(last, xx as usize, yy as usize, c);
-                                sum += d * d;
-                            }
-                            n += 1;
-                        }
+            // Every whole-pixel shift.
+            let mut fine = Vec::with_capacity(((2 * max + 1) * (2 * max + 1)) as usize);
+            for dy in -max..=max {
+                for dx in -max..=max {
+                    if let Some(c) = block_cost(first, last, bx, by, b, dx, dy) {
+                        fine.push((dx, dy, c));
                     }
-                    // Shifts that leave the frame cost the block's mean.
-                    costs.push(if n * 4 >= b * b { sum / n as f32 } else { f32::NAN });
                 }
             }
-            let valid: Vec<f32> = costs.iter().copied().filter(|c| c.is_finite()).collect();
-            let mean = valid.iter().sum::<f32>() / valid.len().max(1) as f32 + 1e-4;
-            out.extend(costs.iter().map(|c| if c.is_finite() { 1.0 - c / mean } else { 0.0 }));
+            let mean = fine.iter().map(|f| f.2).sum::<f32>() / fine.len().max(1) as f32 + 1e-4;
+            for &dy in &coarse {
+                for &dx in &coarse {
+                    let c = block_cost(first, last, bx, by, b, dx, dy);
+                    out.push(c.map_or(0.0, |c| 1.0 - c / mean));
+                }
+            }
+            let best = fine.iter().copied().fold((0isize, 0isize, f32::INFINITY), |a, f| if f.2 < a.2 { f } else { a });
+            // Soft-argmin with a temperature of a tenth of the mean cost.
+            let tau = 0.1 * mean;
+            let (mut sw, mut sx, mut sy) = (0.0f32, 0.0f32, 0.0f32);
+            for &(dx, dy, c) in &fine {
+                let wgt = (-(c - best.2) / tau).exp();
+                sw += wgt;
+                sx += wgt * dx as f32;
+                sy += wgt * dy as f32;
+            }
+            out.extend([best.0 as f32 / scale, best.1 as f32 / scale, sx / sw / scale, sy / sw / scale, 1.0 - best.2 / mean]);
         }
     }
     out
