@@ -47,6 +47,26 @@ pretrain steps="3000": (data)
 eval-base sequences="16":
     {{wc}} eval --data {{data}} --model {{base}} --sequences {{sequences}}
 
+# Action accuracy of checkpoint K of a training run on the same held-out prompts.
+eval-run checkpoint sequences="16" run=run:
+    {{wc}} eval --data {{data}} --model {{run}} --checkpoint {{checkpoint}} --sequences {{sequences}}
+
+# Where the pose estimator (the interaction-following reward's instrument) lives.
+pose := "file://" + justfile_directory() + "/models/pose"
+
+# Train the pose estimator on fresh simulator renders (resumes from models/pose).
+pose steps="3000":
+    {{wc}} scorers train-pose --out {{pose}} --steps {{steps}} --checkpoint-every 250
+
+# Validate the built-in scorers on held-out scenes.
+eval-scorers windows="2000":
+    {{wc}} scorers eval-pose --model {{pose}} --windows {{windows}}
+    {{wc}} scorers eval-vq
+
+# Summary table and reward-curve charts of a run (Polars).
+report run=run out="runs/report":
+    {{wc}} report --run {{run}} --out {{out}}
+
 # Speed of the world model on this machine.
 bench:
     {{wc}} bench model

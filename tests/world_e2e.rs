@@ -71,6 +71,37 @@ print("ok")
     let dir = tmp.path().join("run");
     let out = std::process::Command::new("python3").args(["-c", script, dir.to_str().unwrap()]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // `worldcompass report` (Polars in Rust) gives the per-iteration means
+    // that polars.scan_parquet over the reward-log glob gives in Python, and
+    // its charts open as images.
+    let charts = tmp.path().join("report");
+    let table = wc_ok(&["report", "--run", &run, "--out", charts.to_str().unwrap()], &[]);
+    let rust: Vec<Vec<f64>> = table
+        .lines()
+        .filter(|l| l.trim_start().chars().next().is_some_and(|c| c.is_ascii_digit()))
+        .map(|l| l.split_whitespace().map(|v| v.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(rust.len(), 2, "{table}");
+    let py = r#"
+import sys, json, polars as pl
+from PIL import Image
+log = pl.scan_parquet(sys.argv[1] + "/reward_log/**/*.parquet")
+s = log.group_by("iter").agg(pl.col("if_score").mean(), pl.col("vq_score").mean(),
+                             pl.col("r").filter(pl.col("selected")).mean()).sort("iter").collect()
+for name in ["reward_if.png", "reward_vq.png"]:
+    im = Image.open(sys.argv[2] + "/" + name); im.load()
+    assert im.size == (640, 360) and len(set(im.getdata())) > 3
+print(json.dumps(s.rows()))
+"#;
+    let out = std::process::Command::new("python3").args(["-c", py, dir.to_str().unwrap(), charts.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<(i64, f64, f64, f64)> = serde_json::from_slice(&out.stdout).unwrap();
+    for (r, p) in rust.iter().zip(&rows) {
+        // Columns: iter clip candidates if_mean rot trans vq if_sel r_sel adv_std selected.
+        assert_eq!(r[0] as i64, p.0);
+        assert!((r[3] - p.1).abs() < 1e-4 && (r[6] - p.2).abs() < 1e-4 && (r[8] - p.3).abs() < 1e-4, "{r:?} vs {p:?}");
+    }
 }
 
 #[test]

@@ -272,6 +272,22 @@ pub enum Command {
         #[command(subcommand)]
         what: BenchWhat,
     },
+    /// Summarise a training run from its reward log (with Polars): a table
+    /// per iteration (mean IF, rotation and translation accuracy, VQ, mean r
+    /// of the selected candidates, advantage spread) and PNG charts of the
+    /// reward curves.
+    ///
+    /// The same numbers come from Python with
+    /// polars.scan_parquet("<run>/reward_log/**/*.parquet").
+    ///
+    /// Example: worldcompass report --run file:///tmp/runs/demo --out /tmp/report
+    Report {
+        #[arg(long, env = "WORLDCOMPASS_RUN")]
+        run: String,
+        /// Local folder for the charts (reward_if.png, reward_vq.png).
+        #[arg(long)]
+        out: Option<String>,
+    },
     /// Train and validate the built-in reward scorers.
     ///
     /// `train-pose` trains the camera pose estimator on fresh simulator
@@ -388,6 +404,9 @@ pub enum ScorersWhat {
         windows: usize,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Also print the accuracy per commanded action.
+        #[arg(long)]
+        per_action: bool,
     },
     /// Ranking of clean held-out frames above their degraded versions.
     EvalVq {

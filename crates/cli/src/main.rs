@@ -245,6 +245,21 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Scorers { what } => scorers(what)?,
+        Command::Report { run, out } => {
+            let store = RunStore::open(&run)?;
+            let log = wc_report::reward_log(&store)?;
+            let summary = wc_report::iteration_summary(&log)?;
+            println!("run {}: {} reward-log rows", store.uri(), log.height());
+            println!("{}", wc_report::summary_table(&summary)?);
+            if let Some(dir) = out {
+                std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {dir}"))?;
+                for (name, png) in wc_report::reward_charts(&summary)? {
+                    let path = std::path::Path::new(&dir).join(name);
+                    std::fs::write(&path, png).with_context(|| format!("cannot write {}", path.display()))?;
+                    println!("wrote {}", path.display());
+                }
+            }
+        }
         Command::Metric { sequences, clips, windows_per_clip, hold, seed, tau_rot, thresholds } => {
             use wc_world::actions::{Kinematics, SequenceKind};
             let cfg = wc_world::metric::MetricConfig { tau_rot_deg: tau_rot, trans_thresholds: thresholds, ..Default::default() };
@@ -332,15 +347,21 @@ fn scorers(what: worldcompass::ScorersWhat) -> anyhow::Result<()> {
             bar.finish_and_clear();
             println!("pose estimator at step {done} under {}", out.uri_of(wc_stages::scorer_models::POSE_DIR));
         }
-        ScorersWhat::EvalPose { model, windows, seed } => {
+        ScorersWhat::EvalPose { model, windows, seed, per_action } => {
             let store = RunStore::open(&model)?;
             let m = wc_stages::scorer_models::load_pose(&store)?;
             let metric = wc_world::metric::MetricConfig::default();
             println!("pose estimator {} (step {}), held-out scenes, clean ground-truth renders", m.path, m.step);
             println!("{:<9} {:>8} {:>8} {:>9} {:>6} {:>10}", "kind", "windows", "rot_acc", "trans_acc", "IF", "both_right");
             for (name, draw) in [("basic", wc_scorers::pose::ActionDraw::Basic), ("combined", wc_scorers::pose::ActionDraw::Combined)] {
-                let a = wc_scorers::pose::held_out_accuracy(&m.net, draw, windows, seed, &metric, m.params.device())?;
+                let pred = wc_scorers::pose::held_out_predictions(&m.net, draw, windows, seed, m.params.device())?;
+                let a = wc_scorers::pose::prediction_accuracy(&pred, &metric);
                 println!("{:<9} {:>8} {:>8.3} {:>9.3} {:>6.3} {:>10.3}", name, a.windows, a.rot_acc, a.trans_acc, a.if_score, a.both_rate);
+                if per_action {
+                    for (action, a) in wc_scorers::pose::per_action_accuracy(&pred, &metric) {
+                        println!("  {:<24} {:>6} {:>8.3} {:>9.3}", action.to_string(), a.windows, a.rot_acc, a.trans_acc);
+                    }
+                }
             }
         }
         ScorersWhat::EvalVq { frames, size } => {

@@ -364,24 +364,45 @@ impl PoseTrainer {
     }
 }
 
-/// Action accuracy of the estimator on `count` held-out windows of one
-/// kind (clean ground-truth renders of scenes never trained on), with the
-/// metric's thresholds.
-pub fn held_out_accuracy(net: &PoseNet, draw: ActionDraw, count: usize, seed: u64, metric: &wc_world::metric::MetricConfig, device: &Device) -> Result<wc_world::metric::Accuracy> {
+/// The estimator's motion for `count` held-out windows of one kind (clean
+/// ground-truth renders of scenes never trained on), with each window's
+/// commanded action.
+pub fn held_out_predictions(net: &PoseNet, draw: ActionDraw, count: usize, seed: u64, device: &Device) -> Result<Vec<(ActionMask, WindowMotion)>> {
     let kin = Kinematics::default();
-    let mut tally = wc_world::metric::AccuracyTally::default();
+    let mut out = Vec::with_capacity(count);
     for chunk in (0..count as u64).collect::<Vec<_>>().chunks(256) {
         let ex: Vec<PoseExample> = chunk
             .par_iter()
             .map(|i| render_example(&net.cfg, seed, *i, HELD_OUT_SCENE_BASE, 1 << 20, draw, false))
             .collect();
         let (x, _) = stack(&ex, net.cfg.input_dim(), device)?;
-        for (m, e) in net.estimate_batch(&x, &kin)?.iter().zip(&ex) {
-            let (r, t) = wc_world::metric::window_correct(m, e.action, metric);
-            tally.add(r, t);
-        }
+        out.extend(ex.iter().map(|e| e.action).zip(net.estimate_batch(&x, &kin)?));
     }
-    Ok(tally.accuracy())
+    Ok(out)
+}
+
+/// Action accuracy of predictions under the metric's thresholds.
+pub fn prediction_accuracy(pred: &[(ActionMask, WindowMotion)], metric: &wc_world::metric::MetricConfig) -> wc_world::metric::Accuracy {
+    let mut tally = wc_world::metric::AccuracyTally::default();
+    for (a, m) in pred {
+        let (r, t) = wc_world::metric::window_correct(m, *a, metric);
+        tally.add(r, t);
+    }
+    tally.accuracy()
+}
+
+/// Action accuracy of the estimator on `count` held-out windows of one kind.
+pub fn held_out_accuracy(net: &PoseNet, draw: ActionDraw, count: usize, seed: u64, metric: &wc_world::metric::MetricConfig, device: &Device) -> Result<wc_world::metric::Accuracy> {
+    Ok(prediction_accuracy(&held_out_predictions(net, draw, count, seed, device)?, metric))
+}
+
+/// Per commanded action: how often rotation and translation were right.
+pub fn per_action_accuracy(pred: &[(ActionMask, WindowMotion)], metric: &wc_world::metric::MetricConfig) -> Vec<(ActionMask, wc_world::metric::Accuracy)> {
+    let mut by: std::collections::BTreeMap<u8, Vec<(ActionMask, WindowMotion)>> = Default::default();
+    for p in pred {
+        by.entry(p.0 .0).or_default().push(*p);
+    }
+    by.into_iter().map(|(a, v)| (ActionMask(a), prediction_accuracy(&v, metric))).collect()
 }
 
 #[cfg(test)]
