@@ -151,3 +151,29 @@ fn external_scorer_in_python_is_validated_and_committed_and_bad_ones_commit_noth
     assert!((vq - want).abs() < 1e-9, "{vq} vs {want}");
     wc_ok(&["stage", "select", "--run", &run, "--iter", "0"], &[]);
 }
+
+#[test]
+fn compare_writes_side_by_side_media_of_two_checkpoints() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pose = tiny_pose_model(tmp.path());
+    let pipeline = tiny_world_pipeline(tmp.path(), &pose);
+    let run = file_uri(tmp.path(), "run");
+    wc_ok(&["train", "--run", &run, "--pipeline", &pipeline, "--iters", "1"], &[]);
+    let out = tmp.path().join("cmp");
+    let a = format!("{run}@0");
+    let b = format!("{run}@1");
+    let msg = wc_ok(&["compare", "--a", &a, "--b", &b, "--scene", "3", "--actions", "forward+turn_left,left", "--out", out.to_str().unwrap()], &[]);
+    assert!(msg.contains("9 frames"), "{msg}");
+    let py = r#"
+import sys
+from PIL import Image
+g = Image.open(sys.argv[1] + ".gif"); assert g.n_frames == 9, g.n_frames
+w, h = g.size
+assert w == 3 * 64 + 4 * 4 and h == 14 + 64 + 14, g.size
+p = Image.open(sys.argv[1] + ".png"); p.load()
+assert p.size[0] >= 4 * w and p.size[1] >= 3 * h, p.size  # 9 frames, 4 per row
+print("ok")
+"#;
+    let o = std::process::Command::new("python3").args(["-c", py, out.to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}

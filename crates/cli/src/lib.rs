@@ -262,6 +262,33 @@ pub enum Command {
         #[arg(long)]
         out: String,
     },
+    /// Roll out the same prompt and action sequence with two checkpoints and
+    /// write them side by side (with the ground truth) as a GIF and a PNG
+    /// strip, the action written under every frame.
+    ///
+    /// A model is a pre-training store (newest checkpoint) or RUN@K for
+    /// checkpoint K of a training run.
+    ///
+    /// Example: worldcompass compare --a file://$PWD/runs/embedded@0 --b file://$PWD/runs/embedded@24 --scene 3 --actions forward+turn_left,left+turn_up --out /tmp/cmp
+    Compare {
+        /// First model (left column).
+        #[arg(long)]
+        a: String,
+        /// Second model (middle column).
+        #[arg(long)]
+        b: String,
+        /// Scene seed of the world prompt.
+        #[arg(long, default_value_t = 0)]
+        scene: u64,
+        /// Comma-separated actions, one per 4-frame window.
+        #[arg(long, value_delimiter = ',', required = true)]
+        actions: Vec<String>,
+        #[command(flatten)]
+        sampler: SamplerArgs,
+        /// Output path prefix: writes PREFIX.gif and PREFIX.png.
+        #[arg(long)]
+        out: String,
+    },
     /// Measure speed on this machine, side by side in one process.
     ///
     /// `bench model`: the f32 matmul peak, a sampler step for a batch of G,

@@ -245,6 +245,30 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Scorers { what } => scorers(what)?,
+        Command::Compare { a, b, scene, actions, sampler, out } => {
+            use wc_world::actions::{ActionMask, Kinematics};
+            let load = |spec: &str| -> anyhow::Result<wc_stages::evaluate::LoadedModel> {
+                match spec.rsplit_once('@') {
+                    Some((uri, k)) if k.parse::<u64>().is_ok() => Ok(wc_stages::evaluate::load_run_checkpoint(&RunStore::open(uri)?, k.parse()?, "policy")?),
+                    _ => Ok(wc_stages::evaluate::load_checkpoint(&RunStore::open(spec)?, None)?),
+                }
+            };
+            let (ma, mb) = (load(&a)?, load(&b)?);
+            anyhow::ensure!(ma.model.cfg.frame_size == mb.model.cfg.frame_size, "the two models make frames of different sizes");
+            let acts: Vec<ActionMask> = actions.iter().map(|s| ActionMask::parse(s)).collect::<Result<_, _>>().map_err(anyhow::Error::msg)?;
+            let size = ma.model.cfg.frame_size;
+            let rcfg = wc_world::RenderConfig { width: size, height: size, ..Default::default() };
+            let world = wc_world::Scene::generate(scene);
+            let gt: Vec<Vec<u8>> = Kinematics::default().trajectory(wc_world::Pose::START, &acts).iter().map(|p| wc_world::render::render(&world, p, &rcfg).to_u8()).collect();
+            let ga = wc_stages::evaluate::rollout_sequence(&ma, &gt[0], &acts, &sampler.config(), sampler.seed)?;
+            let gb = wc_stages::evaluate::rollout_sequence(&mb, &gt[0], &acts, &sampler.config(), sampler.seed)?;
+            let labels: Vec<String> = (0..gt.len()).map(|t| if t == 0 { "prompt".to_string() } else { acts[(t - 1) / 4].to_string() }).collect();
+            let frames = wc_report::compose::side_by_side(&[ga, gb, gt], size, 4, &["A", "B", "TRUTH"], &labels);
+            std::fs::write(format!("{out}.gif"), wc_world::media::gif_bytes(&frames, 1, 12)?).with_context(|| format!("writing {out}.gif"))?;
+            std::fs::write(format!("{out}.png"), wc_world::media::png_strip_bytes(&frames, 1, 4)?).with_context(|| format!("writing {out}.png"))?;
+            println!("A = {} ; B = {} ; scene {scene}: {}", ma.path, mb.path, world.caption);
+            println!("wrote {out}.gif and {out}.png ({} frames: A left, B middle, ground truth right)", frames.len());
+        }
         Command::Report { run, out } => {
             let store = RunStore::open(&run)?;
             let log = wc_report::reward_log(&store)?;

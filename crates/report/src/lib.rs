@@ -10,6 +10,7 @@
 //! - [`chart`]: PNG line charts drawn without system fonts ([`font`]).
 
 pub mod chart;
+pub mod compose;
 pub mod font;
 
 use polars::prelude::*;
