@@ -2,11 +2,12 @@
 //!
 //! It sees a window's first frame (the frame before the window) and last
 //! frame, and classifies each motion axis (yaw, pitch, forward, right) as
-//! negative, none or positive. The motion it returns is the expectation
-//! over those classes of the nominal window motion (for yaw:
-//! `turn * (p(+) - p(-))`), so a confident "none" is well inside the
-//! metric's 1 degree / 0.01 unit thresholds and a confident "right turn" is
-//! the full turn. The action-accuracy metric maps these motions to labels
+//! negative, none or positive. The motion it returns per axis is the most
+//! probable class times the nominal window motion, scaled by that class's
+//! probability (for a right turn: `turn * p(+)`); "none" is exactly zero,
+//! so doubt between classes cannot leak past the metric's 1 degree / 0.01
+//! unit thresholds (an expectation over the classes did: rotation-only
+//! windows read as translation). The action-accuracy metric maps these motions to labels
 //! exactly as it maps ground-truth poses.
 //!
 //! The network is a small residual MLP over a cost volume, the correlation layer of
@@ -141,7 +142,19 @@ impl PoseNet {
         let (turn, step) = (kin.turn_step_deg * w, kin.move_step * w);
         Ok(p.iter()
             .map(|a| {
-                let e = |i: usize| a[i][2] - a[i][0];
+                // The most probable class, with its probability as the
+                // magnitude: "none" is exactly zero motion, so uncertainty
+                // between classes never leaks past the metric's thresholds.
+                let e = |i: usize| {
+                    let p = &a[i];
+                    if p[2] > p[1] && p[2] >= p[0] {
+                        p[2]
+                    } else if p[0] > p[1] && p[0] > p[2] {
+                        -p[0]
+                    } else {
+                        0.0
+                    }
+                };
                 WindowMotion { dyaw_deg: turn * e(0), dpitch_deg: turn * e(1), forward: step * e(2), right: step * e(3) }
             })
             .collect())
@@ -446,6 +459,17 @@ mod tests {
         let m = net.estimate_batch(&x, &kin).unwrap()[0];
         assert!((m.dyaw_deg - 20.0).abs() < 1e-9 && m.dpitch_deg.abs() < 1e-9, "{m:?}");
         assert!((m.forward + 0.48).abs() < 1e-9 && m.right.abs() < 1e-9, "{m:?}");
+        // Doubt: yaw p = (-, 0, +) = (0.25, 0.40, 0.35). The most probable
+        // class is "none": zero motion, not the expectation's 0.1 * 20 = 2
+        // degrees (which the metric would read as a right turn).
+        for (class, logit) in [(0usize, 0.25f32.ln()), (1, 0.40f32.ln()), (2, 0.35f32.ln())] {
+            let mut v = set["pose.head.bias"].to_f32();
+            v[class] = logit;
+            set.insert("pose.head.bias".into(), wc_schemas::Tensor::from_f32(&[12], &v));
+        }
+        p.load(&set).unwrap();
+        let m = net.estimate_batch(&x, &kin).unwrap()[0];
+        assert_eq!(m.dyaw_deg, 0.0, "{m:?}");
     }
 
     #[test]
