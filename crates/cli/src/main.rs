@@ -150,13 +150,7 @@ fn run(cli: Cli) -> Result<()> {
                 checkpoint_every,
                 dataset: String::new(),
             };
-            let bar = indicatif::ProgressBar::new(steps);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} steps {msg} ({elapsed}, eta {eta})")
-                    .expect("valid template")
-                    .progress_chars("=> "),
-            );
-            bar.set_prefix("pretrain");
+            let bar = step_bar(steps, "pretrain");
             let mut ema_loss: Option<f64> = None;
             let mut first = true;
             let done = wc_stages::pretrain::run_pretrain(&data, &out, settings, steps, |step, r| {
@@ -201,15 +195,10 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Sample { model, step, scene, actions, sampler, truth, out } => {
-            use wc_world::actions::{ActionMask, Kinematics};
             let store = RunStore::open(&model)?;
             let m = wc_stages::evaluate::load_checkpoint(&store, step)?;
-            let acts: Vec<ActionMask> = actions.iter().map(|a| ActionMask::parse(a)).collect::<Result<_, _>>().map_err(anyhow::Error::msg)?;
             let size = m.model.cfg.frame_size;
-            let rcfg = wc_world::RenderConfig { width: size, height: size, ..Default::default() };
-            let world = wc_world::Scene::generate(scene);
-            let kin = Kinematics::default();
-            let gt: Vec<Vec<u8>> = kin.trajectory(wc_world::Pose::START, &acts).iter().map(|p| wc_world::render::render(&world, p, &rcfg).to_u8()).collect();
+            let (acts, world, gt) = ground_truth(scene, &actions, size)?;
             let generated = wc_stages::evaluate::rollout_sequence(&m, &gt[0], &acts, &sampler.config(), sampler.seed)?;
             let to_frame = |rgb: &Vec<u8>, w: usize| wc_world::Frame { width: w, height: size, rgb: rgb.iter().map(|v| *v as f32 / 255.0).collect() };
             let frames: Vec<wc_world::Frame> = if truth {
@@ -246,7 +235,6 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Scorers { what } => scorers(what)?,
         Command::Compare { a, b, scene, actions, sampler, out } => {
-            use wc_world::actions::{ActionMask, Kinematics};
             let load = |spec: &str| -> anyhow::Result<wc_stages::evaluate::LoadedModel> {
                 match spec.rsplit_once('@') {
                     Some((uri, k)) if k.parse::<u64>().is_ok() => Ok(wc_stages::evaluate::load_run_checkpoint(&RunStore::open(uri)?, k.parse()?, "policy")?),
@@ -255,11 +243,8 @@ fn run(cli: Cli) -> Result<()> {
             };
             let (ma, mb) = (load(&a)?, load(&b)?);
             anyhow::ensure!(ma.model.cfg.frame_size == mb.model.cfg.frame_size, "the two models make frames of different sizes");
-            let acts: Vec<ActionMask> = actions.iter().map(|s| ActionMask::parse(s)).collect::<Result<_, _>>().map_err(anyhow::Error::msg)?;
             let size = ma.model.cfg.frame_size;
-            let rcfg = wc_world::RenderConfig { width: size, height: size, ..Default::default() };
-            let world = wc_world::Scene::generate(scene);
-            let gt: Vec<Vec<u8>> = Kinematics::default().trajectory(wc_world::Pose::START, &acts).iter().map(|p| wc_world::render::render(&world, p, &rcfg).to_u8()).collect();
+            let (acts, world, gt) = ground_truth(scene, &actions, size)?;
             let ga = wc_stages::evaluate::rollout_sequence(&ma, &gt[0], &acts, &sampler.config(), sampler.seed)?;
             let gb = wc_stages::evaluate::rollout_sequence(&mb, &gt[0], &acts, &sampler.config(), sampler.seed)?;
             let labels: Vec<String> = (0..gt.len()).map(|t| if t == 0 { "prompt".to_string() } else { acts[(t - 1) / 4].to_string() }).collect();
@@ -398,6 +383,18 @@ fn scorers(what: worldcompass::ScorersWhat) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Parse `actions` (one per window) and render the ground truth of `scene`
+/// under them from the start pose: (actions, scene, frames u8 HWC of
+/// `size` x `size`, the first frame and 4 per window).
+fn ground_truth(scene: u64, actions: &[String], size: usize) -> anyhow::Result<(Vec<wc_world::ActionMask>, wc_world::Scene, Vec<Vec<u8>>)> {
+    let acts: Vec<wc_world::ActionMask> = actions.iter().map(|a| wc_world::ActionMask::parse(a)).collect::<Result<_, _>>().map_err(anyhow::Error::msg)?;
+    let rcfg = wc_world::RenderConfig { width: size, height: size, ..Default::default() };
+    let world = wc_world::Scene::generate(scene);
+    let poses = wc_world::Kinematics::default().trajectory(wc_world::Pose::START, &acts);
+    let gt = poses.iter().map(|p| wc_world::render::render(&world, p, &rcfg).to_u8()).collect();
+    Ok((acts, world, gt))
 }
 
 /// A step progress bar on stderr.
