@@ -404,11 +404,6 @@ pub fn prediction_accuracy(pred: &[(ActionMask, WindowMotion)], metric: &wc_worl
     tally.accuracy()
 }
 
-/// Action accuracy of the estimator on `count` held-out windows of one kind.
-pub fn held_out_accuracy(net: &PoseNet, draw: ActionDraw, count: usize, seed: u64, metric: &wc_world::metric::MetricConfig, device: &Device) -> Result<wc_world::metric::Accuracy> {
-    Ok(prediction_accuracy(&held_out_predictions(net, draw, count, seed, device)?, metric))
-}
-
 /// Per commanded action: how often rotation and translation were right.
 pub fn per_action_accuracy(pred: &[(ActionMask, WindowMotion)], metric: &wc_world::metric::MetricConfig) -> Vec<(ActionMask, wc_world::metric::Accuracy)> {
     let mut by: std::collections::BTreeMap<u8, Vec<(ActionMask, WindowMotion)>> = Default::default();

@@ -116,7 +116,8 @@ pub fn decode_frames(cfg: &ModelConfig, latents: &[f32]) -> Vec<u8> {
     PixelCodec.decode(latents, cfg.frame_size)
 }
 
-fn tokens(cfg: &ModelConfig, latents: &[f32]) -> Vec<f32> {
+/// Tokens (patches) of latent frames.
+pub fn clip_tokens(cfg: &ModelConfig, latents: &[f32]) -> Vec<f32> {
     patchify(latents, PixelCodec.channels(), cfg.frame_size, cfg.patch)
 }
 
@@ -133,7 +134,7 @@ pub fn context_tokens(cfg: &ModelConfig, first: &[f32], prefix: &[f32]) -> Vec<f
         let i = have as isize - k as isize;
         lat.extend_from_slice(frame(if i >= 0 { i as usize } else { 0 }));
     }
-    tokens(cfg, &lat)
+    clip_tokens(cfg, &lat)
 }
 
 /// Per-frame action masks of a clip from its per-window masks.
@@ -170,7 +171,7 @@ pub fn candidates_from_cache(
     let dev = p.params.device().clone();
     let g = noises.len();
     let (tpf, tok) = (cfg.tokens_per_frame(), cfg.token_dim());
-    let noise_tokens: Vec<f32> = noises.iter().flat_map(|n| tokens(cfg, n)).collect();
+    let noise_tokens: Vec<f32> = noises.iter().flat_map(|n| clip_tokens(cfg, n)).collect();
     let noise = Tensor::from_vec(noise_tokens, (g, cfg.frames_per_clip * tpf, tok), &dev)?;
     let acts = action_input(masks, &vec![false; g], &dev).map_err(model_err)?;
     let unc = action_input(masks, &vec![true; g], &dev).map_err(model_err)?;
@@ -271,11 +272,6 @@ pub fn nft_step(
     }
     opt.apply(&policy.params, &grads, lr).map_err(model_err)?;
     Ok(NftStep { loss: value, grad_norm, applied: true })
-}
-
-/// Tokens of a clip's latents (for the optimize stage).
-pub fn clip_tokens(cfg: &ModelConfig, latents: &[f32]) -> Vec<f32> {
-    tokens(cfg, latents)
 }
 
 #[cfg(test)]
