@@ -509,7 +509,14 @@ pub fn resolve_shard(flag: Option<&str>, env: impl Fn(&str) -> Option<String>) -
         let count = env(count_var).ok_or_else(|| {
             format!("{engine}: {index_var} is set but {count_var} is not; set it to the number of array tasks (or pass --shard I/N)")
         })?;
-        let i: u32 = index.trim().parse().map_err(|_| format!("{index_var}='{index}' is not a number"))?;
+        let mut i: u32 = index.trim().parse().map_err(|_| format!("{index_var}='{index}' is not a number"))?;
+        // Slurm arrays may start anywhere (--array=1-4): count from the first.
+        if index_var == "SLURM_ARRAY_TASK_ID"
+            && let Some(min) = env("SLURM_ARRAY_TASK_MIN")
+        {
+            let min: u32 = min.trim().parse().map_err(|_| format!("SLURM_ARRAY_TASK_MIN='{min}' is not a number"))?;
+            i = i.checked_sub(min).ok_or_else(|| format!("SLURM_ARRAY_TASK_ID={i} is below SLURM_ARRAY_TASK_MIN={min}"))?;
+        }
         let n: u32 = count.trim().parse().map_err(|_| format!("{count_var}='{count}' is not a number"))?;
         return ShardSpec::new(i, n).map(Some).map_err(|e| format!("{engine} ({index_var}={i}, {count_var}={n}): {e}"));
     }
@@ -540,6 +547,12 @@ mod tests {
     fn each_batch_engine_maps_to_a_shard() {
         let slurm = resolve_shard(None, env_of(&[("SLURM_ARRAY_TASK_ID", "1"), ("SLURM_ARRAY_TASK_COUNT", "3")])).unwrap();
         assert_eq!(slurm, Some(ShardSpec::new(1, 3).unwrap()));
+        let one_based = resolve_shard(
+            None,
+            env_of(&[("SLURM_ARRAY_TASK_ID", "3"), ("SLURM_ARRAY_TASK_MIN", "1"), ("SLURM_ARRAY_TASK_COUNT", "4")]),
+        )
+        .unwrap();
+        assert_eq!(one_based, Some(ShardSpec { index: 2, count: 4 }));
         let k8s = resolve_shard(None, env_of(&[("JOB_COMPLETION_INDEX", "0"), ("JOB_COMPLETIONS", "4")])).unwrap();
         assert_eq!(k8s, Some(ShardSpec::new(0, 4).unwrap()));
         let batch = resolve_shard(None, env_of(&[("AWS_BATCH_JOB_ARRAY_INDEX", "7"), ("AWS_BATCH_JOB_ARRAY_SIZE", "8")])).unwrap();
