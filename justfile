@@ -14,7 +14,7 @@ default:
 
 # Install what the tests and the Python analysis path need (S3 test server, pyarrow, polars), and build.
 setup:
-    python3 -m pip install --quiet --disable-pip-version-check 'moto[server]' pyarrow polars numpy safetensors pillow
+    python3 -m pip install --quiet --disable-pip-version-check 'moto[server]' pyarrow polars numpy safetensors pillow pyyaml
     cargo build --workspace --tests --bins
 
 # Run the main job on the embedded default: init (if needed) and train, resuming what is committed.
@@ -70,6 +70,19 @@ report run=run out="runs/report":
 # Speed of the world model on this machine.
 bench:
     {{wc}} bench model
+
+# Submit iterations 0..ITERS to Slurm as job-array chains (SHARDS tasks per sharded stage); `just status RUN` follows them.
+slurm-submit run iters shards pipeline=pipeline:
+    cargo build --quiet --bin worldcompass
+    WORLDCOMPASS_BIN="${WORLDCOMPASS_BIN:-{{justfile_directory()}}/target/debug/worldcompass}" pipelines/slurm/submit.sh {{run}} {{iters}} {{shards}} {{pipeline}}
+
+# Run iterations 0..ITERS on Kubernetes, one Indexed Job per stage (the run must be initialised).
+k8s-run name run iters shards image="worldcompass:latest":
+    pipelines/k8s/run.sh {{name}} {{run}} {{iters}} {{shards}} {{image}}
+
+# Submit iterations 0..ITERS to AWS Batch as array jobs (the run must be initialised, the job definition registered).
+batch-submit run iters shards queue:
+    pipelines/aws-batch/submit.sh {{run}} {{iters}} {{shards}} {{queue}}
 
 # Run the whole test suite (installs the test dependencies first).
 test: setup
