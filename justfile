@@ -96,3 +96,7 @@ schemas:
 lint:
     cargo fmt --all --check
     cargo clippy --workspace --all-targets -- -D warnings
+
+# Capacity plan of one iteration in the paper's setting (8B model, 64 GPUs); rewrites pipelines/capacity-plan.md.
+plan *args:
+    {{wc}} plan --pipeline pipelines/paper.toml --out pipelines/capacity-plan.md {{args}}

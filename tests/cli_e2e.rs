@@ -306,3 +306,25 @@ fn metric_reference_points_ground_truth_is_perfect_and_static_is_the_floor() {
     let static_if = |kind| row(kind, "static model")[1];
     assert!((static_if("basic") - 0.5).abs() < 0.01 && (static_if("combined") - 0.167).abs() < 0.03, "{out}");
 }
+
+#[test]
+fn committed_capacity_plan_matches_the_command_and_follows_the_config() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let pipeline = format!("{root}/pipelines/paper.toml");
+    let plan_md = format!("{root}/pipelines/capacity-plan.md");
+    let committed = std::fs::read_to_string(&plan_md).unwrap();
+    // Run from the repository root, as the committed file's command line says.
+    let out = std::process::Command::new(BIN).args(["plan", "--pipeline", "pipelines/paper.toml"]).current_dir(root).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(printed, committed, "pipelines/capacity-plan.md is stale: rerun `worldcompass plan --out pipelines/capacity-plan.md`");
+    assert!(committed.contains("**Bounding stage: rollout.**"), "{committed}");
+    // A bigger group size makes the plan bigger: it is computed, not written.
+    let tmp = tempfile::tempdir().unwrap();
+    let bigger = tmp.path().join("paper-g32.toml");
+    std::fs::write(&bigger, std::fs::read_to_string(&pipeline).unwrap().replace("candidates = 16 ", "candidates = 32 ")).unwrap();
+    let out = wc_ok(&["plan", "--pipeline", bigger.to_str().unwrap()], &[]);
+    assert!(out.contains("G = 32 candidates") && out != committed, "{out}");
+    let err = wc_err(&["plan", "--pipeline", &pipeline, "--latent", "60x104"], &[]);
+    assert!(err.contains("HEIGHTxWIDTHxCHANNELS"), "{err}");
+}

@@ -363,6 +363,58 @@ pub enum Command {
     ///
     /// The files under schemas/ are generated from the code; a test fails when
     /// they drift. After changing a schema: worldcompass schemas --write schemas/
+    /// Capacity plan of one iteration on a GPU cluster: per stage GPU-hours,
+    /// wall time, bytes written and read, objects written, and the stage
+    /// that bounds the iteration; computed from the pipeline config and the
+    /// model's size, so it follows both.
+    ///
+    /// The defaults describe the paper's setting: an 8B model on 64 H20 GPUs
+    /// (148 TFLOP/s dense bf16), 480p latents (60x104x16, 4x temporal
+    /// compression, patch 2) and pipelines/paper.toml (64 groups, 16 clips
+    /// of 16 frames, G = 16, T = 40).
+    ///
+    /// Example: worldcompass plan --pipeline pipelines/paper.toml --out pipelines/capacity-plan.md
+    Plan {
+        #[arg(long, default_value = "pipelines/paper.toml")]
+        pipeline: String,
+        /// Write the markdown here instead of printing it.
+        #[arg(long)]
+        out: Option<String>,
+        /// With --out: only check that the file matches (exit 1 if not).
+        #[arg(long, requires = "out")]
+        check: bool,
+        /// Shards per sharded stage (array size).
+        #[arg(long, default_value_t = 64)]
+        shards: u64,
+        /// GPUs in the cluster.
+        #[arg(long, default_value_t = 64)]
+        gpus: u64,
+        /// Dense bf16 peak per GPU, TFLOP/s (H20: 148, H100 SXM: 989).
+        #[arg(long, default_value_t = 148.0)]
+        peak_tflops: f64,
+        /// Model FLOP utilisation assumed (0..1).
+        #[arg(long, default_value_t = 0.4)]
+        mfu: f64,
+        /// Policy parameters, billions.
+        #[arg(long, default_value_t = 8.0)]
+        params_b: f64,
+        /// Transformer layers and hidden width (attention cost).
+        #[arg(long, default_value_t = 32)]
+        layers: u64,
+        #[arg(long, default_value_t = 4096)]
+        hidden: u64,
+        /// Latent grid per latent frame: HEIGHTxWIDTHxCHANNELS.
+        #[arg(long, default_value = "60x104x16")]
+        latent: String,
+        /// Clips of context memory besides the first frame.
+        #[arg(long, default_value_t = 4)]
+        context_clips: u64,
+        /// Pose (3D foundation) and VQ reward models, billions of parameters.
+        #[arg(long, default_value_t = 1.2)]
+        pose_params_b: f64,
+        #[arg(long, default_value_t = 2.0)]
+        vq_params_b: f64,
+    },
     Schemas {
         /// Directory to write into (or check, with --check).
         #[arg(long, default_value = "schemas")]

@@ -305,6 +305,63 @@ fn run(cli: Cli) -> Result<()> {
             println!("actions: {}", acts.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "));
             println!("wrote {out}.gif and {out}.png ({} frames)", frames.len());
         }
+        Command::Plan {
+            pipeline,
+            out,
+            check,
+            shards,
+            gpus,
+            peak_tflops,
+            mfu,
+            params_b,
+            layers,
+            hidden,
+            latent,
+            context_clips,
+            pose_params_b,
+            vq_params_b,
+        } => {
+            let cfg = wc_config::PipelineConfig::load(&pipeline)?;
+            let dims: Vec<u64> = latent
+                .split('x')
+                .map(|d| d.trim().parse::<u64>())
+                .collect::<Result<_, _>>()
+                .ok()
+                .filter(|d: &Vec<u64>| d.len() == 3 && d.iter().all(|&x| x > 0))
+                .with_context(|| format!("--latent '{latent}': expected HEIGHTxWIDTHxCHANNELS, e.g. 60x104x16"))?;
+            anyhow::ensure!(mfu > 0.0 && mfu <= 1.0, "--mfu {mfu}: must be in (0, 1]");
+            anyhow::ensure!(gpus > 0 && shards > 0, "--gpus and --shards must be positive");
+            let model = wc_plan::ModelShape {
+                params: params_b * 1e9,
+                layers,
+                hidden,
+                latent_height: dims[0],
+                latent_width: dims[1],
+                latent_channels: dims[2],
+                context_clips,
+                pose_params: pose_params_b * 1e9,
+                vq_params: vq_params_b * 1e9,
+                ..wc_plan::ModelShape::paper()
+            };
+            let hw = wc_plan::Hardware { gpus, peak_flops: peak_tflops * 1e12, mfu };
+            let plan = wc_plan::plan(&cfg, &model, &hw, shards);
+            let source = format!(
+                "worldcompass plan --pipeline {pipeline} --shards {shards} --gpus {gpus} --peak-tflops {peak_tflops} --mfu {mfu} --params-b {params_b} --layers {layers} --hidden {hidden} --latent {latent} --context-clips {context_clips}"
+            );
+            let md = wc_plan::to_markdown(&plan, &cfg, &model, &hw, shards, &source);
+            match out {
+                None => print!("{md}"),
+                Some(path) if check => {
+                    let current = std::fs::read_to_string(&path).unwrap_or_default();
+                    anyhow::ensure!(current == md, "{path} is out of date: rerun `{source} --out {path}`");
+                    println!("{path} is up to date");
+                }
+                Some(path) => {
+                    std::fs::write(&path, md).with_context(|| format!("writing {path}"))?;
+                    println!("wrote {path} (bounding stage: {})", plan.bounding_stage);
+                }
+            }
+        }
         Command::Schemas { write, check } => {
             let dir = std::path::Path::new(&write);
             let mut drift = Vec::new();
