@@ -61,10 +61,21 @@ fn run(cli: Cli) -> Result<()> {
                 Some(s) if stage.sharded() => s,
                 _ => ShardSpec::WHOLE,
             };
+            let t0 = std::time::Instant::now();
             let ctx = RunContext::open(&run)?;
             let outcome = run_stage(&ctx, StageRequest { stage, iter, shard, force })
                 .with_context(|| format!("stage {} of iteration {iter} (shard {shard}) failed; nothing was committed", stage.name()))?;
             println!("{} iter {iter} shard {shard}: {outcome}", stage.name());
+            // One machine-readable line for batch logs (and `worldcompass bench`).
+            let io = ctx.store.io_stats();
+            println!(
+                "stats: wall_s={:.4} io_s={:.4} io_calls={} read_bytes={} written_bytes={}",
+                t0.elapsed().as_secs_f64(),
+                io.seconds,
+                io.calls,
+                io.bytes_read,
+                io.bytes_written
+            );
         }
         Command::Train { run, pipeline, iters } => {
             let store = RunStore::open(&run)?;

@@ -24,4 +24,4 @@ pub use commit::{
 };
 pub use error::StoreError;
 pub use redact::redact;
-pub use store::{sha256_hex, RunStore, RunUri};
+pub use store::{sha256_hex, IoStats, RunStore, RunUri};

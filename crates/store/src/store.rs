@@ -1,7 +1,8 @@
 //! [`RunStore`]: a run URI opened through `object_store`, with a synchronous API.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::TryStreamExt;
@@ -198,6 +199,34 @@ impl std::fmt::Display for RunUri {
     }
 }
 
+/// Time and bytes a [`RunStore`] (and its clones) spent on storage calls
+/// since it was opened: how much of a stage's wall time is I/O.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct IoStats {
+    pub seconds: f64,
+    pub calls: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+}
+
+#[derive(Debug, Default)]
+struct IoCounters {
+    nanos: AtomicU64,
+    calls: AtomicU64,
+    read: AtomicU64,
+    written: AtomicU64,
+}
+
+impl IoCounters {
+    fn record<T>(&self, start: Instant, read: u64, written: u64, out: T) -> T {
+        self.nanos.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.read.fetch_add(read, Ordering::Relaxed);
+        self.written.fetch_add(written, Ordering::Relaxed);
+        out
+    }
+}
+
 /// One training run's storage: an object store and the run's root prefix.
 ///
 /// All paths are relative to the run root, `/`-separated, without `..`.
@@ -210,6 +239,7 @@ pub struct RunStore {
     store: Arc<dyn ObjectStore>,
     root: Path,
     rt: Arc<tokio::runtime::Runtime>,
+    io: Arc<IoCounters>,
 }
 
 impl std::fmt::Debug for RunStore {
@@ -238,7 +268,18 @@ impl RunStore {
             store,
             root,
             rt: Arc::new(rt),
+            io: Arc::default(),
         })
+    }
+
+    /// Storage time and bytes so far (shared by clones of this store).
+    pub fn io_stats(&self) -> IoStats {
+        IoStats {
+            seconds: self.io.nanos.load(Ordering::Relaxed) as f64 * 1e-9,
+            calls: self.io.calls.load(Ordering::Relaxed),
+            bytes_read: self.io.read.load(Ordering::Relaxed),
+            bytes_written: self.io.written.load(Ordering::Relaxed),
+        }
     }
 
     /// The run URI.
@@ -295,10 +336,9 @@ impl RunStore {
     pub fn put(&self, rel: &str, bytes: Bytes) -> Result<(), StoreError> {
         let path = self.full_path(rel)?;
         tracing::debug!(path = rel, bytes = bytes.len(), "put");
-        self.rt
-            .block_on(self.store.put(&path, PutPayload::from_bytes(bytes)))
-            .map(|_| ())
-            .map_err(|e| self.backend("put", rel, e))
+        let (start, n) = (Instant::now(), bytes.len() as u64);
+        let res = self.rt.block_on(self.store.put(&path, PutPayload::from_bytes(bytes)));
+        self.io.record(start, 0, n, res).map(|_| ()).map_err(|e| self.backend("put", rel, e))
     }
 
     /// Write `bytes` at `rel` only if nothing is there yet.
@@ -308,11 +348,13 @@ impl RunStore {
     /// commit protocol decides what it means).
     pub fn put_if_absent(&self, rel: &str, bytes: Bytes) -> Result<bool, StoreError> {
         let path = self.full_path(rel)?;
+        let (start, n) = (Instant::now(), bytes.len() as u64);
         let res = self.rt.block_on(self.store.put_opts(
             &path,
             PutPayload::from_bytes(bytes),
             PutMode::Create.into(),
         ));
+        let res = self.io.record(start, 0, n, res);
         match res {
             Ok(_) => Ok(true),
             Err(object_store::Error::AlreadyExists { .. })
@@ -324,9 +366,10 @@ impl RunStore {
     /// Read the object at `rel`.
     pub fn get(&self, rel: &str) -> Result<Bytes, StoreError> {
         let path = self.full_path(rel)?;
-        self.rt
-            .block_on(async { self.store.get(&path).await?.bytes().await })
-            .map_err(|e| self.backend("get", rel, e))
+        let start = Instant::now();
+        let res = self.rt.block_on(async { self.store.get(&path).await?.bytes().await });
+        let n = res.as_ref().map(|b| b.len() as u64).unwrap_or(0);
+        self.io.record(start, n, 0, res).map_err(|e| self.backend("get", rel, e))
     }
 
     /// Read the object at `rel`, or `None` when it does not exist.
@@ -341,7 +384,9 @@ impl RunStore {
     /// Delete the object at `rel` (no error when it does not exist).
     pub fn delete(&self, rel: &str) -> Result<(), StoreError> {
         let path = self.full_path(rel)?;
-        match self.rt.block_on(self.store.delete(&path)) {
+        let start = Instant::now();
+        let res = self.rt.block_on(self.store.delete(&path));
+        match self.io.record(start, 0, 0, res) {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.backend("delete", rel, e)),
         }
@@ -355,10 +400,9 @@ impl RunStore {
             self.full_path(prefix.trim_end_matches('/'))?
         };
         let root_parts = self.root.parts().count();
-        let metas: Vec<object_store::ObjectMeta> = self
-            .rt
-            .block_on(self.store.list(Some(&full)).try_collect())
-            .map_err(|e| self.backend("list", prefix, e))?;
+        let start = Instant::now();
+        let res = self.rt.block_on(self.store.list(Some(&full)).try_collect());
+        let metas: Vec<object_store::ObjectMeta> = self.io.record(start, 0, 0, res).map_err(|e| self.backend("list", prefix, e))?;
         let mut out: Vec<String> = metas
             .into_iter()
             .map(|m| {
@@ -406,6 +450,21 @@ mod tests {
         for bad in ["../x", "a/../b", "/abs", "a//b", ""] {
             assert!(matches!(s.put(bad, Bytes::from_static(b"x")), Err(StoreError::InvalidPath { .. })), "{bad}");
         }
+    }
+
+    #[test]
+    fn io_stats_count_bytes_and_calls_across_clones() {
+        let s = RunStore::open("memory://io").unwrap();
+        let clone = s.clone();
+        s.put("a.bin", Bytes::from_static(b"hello")).unwrap();
+        assert!(clone.put_if_absent("b.bin", Bytes::from_static(b"abc")).unwrap());
+        assert_eq!(&clone.get("a.bin").unwrap()[..], b"hello");
+        assert!(s.get_opt("missing").unwrap().is_none());
+        s.list("").unwrap();
+        let st = s.io_stats();
+        assert_eq!((st.calls, st.bytes_written, st.bytes_read), (5, 8, 5));
+        assert!(st.seconds > 0.0);
+        assert_eq!(clone.io_stats().calls, 5);
     }
 
     #[test]
