@@ -67,9 +67,11 @@ eval-scorers windows="2000":
 report run=run out="runs/report":
     {{wc}} report --run {{run}} --out {{out}}
 
-# Speed of the world model on this machine.
-bench:
-    {{wc}} bench model
+# What an iteration costs, as ratios measured in one run (installs PyTorch, ~1 GB, on first use). Writes runs/bench/bench-<time>.parquet.
+bench *args:
+    python3 -c "import torch, safetensors" 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check torch safetensors
+    command -v moto_server >/dev/null || python3 -m pip install --quiet --disable-pip-version-check 'moto[server]'
+    {{wc}} bench all {{args}}
 
 # Submit iterations 0..ITERS to Slurm as job-array chains (SHARDS tasks per sharded stage); `just status RUN` follows them.
 slurm-submit run iters shards pipeline=pipeline:

@@ -2,8 +2,6 @@
 //! a real S3-compatible server (moto) on loopback, and small helpers.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -74,55 +72,27 @@ pub fn kill_points(seed: u64, n: usize, max_ms: u64) -> Vec<u64> {
     (0..n).map(|_| rng.next_u64() % max_ms.max(1)).collect()
 }
 
-/// A moto S3 server on a free loopback port, stopped (by PID) on drop.
-pub struct MotoServer {
-    child: Child,
-    pub endpoint: String,
-    pub port: u16,
-}
+/// The loopback S3 server (moto) of the benchmarks, with the helpers the
+/// tests use.
+#[allow(unused_imports)]
+pub use wc_bench::s3_server::{ACCESS_KEY, SECRET_KEY};
 
-pub const ACCESS_KEY: &str = "AKIATESTKEYID4WORLDC";
-pub const SECRET_KEY: &str = "wc-secret-Zq8vN3xK7pL2sT9e";
+pub struct MotoServer(wc_bench::s3_server::LoopbackS3);
+
+impl std::ops::Deref for MotoServer {
+    type Target = wc_bench::s3_server::LoopbackS3;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
 
 impl MotoServer {
     pub fn start() -> MotoServer {
-        let mut child = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", "0"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("moto_server is not installed: run `just setup` (pip install 'moto[server]')");
-        let stderr = child.stderr.take().unwrap();
-        let mut lines = BufReader::new(stderr).lines();
-        let port = loop {
-            let line = lines.next().expect("moto_server exited before listening").unwrap();
-            if let Some(rest) = line.split("Running on http://127.0.0.1:").nth(1) {
-                break rest.trim().parse::<u16>().expect("port");
-            }
-        };
-        // Keep draining its log so it never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        MotoServer { child, endpoint: format!("http://127.0.0.1:{port}"), port }
+        MotoServer(wc_bench::s3_server::LoopbackS3::start().expect("moto_server starts (run `just setup`)"))
     }
 
-    /// Create a bucket (moto accepts an unsigned PUT).
     pub fn create_bucket(&self, name: &str) {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        write!(s, "PUT /{name} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", self.port).unwrap();
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).unwrap();
-        assert!(resp.starts_with("HTTP/1.1 200"), "create bucket: {resp}");
-    }
-
-    /// The environment a worker needs to reach this server.
-    pub fn env(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
-            ("AWS_ACCESS_KEY_ID", ACCESS_KEY.to_string()),
-            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.to_string()),
-            ("AWS_REGION", "us-east-1".to_string()),
-            ("AWS_ALLOW_HTTP", "true".to_string()),
-        ]
+        self.0.create_bucket(name).unwrap();
     }
 
     /// Set this server's environment in the current (test) process.
@@ -131,13 +101,6 @@ impl MotoServer {
             // SAFETY: tests that call this use the S3 store from one thread at a time.
             unsafe { std::env::set_var(k, v) };
         }
-    }
-}
-
-impl Drop for MotoServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

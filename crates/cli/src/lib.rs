@@ -499,6 +499,27 @@ pub enum ScorersWhat {
 
 #[derive(Debug, Subcommand)]
 pub enum BenchWhat {
+    /// Everything, as ratios measured side by side in this one run: clip-
+    /// vs sample-level rollout, the prefix cache, Table 3 iteration times,
+    /// GFLOP/s against the matmul peak, candle against PyTorch, the storage
+    /// share of each stage (file:// and a loopback S3 server), and each
+    /// stage's peak memory. Prints a table and writes it as Parquet.
+    ///
+    /// Needs python3 with torch and safetensors for the PyTorch rows and
+    /// moto_server for the S3 rows (`just bench` installs them); run it from
+    /// the repository root (the pipeline's models/ paths are relative).
+    All {
+        /// Folder for the results (bench-<unix time>.parquet) and scratch runs.
+        #[arg(long, default_value = "runs/bench")]
+        out: String,
+        /// Pipeline of the stage measurements.
+        #[arg(long, default_value = "pipelines/embedded.toml")]
+        pipeline: String,
+        /// Only these sections (comma-separated): rollout, prefix_cache,
+        /// compute, pytorch, stages (Table 3, storage, memory).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+    },
     /// The world model at its default config.
     Model {
         /// Candidates G per group.

@@ -235,6 +235,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("model {} (step {}); scene {scene}: {}", m.path, m.step, world.caption);
             println!("wrote {out}.gif and {out}.png ({} frames{})", frames.len(), if truth { ", generated left, ground truth right" } else { "" });
         }
+        Command::Bench { what: worldcompass::BenchWhat::All { out, pipeline, only } } => bench_all(&out, &pipeline, &only)?,
         Command::Bench { what: worldcompass::BenchWhat::Model { candidates, steps, batch } } => {
             let cfg = wc_model::ModelConfig::default();
             println!("model: {cfg:?}");
@@ -475,4 +476,79 @@ fn step_bar(len: u64, label: &str) -> indicatif::ProgressBar {
     );
     bar.set_prefix(label.to_string());
     bar
+}
+
+/// `worldcompass bench all`: every section, one table, one Parquet file.
+fn bench_all(out: &str, pipeline: &str, only: &[String]) -> anyhow::Result<()> {
+    use wc_bench::stage_runs;
+    const SECTIONS: [&str; 5] = ["rollout", "prefix_cache", "compute", "pytorch", "stages"];
+    for s in only {
+        anyhow::ensure!(SECTIONS.contains(&s.as_str()), "--only {s}: unknown section (one of {})", SECTIONS.join(", "));
+    }
+    let want = |s: &str| only.is_empty() || only.iter().any(|o| o == s);
+    let cfg = wc_model::ModelConfig::default();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let out_dir = std::path::Path::new(out);
+    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {out}"))?;
+    let mut rows = Vec::new();
+    let started = std::time::Instant::now();
+    let note = |s: &str| eprintln!("[{:>6.1} s] {s}", started.elapsed().as_secs_f64());
+    if want("rollout") {
+        note("rollout: clip-level vs sample-level, N in {8, 16}, G in {8, 16}");
+        rows.extend(wc_bench::rollout::rows(&cfg, 10, &[(8, 8), (8, 16), (16, 8), (16, 16)], 1)?);
+    }
+    if want("prefix_cache") {
+        note("prefix cache: cached vs recomputed, short and long context");
+        rows.extend(wc_bench::compute::cache_rows(&cfg, 8, 10, &[2, 8])?);
+    }
+    if want("compute") {
+        note("compute: GFLOP/s against the matmul peak");
+        rows.extend(wc_bench::compute::efficiency_rows(&cfg, 8, 10, 24)?);
+    }
+    if want("pytorch") {
+        note("pytorch: the same model in PyTorch");
+        rows.extend(wc_bench::pytorch::rows(&cfg, 24, threads, 5, &out_dir.join("work"))?);
+    }
+    if want("stages") {
+        let exe = std::env::current_exe().context("locating the worldcompass binary")?;
+        let work = out_dir.join("work");
+        let _ = std::fs::remove_dir_all(&work);
+        std::fs::create_dir_all(&work)?;
+        let work = work.canonicalize()?;
+        let name = std::path::Path::new(pipeline).file_name().and_then(|n| n.to_str()).unwrap_or(pipeline).to_string();
+        let variants = [
+            ("timestep subset + best-of-N", 1.0, vec![]),
+            ("timestep subset only", 1.42, vec![("best_of_n = true", "best_of_n = false")]),
+            ("neither", 2.26, vec![("best_of_n = true", "best_of_n = false"), ("timestep_fraction = 0.5", "timestep_fraction = 1.0")]),
+        ];
+        let mut measured = Vec::new();
+        for (i, (label, paper, edits)) in variants.into_iter().enumerate() {
+            note(&format!("stages: 2 iterations of {name} with {label}, each stage a process"));
+            let p = stage_runs::pipeline_variant(pipeline, &edits, &work.join(format!("pipeline-{i}.toml")))?;
+            let run = format!("file://{}", work.join(format!("run-{i}")).display());
+            measured.push((label, paper, stage_runs::run_iterations(&exe, &run, &p, 2, &[])?));
+        }
+        rows.extend(stage_runs::table3_rows(&measured, 1, &format!("{name}, iteration 1")));
+        let default_runs = &measured[0].2;
+        rows.extend(stage_runs::storage_rows(default_runs, 1, "file://", &format!("{name}, iteration 1")));
+        note("stages: the same on the loopback S3 server");
+        match wc_bench::s3_server::LoopbackS3::start() {
+            Ok(s3) => {
+                s3.create_bucket("wc-bench")?;
+                let p = work.join("pipeline-0.toml");
+                let s3_runs = stage_runs::run_iterations(&exe, "s3://wc-bench/run", &p, 2, &s3.env())?;
+                rows.extend(stage_runs::storage_rows(&s3_runs, 1, "s3:// (moto, loopback)", &format!("{name}, iteration 1")));
+            }
+            Err(e) => eprintln!("warning: no S3 rows: {e}"),
+        }
+        let (_, baseline, _) = stage_runs::run_measured(&exe, &["status", "--run", &format!("file://{}", work.join("run-0").display())], &[])?;
+        let hold = stage_runs::must_hold_bytes(&work.join("run-0"), 1)?;
+        rows.extend(stage_runs::memory_rows(default_runs, &hold, baseline, 1, &format!("{name}, iteration 1")));
+    }
+    println!("{}", wc_bench::render_table(&rows));
+    let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    let path = out_dir.join(format!("bench-{unix}.parquet"));
+    std::fs::write(&path, wc_bench::to_parquet(&rows, unix)?).with_context(|| format!("writing {}", path.display()))?;
+    println!("wrote {} ({} rows, {:.0} s)", path.display(), rows.len(), started.elapsed().as_secs_f64());
+    Ok(())
 }

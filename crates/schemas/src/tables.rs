@@ -223,6 +223,28 @@ pub fn optimize_metrics() -> TableSchema {
     }
 }
 
+/// Results of `worldcompass bench`: one row per measurement, so runs can be
+/// compared over time.
+pub fn bench_results() -> TableSchema {
+    use FieldType::*;
+    TableSchema {
+        name: "bench_results",
+        format: "parquet",
+        doc: "Benchmark results: one row per measurement of one `worldcompass bench` run (<out>/bench-<unix time>.parquet).",
+        fields: vec![
+            col("run_unix_s", Int64, "When the bench ran (seconds since the Unix epoch)."),
+            col("section", Utf8, "Group of the measurement (rollout, prefix_cache, table3, compute, pytorch, storage, memory)."),
+            col("name", Utf8, "What was measured."),
+            col("config", Utf8, "The configuration it ran (model, sizes, pipeline)."),
+            col("value", Float64, "The measured value, in `unit`."),
+            col("unit", Utf8, "Unit of `value` (x for a ratio, %, GFLOP/s, MB, s)."),
+            FieldSpec { nullable: true, ..col("anchor", Float64, "What the value is compared with: the paper's figure or the machine's limit (null when none).") },
+            col("anchor_source", Utf8, "Where the anchor comes from (empty when none)."),
+            col("detail", Utf8, "The raw numbers behind the value."),
+        ],
+    }
+}
+
 /// Action sequences of a dataset (evaluation and training).
 pub fn sequences() -> TableSchema {
     use FieldType::*;
@@ -306,6 +328,7 @@ pub fn all() -> Vec<TableSchema> {
         reward_windows(),
         selection(),
         optimize_metrics(),
+        bench_results(),
         sequences(),
         pretrain_clips(),
         pretrain_poses(),

@@ -1,0 +1,229 @@
+//! Measurements of real `worldcompass stage` processes, each stage a child
+//! process as a batch engine would run it: Table 3 iteration times, the
+//! share of each stage's wall time spent on storage (file:// and the
+//! loopback S3 server), and each stage's peak memory (max RSS from wait4)
+//! against the bytes it must hold.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use crate::{BenchError, BenchRow, Result};
+
+pub const STAGES: [&str; 5] = ["prefix", "rollout", "reward", "select", "optimize"];
+
+/// One stage process.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageRun {
+    pub stage: &'static str,
+    pub iter: u64,
+    /// Wall time of the process, start to exit (model loading included).
+    pub process_s: f64,
+    /// From the stage's `stats:` line: wall time inside the command and the
+    /// part of it spent in storage calls.
+    pub wall_s: f64,
+    pub io_s: f64,
+    pub read_bytes: u64,
+    pub written_bytes: u64,
+    pub max_rss_bytes: u64,
+}
+
+/// Parse `stats: wall_s=.. io_s=.. io_calls=.. read_bytes=.. written_bytes=..`.
+pub fn parse_stats(stdout: &str) -> Option<(f64, f64, u64, u64)> {
+    let line = stdout.lines().find_map(|l| l.strip_prefix("stats: "))?;
+    let get = |k: &str| line.split_whitespace().find_map(|kv| kv.strip_prefix(k)?.strip_prefix('=')).map(str::to_string);
+    Some((get("wall_s")?.parse().ok()?, get("io_s")?.parse().ok()?, get("read_bytes")?.parse().ok()?, get("written_bytes")?.parse().ok()?))
+}
+
+/// Run `exe args` to completion with extra `env`; returns stdout and the
+/// child's peak resident set size in bytes.
+pub fn run_measured(exe: &Path, args: &[&str], env: &[(&'static str, String)]) -> Result<(String, u64, f64)> {
+    let t0 = Instant::now();
+    let mut child = Command::new(exe)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| BenchError::Io { what: format!("starting {}", exe.display()), source: e })?;
+    let mut out = child.stdout.take().expect("piped");
+    let mut err = child.stderr.take().expect("piped");
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let mut stdout = String::new();
+    let _ = out.read_to_string(&mut stdout);
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our own child; status and usage are valid for writes.
+    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+    let stderr = err_reader.join().unwrap_or_default();
+    if pid < 0 {
+        return Err(BenchError::Io { what: "waiting for the stage process".into(), source: std::io::Error::last_os_error() });
+    }
+    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+        return Err(BenchError::Failed(format!("{} {} failed:\n{stdout}{stderr}", exe.display(), args.join(" "))));
+    }
+    // ru_maxrss is in kilobytes on Linux.
+    Ok((stdout, usage.ru_maxrss as u64 * 1024, t0.elapsed().as_secs_f64()))
+}
+
+/// A pipeline config variant: the text of `base` with `edits` applied.
+pub fn pipeline_variant(base: &str, edits: &[(&str, &str)], out: &Path) -> Result<PathBuf> {
+    let mut text = std::fs::read_to_string(base).map_err(|e| BenchError::Io { what: format!("reading {base}"), source: e })?;
+    for (from, to) in edits {
+        if !text.contains(from) {
+            return Err(BenchError::Failed(format!("pipeline {base} has no '{from}' to change")));
+        }
+        text = text.replacen(from, to, 1);
+    }
+    std::fs::write(out, text).map_err(|e| BenchError::Io { what: format!("writing {}", out.display()), source: e })?;
+    Ok(out.to_path_buf())
+}
+
+/// Initialise `run` with `pipeline` and run iterations 0..iters stage by
+/// stage, each a child process.
+pub fn run_iterations(exe: &Path, run: &str, pipeline: &Path, iters: u64, env: &[(&'static str, String)]) -> Result<Vec<StageRun>> {
+    run_measured(exe, &["init", "--run", run, "--pipeline", pipeline.to_str().expect("utf-8 path")], env)?;
+    let mut out = Vec::new();
+    for k in 0..iters {
+        for stage in STAGES {
+            let iter = k.to_string();
+            let (stdout, rss, process_s) = run_measured(exe, &["stage", stage, "--run", run, "--iter", &iter], env)?;
+            let (wall_s, io_s, read_bytes, written_bytes) =
+                parse_stats(&stdout).ok_or_else(|| BenchError::Failed(format!("no stats line from stage {stage}:\n{stdout}")))?;
+            out.push(StageRun { stage, iter: k, process_s, wall_s, io_s, read_bytes, written_bytes, max_rss_bytes: rss });
+        }
+    }
+    Ok(out)
+}
+
+/// Seconds of iteration `k`: the sum of its stage processes.
+pub fn iteration_seconds(runs: &[StageRun], k: u64) -> f64 {
+    runs.iter().filter(|r| r.iter == k).map(|r| r.process_s).sum()
+}
+
+/// Table 3: iteration time with timestep subset + best-of-N, subset only,
+/// neither (paper: 1.00x, 1.42x, 2.26x), relative to the first.
+pub fn table3_rows(variants: &[(&str, f64, Vec<StageRun>)], k: u64, config: &str) -> Vec<BenchRow> {
+    let base = iteration_seconds(&variants[0].2, k);
+    variants
+        .iter()
+        .map(|(name, paper, runs)| {
+            let t = iteration_seconds(runs, k);
+            let opt = runs.iter().find(|r| r.iter == k && r.stage == "optimize").map_or(0.0, |r| r.process_s);
+            BenchRow::new("table3", format!("iteration time, {name}"), config, t / base, "x")
+                .anchor(*paper, "paper Table 3")
+                .detail(format!("{t:.2} s per iteration (optimize {opt:.2} s)"))
+        })
+        .collect()
+}
+
+/// Storage share of each stage's wall time in iteration `k`.
+pub fn storage_rows(runs: &[StageRun], k: u64, backend: &str, config: &str) -> Vec<BenchRow> {
+    runs.iter()
+        .filter(|r| r.iter == k)
+        .map(|r| {
+            BenchRow::new("storage", format!("{} storage share, {backend}", r.stage), config, 100.0 * r.io_s / r.wall_s, "%").detail(format!(
+                "{:.3} s of {:.3} s; read {:.2} MB, wrote {:.2} MB",
+                r.io_s,
+                r.wall_s,
+                r.read_bytes as f64 / 1e6,
+                r.written_bytes as f64 / 1e6
+            ))
+        })
+        .collect()
+}
+
+/// Bytes of a file, or of every file under a folder.
+fn tree_size(p: &Path) -> Result<u64> {
+    let io = |e| BenchError::Io { what: format!("size of {}", p.display()), source: e };
+    let meta = std::fs::metadata(p).map_err(io)?;
+    if meta.is_file() {
+        return Ok(meta.len());
+    }
+    let mut total = 0;
+    for entry in std::fs::read_dir(p).map_err(io)? {
+        total += tree_size(&entry.map_err(io)?.path())?;
+    }
+    Ok(total)
+}
+
+/// What each stage must hold in memory, from the sizes of a file:// run's
+/// artifacts at iteration `k`: weights, optimizer state, latents.
+pub fn must_hold_bytes(run_dir: &Path, k: u64) -> Result<Vec<(&'static str, u64, String)>> {
+    let size = |rel: String| tree_size(&run_dir.join(rel));
+    let ck = format!("checkpoints/{k:06}");
+    let policy = size(format!("{ck}/policy.safetensors"))?;
+    let old = size(format!("{ck}/old_policy.safetensors"))?;
+    let optim = size(format!("{ck}/optimizer.safetensors"))?;
+    let pose = size("data/pose_estimator".into())?;
+    let it = format!("iters/{k:06}");
+    let prefix = size(format!("{it}/prefix"))?;
+    let rollout = size(format!("{it}/rollout"))?;
+    let reward = size(format!("{it}/reward"))?;
+    let mb = |b: u64| b as f64 / 1e6;
+    Ok(vec![
+        ("prefix", old + prefix, format!("old policy {:.1} MB + prefix latents {:.2} MB", mb(old), mb(prefix))),
+        ("rollout", old + rollout, format!("old policy {:.1} MB + candidate latents {:.2} MB", mb(old), mb(rollout))),
+        ("reward", pose + rollout, format!("pose estimator {:.1} MB + candidate latents {:.2} MB", mb(pose), mb(rollout))),
+        ("select", reward, format!("reward tables {:.3} MB", mb(reward))),
+        (
+            "optimize",
+            2 * policy + old + optim + rollout,
+            format!("policy + gradients {:.1} MB + old policy {:.1} MB + optimizer {:.1} MB + latents {:.2} MB", mb(2 * policy), mb(old), mb(optim), mb(rollout)),
+        ),
+    ])
+}
+
+/// Peak memory of each stage of iteration `k` against what it must hold,
+/// plus the footprint of a process that only opens the run.
+pub fn memory_rows(runs: &[StageRun], must_hold: &[(&'static str, u64, String)], baseline_rss: u64, k: u64, config: &str) -> Vec<BenchRow> {
+    let mut rows = vec![BenchRow::new("memory", "baseline: `worldcompass status` peak RSS", config, baseline_rss as f64 / 1e6, "MB")];
+    for r in runs.iter().filter(|r| r.iter == k) {
+        if let Some((_, hold, what)) = must_hold.iter().find(|(s, _, _)| *s == r.stage) {
+            rows.push(
+                BenchRow::new("memory", format!("{} peak RSS", r.stage), config, r.max_rss_bytes as f64 / 1e6, "MB")
+                    .anchor(*hold as f64 / 1e6, "bytes it must hold")
+                    .detail(format!("{:.1}x of {what}; above baseline {:.1} MB", r.max_rss_bytes as f64 / *hold as f64, (r.max_rss_bytes.saturating_sub(baseline_rss)) as f64 / 1e6)),
+            );
+        }
+    }
+    rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_line_parses() {
+        let out = "rollout iter 1 shard 0/1: committed\nstats: wall_s=2.5000 io_s=0.1250 io_calls=9 read_bytes=100 written_bytes=2048\n";
+        assert_eq!(parse_stats(out), Some((2.5, 0.125, 100, 2048)));
+        assert_eq!(parse_stats("no stats"), None);
+    }
+
+    #[test]
+    fn child_peak_memory_is_measured() {
+        // python allocating 200 MB must show at least that much peak RSS.
+        let (_, rss, _) = run_measured(Path::new("python3"), &["-c", "b = bytearray(200 * 1024 * 1024); b[::4096] = b'x' * len(b[::4096])"], &[]).unwrap();
+        assert!(rss > 200 * 1024 * 1024, "{rss}");
+        let (_, small, _) = run_measured(Path::new("python3"), &["-c", "pass"], &[]).unwrap();
+        assert!(small < 100 * 1024 * 1024, "{small}");
+    }
+
+    #[test]
+    fn table3_ratios_are_relative_to_the_first_variant() {
+        let run = |stage, s| StageRun { stage, iter: 1, process_s: s, wall_s: s, io_s: 0.0, read_bytes: 0, written_bytes: 0, max_rss_bytes: 0 };
+        let a = vec![run("rollout", 2.0), run("optimize", 2.0)];
+        let b = vec![run("rollout", 2.0), run("optimize", 6.0)];
+        let rows = table3_rows(&[("both", 1.0, a), ("neither", 2.26, b)], 1, "cfg");
+        assert_eq!(rows[0].value, 1.0);
+        assert_eq!(rows[1].value, 2.0);
+        assert_eq!(rows[1].anchor, Some(2.26));
+    }
+}
