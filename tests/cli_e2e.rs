@@ -328,3 +328,19 @@ fn committed_capacity_plan_matches_the_command_and_follows_the_config() {
     let err = wc_err(&["plan", "--pipeline", &pipeline, "--latent", "60x104"], &[]);
     assert!(err.contains("HEIGHTxWIDTHxCHANNELS"), "{err}");
 }
+
+#[test]
+fn stage_prints_machine_readable_stats_with_storage_time_and_peak_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = format!("file://{}", tmp.path().join("run").display());
+    wc_ok(&["init", "--run", &run, "--pipeline", &pipeline()], &[]);
+    let out = wc_ok(&["stage", "prefix", "--run", &run, "--iter", "0"], &[]);
+    let st = wc_bench::stage_runs::parse_stats(&out).unwrap_or_else(|| panic!("no stats line: {out}"));
+    let on_disk: u64 = std::fs::read_dir(tmp.path().join("run/iters/000000/prefix/shard-000-of-001"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert_eq!(st.written_bytes, on_disk, "every byte of the commit, manifest included, is counted");
+    assert!(st.read_bytes > 0 && st.io_s > 0.0 && st.io_s <= st.wall_s, "{st:?}");
+    assert!(st.peak_rss_bytes > 1 << 20, "{st:?}");
+}

@@ -84,6 +84,8 @@ pub fn compare(cfg: &ModelConfig, steps: usize, n: usize, g: usize, reps: usize)
     let mut p = Params::new(0, &dev);
     let model = WorldModel::new(cfg, &mut p)?;
     let b = Bench { model: &model, cfg, sampler: SamplerConfig { steps, shift: 3.0, guidance: 1.0 }, dev };
+    // Warm up (thread pool, allocator) so the first timed run is not penalised.
+    b.clips(g, 1)?;
     let best = |f: &dyn Fn() -> Result<RolloutCost>| -> Result<RolloutCost> {
         let mut out = f()?;
         for _ in 1..reps.max(1) {

@@ -69,12 +69,13 @@ fn run(cli: Cli) -> Result<()> {
             // One machine-readable line for batch logs (and `worldcompass bench`).
             let io = ctx.store.io_stats();
             println!(
-                "stats: wall_s={:.4} io_s={:.4} io_calls={} read_bytes={} written_bytes={}",
+                "stats: wall_s={:.4} io_s={:.4} io_calls={} read_bytes={} written_bytes={} peak_rss_bytes={}",
                 t0.elapsed().as_secs_f64(),
                 io.seconds,
                 io.calls,
                 io.bytes_read,
-                io.bytes_written
+                io.bytes_written,
+                peak_rss_bytes()
             );
         }
         Command::Train { run, pipeline, iters } => {
@@ -541,7 +542,8 @@ fn bench_all(out: &str, pipeline: &str, only: &[String]) -> anyhow::Result<()> {
             }
             Err(e) => eprintln!("warning: no S3 rows: {e}"),
         }
-        let (_, baseline, _) = stage_runs::run_measured(&exe, &["status", "--run", &format!("file://{}", work.join("run-0").display())], &[])?;
+        let (idle, _) = stage_runs::run_stage(&exe, &format!("file://{}", work.join("run-0").display()), "select", 1, &[])?;
+        let baseline = idle.peak_rss_bytes;
         let hold = stage_runs::must_hold_bytes(&work.join("run-0"), 1)?;
         rows.extend(stage_runs::memory_rows(default_runs, &hold, baseline, 1, &format!("{name}, iteration 1")));
     }
@@ -551,4 +553,15 @@ fn bench_all(out: &str, pipeline: &str, only: &[String]) -> anyhow::Result<()> {
     std::fs::write(&path, wc_bench::to_parquet(&rows, unix)?).with_context(|| format!("writing {}", path.display()))?;
     println!("wrote {} ({} rows, {:.0} s)", path.display(), rows.len(), started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// This process's peak resident set size (VmHWM of /proc/self/status; 0
+/// where there is none). Measured from inside: a parent's wait4 would also
+/// count the pages of the parent it was forked from.
+fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmHWM:").map(str::to_string)))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
 }
