@@ -70,6 +70,9 @@ pub fn sample(
     let dev = noise.device();
     let times = sampler_times(cfg.steps, cfg.shift);
     let guided = (cfg.guidance - 1.0).abs() > 1e-12;
+    // Sampling needs no gradients: detached, each step's graph is freed
+    // instead of being kept alive by the next x (memory grew with T).
+    let cache = &cache.detach();
     let (acts, cache2) = if guided {
         let c = ContextCache {
             kv: cache
@@ -99,7 +102,7 @@ pub fn sample(
         } else {
             model.velocity(&cache2, &x, &Tensor::full(t as f32, g, dev)?, &acts)?
         };
-        x = (x + (v * (t_next - t))?)?;
+        x = (x + (v * (t_next - t))?)?.detach();
     }
     Ok(x)
 }
@@ -129,7 +132,7 @@ pub fn sample_recomputing(
         } else {
             vc
         };
-        x = (x + (v * (t_next - t))?)?;
+        x = (x + (v * (t_next - t))?)?.detach();
     }
     Ok(x)
 }

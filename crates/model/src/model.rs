@@ -36,6 +36,12 @@ impl ContextCache {
     pub fn batch(&self) -> usize {
         self.kv.first().map_or(0, |(k, _)| k.dims()[0])
     }
+
+    /// The same keys and values without the graph that computed them (for
+    /// sampling, where no gradient flows).
+    pub fn detach(&self) -> ContextCache {
+        ContextCache { kv: self.kv.iter().map(|(k, v)| (k.detach(), v.detach())).collect() }
+    }
 }
 
 struct Block {
