@@ -67,8 +67,8 @@ pub fn cache_rows(base: &ModelConfig, g: usize, steps: usize, context_frames: &[
 }
 
 /// GFLOP/s rows from the model benchmark, as a share of the matmul peak.
-pub fn efficiency_rows(cfg: &ModelConfig, g: usize, steps: usize, batch: usize) -> Result<Vec<BenchRow>> {
-    let measured = model_bench(cfg, g, steps, batch)?;
+pub fn efficiency_rows(cfg: &ModelConfig, g: usize, batch: usize) -> Result<Vec<BenchRow>> {
+    let measured = model_bench(cfg, g, batch)?;
     let peak = measured.first().and_then(|r| r.gflops).unwrap_or(f64::NAN);
     let mut rows = vec![BenchRow::new("compute", "f32 matmul 1024^3 (the machine's peak here)", "candle + gemm x86-v4, all threads", peak, "GFLOP/s")];
     for r in measured.iter().skip(1) {

@@ -520,14 +520,12 @@ pub enum BenchWhat {
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
-    /// The world model at its default config.
+    /// The world model at its default config: the matmul peak, a sampler
+    /// step and a training step (quick; `bench all` has the rest).
     Model {
-        /// Candidates G per group.
+        /// Candidates G per group (the sampler step's batch).
         #[arg(long, default_value_t = 8)]
         candidates: usize,
-        /// Sampler steps T.
-        #[arg(long, default_value_t = 10)]
-        steps: usize,
         /// Training batch.
         #[arg(long, default_value_t = 24)]
         batch: usize,

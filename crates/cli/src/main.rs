@@ -237,11 +237,11 @@ fn run(cli: Cli) -> Result<()> {
             println!("wrote {out}.gif and {out}.png ({} frames{})", frames.len(), if truth { ", generated left, ground truth right" } else { "" });
         }
         Command::Bench { what: worldcompass::BenchWhat::All { out, pipeline, only } } => bench_all(&out, &pipeline, &only)?,
-        Command::Bench { what: worldcompass::BenchWhat::Model { candidates, steps, batch } } => {
+        Command::Bench { what: worldcompass::BenchWhat::Model { candidates, batch } } => {
             let cfg = wc_model::ModelConfig::default();
             println!("model: {cfg:?}");
             println!("{:<48} {:>10} {:>9}  note", "measurement", "seconds", "GFLOP/s");
-            for r in wc_model::bench::model_bench(&cfg, candidates, steps, batch)? {
+            for r in wc_model::bench::model_bench(&cfg, candidates, batch)? {
                 let g = r.gflops.map(|g| format!("{g:.1}")).unwrap_or_else(|| "-".into());
                 println!("{:<48} {:>10.4} {:>9}  {}", r.name, r.seconds, g, r.note);
             }
@@ -504,7 +504,7 @@ fn bench_all(out: &str, pipeline: &str, only: &[String]) -> anyhow::Result<()> {
     }
     if want("compute") {
         note("compute: GFLOP/s against the matmul peak");
-        rows.extend(wc_bench::compute::efficiency_rows(&cfg, 8, 10, 24)?);
+        rows.extend(wc_bench::compute::efficiency_rows(&cfg, 8, 24)?);
     }
     if want("pytorch") {
         note("pytorch: the same model in PyTorch");

@@ -1,13 +1,13 @@
 //! Measurements of the model's speed on this machine, each side by side in
-//! one process: the f32 matmul peak, a sampler step, a training step, and the
-//! prefix cache against recomputing the prefix.
+//! one process: the f32 matmul peak, a sampler step and a training step.
+//! (The prefix cache and the rest of the iteration: the wc-bench crate.)
 
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 
 use crate::config::ModelConfig;
-use crate::flow::{flow_matching_loss, sample, sample_recomputing, seeded_noise, SamplerConfig};
+use crate::flow::{flow_matching_loss, seeded_noise};
 use crate::model::{action_input, WorldModel};
 use crate::params::Params;
 use crate::Result;
@@ -60,7 +60,7 @@ pub struct BenchRow {
 }
 
 /// Run the model benchmark at `cfg` with G candidates, T steps, training batch B.
-pub fn model_bench(cfg: &ModelConfig, g: usize, steps: usize, train_batch: usize) -> Result<Vec<BenchRow>> {
+pub fn model_bench(cfg: &ModelConfig, g: usize, train_batch: usize) -> Result<Vec<BenchRow>> {
     let dev = Device::Cpu;
     let mut p = Params::new(0, &dev);
     let m = WorldModel::new(cfg, &mut p)?;
@@ -69,7 +69,6 @@ pub fn model_bench(cfg: &ModelConfig, g: usize, steps: usize, train_batch: usize
     let noise = seeded_noise(4, &[g, cfg.frames_per_clip * tpf, tok], &dev)?;
     let masks = vec![vec![1u8; cfg.frames_per_clip]; g];
     let acts = action_input(&masks, &vec![false; g], &dev)?;
-    let unc = action_input(&masks, &vec![true; g], &dev)?;
     let peak = matmul_gflops(1024, &dev)?;
     let mut rows = vec![BenchRow { name: "f32 matmul 1024^3 (machine peak)".into(), seconds: 2.0 * 1024f64.powi(3) / peak / 1e9, gflops: Some(peak), note: "candle + gemm x86-v4".into() }];
 
@@ -81,24 +80,6 @@ pub fn model_bench(cfg: &ModelConfig, g: usize, steps: usize, train_batch: usize
     })?;
     let f = forward_flops(cfg, g, false);
     rows.push(BenchRow { name: format!("sampler step, batch G={g}, cached prefix"), seconds: step, gflops: Some(f / step / 1e9), note: format!("{:.0}% of peak", 100.0 * f / step / 1e9 / peak) });
-
-    let sc = SamplerConfig { steps, shift: 3.0, guidance: 1.0 };
-    let cached = time_it(2, || {
-        let c = m.encode_context(&ctx)?;
-        sample(&m, &c, &noise, &acts, &unc, &sc)?;
-        Ok(())
-    })?;
-    let recomputed = time_it(2, || {
-        sample_recomputing(&m, &ctx, &noise, &acts, &unc, &sc)?;
-        Ok(())
-    })?;
-    rows.push(BenchRow { name: format!("G={g} candidates, T={steps}, prefix cached"), seconds: cached, gflops: None, note: String::new() });
-    rows.push(BenchRow {
-        name: format!("G={g} candidates, T={steps}, prefix recomputed"),
-        seconds: recomputed,
-        gflops: None,
-        note: format!("cache saves {:.2}x", recomputed / cached),
-    });
 
     let b = train_batch;
     let bctx = seeded_noise(5, &[b, cfg.context_slots() * tpf, tok], &dev)?;
