@@ -202,14 +202,14 @@ pub fn plan(cfg: &PipelineConfig, model: &ModelShape, hw: &Hardware, shards: u64
         stage("prefix", prefix_flops, groups, prefix_bytes, shards_f * weights, cfg.data.groups + manifests),
         stage("rollout", rollout_flops, candidates_total, rollout_bytes, shards_f * weights + prefix_bytes, cfg.data.groups + manifests),
         stage("reward", reward_flops, candidates_total, candidates_total * 2.0 * table_row, rollout_bytes, 2 * shards + manifests),
-        stage("select", 0.0, 1.0, 2.0 * candidates_total * table_row, candidates_total * table_row, 3),
+        stage("select", 0.0, 1.0, 2.0 * candidates_total * table_row, candidates_total * table_row, 3), // selection, reward log, manifest
         stage(
             "optimize",
             optimize_flops,
             hw.gpus as f64, // data-parallel (FSDP) over the whole cluster
             checkpoint_bytes,
             checkpoint_bytes + prefix_bytes + rollout_bytes,
-            4,
+            5, // policy, old policy, optimizer state, metrics, manifest
         ),
     ];
     let bounding = stages.iter().max_by(|a, b| a.wall_s.total_cmp(&b.wall_s)).unwrap().stage;
