@@ -354,7 +354,8 @@ impl RunStore {
             PutPayload::from_bytes(bytes),
             PutMode::Create.into(),
         ));
-        let res = self.io.record(start, 0, n, res);
+        // A lost race wrote nothing.
+        let res = self.io.record(start, 0, if res.is_ok() { n } else { 0 }, res);
         match res {
             Ok(_) => Ok(true),
             Err(object_store::Error::AlreadyExists { .. })
@@ -458,13 +459,14 @@ mod tests {
         let clone = s.clone();
         s.put("a.bin", Bytes::from_static(b"hello")).unwrap();
         assert!(clone.put_if_absent("b.bin", Bytes::from_static(b"abc")).unwrap());
+        assert!(!clone.put_if_absent("b.bin", Bytes::from_static(b"lost")).unwrap());
         assert_eq!(&clone.get("a.bin").unwrap()[..], b"hello");
         assert!(s.get_opt("missing").unwrap().is_none());
         s.list("").unwrap();
         let st = s.io_stats();
-        assert_eq!((st.calls, st.bytes_written, st.bytes_read), (5, 8, 5));
+        assert_eq!((st.calls, st.bytes_written, st.bytes_read), (6, 8, 5), "the lost create-only put wrote nothing");
         assert!(st.seconds > 0.0);
-        assert_eq!(clone.io_stats().calls, 5);
+        assert_eq!(clone.io_stats().calls, 6);
     }
 
     #[test]
