@@ -19,36 +19,57 @@ pub struct StageRun {
     pub iter: u64,
     /// Wall time of the process, start to exit (model loading included).
     pub process_s: f64,
-    /// From the stage's `stats:` line: wall time inside the command and the
-    /// part of it spent in storage calls.
-    pub wall_s: f64,
-    pub io_s: f64,
-    pub read_bytes: u64,
-    pub written_bytes: u64,
-    pub max_rss_bytes: u64,
+    /// What the stage reported about itself.
+    pub stats: StageStats,
 }
 
-/// The `stats:` line of a stage process.
+/// What a stage process reports about itself in its `stats:` line: wall
+/// time inside the command, the part of it spent in storage calls, the
+/// bytes moved, and its peak resident memory. `worldcompass stage` prints
+/// it (Display); the bench parses it back ([`parse_stats`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StageStats {
     pub wall_s: f64,
     pub io_s: f64,
+    pub io_calls: u64,
     pub read_bytes: u64,
     pub written_bytes: u64,
     pub peak_rss_bytes: u64,
 }
 
-/// Parse `stats: wall_s=.. io_s=.. io_calls=.. read_bytes=.. written_bytes=.. peak_rss_bytes=..`.
+impl std::fmt::Display for StageStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "stats: wall_s={:.4} io_s={:.4} io_calls={} read_bytes={} written_bytes={} peak_rss_bytes={}",
+            self.wall_s, self.io_s, self.io_calls, self.read_bytes, self.written_bytes, self.peak_rss_bytes
+        )
+    }
+}
+
+/// Parse the `stats:` line out of a stage's stdout.
 pub fn parse_stats(stdout: &str) -> Option<StageStats> {
     let line = stdout.lines().find_map(|l| l.strip_prefix("stats: "))?;
     let get = |k: &str| line.split_whitespace().find_map(|kv| kv.strip_prefix(k)?.strip_prefix('=')).map(str::to_string);
     Some(StageStats {
         wall_s: get("wall_s")?.parse().ok()?,
         io_s: get("io_s")?.parse().ok()?,
+        io_calls: get("io_calls")?.parse().ok()?,
         read_bytes: get("read_bytes")?.parse().ok()?,
         written_bytes: get("written_bytes")?.parse().ok()?,
         peak_rss_bytes: get("peak_rss_bytes")?.parse().ok()?,
     })
+}
+
+/// This process's peak resident set size (VmHWM of /proc/self/status; 0
+/// where there is none). Measured from inside: a parent's wait4 would also
+/// count the pages of the parent the child was forked from.
+pub fn own_peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmHWM:").map(str::to_string)))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
 }
 
 /// Run `exe args` to completion with extra `env`; returns stdout and the
@@ -93,21 +114,13 @@ pub fn pipeline_variant(base: &str, edits: &[(&str, &str)], out: &Path) -> Resul
 /// Initialise `run` with `pipeline` and run iterations 0..iters stage by
 /// stage, each a child process.
 pub fn run_iterations(exe: &Path, run: &str, pipeline: &Path, iters: u64, env: &[(&'static str, String)]) -> Result<Vec<StageRun>> {
-    run_measured(exe, &["init", "--run", run, "--pipeline", pipeline.to_str().expect("utf-8 path")], env)?;
+    let pipeline = pipeline.to_str().ok_or_else(|| BenchError::Failed(format!("pipeline path {} is not UTF-8", pipeline.display())))?;
+    run_measured(exe, &["init", "--run", run, "--pipeline", pipeline], env)?;
     let mut out = Vec::new();
     for k in 0..iters {
         for stage in STAGES {
-            let (st, process_s) = run_stage(exe, run, stage, k, env)?;
-            out.push(StageRun {
-                stage,
-                iter: k,
-                process_s,
-                wall_s: st.wall_s,
-                io_s: st.io_s,
-                read_bytes: st.read_bytes,
-                written_bytes: st.written_bytes,
-                max_rss_bytes: st.peak_rss_bytes,
-            });
+            let (stats, process_s) = run_stage(exe, run, stage, k, env)?;
+            out.push(StageRun { stage, iter: k, process_s, stats });
         }
     }
     Ok(out)
@@ -139,12 +152,13 @@ pub fn storage_rows(runs: &[StageRun], k: u64, backend: &str, config: &str) -> V
     runs.iter()
         .filter(|r| r.iter == k)
         .map(|r| {
-            BenchRow::new("storage", format!("{} storage share, {backend}", r.stage), config, 100.0 * r.io_s / r.wall_s, "%").detail(format!(
+            let st = &r.stats;
+            BenchRow::new("storage", format!("{} storage share, {backend}", r.stage), config, 100.0 * st.io_s / st.wall_s, "%").detail(format!(
                 "{:.3} s of {:.3} s; read {:.2} MB, wrote {:.2} MB",
-                r.io_s,
-                r.wall_s,
-                r.read_bytes as f64 / 1e6,
-                r.written_bytes as f64 / 1e6
+                st.io_s,
+                st.wall_s,
+                st.read_bytes as f64 / 1e6,
+                st.written_bytes as f64 / 1e6
             ))
         })
         .collect()
@@ -198,10 +212,11 @@ pub fn memory_rows(runs: &[StageRun], must_hold: &[(&'static str, u64, String)],
         .detail("a rerun of a committed stage: start, open the run, read a manifest, exit")];
     for r in runs.iter().filter(|r| r.iter == k) {
         if let Some((_, hold, what)) = must_hold.iter().find(|(s, _, _)| *s == r.stage) {
+            let rss = r.stats.peak_rss_bytes;
             rows.push(
-                BenchRow::new("memory", format!("{} peak RSS", r.stage), config, r.max_rss_bytes as f64 / 1e6, "MB")
+                BenchRow::new("memory", format!("{} peak RSS", r.stage), config, rss as f64 / 1e6, "MB")
                     .anchor(*hold as f64 / 1e6, "bytes it must hold")
-                    .detail(format!("{:.1}x of {what}; above baseline {:.1} MB", r.max_rss_bytes as f64 / *hold as f64, (r.max_rss_bytes.saturating_sub(baseline_rss)) as f64 / 1e6)),
+                    .detail(format!("{:.1}x of {what}; above baseline {:.1} MB", rss as f64 / *hold as f64, rss.saturating_sub(baseline_rss) as f64 / 1e6)),
             );
         }
     }
@@ -216,13 +231,16 @@ mod tests {
     fn stats_line_parses() {
         let out = "rollout iter 1 shard 0/1: committed\nstats: wall_s=2.5000 io_s=0.1250 io_calls=9 read_bytes=100 written_bytes=2048 peak_rss_bytes=4096\n";
         let st = parse_stats(out).unwrap();
-        assert_eq!((st.wall_s, st.io_s, st.read_bytes, st.written_bytes, st.peak_rss_bytes), (2.5, 0.125, 100, 2048, 4096));
+        assert_eq!((st.wall_s, st.io_s, st.io_calls, st.read_bytes, st.written_bytes, st.peak_rss_bytes), (2.5, 0.125, 9, 100, 2048, 4096));
+        // What a stage prints is what the bench reads.
+        assert_eq!(parse_stats(&format!("committed\n{st}\n")), Some(st));
         assert_eq!(parse_stats("no stats"), None);
     }
 
     #[test]
     fn table3_ratios_are_relative_to_the_first_variant() {
-        let run = |stage, s| StageRun { stage, iter: 1, process_s: s, wall_s: s, io_s: 0.0, read_bytes: 0, written_bytes: 0, max_rss_bytes: 0 };
+        let stats = StageStats { wall_s: 1.0, io_s: 0.0, io_calls: 0, read_bytes: 0, written_bytes: 0, peak_rss_bytes: 0 };
+        let run = |stage, s| StageRun { stage, iter: 1, process_s: s, stats };
         let a = vec![run("rollout", 2.0), run("optimize", 2.0)];
         let b = vec![run("rollout", 2.0), run("optimize", 6.0)];
         let rows = table3_rows(&[("both", 1.0, a), ("neither", 2.26, b)], 1, "cfg");

@@ -68,15 +68,15 @@ fn run(cli: Cli) -> Result<()> {
             println!("{} iter {iter} shard {shard}: {outcome}", stage.name());
             // One machine-readable line for batch logs (and `worldcompass bench`).
             let io = ctx.store.io_stats();
-            println!(
-                "stats: wall_s={:.4} io_s={:.4} io_calls={} read_bytes={} written_bytes={} peak_rss_bytes={}",
-                t0.elapsed().as_secs_f64(),
-                io.seconds,
-                io.calls,
-                io.bytes_read,
-                io.bytes_written,
-                peak_rss_bytes()
-            );
+            let stats = wc_bench::stage_runs::StageStats {
+                wall_s: t0.elapsed().as_secs_f64(),
+                io_s: io.seconds,
+                io_calls: io.calls,
+                read_bytes: io.bytes_read,
+                written_bytes: io.bytes_written,
+                peak_rss_bytes: wc_bench::stage_runs::own_peak_rss_bytes(),
+            };
+            println!("{stats}");
         }
         Command::Train { run, pipeline, iters } => {
             let store = RunStore::open(&run)?;
@@ -529,23 +529,24 @@ fn bench_all(out: &str, pipeline: &str, only: &[String]) -> anyhow::Result<()> {
             let run = format!("file://{}", work.join(format!("run-{i}")).display());
             measured.push((label, paper, stage_runs::run_iterations(&exe, &run, &p, 2, &[])?));
         }
-        rows.extend(stage_runs::table3_rows(&measured, 1, &format!("{name}, iteration 1")));
+        let config = format!("{name}, iteration 1");
+        rows.extend(stage_runs::table3_rows(&measured, 1, &config));
         let default_runs = &measured[0].2;
-        rows.extend(stage_runs::storage_rows(default_runs, 1, "file://", &format!("{name}, iteration 1")));
+        rows.extend(stage_runs::storage_rows(default_runs, 1, "file://", &config));
         note("stages: the same on the loopback S3 server");
         match wc_bench::s3_server::LoopbackS3::start() {
             Ok(s3) => {
                 s3.create_bucket("wc-bench")?;
                 let p = work.join("pipeline-0.toml");
                 let s3_runs = stage_runs::run_iterations(&exe, "s3://wc-bench/run", &p, 2, &s3.env())?;
-                rows.extend(stage_runs::storage_rows(&s3_runs, 1, "s3:// (moto, loopback)", &format!("{name}, iteration 1")));
+                rows.extend(stage_runs::storage_rows(&s3_runs, 1, "s3:// (moto, loopback)", &config));
             }
             Err(e) => eprintln!("warning: no S3 rows: {e}"),
         }
         let (idle, _) = stage_runs::run_stage(&exe, &format!("file://{}", work.join("run-0").display()), "select", 1, &[])?;
         let baseline = idle.peak_rss_bytes;
         let hold = stage_runs::must_hold_bytes(&work.join("run-0"), 1)?;
-        rows.extend(stage_runs::memory_rows(default_runs, &hold, baseline, 1, &format!("{name}, iteration 1")));
+        rows.extend(stage_runs::memory_rows(default_runs, &hold, baseline, 1, &config));
     }
     println!("{}", wc_bench::render_table(&rows));
     let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
@@ -553,15 +554,4 @@ fn bench_all(out: &str, pipeline: &str, only: &[String]) -> anyhow::Result<()> {
     std::fs::write(&path, wc_bench::to_parquet(&rows, unix)?).with_context(|| format!("writing {}", path.display()))?;
     println!("wrote {} ({} rows, {:.0} s)", path.display(), rows.len(), started.elapsed().as_secs_f64());
     Ok(())
-}
-
-/// This process's peak resident set size (VmHWM of /proc/self/status; 0
-/// where there is none). Measured from inside: a parent's wait4 would also
-/// count the pages of the parent it was forked from.
-fn peak_rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmHWM:").map(str::to_string)))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
 }
