@@ -21,10 +21,19 @@ fn repo(path: &str) -> String {
     format!("{}/../../{path}", env!("CARGO_MANIFEST_DIR"))
 }
 
-fn local_reference(dir: &Path) -> Vec<u8> {
-    let run = format!("file://{}", dir.join("local").display());
-    wc_ok(&["train", "--run", &run, "--pipeline", &pipeline(), "--iters", &ITERS.to_string()], &[]);
-    RunStore::open(&run).unwrap().get(&format!("checkpoints/{ITERS:06}/policy.safetensors")).unwrap().to_vec()
+/// The policy after the last iteration of `run`.
+fn final_checkpoint(run: &str) -> Vec<u8> {
+    RunStore::open(run).unwrap().get(&format!("checkpoints/{ITERS:06}/policy.safetensors")).unwrap().to_vec()
+}
+
+/// The final checkpoint of local `train` (the reference), and a fresh
+/// initialised run named `name` for an engine to drive.
+fn reference_and_run(dir: &Path, name: &str) -> (Vec<u8>, String) {
+    let local = format!("file://{}", dir.join("local").display());
+    wc_ok(&["train", "--run", &local, "--pipeline", &pipeline(), "--iters", &ITERS.to_string()], &[]);
+    let run = format!("file://{}", dir.join(name).display());
+    wc_ok(&["init", "--run", &run, "--pipeline", &pipeline()], &[]);
+    (final_checkpoint(&local), run)
 }
 
 fn stdout_of(cmd: &mut Command) -> String {
@@ -72,9 +81,7 @@ fn assert_shards_committed(run: &str, iter: u64, stage: &str, shards: usize) {
 #[test]
 fn kubernetes_indexed_jobs_map_the_completion_index_and_match_local_train() {
     let tmp = tempfile::tempdir().unwrap();
-    let expected = local_reference(tmp.path());
-    let run = format!("file://{}", tmp.path().join("k8s").display());
-    wc_ok(&["init", "--run", &run, "--pipeline", &pipeline()], &[]);
+    let (expected, run) = reference_and_run(tmp.path(), "k8s");
     for iter in 0..ITERS {
         for stage in STAGES {
             let yaml = stdout_of(Command::new(repo("pipelines/k8s/render.sh")).args([
@@ -108,16 +115,13 @@ fn kubernetes_indexed_jobs_map_the_completion_index_and_match_local_train() {
             assert_shards_committed(&run, iter, stage, SHARDS);
         }
     }
-    let got = RunStore::open(&run).unwrap().get(&format!("checkpoints/{ITERS:06}/policy.safetensors")).unwrap();
-    assert!(got == expected, "Kubernetes chain checkpoint differs from local train");
+    assert!(final_checkpoint(&run) == expected, "Kubernetes chain checkpoint differs from local train");
 }
 
 #[test]
 fn aws_batch_array_jobs_map_the_array_index_and_match_local_train() {
     let tmp = tempfile::tempdir().unwrap();
-    let expected = local_reference(tmp.path());
-    let run = format!("file://{}", tmp.path().join("batch").display());
-    wc_ok(&["init", "--run", &run, "--pipeline", &pipeline()], &[]);
+    let (expected, run) = reference_and_run(tmp.path(), "batch");
     let definition: Value = serde_json::from_str(&std::fs::read_to_string(repo("pipelines/aws-batch/job-definition.json")).unwrap()).unwrap();
     let requests = stdout_of(
         Command::new(repo("pipelines/aws-batch/submit.sh"))
@@ -157,8 +161,7 @@ fn aws_batch_array_jobs_map_the_array_index_and_match_local_train() {
         }
         assert_shards_committed(&run, iter, stage, SHARDS);
     }
-    let got = RunStore::open(&run).unwrap().get(&format!("checkpoints/{ITERS:06}/policy.safetensors")).unwrap();
-    assert!(got == expected, "AWS Batch chain checkpoint differs from local train");
+    assert!(final_checkpoint(&run) == expected, "AWS Batch chain checkpoint differs from local train");
 }
 
 fn write_temp(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {

@@ -15,13 +15,7 @@ pub fn pipeline() -> String {
 
 /// Write a copy of the embedded pipeline with `replace` edits applied.
 pub fn pipeline_with(dir: &std::path::Path, edits: &[(&str, &str)]) -> String {
-    let mut text = std::fs::read_to_string(pipeline()).unwrap();
-    for (from, to) in edits {
-        assert!(text.contains(from), "pipeline has no '{from}'");
-        text = text.replacen(from, to, 1);
-    }
-    let path = dir.join("pipeline.toml");
-    std::fs::write(&path, text).unwrap();
+    let path = wc_bench::stage_runs::pipeline_variant(&pipeline(), edits, &dir.join("pipeline.toml")).unwrap();
     path.to_str().unwrap().to_string()
 }
 
