@@ -96,7 +96,13 @@ fn slurm_array_chain_over_s3_matches_local_train_also_after_a_requeue() {
     let logs = tmp.path().join("logs-requeue");
     let jobs = submit(&cluster, &moto, run, &pipeline, &logs);
     let mut requeued = None;
-    for (stage, iter, id) in jobs.iter().filter(|(s, _, _)| matches!(s.as_str(), "rollout" | "reward" | "prefix")) {
+    // Rollout first: it samples candidates and runs longest; iteration 0's
+    // prefix has no clips to make and ends in tens of milliseconds, too fast
+    // to catch mid-run (a failure seen in CI).
+    let order = |s: &str| ["rollout", "reward", "prefix"].iter().position(|x| *x == s);
+    let mut sharded: Vec<_> = jobs.iter().filter(|(s, _, _)| order(s).is_some()).collect();
+    sharded.sort_by_key(|(s, iter, _)| (order(s), *iter));
+    for (stage, iter, id) in sharded {
         let mut running = None;
         cluster.wait_for(Duration::from_secs(600), &format!("a task of {stage} {iter} to run or the array to end"), || {
             let out = cluster.run("squeue", &["-h", "-j", id, "-t", "R", "-o", "%i"]);
