@@ -49,7 +49,18 @@ eval-base sequences="16":
 
 # Action accuracy of checkpoint K of a training run on the same held-out prompts.
 eval-run checkpoint sequences="16" run=run:
-    {{wc}} eval --data {{data}} --model {{run}} --checkpoint {{checkpoint}} --sequences {{sequences}}
+    {{wc}} eval --data {{data}} --model {{base}} --model {{run}}@{{checkpoint}} --sequences {{sequences}}
+
+# Table 1 of the base model and checkpoint K of a run, by length (short, medium, long), written to runs/eval/.
+eval-table checkpoint sequences="16" run=run:
+    {{wc}} eval --data {{data}} --model {{base}} --model {{run}}@{{checkpoint}} --sequences {{sequences}} --out file://{{justfile_directory()}}/runs/eval
+
+# The paper's ablations beside the default run (Table 2: sample-level rollout, IF-only, VQ-only; Table 3: no-best-of-n, all-timesteps; configs in pipelines/ablations/), each trained ITERS iterations (resuming), then all evaluated on the same held-out prompts in one table.
+ablations iters="24" sequences="16" only="sample-level if-only vq-only":
+    {{wc}} train --run {{run}} --pipeline {{pipeline}} --iters {{iters}}
+    for a in {{only}}; do {{wc}} train --run file://{{justfile_directory()}}/runs/ablations/$a --pipeline pipelines/ablations/$a.toml --iters {{iters}}; done
+    models="--model {{base}} --model {{run}}@{{iters}}"; for a in {{only}}; do models="$models --model file://{{justfile_directory()}}/runs/ablations/$a@{{iters}}"; done; \
+    {{wc}} eval --data {{data}} $models --sequences {{sequences}} --out file://{{justfile_directory()}}/runs/eval
 
 # Where the pose estimator (the interaction-following reward's instrument) lives.
 pose := "file://" + justfile_directory() + "/models/pose"

@@ -62,14 +62,43 @@ fn eval_and_sample_run_on_a_checkpoint() {
     let data = tiny_dataset(tmp.path());
     let model = file_uri(tmp.path(), "model");
     pretrain(&data, &model, "3");
-    let out = wc_ok(&["eval", "--data", &data, "--model", &model, "--sequences", "1", "--sampler-steps", "2"], &[]);
-    for kind in ["basic", "combined"] {
-        let line = out.lines().find(|l| l.starts_with(kind)).unwrap_or_else(|| panic!("{out}"));
-        let cols: Vec<&str> = line.split_whitespace().collect();
-        assert_eq!(cols[1], "2", "2 windows of {kind} evaluated: {out}");
-        let static_both: f64 = cols[7].parse().unwrap();
-        assert_eq!(static_both, 0.0);
-    }
+    let early = file_uri(tmp.path(), "early");
+    pretrain(&data, &early, "1");
+    // Table 1 of two models; results appended to a store as Parquet.
+    let results = file_uri(tmp.path(), "results");
+    let eval = |extra: &[&str]| {
+        let mut args = vec!["eval", "--data", &data, "--model", &early, "--model", &model, "--sequences", "1", "--sampler-steps", "2", "--lengths", "short=1,long=2", "--out", &results];
+        args.extend_from_slice(extra);
+        wc_ok(&args, &[])
+    };
+    let generated = eval(&[]);
+    assert_eq!(generated.lines().filter(|l| l.contains(" delta ")).count(), 2, "{generated}");
+    assert!(generated.contains("context: generated"), "{generated}");
+    let forced = eval(&["--teacher-forced"]);
+    assert!(forced.contains("context: ground_truth"), "{forced}");
+    let script = r#"
+import sys, glob, polars as pl
+files = glob.glob(sys.argv[1] + "/eval/eval-*.parquet")
+assert len(files) == 2, files
+both = pl.concat([pl.read_parquet(f) for f in files])
+gen, forced = both.filter(pl.col("context") == "generated"), both.filter(pl.col("context") == "ground_truth")
+assert gen.height == 2 * 2 * 2 and (gen["context"] == "generated").all() and (forced["context"] == "ground_truth").all()
+assert sorted(gen["windows"].to_list()) == [1] * 4 + [2] * 4, gen
+assert gen["vq_score"].is_finite().all() and gen["both_right"].is_between(0, 1).all()
+# The first clip's context is the first frame either way: identical numbers.
+key = ["model", "kind"]
+a = gen.filter(pl.col("length") == "short").sort(key)
+b = forced.filter(pl.col("length") == "short").sort(key)
+for c in ["rot_acc", "trans_acc", "if_score", "both_right", "vq_score"]:
+    assert (a[c] - b[c]).abs().max() < 1e-12, c
+# IF is the mean of its two accuracies.
+assert ((gen["if_score"] - (gen["rot_acc"] + gen["trans_acc"]) / 2).abs() < 1e-12).all()
+print("ok")
+"#;
+    let out = std::process::Command::new("python3").args(["-c", script, tmp.path().join("results").to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let err = wc_err(&["eval", "--data", &data, "--model", &model, "--sequences", "1", "--lengths", "short=1,long=5"], &[]);
+    assert!(err.contains("held-out sequences have 2 windows"), "{err}");
     let prefix = tmp.path().join("gen");
     let p = prefix.to_str().unwrap();
     let out = wc_ok(&["sample", "--model", &model, "--scene", "2", "--actions", "forward,turn_left", "--sampler-steps", "2", "--truth", "--out", p], &[]);

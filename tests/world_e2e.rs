@@ -105,6 +105,51 @@ print(json.dumps(s.rows()))
 }
 
 #[test]
+fn sample_level_rollout_scores_and_trains_whole_sequences() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pose = tiny_pose_model(tmp.path());
+    let clip_level = tiny_world_pipeline(tmp.path(), &pose);
+    let text = std::fs::read_to_string(&clip_level).unwrap().replace("mode = \"clip\"", "mode = \"sample\"");
+    let pipeline = tmp.path().join("sample.toml");
+    std::fs::write(&pipeline, text).unwrap();
+    let run = file_uri(tmp.path(), "run");
+    let out = wc_ok(&["train", "--run", &run, "--pipeline", pipeline.to_str().unwrap(), "--iters", "2"], &[]);
+    assert!(out.contains("iter 1 optimize: committed"), "{out}");
+    // 3 groups x 4 candidates, N = 4 clips of 1 window, 1 + 1 selected per
+    // group, half of the 4 sampler steps trained on.
+    let script = r#"
+import sys, glob, json, polars as pl
+from safetensors.numpy import load_file
+run = sys.argv[1]
+for it in ["000000", "000001"]:
+    assert glob.glob(f"{run}/iters/{it}/prefix/*/group-*.safetensors") == [], "sample-level has no prefix"
+    files = sorted(glob.glob(f"{run}/iters/{it}/rollout/*/group-*.safetensors"))
+    assert len(files) == 3, files
+    t = load_file(files[0])
+    lat, noise = t["latents"], t["noise"]
+    assert lat.shape[:2] == (4, 4) and lat.shape == noise.shape, lat.shape
+    # every clip of every candidate from its own noise
+    flat = noise.reshape(16, -1)
+    assert len({row.tobytes() for row in flat}) == 16
+    s = pl.read_parquet(glob.glob(f"{run}/iters/{it}/reward/*/scores.parquet")[0])
+    assert s.height == 12 and (s["clip_index"] == 4).all(), s
+    w = pl.read_parquet(glob.glob(f"{run}/iters/{it}/reward/*/windows.parquet")[0])
+    assert w.height == 12 * 4 and sorted(w["window"].unique().to_list()) == [0, 1, 2, 3]
+    # a candidate's IF is the mean over all windows of its sequence
+    j = w.group_by(["group_id", "candidate"]).agg(((pl.col("rot_ok").cast(pl.Float64).mean() + pl.col("trans_ok").cast(pl.Float64).mean()) / 2).alias("if2"))
+    m = s.join(j, on=["group_id", "candidate"])
+    assert ((m["if_score"] - m["if2"]).abs() < 1e-12).all()
+    # NFT trains every clip of each selected sequence
+    o = pl.read_parquet(f"{run}/iters/{it}/optimize/metrics.parquet")
+    assert o["samples"].sum() == 3 * 2 * 4 * 2, o
+print("ok")
+"#;
+    let dir = tmp.path().join("run");
+    let out = std::process::Command::new("python3").args(["-c", script, dir.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
 fn external_scorer_in_python_is_validated_and_committed_and_bad_ones_commit_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let pose = tiny_pose_model(tmp.path());

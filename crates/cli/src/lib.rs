@@ -206,33 +206,49 @@ pub enum Command {
         #[arg(long, default_value_t = 2)]
         mlp_ratio: usize,
     },
-    /// Evaluate a model checkpoint's action following on held-out prompts.
+    /// Evaluate checkpoints on held-out prompts: the paper's Table 1.
     ///
-    /// Every clip of each held-out sequence (basic and combined) is generated
-    /// from the ground-truth context, and each window is classified by
-    /// re-rendering the 81 candidate motions from the true pose (an
-    /// instrument that reads the simulator: evaluation only). Prints rotation
-    /// and translation accuracy, IF, and the rate of windows with both right,
-    /// beside a static model's on the same windows.
+    /// Each held-out sequence (basic and combined actions) is generated clip
+    /// after clip from its first frame, each clip from the model's own recent
+    /// frames (autoregressive; --teacher-forced takes the simulator's true
+    /// frames instead). Every 4-frame window is classified by re-rendering
+    /// the 81 candidate motions from the camera's pose (an instrument that
+    /// reads the simulator: evaluation only); VQ is the mean of every 4th
+    /// generated frame. Numbers come per length (--lengths, in clips) and
+    /// action kind: rotation and translation accuracy, IF (their mean), the
+    /// rate of windows with both right, VQ. With several --model, all use
+    /// the same sequences and noise, and a delta row (last minus first)
+    /// follows each length. --out appends the rows as Parquet to a store.
     ///
-    /// Example: worldcompass eval --data file:///data/wc-dataset --model file:///data/wc-base
+    /// A model is a pre-training store (its newest checkpoint, or --step) or
+    /// RUN@K for checkpoint K of a training run.
+    ///
+    /// Example: worldcompass eval --data file://$PWD/runs/data --model file://$PWD/models/base --model file://$PWD/runs/embedded@24 --out file://$PWD/runs/eval
     Eval {
         /// Store URI holding the dataset (its prompts are held out of pre-training).
         #[arg(long)]
         data: String,
-        /// Store URI holding the checkpoints: a pre-training store
-        /// (pretrain/step-*/), or a training run with --checkpoint.
+        /// A model to evaluate: STORE (pre-training checkpoints) or RUN@K
+        /// (checkpoint K of a training run, its policy). Repeat to compare.
+        #[arg(long, required = true)]
+        model: Vec<String>,
+        /// Pre-training checkpoint step for STORE models (default: the newest).
         #[arg(long)]
-        model: String,
-        /// Pre-training checkpoint step (default: the newest).
-        #[arg(long, conflicts_with = "checkpoint")]
         step: Option<u64>,
-        /// Evaluate checkpoint K of the training run at --model (its policy).
-        #[arg(long)]
-        checkpoint: Option<u64>,
         /// Sequences of each kind.
         #[arg(long, default_value_t = 16)]
         sequences: usize,
+        /// Lengths as NAME=CLIPS, shortest first. The held-out sequences
+        /// must have enough windows for the longest.
+        #[arg(long, default_value = "short=1,medium=2,long=4")]
+        lengths: String,
+        /// Generate each clip from the simulator's true frames (teacher
+        /// forcing) instead of the model's own.
+        #[arg(long)]
+        teacher_forced: bool,
+        /// Store URI to write the results to (eval/eval-<unix time>.parquet).
+        #[arg(long)]
+        out: Option<String>,
         #[command(flatten)]
         sampler: SamplerArgs,
     },

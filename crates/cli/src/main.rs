@@ -184,26 +184,45 @@ fn run(cli: Cli) -> Result<()> {
             bar.finish_and_clear();
             println!("pre-trained to step {done}; checkpoint: {}/{}", out.uri(), wc_stages::pretrain::step_dir(done));
         }
-        Command::Eval { data, model, step, checkpoint, sequences, sampler } => {
-            let data = RunStore::open(&data)?;
-            let store = RunStore::open(&model)?;
-            let m = match checkpoint {
-                Some(k) => wc_stages::evaluate::load_run_checkpoint(&store, k, "policy")?,
-                None => wc_stages::evaluate::load_checkpoint(&store, step)?,
-            };
-            let seqs = wc_stages::evaluate::held_out(&data, sequences)?;
-            let clips: usize = seqs.iter().map(|s| s.actions.len() * 4 / m.model.cfg.frames_per_clip).sum();
-            let bar = indicatif::ProgressBar::new(clips as u64);
-            bar.set_prefix("eval");
-            let report = wc_stages::evaluate::evaluate(&m, &seqs, &sampler.config(), sampler.seed, &|| bar.inc(1))?;
-            bar.finish_and_clear();
+        Command::Eval { data, model, step, sequences, lengths, teacher_forced, out, sampler } => {
+            use wc_stages::evaluate::{self, ContextSource};
+            let lengths = evaluate::parse_lengths(&lengths).map_err(|e| anyhow::anyhow!("--lengths: {e}"))?;
+            let source = if teacher_forced { ContextSource::GroundTruth } else { ContextSource::Generated };
+            let seqs = evaluate::held_out(&RunStore::open(&data)?, sequences)?;
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
             println!(
-                "model {} (step {}), {} held-out sequences per kind, T={}, shift={}, guidance={}",
-                m.path, m.step, sequences, sampler.sampler_steps, sampler.shift, sampler.guidance
+                "{} held-out sequences per kind, context: {}, T={}, shift={}, guidance={}, seed {}",
+                sequences,
+                source.name(),
+                sampler.sampler_steps,
+                sampler.shift,
+                sampler.guidance,
+                sampler.seed
             );
-            println!("{:<9} {:>8} {:>8} {:>9} {:>6} {:>10} {:>10} {:>12}", "kind", "windows", "rot_acc", "trans_acc", "IF", "both_right", "static_IF", "static_both");
-            for (kind, a, s) in &report.rows {
-                println!("{kind:<9} {:>8} {:>8.3} {:>9.3} {:>6.3} {:>10.3} {:>10.3} {:>12.3}", a.windows, a.rot_acc, a.trans_acc, a.if_score, a.both_rate, s.if_score, s.both_rate);
+            let mut rows = Vec::new();
+            for spec in &model {
+                let m = load_model_spec(spec, step)?;
+                let bar = indicatif::ProgressBar::new(seqs.len() as u64);
+                bar.set_style(indicatif::ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} sequences ({elapsed})")?.progress_chars("=> "));
+                bar.set_prefix("eval");
+                let results = evaluate::evaluate(&m, &seqs, &lengths, source, &sampler.config(), sampler.seed, &|| bar.inc(1))
+                    .with_context(|| format!("evaluating {spec}"))?;
+                bar.finish_and_clear();
+                println!("{spec}: {} (step {})", m.path, m.step);
+                rows.extend(evaluate::eval_rows(now, spec, &m, source, &results));
+            }
+            print!("{}", evaluate::table1(&rows));
+            if let Some(out) = out {
+                let store = RunStore::open(&out)?;
+                // Create-only: a second eval in the same second takes the next suffix.
+                for n in 0.. {
+                    let path = if n == 0 { format!("eval/eval-{now}.parquet") } else { format!("eval/eval-{now}-{n}.parquet") };
+                    let bytes = wc_schemas::write_table(&wc_schemas::tables::eval_results(), &store.uri_of(&path), &wc_stages::tables::eval_to_batch(&rows))?;
+                    if store.put_if_absent(&path, bytes)? {
+                        println!("wrote {}", store.uri_of(&path));
+                        break;
+                    }
+                }
             }
         }
         Command::Sample { model, step, scene, actions, sampler, truth, out } => {
@@ -248,13 +267,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Scorers { what } => scorers(what)?,
         Command::Compare { a, b, scene, actions, sampler, out } => {
-            let load = |spec: &str| -> anyhow::Result<wc_stages::evaluate::LoadedModel> {
-                match spec.rsplit_once('@') {
-                    Some((uri, k)) if k.parse::<u64>().is_ok() => Ok(wc_stages::evaluate::load_run_checkpoint(&RunStore::open(uri)?, k.parse()?, "policy")?),
-                    _ => Ok(wc_stages::evaluate::load_checkpoint(&RunStore::open(spec)?, None)?),
-                }
-            };
-            let (ma, mb) = (load(&a)?, load(&b)?);
+            let (ma, mb) = (load_model_spec(&a, None)?, load_model_spec(&b, None)?);
             anyhow::ensure!(ma.model.cfg.frame_size == mb.model.cfg.frame_size, "the two models make frames of different sizes");
             let size = ma.model.cfg.frame_size;
             let (acts, world, gt) = ground_truth(scene, &actions, size)?;
@@ -554,4 +567,14 @@ fn bench_all(out: &str, pipeline: &str, only: &[String]) -> anyhow::Result<()> {
     std::fs::write(&path, wc_bench::to_parquet(&rows, unix)?).with_context(|| format!("writing {}", path.display()))?;
     println!("wrote {} ({} rows, {:.0} s)", path.display(), rows.len(), started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// Load a model named on the command line: RUN@K (checkpoint K of a
+/// training run, its policy) or STORE (a pre-training store: checkpoint
+/// `step`, default the newest).
+fn load_model_spec(spec: &str, step: Option<u64>) -> anyhow::Result<wc_stages::evaluate::LoadedModel> {
+    match spec.rsplit_once('@') {
+        Some((uri, k)) if k.parse::<u64>().is_ok() => Ok(wc_stages::evaluate::load_run_checkpoint(&RunStore::open(uri)?, k.parse()?, "policy")?),
+        _ => Ok(wc_stages::evaluate::load_checkpoint(&RunStore::open(spec)?, step)?),
+    }
 }

@@ -307,8 +307,8 @@ impl PipelineConfig {
             ModelKind::World if self.reward.pose_model.is_empty() && self.reward.external_command.is_empty() => {
                 return bad("reward.pose_model", "\"\"".into(), "the world backend needs a pose estimator (or reward.external_command)");
             }
-            ModelKind::World if self.rollout.mode == RolloutMode::Sample => {
-                return bad("rollout.mode", "\"sample\"".into(), "sample-level rollout is not implemented for the world backend yet");
+            ModelKind::Linear if self.rollout.mode == RolloutMode::Sample => {
+                return bad("rollout.mode", "\"sample\"".into(), "sample-level rollout needs model.kind = \"world\" (the linear backend is clip-level only)");
             }
             _ => {}
         }
@@ -395,16 +395,45 @@ mod tests {
 
     #[test]
     fn shipped_pipelines_parse_and_validate() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../pipelines");
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../pipelines");
         let mut n = 0;
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "toml") {
-                PipelineConfig::load(path.to_str().unwrap()).unwrap_or_else(|e| panic!("{e}"));
-                n += 1;
+        for dir in [root.to_string(), format!("{root}/ablations")] {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.extension().is_some_and(|e| e == "toml") {
+                    PipelineConfig::load(path.to_str().unwrap()).unwrap_or_else(|e| panic!("{e}"));
+                    n += 1;
+                }
             }
         }
-        assert!(n >= 1);
+        assert!(n >= 5, "{n} pipelines");
+    }
+
+    #[test]
+    fn ablation_pipelines_change_only_their_switch() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../pipelines");
+        let default = PipelineConfig::load(&format!("{root}/embedded.toml")).unwrap();
+        let switches: [(&str, fn(&mut PipelineConfig)); 5] = [
+            ("sample-level", |c| c.rollout.mode = RolloutMode::Sample),
+            ("if-only", |c| c.select.rewards = RewardSet::IfOnly),
+            ("vq-only", |c| c.select.rewards = RewardSet::VqOnly),
+            ("no-best-of-n", |c| c.select.best_of_n = false),
+            ("all-timesteps", |c| c.optimize.timestep_fraction = 1.0),
+        ];
+        for (name, switch) in switches {
+            let ablation = PipelineConfig::load(&format!("{root}/ablations/{name}.toml")).unwrap();
+            let mut expected = default.clone();
+            switch(&mut expected);
+            assert_ne!(expected, default, "{name} switches nothing");
+            assert_eq!(ablation, expected, "pipelines/ablations/{name}.toml differs from pipelines/embedded.toml in more than its switch");
+        }
+    }
+
+    #[test]
+    fn sample_level_rollout_is_refused_by_the_linear_backend() {
+        let text = embedded().replace("mode = \"clip\"", "mode = \"sample\"");
+        let err = PipelineConfig::parse("x.toml", &text).unwrap_err().to_string();
+        assert!(err.contains("rollout.mode") && err.contains("world"), "{err}");
     }
 
     #[test]

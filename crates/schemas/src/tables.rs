@@ -245,6 +245,35 @@ pub fn bench_results() -> TableSchema {
     }
 }
 
+/// Results of `worldcompass eval` (the protocol of the paper's section 4.2).
+pub fn eval_results() -> TableSchema {
+    use FieldType::*;
+    TableSchema {
+        name: "eval_results",
+        format: "parquet",
+        doc: "Evaluation results (Table 1): one row per model x length x action kind of one `worldcompass eval` \
+              (<out>/eval/eval-<unix time>.parquet).",
+        fields: vec![
+            col("run_unix_s", Int64, "When the evaluation ran (seconds since the Unix epoch)."),
+            col("model", Utf8, "The model as given on the command line (STORE or RUN@K)."),
+            col("checkpoint", Utf8, "The checkpoint evaluated (its URI)."),
+            col("step", Int64, "Pre-training step or run checkpoint index."),
+            col("context", Utf8, "'generated' (autoregressive, the paper's protocol) or 'ground_truth' (teacher-forced clips)."),
+            col("length", Utf8, "Length name (short, medium, long)."),
+            col("clips", Int64, "Clips generated per sequence at this length."),
+            col("kind", Utf8, "'basic' or 'combined' action sequences."),
+            col("sequences", Int64, "Held-out sequences of this kind."),
+            col("windows", Int64, "4-frame windows judged."),
+            col("rot_acc", Float64, "Rotation accuracy over the windows."),
+            col("trans_acc", Float64, "Translation accuracy over the windows."),
+            col("if_score", Float64, "Action accuracy (IF): mean of rotation and translation accuracy."),
+            col("both_right", Float64, "Share of windows with both rotation and translation right."),
+            col("vq_score", Float64, "Visual quality: mean frame VQ of every 4th generated frame."),
+            col("static_if", Float64, "IF of a static camera on the same windows (the floor)."),
+        ],
+    }
+}
+
 /// Action sequences of a dataset (evaluation and training).
 pub fn sequences() -> TableSchema {
     use FieldType::*;
@@ -322,6 +351,7 @@ pub fn pretrain_metrics() -> TableSchema {
 /// Every table schema.
 pub fn all() -> Vec<TableSchema> {
     vec![
+        eval_results(),
         prompts(),
         groups(),
         reward_scores(),

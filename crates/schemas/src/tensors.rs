@@ -108,12 +108,38 @@ pub fn candidate_clips() -> TensorFileSchema {
     }
 }
 
+/// G candidate sequences of one group (rollout stage, sample-level mode:
+/// the Table 2 ablation).
+pub fn candidate_sequences() -> TensorFileSchema {
+    TensorFileSchema {
+        name: "candidate_sequences",
+        format: "safetensors",
+        doc: "Sample-level rollout: the G candidates of one group, each a whole sequence of N clips generated \
+              autoregressively from its own noise (clip c's context is the candidate's own clips 1..c-1). \
+              iters/<k>/rollout/<shard>/group-<g>.safetensors.",
+        tensors: vec![
+            TensorSpec {
+                name: "latents",
+                dtype: TensorDType::F32,
+                shape: vec![Dim::Named("G"), Dim::Named("N"), Dim::Splice("latent")],
+                doc: "Final (t=0) latents of every clip of every candidate.",
+            },
+            TensorSpec {
+                name: "noise",
+                dtype: TensorDType::F32,
+                shape: vec![Dim::Named("G"), Dim::Named("N"), Dim::Splice("latent")],
+                doc: "Initial noise (t=1) each clip was sampled from.",
+            },
+        ],
+    }
+}
+
 /// Every tensor-file layout with a fixed set of tensors.
 ///
 /// Checkpoints are validated against the model's own parameter list (names and
 /// shapes depend on the model config), see each model's `param_specs`.
 pub fn all() -> Vec<TensorFileSchema> {
-    vec![prefix_clips(), candidate_clips(), linear_policy(), linear_optimizer(), first_frames(), pretrain_frames()]
+    vec![prefix_clips(), candidate_clips(), candidate_sequences(), linear_policy(), linear_optimizer(), first_frames(), pretrain_frames()]
 }
 
 /// The first frame of every prompt of a dataset.

@@ -242,6 +242,51 @@ pub fn metrics_to_batch(rows: &[MetricRow]) -> RecordBatch {
     )
 }
 
+/// One row of `eval_results`: a model at one length on one action kind.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvalRow {
+    pub run_unix_s: i64,
+    pub model: String,
+    pub checkpoint: String,
+    pub step: i64,
+    pub context: String,
+    pub length: String,
+    pub clips: i64,
+    pub kind: String,
+    pub sequences: i64,
+    pub windows: i64,
+    pub rot_acc: f64,
+    pub trans_acc: f64,
+    pub if_score: f64,
+    pub both_right: f64,
+    pub vq_score: f64,
+    pub static_if: f64,
+}
+
+pub fn eval_to_batch(rows: &[EvalRow]) -> RecordBatch {
+    batch(
+        &wc_schemas::tables::eval_results(),
+        vec![
+            i64s(rows.iter().map(|r| r.run_unix_s)),
+            strings(rows.iter().map(|r| r.model.as_str())),
+            strings(rows.iter().map(|r| r.checkpoint.as_str())),
+            i64s(rows.iter().map(|r| r.step)),
+            strings(rows.iter().map(|r| r.context.as_str())),
+            strings(rows.iter().map(|r| r.length.as_str())),
+            i64s(rows.iter().map(|r| r.clips)),
+            strings(rows.iter().map(|r| r.kind.as_str())),
+            i64s(rows.iter().map(|r| r.sequences)),
+            i64s(rows.iter().map(|r| r.windows)),
+            f64s(rows.iter().map(|r| r.rot_acc)),
+            f64s(rows.iter().map(|r| r.trans_acc)),
+            f64s(rows.iter().map(|r| r.if_score)),
+            f64s(rows.iter().map(|r| r.both_right)),
+            f64s(rows.iter().map(|r| r.vq_score)),
+            f64s(rows.iter().map(|r| r.static_if)),
+        ],
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -65,7 +65,13 @@ fn first_latent(o: &Opened, prompt: i64) -> Result<Vec<f32>, StageError> {
 
 /// prefix: clips 1..n-1 of each group with the old policy; all groups of
 /// the shard sampled together, one clip index at a time.
+///
+/// Sample-level mode has no shared prefix (every candidate is a whole
+/// sequence of its own): the stage commits an empty shard.
 pub fn prefix(ctx: &RunContext, iter: u64, shard: ShardSpec, dir: &str, pending: &mut PendingCommit) -> Result<usize, StageError> {
+    if sample_level(ctx) {
+        return Ok(0);
+    }
     let o = open(ctx, pending)?;
     let ckpt = inputs::checkpoint_set(ctx, iter)?;
     pending.add_input(&ckpt);
@@ -102,7 +108,82 @@ pub fn prefix(ctx: &RunContext, iter: u64, shard: ShardSpec, dir: &str, pending:
     Ok(groups.len())
 }
 
+/// Whether the run rolls out whole sequences (Table 2's sample-level
+/// ablation) instead of clip n from a shared prefix.
+pub fn sample_level(ctx: &RunContext) -> bool {
+    ctx.cfg.rollout.mode == wc_config::RolloutMode::Sample
+}
+
+/// The noise seed of clip `c` (1-based) of candidate `j` in sample-level
+/// rollout.
+fn sequence_noise_seed(ctx: &RunContext, iter: u64, g: u64, j: u64, c: u64) -> u64 {
+    derive_seed(ctx.cfg.run.seed, iter, SeedDomain::Rollout, g, (c - 1) * ctx.cfg.rollout.candidates + j)
+}
+
+/// What a candidate of this iteration is: its clip index in the score
+/// table and the action windows it is judged on. Clip-level: clip n and its
+/// windows. Sample-level: the whole sequence (clip index N, every window).
+fn scored_span(ctx: &RunContext, row: &crate::tables::GroupRow, iter: u64) -> (u64, Vec<u8>) {
+    if sample_level(ctx) {
+        let n = ctx.cfg.rollout.clips;
+        (n, (1..=n).flat_map(|c| clip_windows(ctx, row, c)).collect())
+    } else {
+        let n = target_clip(iter, ctx.cfg.rollout.clips);
+        (n, clip_windows(ctx, row, n))
+    }
+}
+
+/// The committed rollout latents of group `g`: G candidates of one clip
+/// (clip-level) or of N clips each (sample-level), flattened.
+fn candidates_of(ctx: &RunContext, cfg: &wc_model::ModelConfig, files: &BTreeMap<u64, (&CommittedSet, String)>, iter: u64, g: u64) -> Result<Vec<f32>, StageError> {
+    if sample_level(ctx) {
+        let b = bindings(cfg, ctx).dim("N", ctx.cfg.rollout.clips as usize);
+        group_latents(ctx, files, "rollout", iter, g, &tensors::candidate_sequences(), &b)
+    } else {
+        group_latents(ctx, files, "rollout", iter, g, &tensors::candidate_clips(), &bindings(cfg, ctx))
+    }
+}
+
+/// sample-level rollout: G whole sequences per group, all G advanced one
+/// clip at a time as one batch, each clip's context the candidate's own
+/// earlier clips.
+fn rollout_sequences(ctx: &RunContext, o: &Opened, old: &world::WorldPolicy, iter: u64, shard: ShardSpec, dir: &str, pending: &mut PendingCommit) -> Result<usize, StageError> {
+    let sampler = world::sampler_config(ctx);
+    let (g_count, n) = (ctx.cfg.rollout.candidates as usize, ctx.cfg.rollout.clips);
+    let groups: Vec<_> = iteration_groups(ctx, &o.pool, iter).into_iter().filter(|(g, _)| shard.owns(*g as usize)).collect();
+    let pb = progress(groups.len() * n as usize, "rollout");
+    for (g, row) in &groups {
+        let first = first_latent(o, row.prompt_id)?;
+        let mut seqs: Vec<Vec<f32>> = vec![Vec::new(); g_count];
+        let mut noise_all: Vec<Vec<f32>> = vec![Vec::new(); g_count];
+        for c in 1..=n {
+            let contexts: Vec<Vec<f32>> = seqs.iter().map(|s| world::context_tokens(&o.cfg, &first, s)).collect();
+            let masks = vec![world::frame_masks(&o.cfg, &clip_windows(ctx, row, c)); g_count];
+            let noises: Vec<Vec<f32>> = (0..g_count as u64).map(|j| world::clip_noise(&o.cfg, sequence_noise_seed(ctx, iter, *g, j, c))).collect();
+            let clips = world::sample_clips(old, &sampler, &contexts, &masks, &noises)?;
+            let per = clips.len() / g_count;
+            for (j, clip) in clips.chunks_exact(per).enumerate() {
+                seqs[j].extend_from_slice(clip);
+                noise_all[j].extend_from_slice(&noises[j]);
+            }
+            pb.inc(1);
+        }
+        let mut shape = vec![g_count, n as usize];
+        shape.extend(world::clip_shape(&o.cfg));
+        let mut t = TensorSet::new();
+        t.insert("latents".into(), Tensor::from_f32(&shape, &seqs.concat()));
+        t.insert("noise".into(), Tensor::from_f32(&shape, &noise_all.concat()));
+        let b = bindings(&o.cfg, ctx).dim("N", n as usize);
+        write_tensors(ctx, pending, &layout::group_file(dir, *g), &tensors::candidate_sequences(), &b, &t)?;
+    }
+    pb.finish_and_clear();
+    Ok(groups.len())
+}
+
 fn prefix_of(ctx: &RunContext, cfg: &wc_model::ModelConfig, files: &BTreeMap<u64, (&CommittedSet, String)>, iter: u64, g: u64) -> Result<Vec<f32>, StageError> {
+    if sample_level(ctx) {
+        return Ok(Vec::new());
+    }
     let p = target_clip(iter, ctx.cfg.rollout.clips) as usize - 1;
     group_latents(ctx, files, "prefix", iter, g, &tensors::prefix_clips(), &bindings(cfg, ctx).dim("P", p))
 }
@@ -115,6 +196,9 @@ pub fn rollout(ctx: &RunContext, iter: u64, shard: ShardSpec, dir: &str, pending
     pending.add_input(&ckpt);
     prefixes.iter().for_each(|s| pending.add_input(s));
     let old = world::load_policy(ctx, &o.cfg, &ckpt, iter, "old_policy")?;
+    if sample_level(ctx) {
+        return rollout_sequences(ctx, &o, &old, iter, shard, dir, pending);
+    }
     let sampler = world::sampler_config(ctx);
     let files = group_files(&prefixes);
     let g_count = ctx.cfg.rollout.candidates;
@@ -172,15 +256,14 @@ pub fn score_candidates(
     candidates: &[f32],
 ) -> Result<(Vec<ScoreRow>, Vec<WindowRow>), StageError> {
     let (g, row) = group;
-    let n = target_clip(iter, ctx.cfg.rollout.clips);
-    let windows = clip_windows(ctx, row, n);
+    let (n, windows) = scored_span(ctx, row, iter);
     let metric = MetricConfig { tau_rot_deg: ctx.cfg.reward.tau_rot_deg, trans_thresholds: ctx.cfg.reward.trans_thresholds.clone(), ..Default::default() };
     let kin = Kinematics::default();
     let mode = match ctx.cfg.reward.vq_mode {
         wc_config::VqMode::Absolute => VqMode::Absolute,
         wc_config::VqMode::Drift => VqMode::Drift,
     };
-    let clip_len = world::clip_shape(cfg).iter().product::<usize>();
+    let clip_len = world::clip_shape(cfg).iter().product::<usize>() * if sample_level(ctx) { ctx.cfg.rollout.clips as usize } else { 1 };
     let stride = ctx.cfg.reward.vq_frame_stride as usize;
     let (mut scores, mut rows) = (Vec::new(), Vec::new());
     for (j, lat) in candidates.chunks_exact(clip_len).enumerate() {
@@ -248,7 +331,7 @@ pub fn reward(ctx: &RunContext, iter: u64, shard: ShardSpec, dir: &str, pending:
     let (mut scores, mut windows) = (Vec::new(), Vec::new());
     for (g, row) in &groups {
         let pre = prefix_of(ctx, &o.cfg, &pfiles, iter, *g)?;
-        let cands = group_latents(ctx, &cfiles, "rollout", iter, *g, &tensors::candidate_clips(), &bindings(&o.cfg, ctx))?;
+        let cands = candidates_of(ctx, &o.cfg, &cfiles, iter, *g)?;
         let first = first_latent(&o, row.prompt_id)?;
         let before = if pre.is_empty() { first.clone() } else { pre[pre.len() - fl..].to_vec() };
         let (s, w) = score_candidates(ctx, &o.cfg, &pose, params.device(), iter, (*g, row), &frames_of(&o.cfg, &first)[0], &frames_of(&o.cfg, &before)[0], &cands)?;
@@ -277,13 +360,15 @@ fn external_reward(
     use crate::external::{run_scorer, JobGroup, JobManifest};
     let (pfiles, cfiles) = (group_files(prefixes), group_files(rollouts));
     let work = tempfile::Builder::new().prefix("wc-external-").tempdir().map_err(|e| StageError::invalid("external scorer work folder", e.to_string()))?;
-    let n = target_clip(iter, ctx.cfg.rollout.clips);
-    let (fl, s, f) = (world::frame_len(&o.cfg), o.cfg.frame_size, o.cfg.frames_per_clip);
+    // Frames per candidate: one clip (clip-level) or the whole sequence.
+    let clips_per_candidate = if sample_level(ctx) { ctx.cfg.rollout.clips as usize } else { 1 };
+    let (fl, s, f) = (world::frame_len(&o.cfg), o.cfg.frame_size, o.cfg.frames_per_clip * clips_per_candidate);
+    let mut clip_index = target_clip(iter, ctx.cfg.rollout.clips);
     let g_count = ctx.cfg.rollout.candidates as usize;
     let mut groups = Vec::new();
     for (g, row) in iteration_groups(ctx, &o.pool, iter).into_iter().filter(|(g, _)| shard.owns(*g as usize)) {
         let pre = prefix_of(ctx, &o.cfg, &pfiles, iter, g)?;
-        let cands = group_latents(ctx, &cfiles, "rollout", iter, g, &tensors::candidate_clips(), &bindings(&o.cfg, ctx))?;
+        let cands = candidates_of(ctx, &o.cfg, &cfiles, iter, g)?;
         let before = if pre.is_empty() { first_latent(o, row.prompt_id)? } else { pre[pre.len() - fl..].to_vec() };
         let before_rgb = world::decode_frames(&o.cfg, &before);
         let mut frames = Vec::with_capacity(g_count * (f + 1) * s * s * 3);
@@ -296,13 +381,15 @@ fn external_reward(
         t.insert("frames".into(), Tensor::from_u8(&[g_count, f + 1, s, s, 3], &frames));
         let path = work.path().join(&name);
         std::fs::write(&path, wc_schemas::write_any(&path.display().to_string(), &t)?).map_err(|e| StageError::invalid(path.display().to_string(), e.to_string()))?;
-        groups.push(JobGroup { group_id: g, prompt_id: row.prompt_id, actions: clip_windows(ctx, &row, n), frames: name });
+        let (n, actions) = scored_span(ctx, &row, iter);
+        clip_index = n;
+        groups.push(JobGroup { group_id: g, prompt_id: row.prompt_id, actions, frames: name });
     }
     let job = JobManifest {
         run: ctx.store.uri().to_string(),
         iter,
         shard: shard.to_string(),
-        clip_index: n,
+        clip_index,
         candidates: g_count as u64,
         frames_per_window: 4,
         groups,
@@ -313,6 +400,18 @@ fn external_reward(
     let (_, bytes) = run_scorer(&ctx.cfg.reward.external_command, timeout, work.path(), &job)?;
     pending.write(&format!("{dir}/scores.parquet"), bytes::Bytes::from(bytes))?;
     Ok(1)
+}
+
+/// The clips a selected candidate is trained on, each as (clip index, the
+/// latent frames before it, its latents): clip-level, clip n after the
+/// shared prefix; sample-level, every clip of the candidate's own sequence
+/// after its own earlier clips.
+fn trained_clips<'a>(ctx: &RunContext, iter: u64, prefix: &'a [f32], own: &'a [f32], clip_len: usize) -> Vec<(u64, &'a [f32], &'a [f32])> {
+    if sample_level(ctx) {
+        own.chunks_exact(clip_len).enumerate().map(|(i, clip)| (i as u64 + 1, &own[..i * clip_len], clip)).collect()
+    } else {
+        vec![(target_clip(iter, ctx.cfg.rollout.clips), prefix, own)]
+    }
 }
 
 /// optimize: NFT on the selected candidates at a random subset of the
@@ -336,24 +435,32 @@ pub fn optimize(ctx: &RunContext, iter: u64, dir: &str, pending: &mut PendingCom
     let artifact = ctx.store.uri_of(&sel_path);
     let rows = selection_from_batch(&wc_schemas::read_table(&wc_schemas::tables::selection(), &artifact, sel.read(&sel_path)?)?, &artifact)?;
     let (pfiles, cfiles) = (group_files(&prefixes), group_files(&rollouts));
-    let n = target_clip(iter, ctx.cfg.rollout.clips);
     let steps = ctx.cfg.rollout.sampler_steps as usize;
     let times = sampler_times(steps, ctx.cfg.rollout.timestep_shift);
     let subset = timestep_subset(steps, o_cfg.timestep_fraction, derive_seed(ctx.cfg.run.seed, iter, SeedDomain::Optimize, 0, 0));
     let clip_len = world::clip_shape(&o.cfg).iter().product::<usize>();
+    let g_count = ctx.cfg.rollout.candidates as usize;
     let mut samples = Vec::new();
     for (g, group_rows) in rows.chunk_by(|a, b| a.score.group_id == b.score.group_id).map(|c| (c[0].score.group_id as u64, c)) {
         let row = groups.get(&g).ok_or_else(|| StageError::invalid(&artifact, format!("group {g} is not in iteration {iter}")))?;
         let pre = prefix_of(ctx, &o.cfg, &pfiles, iter, g)?;
-        let cands = group_latents(ctx, &cfiles, "rollout", iter, g, &tensors::candidate_clips(), &bindings(&o.cfg, ctx))?;
-        let context = world::context_tokens(&o.cfg, &first_latent(&o, row.prompt_id)?, &pre);
-        let masks = world::frame_masks(&o.cfg, &clip_windows(ctx, row, n));
+        let cands = candidates_of(ctx, &o.cfg, &cfiles, iter, g)?;
+        let first = first_latent(&o, row.prompt_id)?;
+        let per_candidate = cands.len() / g_count;
         for r in group_rows.iter().filter(|r| r.selected) {
             let j = r.score.candidate as usize;
-            let x = world::clip_tokens(&o.cfg, &cands[j * clip_len..(j + 1) * clip_len]);
-            for &ti in &subset {
-                let eps = world::clip_tokens(&o.cfg, &world::clip_noise(&o.cfg, derive_seed(ctx.cfg.run.seed, iter, SeedDomain::Optimize, g, (j * steps + ti) as u64 + 1)));
-                samples.push(NftSample { context: context.clone(), x: x.clone(), eps, t: times[ti] as f32, masks: masks.clone(), r: r.r as f32 });
+            let own = &cands[j * per_candidate..(j + 1) * per_candidate];
+            for (c, history, clip) in trained_clips(ctx, iter, &pre, own, clip_len) {
+                let context = world::context_tokens(&o.cfg, &first, history);
+                let masks = world::frame_masks(&o.cfg, &clip_windows(ctx, row, c));
+                let x = world::clip_tokens(&o.cfg, clip);
+                // Clip-level keeps its historical noise ids; sample-level
+                // numbers (clip, candidate) pairs after them.
+                let id = if sample_level(ctx) { (c as usize - 1) * g_count + j } else { j };
+                for &ti in &subset {
+                    let eps = world::clip_tokens(&o.cfg, &world::clip_noise(&o.cfg, derive_seed(ctx.cfg.run.seed, iter, SeedDomain::Optimize, g, (id * steps + ti) as u64 + 1)));
+                    samples.push(NftSample { context: context.clone(), x: x.clone(), eps, t: times[ti] as f32, masks: masks.clone(), r: r.r as f32 });
+                }
             }
         }
     }
