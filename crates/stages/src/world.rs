@@ -15,6 +15,12 @@
 //!   window (the frame before it and its last frame) and the metric maps its
 //!   motion to rotation and translation labels; VQ scores every
 //!   `vq_frame_stride`-th frame.
+//! - sample-level mode (`rollout.mode = "sample"`, the Table 2 ablation):
+//!   no prefix; rollout generates G whole sequences per group (all G
+//!   advanced one clip at a time as a batch, each clip's context the
+//!   candidate's own earlier clips), reward judges every window of a
+//!   sequence and scores all its frames, optimize trains every clip of each
+//!   selected sequence.
 //! - optimize: the NFT loss (`wc_model::nft`) on every selected candidate at
 //!   a random subset of the sampler's timesteps, v_old from the old (EMA)
 //!   policy, Muon/AdamW in minibatches, a step with a non-finite loss or
