@@ -64,6 +64,20 @@ fn killed_train_resumes_to_the_same_final_checkpoint() {
 }
 
 #[test]
+fn resumed_train_reports_committed_stages_in_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = file_uri(tmp.path(), "run");
+    wc_ok(&["train", "--run", &run, "--pipeline", &pipeline(), "--iters", "2"], &[]);
+    let again = wc_ok(&["train", "--run", &run, "--pipeline", &pipeline(), "--iters", "3"], &[]);
+    let lines: Vec<&str> = again.lines().collect();
+    assert!(lines[0].starts_with("iter 0 prefix onwards: 10 stages already committed"), "{again}");
+    assert_eq!(lines.iter().filter(|l| l.contains("already committed")).count(), 1, "{again}");
+    assert_eq!(lines.iter().filter(|l| l.starts_with("iter 2 ") && l.contains(": committed")).count(), 5, "{again}");
+    let third = wc_ok(&["train", "--run", &run, "--iters", "3"], &[]);
+    assert!(third.starts_with("iter 0 prefix onwards: 15 stages already committed; nothing to do\ntrained 3 iterations"), "{third}");
+}
+
+#[test]
 fn bad_config_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     let run = file_uri(tmp.path(), "run");

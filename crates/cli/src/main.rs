@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use wc_config::PipelineConfig;
-use wc_stages::{init_run, run_stage, run_status, train, InitOutcome, RunContext, StageRequest};
+use wc_stages::{init_run, run_stage, run_status, train, InitOutcome, RunContext, StageOutcome, StageRequest};
 use wc_store::{RunStore, ShardSpec};
 use worldcompass::{resolve_shard, Cli, Command};
 
@@ -96,14 +96,31 @@ fn run(cli: Cli) -> Result<()> {
             );
             bar.set_prefix("train");
             let mut t0 = std::time::Instant::now();
+            // Stages committed earlier are reported as one line per run of
+            // them (a resumed run would otherwise print five lines per
+            // finished iteration).
+            let mut skipped: Option<(String, usize)> = None;
+            let flush = |skipped: &mut Option<(String, usize)>| {
+                if let Some((from, n)) = skipped.take() {
+                    println!("{from} onwards: {n} stage{} already committed; nothing to do", if n == 1 { "" } else { "s" });
+                }
+            };
             train(&ctx, iters, |k, stage, outcome| {
                 let secs = t0.elapsed().as_secs_f64();
                 t0 = std::time::Instant::now();
                 bar.set_message(format!("iter {k} {}", stage.name()));
                 bar.inc(1);
-                bar.suspend(|| println!("iter {k} {}: {outcome} [{secs:.1} s]", stage.name()));
+                if matches!(outcome, StageOutcome::AlreadyCommitted { .. }) {
+                    skipped.get_or_insert_with(|| (format!("iter {k} {}", stage.name()), 0)).1 += 1;
+                    return;
+                }
+                bar.suspend(|| {
+                    flush(&mut skipped);
+                    println!("iter {k} {}: {outcome} [{secs:.1} s]", stage.name())
+                });
             })?;
             bar.finish_and_clear();
+            flush(&mut skipped);
             println!("trained {iters} iterations; checkpoint: {}/checkpoints/{iters:06}", ctx.store.uri());
         }
         Command::Status { run } => {
