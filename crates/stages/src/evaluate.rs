@@ -185,8 +185,12 @@ struct SequenceScore {
     frame_vq: Vec<f64>,
 }
 
-fn score_sequence(m: &LoadedModel, s: &HeldOut, clips: usize, source: ContextSource, sampler: &SamplerConfig, seed: u64) -> Result<SequenceScore, StageError> {
-    let cfg: &ModelConfig = &m.model.cfg;
+/// Generates clip `n` (1-based) of a sequence from context frames (u8 HWC:
+/// the first frame, then the recent ones) and per-frame action masks; returns
+/// its frames, u8 HWC.
+type ClipGenerator<'a> = dyn FnMut(usize, &[u8], &[u8]) -> Result<Vec<u8>, StageError> + 'a;
+
+fn score_sequence(cfg: &ModelConfig, s: &HeldOut, clips: usize, source: ContextSource, generate: &mut ClipGenerator) -> Result<SequenceScore, StageError> {
     let size = cfg.frame_size;
     let kin = Kinematics::default();
     let rcfg = RenderConfig { width: size, height: size, ..Default::default() };
@@ -206,7 +210,7 @@ fn score_sequence(m: &LoadedModel, s: &HeldOut, clips: usize, source: ContextSou
             ContextSource::GroundTruth => context_frames(&truth, first, cfg.context_frames),
         };
         let masks: Vec<u8> = (0..cfg.frames_per_clip).map(|j| actions[(first - 1 + j) / 4].0).collect();
-        let clip = generate_clip(m, &ctx, &masks, sampler, derive_seed(seed, n as u64, SeedDomain::Eval, s.scene_seed, s.actions.len() as u64))?;
+        let clip = generate(n, &ctx, &masks)?;
         generated.extend(clip.chunks_exact(per_frame).map(|f| f.to_vec()));
         let clip_f32: Vec<f32> = clip.iter().map(|v| *v as f32 / 255.0).collect();
         for w in 0..windows_per_clip {
@@ -226,6 +230,12 @@ fn score_sequence(m: &LoadedModel, s: &HeldOut, clips: usize, source: ContextSou
         .collect();
     out.frame_vq = wc_scorers::vq::clip_vq(&frames, VQ_FRAME_STRIDE, wc_scorers::vq::VqMode::Absolute, None).1;
     Ok(out)
+}
+
+/// A model as a [`ClipGenerator`]: each clip from its own seeded noise.
+fn model_generator<'a>(m: &'a LoadedModel, s: &HeldOut, sampler: &'a SamplerConfig, seed: u64) -> impl FnMut(usize, &[u8], &[u8]) -> Result<Vec<u8>, StageError> + 'a {
+    let (scene_seed, len) = (s.scene_seed, s.actions.len() as u64);
+    move |n, ctx, masks| generate_clip(m, ctx, masks, sampler, derive_seed(seed, n as u64, SeedDomain::Eval, scene_seed, len))
 }
 
 /// VQ is the mean over every 4th generated frame (the paper's sampling).
@@ -269,7 +279,7 @@ pub fn evaluate(
         let scored: Vec<SequenceScore> = of_kind
             .iter()
             .map(|s| {
-                let r = score_sequence(m, s, longest, source, sampler, seed);
+                let r = score_sequence(&m.model.cfg, s, longest, source, &mut model_generator(m, s, sampler, seed));
                 tick();
                 r
             })
@@ -413,6 +423,51 @@ pub fn table1(rows: &[crate::tables::EvalRow]) -> String {
 mod tests {
     use super::*;
     use crate::tables::EvalRow;
+
+    fn held_out_sequence(kind: &str, actions: &[u8]) -> HeldOut {
+        HeldOut { kind: kind.into(), scene_seed: 5, actions: actions.iter().map(|a| ActionMask(*a)).collect() }
+    }
+
+    /// The simulator's own frames as the "model": every window is right, in
+    /// both context modes (in the autoregressive one only if the probe's
+    /// camera tracking follows the found motions).
+    fn ground_truth_generator(cfg: &ModelConfig, s: &HeldOut) -> impl FnMut(usize, &[u8], &[u8]) -> Result<Vec<u8>, StageError> {
+        let rcfg = RenderConfig { width: cfg.frame_size, height: cfg.frame_size, ..Default::default() };
+        let scene = Scene::generate(s.scene_seed);
+        let truth: Vec<Vec<u8>> = Kinematics::default().trajectory(Pose::START, &s.actions).iter().map(|p| render(&scene, p, &rcfg).to_u8()).collect();
+        let f = cfg.frames_per_clip;
+        move |n, _ctx, _masks| Ok(truth[1 + (n - 1) * f..1 + n * f].concat())
+    }
+
+    #[test]
+    fn ground_truth_frames_score_every_window_right_in_both_context_modes() {
+        let cfg = ModelConfig { frame_size: 32, ..ModelConfig::tiny() };
+        // combined: one translation and one rotation bit per window
+        let s = held_out_sequence("combined", &[1 | 64, 2 | 16, 4 | 32, 8 | 128]);
+        for source in [ContextSource::Generated, ContextSource::GroundTruth] {
+            let clips = s.actions.len() * 4 / cfg.frames_per_clip;
+            let sc = score_sequence(&cfg, &s, clips, source, &mut ground_truth_generator(&cfg, &s)).unwrap();
+            assert_eq!(sc.windows.len(), 4);
+            assert!(sc.windows.iter().all(|((r, t), _)| *r && *t), "{source:?}: {:?}", sc.windows);
+            // A static camera gets none of these combined windows right.
+            assert!(sc.windows.iter().all(|(_, (r0, t0))| !*r0 && !*t0));
+            assert_eq!(sc.frame_vq.len(), 16 / VQ_FRAME_STRIDE);
+        }
+    }
+
+    #[test]
+    fn a_frozen_model_scores_like_the_static_camera() {
+        let cfg = ModelConfig { frame_size: 32, ..ModelConfig::tiny() };
+        let s = held_out_sequence("basic", &[1, 0, 16, 2]);
+        let size = cfg.frame_size * cfg.frame_size * 3;
+        // Repeats the last context frame: no motion at all.
+        let mut frozen = |_n: usize, ctx: &[u8], _m: &[u8]| Ok(ctx[ctx.len() - size..].repeat(cfg.frames_per_clip));
+        let sc = score_sequence(&cfg, &s, s.actions.len() * 4 / cfg.frames_per_clip, ContextSource::Generated, &mut frozen).unwrap();
+        let found: Vec<(bool, bool)> = sc.windows.iter().map(|(w, _)| *w).collect();
+        let still: Vec<(bool, bool)> = sc.windows.iter().map(|(_, s)| *s).collect();
+        assert_eq!(found, still);
+        assert_eq!(found, vec![(true, false), (true, true), (false, true), (true, false)]);
+    }
 
     #[test]
     fn lengths_parse_and_bad_ones_say_why() {
