@@ -217,8 +217,9 @@ pub enum Command {
     /// generated frame. Numbers come per length (--lengths, in clips) and
     /// action kind: rotation and translation accuracy, IF (their mean), the
     /// rate of windows with both right, VQ. With several --model, all use
-    /// the same sequences and noise, and a delta row (last minus first)
-    /// follows each length. --out appends the rows as Parquet to a store.
+    /// the same sequences and noise, and each length ends with a delta row
+    /// per model after the first (that model minus the first). --out
+    /// appends the rows as Parquet to a store.
     ///
     /// A model is a pre-training store (its newest checkpoint, or --step) or
     /// RUN@K for checkpoint K of a training run.

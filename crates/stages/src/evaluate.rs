@@ -364,8 +364,9 @@ pub fn eval_rows(run_unix_s: i64, label: &str, m: &LoadedModel, source: ContextS
 
 /// The results printed like the paper's Table 1: one row per length and
 /// model, accuracy (rotation, translation, IF, both right) and VQ per
-/// action kind, and with two or more models a delta row (last model minus
-/// the first) under each length.
+/// action kind, and with two or more models a delta row under each length
+/// for every model after the first (that model minus the first; with two
+/// models the row is labelled `delta`).
 pub fn table1(rows: &[crate::tables::EvalRow]) -> String {
     use std::fmt::Write;
     let mut models: Vec<&str> = Vec::new();
@@ -380,7 +381,7 @@ pub fn table1(rows: &[crate::tables::EvalRow]) -> String {
     }
     let cell = |model: &str, length: &str, kind: &str| rows.iter().find(|r| r.model == model && r.length == length && r.kind == kind);
     let metrics = |r: &crate::tables::EvalRow| [r.rot_acc, r.trans_acc, r.if_score, r.both_right, r.vq_score];
-    let width = models.iter().map(|m| m.len()).max().unwrap_or(5).max(12);
+    let width = models.iter().map(|m| m.len() + if models.len() > 2 { 6 } else { 0 }).max().unwrap_or(5).max(12);
     let mut out = String::new();
     let head = format!("{:>6} {:>5} {:<width$}", "length", "clips", "model");
     let _ = writeln!(out, "{:w$} | {:^38} | {:^38}", "", "basic", "combined", w = head.len());
@@ -401,8 +402,8 @@ pub fn table1(rows: &[crate::tables::EvalRow]) -> String {
                 .collect();
             let _ = writeln!(out, "{length:>6} {clips:>5} {m:<width$} | {} | {}", cells[0], cells[1]);
         }
-        if models.len() >= 2 {
-            let (a, b) = (models[0], models[models.len() - 1]);
+        for b in models.iter().skip(1) {
+            let a = models[0];
             let cells: Vec<String> = ["basic", "combined"]
                 .iter()
                 .map(|k| match (cell(a, length, k), cell(b, length, k)) {
@@ -413,7 +414,8 @@ pub fn table1(rows: &[crate::tables::EvalRow]) -> String {
                     _ => format!("{:^38}", "-"),
                 })
                 .collect();
-            let _ = writeln!(out, "{length:>6} {clips:>5} {:<width$} | {} | {}", "delta", cells[0], cells[1]);
+            let label = if models.len() == 2 { "delta".to_string() } else { format!("delta {b}") };
+            let _ = writeln!(out, "{length:>6} {clips:>5} {label:<width$} | {} | {}", cells[0], cells[1]);
         }
     }
     out
@@ -503,7 +505,7 @@ mod tests {
     }
 
     #[test]
-    fn table1_has_a_row_per_length_and_model_and_a_delta_of_last_minus_first() {
+    fn table1_has_a_row_per_length_and_model_and_deltas_against_the_first() {
         let mut rows = Vec::new();
         for (m, v) in [("base", 0.5), ("run@24", 0.9)] {
             for l in ["short", "long"] {
@@ -521,5 +523,12 @@ mod tests {
         assert!(delta[0].contains("+0.400") && delta[0].contains("+0.200") && delta[0].contains("-2.000"), "{t}");
         assert!(lines[2].starts_with(" short     1 base"), "{t}");
         assert!(lines[5].starts_with("  long     4 base"), "{t}");
+        // Three models: a delta row per model after the first, each against the first.
+        rows.extend(["basic", "combined"].iter().flat_map(|k| ["short", "long"].map(|l| row("ablation", l, k, 0.4))));
+        let t = table1(&rows);
+        let deltas: Vec<&str> = t.lines().filter(|l| l.contains("delta")).collect();
+        assert_eq!(deltas.len(), 4, "{t}");
+        assert!(deltas[0].contains("delta run@24") && deltas[1].contains("delta ablation"), "{t}");
+        assert!(deltas[1].contains("-0.100"), "{t}"); // basic rot 0.4 - 0.5
     }
 }
