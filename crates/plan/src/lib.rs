@@ -324,9 +324,14 @@ pub fn to_markdown(p: &CapacityPlan, cfg: &PipelineConfig, model: &ModelShape, h
 mod tests {
     use super::*;
 
+    /// The small linear pipeline switched to the world backend (the plan
+    /// sizes a world model; sample-level rollout exists only there), with
+    /// the lines of `text` replaced.
     fn config(text: &str) -> PipelineConfig {
         let base = include_str!("../../../pipelines/linear.toml");
-        let mut t = base.to_string();
+        let mut t = base
+            .replace("kind = \"linear\"", "kind = \"world\"\npreset = \"tiny\"")
+            .replace("vq_frame_stride = 4", "vq_frame_stride = 4\npose_model = \"models/pose\"");
         for line in text.lines().filter(|l| !l.is_empty()) {
             let key = line.split('=').next().unwrap().trim();
             let start = t.find(&format!("\n{key} ")).unwrap_or_else(|| panic!("no key {key}")) + 1;
