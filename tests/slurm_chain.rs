@@ -10,7 +10,7 @@ mod slurm;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use slurm::SlurmCluster;
 use support::*;
@@ -77,7 +77,7 @@ fn slurm_array_chain_over_s3_matches_local_train_also_after_a_requeue() {
     let moto = MotoServer::start();
     moto.create_bucket("wc-slurm");
     let cluster = SlurmCluster::start(&tmp.path().join("slurm"));
-    let t0 = std::time::Instant::now();
+    let t0 = Instant::now();
 
     // 1. Two iterations as job-array chains with 3 shards.
     let run = "s3://wc-slurm/runs/chain";
@@ -121,11 +121,27 @@ fn slurm_array_chain_over_s3_matches_local_train_also_after_a_requeue() {
             cluster.job_states(&task).iter().any(|s| s == "PENDING")
         });
         cluster.run("scontrol", &["update", &format!("jobid={task}"), "StartTime=now"]);
+        // `scontrol requeue` also requeues a task that finished between
+        // squeue and scontrol (a failure seen in CI): then its log has no
+        // cancellation, and the next array is tried. A task cancelled
+        // mid-run has the line once it is pending again; allow its writer
+        // a moment.
+        let (array, index) = task.split_once('_').unwrap();
+        let log_path = logs.join(format!("wc-{iter}-{stage}-{array}_{index}.out"));
+        let cancelled = || std::fs::read_to_string(&log_path).unwrap_or_default().contains("DUE TO JOB REQUEUE");
+        let t_check = Instant::now();
+        while !cancelled() && t_check.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if !cancelled() {
+            eprintln!("requeue of {task} ({stage} of iteration {iter}) landed after it had ended; trying the next array");
+            continue;
+        }
         requeued = Some((stage.clone(), *iter, task));
         break;
     }
     let (stage, iter, task) = requeued.expect("no array task could be requeued while running");
-    eprintln!("requeued {task} ({stage} of iteration {iter}) at {:?}", t0.elapsed());
+    eprintln!("requeued {task} ({stage} of iteration {iter}) mid-run at {:?}", t0.elapsed());
     cluster.wait_idle(Duration::from_secs(900));
     assert_all_completed(&cluster, &jobs);
     let (array, index) = task.split_once('_').unwrap();
