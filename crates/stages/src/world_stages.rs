@@ -120,16 +120,25 @@ fn sequence_noise_seed(ctx: &RunContext, iter: u64, g: u64, j: u64, c: u64) -> u
     derive_seed(ctx.cfg.run.seed, iter, SeedDomain::Rollout, g, (c - 1) * ctx.cfg.rollout.candidates + j)
 }
 
-/// What a candidate of this iteration is: its clip index in the score
-/// table and the action windows it is judged on. Clip-level: clip n and its
-/// windows. Sample-level: the whole sequence (clip index N, every window).
-fn scored_span(ctx: &RunContext, row: &crate::tables::GroupRow, iter: u64) -> (u64, Vec<u8>) {
+/// Clips in one candidate: 1 (clip-level) or N (sample-level, the whole
+/// sequence).
+fn clips_per_candidate(ctx: &RunContext) -> usize {
+    if sample_level(ctx) { ctx.cfg.rollout.clips as usize } else { 1 }
+}
+
+/// The clip index a candidate of iteration `iter` is recorded under in the
+/// score table: clip n (clip-level), or N for a whole sequence.
+fn scored_clip_index(ctx: &RunContext, iter: u64) -> u64 {
+    if sample_level(ctx) { ctx.cfg.rollout.clips } else { target_clip(iter, ctx.cfg.rollout.clips) }
+}
+
+/// The action windows a candidate of group `row` is judged on: clip n's
+/// (clip-level), or every window of the sequence (sample-level).
+fn scored_windows(ctx: &RunContext, row: &crate::tables::GroupRow, iter: u64) -> Vec<u8> {
     if sample_level(ctx) {
-        let n = ctx.cfg.rollout.clips;
-        (n, (1..=n).flat_map(|c| clip_windows(ctx, row, c)).collect())
+        (1..=ctx.cfg.rollout.clips).flat_map(|c| clip_windows(ctx, row, c)).collect()
     } else {
-        let n = target_clip(iter, ctx.cfg.rollout.clips);
-        (n, clip_windows(ctx, row, n))
+        clip_windows(ctx, row, target_clip(iter, ctx.cfg.rollout.clips))
     }
 }
 
@@ -256,14 +265,14 @@ pub fn score_candidates(
     candidates: &[f32],
 ) -> Result<(Vec<ScoreRow>, Vec<WindowRow>), StageError> {
     let (g, row) = group;
-    let (n, windows) = scored_span(ctx, row, iter);
+    let (n, windows) = (scored_clip_index(ctx, iter), scored_windows(ctx, row, iter));
     let metric = MetricConfig { tau_rot_deg: ctx.cfg.reward.tau_rot_deg, trans_thresholds: ctx.cfg.reward.trans_thresholds.clone(), ..Default::default() };
     let kin = Kinematics::default();
     let mode = match ctx.cfg.reward.vq_mode {
         wc_config::VqMode::Absolute => VqMode::Absolute,
         wc_config::VqMode::Drift => VqMode::Drift,
     };
-    let clip_len = world::clip_shape(cfg).iter().product::<usize>() * if sample_level(ctx) { ctx.cfg.rollout.clips as usize } else { 1 };
+    let clip_len = world::clip_shape(cfg).iter().product::<usize>() * clips_per_candidate(ctx);
     let stride = ctx.cfg.reward.vq_frame_stride as usize;
     let (mut scores, mut rows) = (Vec::new(), Vec::new());
     for (j, lat) in candidates.chunks_exact(clip_len).enumerate() {
@@ -361,9 +370,7 @@ fn external_reward(
     let (pfiles, cfiles) = (group_files(prefixes), group_files(rollouts));
     let work = tempfile::Builder::new().prefix("wc-external-").tempdir().map_err(|e| StageError::invalid("external scorer work folder", e.to_string()))?;
     // Frames per candidate: one clip (clip-level) or the whole sequence.
-    let clips_per_candidate = if sample_level(ctx) { ctx.cfg.rollout.clips as usize } else { 1 };
-    let (fl, s, f) = (world::frame_len(&o.cfg), o.cfg.frame_size, o.cfg.frames_per_clip * clips_per_candidate);
-    let mut clip_index = target_clip(iter, ctx.cfg.rollout.clips);
+    let (fl, s, f) = (world::frame_len(&o.cfg), o.cfg.frame_size, o.cfg.frames_per_clip * clips_per_candidate(ctx));
     let g_count = ctx.cfg.rollout.candidates as usize;
     let mut groups = Vec::new();
     for (g, row) in iteration_groups(ctx, &o.pool, iter).into_iter().filter(|(g, _)| shard.owns(*g as usize)) {
@@ -381,15 +388,13 @@ fn external_reward(
         t.insert("frames".into(), Tensor::from_u8(&[g_count, f + 1, s, s, 3], &frames));
         let path = work.path().join(&name);
         std::fs::write(&path, wc_schemas::write_any(&path.display().to_string(), &t)?).map_err(|e| StageError::invalid(path.display().to_string(), e.to_string()))?;
-        let (n, actions) = scored_span(ctx, &row, iter);
-        clip_index = n;
-        groups.push(JobGroup { group_id: g, prompt_id: row.prompt_id, actions, frames: name });
+        groups.push(JobGroup { group_id: g, prompt_id: row.prompt_id, actions: scored_windows(ctx, &row, iter), frames: name });
     }
     let job = JobManifest {
         run: ctx.store.uri().to_string(),
         iter,
         shard: shard.to_string(),
-        clip_index,
+        clip_index: scored_clip_index(ctx, iter),
         candidates: g_count as u64,
         frames_per_window: 4,
         groups,
@@ -454,8 +459,8 @@ pub fn optimize(ctx: &RunContext, iter: u64, dir: &str, pending: &mut PendingCom
                 let context = world::context_tokens(&o.cfg, &first, history);
                 let masks = world::frame_masks(&o.cfg, &clip_windows(ctx, row, c));
                 let x = world::clip_tokens(&o.cfg, clip);
-                // Clip-level keeps its historical noise ids; sample-level
-                // numbers (clip, candidate) pairs after them.
+                // Noise id of (clip, candidate): clip-level keeps its
+                // historical id j; sample-level numbers the pairs clip-major.
                 let id = if sample_level(ctx) { (c as usize - 1) * g_count + j } else { j };
                 for &ti in &subset {
                     let eps = world::clip_tokens(&o.cfg, &world::clip_noise(&o.cfg, derive_seed(ctx.cfg.run.seed, iter, SeedDomain::Optimize, g, (id * steps + ti) as u64 + 1)));
