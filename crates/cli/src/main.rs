@@ -232,10 +232,11 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(out) = out {
                 let store = RunStore::open(&out)?;
                 // Create-only: a second eval in the same second takes the next suffix.
+                let first = format!("eval/eval-{now}.parquet");
+                let bytes = wc_schemas::write_table(&wc_schemas::tables::eval_results(), &store.uri_of(&first), &wc_stages::tables::eval_to_batch(&rows))?;
                 for n in 0.. {
-                    let path = if n == 0 { format!("eval/eval-{now}.parquet") } else { format!("eval/eval-{now}-{n}.parquet") };
-                    let bytes = wc_schemas::write_table(&wc_schemas::tables::eval_results(), &store.uri_of(&path), &wc_stages::tables::eval_to_batch(&rows))?;
-                    if store.put_if_absent(&path, bytes)? {
+                    let path = if n == 0 { first.clone() } else { format!("eval/eval-{now}-{n}.parquet") };
+                    if store.put_if_absent(&path, bytes.clone())? {
                         println!("wrote {}", store.uri_of(&path));
                         break;
                     }
@@ -248,7 +249,7 @@ fn run(cli: Cli) -> Result<()> {
             let size = m.model.cfg.frame_size;
             let (acts, world, gt) = ground_truth(scene, &actions, size)?;
             let generated = wc_stages::evaluate::rollout_sequence(&m, &gt[0], &acts, &sampler.config(), sampler.seed)?;
-            let to_frame = |rgb: &Vec<u8>, w: usize| wc_world::Frame { width: w, height: size, rgb: rgb.iter().map(|v| *v as f32 / 255.0).collect() };
+            let to_frame = |rgb: &Vec<u8>, w: usize| wc_world::Frame::from_u8(w, size, rgb);
             let frames: Vec<wc_world::Frame> = if truth {
                 generated
                     .iter()

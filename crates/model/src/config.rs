@@ -94,6 +94,11 @@ impl ModelConfig {
         Ok(())
     }
 
+    /// 4-frame action windows per clip (at least 1).
+    pub fn windows_per_clip(&self) -> usize {
+        (self.frames_per_clip / crate::train::FRAMES_PER_WINDOW).max(1)
+    }
+
     /// Tokens per frame.
     pub fn tokens_per_frame(&self) -> usize {
         (self.frame_size / self.patch).pow(2)

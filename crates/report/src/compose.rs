@@ -36,7 +36,7 @@ pub fn side_by_side(columns: &[Vec<Vec<u8>>], size: usize, scale: usize, headers
             if let Some(l) = labels.get(t) {
                 c.text(gap as isize, (top + cell + 4) as isize, l, 1, [30, 30, 30]);
             }
-            Frame { width, height, rgb: c.rgb.iter().map(|v| *v as f32 / 255.0).collect() }
+            Frame::from_u8(width, height, &c.rgb)
         })
         .collect()
 }

@@ -194,7 +194,7 @@ fn score_sequence(cfg: &ModelConfig, s: &HeldOut, clips: usize, source: ContextS
     let size = cfg.frame_size;
     let kin = Kinematics::default();
     let rcfg = RenderConfig { width: size, height: size, ..Default::default() };
-    let windows_per_clip = (cfg.frames_per_clip / 4).max(1);
+    let windows_per_clip = cfg.windows_per_clip();
     let scene = Scene::generate(s.scene_seed);
     let actions = &s.actions[..clips * windows_per_clip];
     let poses = kin.trajectory(Pose::START, actions);
@@ -224,10 +224,7 @@ fn score_sequence(cfg: &ModelConfig, s: &HeldOut, clips: usize, source: ContextS
             out.windows.push((judge(found, actions[wi]), judge(ActionMask(0), actions[wi])));
         }
     }
-    let frames: Vec<wc_world::Frame> = generated[1..]
-        .iter()
-        .map(|f| wc_world::Frame { width: size, height: size, rgb: f.iter().map(|v| *v as f32 / 255.0).collect() })
-        .collect();
+    let frames: Vec<wc_world::Frame> = generated[1..].iter().map(|f| wc_world::Frame::from_u8(size, size, f)).collect();
     out.frame_vq = wc_scorers::vq::clip_vq(&frames, VQ_FRAME_STRIDE, wc_scorers::vq::VqMode::Absolute, None).1;
     Ok(out)
 }
@@ -265,7 +262,7 @@ pub fn evaluate(
     seed: u64,
     tick: &dyn Fn(),
 ) -> Result<Vec<ProtocolResult>, StageError> {
-    let windows_per_clip = (m.model.cfg.frames_per_clip / 4).max(1);
+    let windows_per_clip = m.model.cfg.windows_per_clip();
     let longest = lengths.iter().map(|l| l.clips).max().unwrap_or(0);
     if let Some(s) = seqs.iter().find(|s| s.actions.len() < longest * windows_per_clip) {
         return Err(StageError::invalid(
@@ -322,7 +319,7 @@ pub fn rollout_sequence(
 ) -> Result<Vec<Vec<u8>>, StageError> {
     let cfg = &m.model.cfg;
     let size = cfg.frame_size;
-    let windows_per_clip = (cfg.frames_per_clip / 4).max(1);
+    let windows_per_clip = cfg.windows_per_clip();
     let mut frames: Vec<Vec<u8>> = vec![first_frame.to_vec()];
     for (n, clip_actions) in actions.chunks(windows_per_clip).enumerate() {
         let ctx = context_frames(&frames, frames.len(), cfg.context_frames);

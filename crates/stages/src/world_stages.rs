@@ -247,7 +247,7 @@ fn frames_of(cfg: &wc_model::ModelConfig, latents: &[f32]) -> Vec<Frame> {
     let s = cfg.frame_size;
     world::decode_frames(cfg, latents)
         .chunks_exact(s * s * 3)
-        .map(|f| Frame { width: s, height: s, rgb: f.iter().map(|v| *v as f32 / 255.0).collect() })
+        .map(|f| Frame::from_u8(s, s, f))
         .collect()
 }
 

@@ -39,6 +39,11 @@ pub struct Frame {
 }
 
 impl Frame {
+    /// A frame from 8-bit RGB bytes (HWC), the inverse of [`Frame::to_u8`].
+    pub fn from_u8(width: usize, height: usize, rgb: &[u8]) -> Frame {
+        Frame { width, height, rgb: rgb.iter().map(|v| *v as f32 / 255.0).collect() }
+    }
+
     /// 8-bit RGB bytes (HWC).
     pub fn to_u8(&self) -> Vec<u8> {
         self.rgb.iter().map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8).collect()
@@ -197,6 +202,15 @@ mod tests {
 
     fn mse(a: &Frame, b: &Frame) -> f64 {
         a.rgb.iter().zip(&b.rgb).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>() / a.rgb.len() as f64
+    }
+
+    #[test]
+    fn u8_bytes_roundtrip_through_a_frame() {
+        let bytes: Vec<u8> = (0..2 * 3 * 3).map(|i| (i * 29 % 256) as u8).collect();
+        let f = Frame::from_u8(3, 2, &bytes);
+        assert_eq!((f.width, f.height), (3, 2));
+        assert_eq!(f.rgb[1], 29.0 / 255.0);
+        assert_eq!(f.to_u8(), bytes);
     }
 
     #[test]
