@@ -120,6 +120,21 @@ fn slurm_array_chain_over_s3_matches_local_train_also_after_a_requeue() {
         cluster.wait_for(Duration::from_secs(60), &format!("{task} to be pending after its requeue"), || {
             cluster.job_states(&task).iter().any(|s| s == "PENDING")
         });
+        // Release it only once slurmd has finished the cancelled run and a
+        // clock second has passed: a requeue revokes the job's credential,
+        // and slurmd refuses a relaunch whose credential was made in the
+        // same second ("Killing non-startable batch JobId=38: Job credential
+        // revoked", a failure seen in CI: the task ended FAILED and its
+        // dependents were cancelled).
+        let raw_id = cluster.raw_job_id(&task);
+        let done = format!("[{raw_id}.batch] done with job");
+        cluster.wait_for(Duration::from_secs(60), &format!("slurmd to finish the cancelled run of {task}"), || {
+            cluster.slurmd_log().contains(&done)
+        });
+        let finished_at = std::time::SystemTime::now();
+        cluster.wait_for(Duration::from_secs(10), "the credential revocation's second to pass", || {
+            finished_at.elapsed().is_ok_and(|d| d >= Duration::from_secs(2))
+        });
         cluster.run("scontrol", &["update", &format!("jobid={task}"), "StartTime=now"]);
         // `scontrol requeue` also requeues a task that finished between
         // squeue and scontrol (a failure seen in CI): then its log has no

@@ -163,6 +163,18 @@ impl SlurmCluster {
             .collect()
     }
 
+    /// The job id slurmd uses for a job or array task ("26_1" -> "38").
+    pub fn raw_job_id(&self, job: &str) -> String {
+        let info = self.run("scontrol", &["show", "job", job]);
+        let id = info.split_whitespace().find_map(|w| w.strip_prefix("JobId="));
+        id.unwrap_or_else(|| panic!("scontrol show job {job} has no JobId: {info}")).to_string()
+    }
+
+    /// The whole slurmd log.
+    pub fn slurmd_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("log/slurmd.log")).unwrap_or_default()
+    }
+
     /// The daemons' logs, for failure messages.
     pub fn logs(&self) -> String {
         let mut s = String::new();
