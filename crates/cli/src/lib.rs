@@ -487,6 +487,12 @@ pub enum ScorersWhat {
         /// Frame size it reads (the world model's).
         #[arg(long, default_value_t = 32)]
         frame_size: usize,
+        /// Also read each window after undoing its rotation (a rotation
+        /// search over homographies): combined turn-and-move windows then
+        /// show their translation like basic ones. `false` gives the
+        /// cost-volume-only estimator of earlier versions.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        derotate: bool,
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },

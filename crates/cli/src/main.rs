@@ -435,11 +435,11 @@ fn run(cli: Cli) -> Result<()> {
 fn scorers(what: worldcompass::ScorersWhat) -> anyhow::Result<()> {
     use worldcompass::ScorersWhat;
     match what {
-        ScorersWhat::TrainPose { out, steps, batch, lr, checkpoint_every, hidden, frame_size, seed } => {
+        ScorersWhat::TrainPose { out, steps, batch, lr, checkpoint_every, hidden, frame_size, derotate, seed } => {
             anyhow::ensure!(checkpoint_every > 0, "--checkpoint-every must be at least 1");
             let out = RunStore::open(&out)?;
             let settings = wc_stages::scorer_models::PoseSettings {
-                model: wc_scorers::pose::PoseConfig { frame_size, hidden },
+                model: wc_scorers::pose::PoseConfig { frame_size, hidden, derotate },
                 seed,
                 batch,
                 lr,

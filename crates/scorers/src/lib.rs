@@ -10,6 +10,7 @@
 //! - [`degrade`]: graded degradations that validate the VQ scorer.
 
 pub mod degrade;
+pub mod derotate;
 pub mod pose;
 pub mod vq;
 
@@ -22,6 +23,8 @@ pub enum ScorerError {
     Candle(#[from] candle_core::Error),
     #[error("pose estimator checkpoint: {0}")]
     Checkpoint(String),
+    #[error("pose estimator input: {0}")]
+    Input(String),
 }
 
 pub type Result<T> = std::result::Result<T, ScorerError>;

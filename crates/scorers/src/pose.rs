@@ -17,7 +17,18 @@
 //! moves every block alike, sideways translation moves near blocks (the
 //! ground) more than far ones, forward motion spreads blocks outward: the
 //! volume holds that geometry and not the scene's appearance, so the
-//! estimator carries over to scenes it never saw. It is trained on
+//! estimator carries over to scenes it never saw.
+//!
+//! A combined window (turn and move at once) is where one volume is not
+//! enough: a 20 degree turn shifts the view by a quarter of the frame and
+//! swamps the translation's few pixels of parallax. With
+//! [`PoseConfig::derotate`] a second network reads the translation: the
+//! first network's turn is undone by its rotation homography (see
+//! [`crate::derotate`]), and the volume of the de-rotated pair, which
+//! differs by translation alone, is its input beside the first volume. It
+//! is trained on pairs de-rotated by the true turn.
+//!
+//! Both networks are trained on
 //! simulator renders with exact poses: every batch is rendered fresh from
 //! training scenes (seeds disjoint from the
 //! held-out scenes), random start poses, and window motions drawn from all
@@ -41,6 +52,7 @@ use wc_world::render::render;
 use wc_world::{ActionMask, Frame, Kinematics, Pose, RenderConfig, Scene};
 
 use crate::degrade::{degrade, Degradation};
+use crate::derotate::{derotate, fit_start_pitch};
 use crate::Result;
 
 /// Architecture and data of the estimator.
@@ -48,11 +60,16 @@ use crate::Result;
 pub struct PoseConfig {
     pub frame_size: usize,
     pub hidden: usize,
+    /// Also read the pair after undoing the window's rotation (see
+    /// [`crate::derotate`]): its cost volume and the rotation found. Off in
+    /// estimators saved before it existed.
+    #[serde(default)]
+    pub derotate: bool,
 }
 
 impl Default for PoseConfig {
     fn default() -> Self {
-        PoseConfig { frame_size: 32, hidden: 256 }
+        PoseConfig { frame_size: 32, hidden: 256, derotate: true }
     }
 }
 
@@ -82,8 +99,18 @@ impl PoseConfig {
     pub fn block_features(&self) -> usize {
         self.coarse_shifts().len().pow(2) + 5
     }
-    pub fn input_dim(&self) -> usize {
+    /// Inputs of one cost volume (every block's features).
+    pub fn volume_dim(&self) -> usize {
         self.block_starts().len().pow(2) * self.block_features()
+    }
+    /// Inputs of the rotation network (one cost volume).
+    pub fn input_dim(&self) -> usize {
+        self.volume_dim()
+    }
+    /// Inputs of the translation network: both cost volumes and the start
+    /// pitch search's result.
+    pub fn translation_dim(&self) -> usize {
+        2 * self.volume_dim() + ROTATION_FEATURES
     }
 }
 
@@ -93,77 +120,145 @@ pub const TRAIN_SCENES: u64 = 4096;
 /// Scene seeds of held-out evaluation: never trained on.
 pub const HELD_OUT_SCENE_BASE: u64 = 0xE7A1_0000_0000;
 
+/// Inputs describing the de-rotation: the start pitch found, and how much
+/// of the frame difference the rotation explains.
+pub const ROTATION_FEATURES: usize = 2;
+
 /// Motion axes the estimator classifies.
 pub const AXES: usize = 4;
 
-/// The estimator network.
-pub struct PoseNet {
-    pub cfg: PoseConfig,
+/// A residual MLP classifying `axes` motion axes as negative, none or
+/// positive.
+struct AxisClassifier {
+    axes: usize,
     l1: Linear,
     l2: Linear,
     l3: Linear,
     head: Linear,
 }
 
-impl PoseNet {
-    pub fn new(cfg: &PoseConfig, p: &mut Params) -> Result<Self> {
-        let h = cfg.hidden;
-        Ok(PoseNet {
-            cfg: cfg.clone(),
-            l1: Linear::new(p, "pose.l1", cfg.input_dim(), h, None, true)?,
-            l2: Linear::new(p, "pose.l2", h, h, None, true)?,
-            l3: Linear::new(p, "pose.l3", h, h, None, true)?,
-            head: Linear::new(p, "pose.head", h, AXES * 3, None, true)?,
+impl AxisClassifier {
+    fn new(p: &mut Params, prefix: &str, input: usize, hidden: usize, axes: usize) -> Result<Self> {
+        Ok(AxisClassifier {
+            axes,
+            l1: Linear::new(p, &format!("{prefix}.l1"), input, hidden, None, true)?,
+            l2: Linear::new(p, &format!("{prefix}.l2"), hidden, hidden, None, true)?,
+            l3: Linear::new(p, &format!("{prefix}.l3"), hidden, hidden, None, true)?,
+            head: Linear::new(p, &format!("{prefix}.head"), hidden, axes * 3, None, true)?,
         })
     }
 
-    /// Logits [B, AXES, 3] (classes: negative, none, positive).
-    pub fn logits(&self, input: &Tensor) -> Result<Tensor> {
+    /// Logits [B, axes, 3] (classes: negative, none, positive).
+    fn logits(&self, input: &Tensor) -> Result<Tensor> {
         let x = self.l1.forward(input)?.gelu()?;
         let x = (&x + self.l2.forward(&x)?.gelu()?)?;
         let x = (&x + self.l3.forward(&x)?.gelu()?)?;
         let b = input.dim(0)?;
-        Ok(self.head.forward(&x)?.reshape((b, AXES, 3))?)
+        Ok(self.head.forward(&x)?.reshape((b, self.axes, 3))?)
     }
 
     /// Mean cross-entropy of the axis labels (class index 0, 1, 2 per axis).
-    pub fn loss(&self, input: &Tensor, labels: &[u32]) -> Result<Tensor> {
+    fn loss(&self, input: &Tensor, labels: &[u32]) -> Result<Tensor> {
         let logits = self.logits(input)?;
         let b = logits.dim(0)?;
-        let flat = logits.reshape((b * AXES, 3))?;
-        let target = Tensor::from_vec(labels.to_vec(), b * AXES, input.device())?;
+        let flat = logits.reshape((b * self.axes, 3))?;
+        let target = Tensor::from_vec(labels.to_vec(), b * self.axes, input.device())?;
         Ok(candle_nn::loss::cross_entropy(&flat, &target)?)
     }
 
-    /// Window motions of a batch of inputs.
-    pub fn estimate_batch(&self, input: &Tensor, kin: &Kinematics) -> Result<Vec<WindowMotion>> {
-        let p = candle_nn::ops::softmax(&self.logits(input)?, D::Minus1)?.to_dtype(DType::F64)?.to_vec3::<f64>()?;
+    /// Class probabilities, [B][axes][3].
+    fn probs(&self, input: &Tensor) -> Result<Vec<Vec<Vec<f64>>>> {
+        Ok(candle_nn::ops::softmax(&self.logits(input)?, D::Minus1)?.to_dtype(DType::F64)?.to_vec3::<f64>()?)
+    }
+}
+
+/// The estimator: a rotation network over the window's cost volume (all
+/// four axes), and with `derotate` a translation network that reads the
+/// window again after undoing the rotation the first one found.
+pub struct PoseNet {
+    pub cfg: PoseConfig,
+    rotation: AxisClassifier,
+    translation: Option<AxisClassifier>,
+}
+
+impl PoseNet {
+    pub fn new(cfg: &PoseConfig, p: &mut Params) -> Result<Self> {
+        let rotation = AxisClassifier::new(p, "pose", cfg.input_dim(), cfg.hidden, AXES)?;
+        let translation = match cfg.derotate {
+            true => Some(AxisClassifier::new(p, "pose.translation", cfg.translation_dim(), cfg.hidden, 2)?),
+            false => None,
+        };
+        Ok(PoseNet { cfg: cfg.clone(), rotation, translation })
+    }
+
+    /// Mean cross-entropy of a batch: the rotation network's four axes, plus
+    /// the translation network's two on the inputs de-rotated by the true
+    /// rotation.
+    pub fn loss(&self, batch: &PoseBatch) -> Result<Tensor> {
+        let loss = self.rotation.loss(&batch.input, &batch.labels)?;
+        match (&self.translation, &batch.translation_input) {
+            (Some(t), Some(x)) => {
+                let labels: Vec<u32> = batch.labels.chunks(AXES).flat_map(|l| [l[2], l[3]]).collect();
+                Ok((loss + t.loss(x, &labels)?)?)
+            }
+            (None, _) => Ok(loss),
+            (Some(_), None) => Err(crate::ScorerError::Input("the batch has no de-rotated inputs for the translation network".into())),
+        }
+    }
+
+    /// Window motions of (first frame, last frame) pairs. The rotation
+    /// network reads every axis; with `derotate`, each window is then
+    /// de-rotated by the rotation it found and the translation network's
+    /// reading replaces the translation axes.
+    pub fn estimate_pairs(&self, pairs: &[(Frame, Frame)], kin: &Kinematics, device: &Device) -> Result<Vec<WindowMotion>> {
+        if pairs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let volumes: Vec<Vec<f32>> = pairs.par_iter().map(|(a, b)| window_input(&self.cfg, a, b)).collect();
+        let x = Tensor::from_vec(volumes.concat(), (pairs.len(), self.cfg.input_dim()), device)?;
+        let mut classes: Vec<[f64; AXES]> = self.rotation.probs(&x)?.iter().map(|a| std::array::from_fn(|i| map_class(&a[i]))).collect();
+        if let Some(t) = &self.translation {
+            let rotations: Vec<(i8, i8)> = classes.iter().map(|c| (reading_sign(c[0]), reading_sign(c[1]))).collect();
+            let inputs: Vec<Vec<f32>> = pairs
+                .par_iter()
+                .zip(volumes.par_iter())
+                .zip(rotations.par_iter())
+                .map(|(((a, b), v), r)| translation_input(&self.cfg, a, b, v, *r, kin))
+                .collect();
+            let x = Tensor::from_vec(inputs.concat(), (pairs.len(), self.cfg.translation_dim()), device)?;
+            for (c, p) in classes.iter_mut().zip(t.probs(&x)?) {
+                c[2] = map_class(&p[0]);
+                c[3] = map_class(&p[1]);
+            }
+        }
         let w = kin.frames_per_window as f64;
         let (turn, step) = (kin.turn_step_deg * w, kin.move_step * w);
-        Ok(p.iter()
-            .map(|a| {
-                // The most probable class, with its probability as the
-                // magnitude: "none" is exactly zero motion, so uncertainty
-                // between classes never leaks past the metric's thresholds.
-                let e = |i: usize| {
-                    let p = &a[i];
-                    if p[2] > p[1] && p[2] >= p[0] {
-                        p[2]
-                    } else if p[0] > p[1] && p[0] > p[2] {
-                        -p[0]
-                    } else {
-                        0.0
-                    }
-                };
-                WindowMotion { dyaw_deg: turn * e(0), dpitch_deg: turn * e(1), forward: step * e(2), right: step * e(3) }
-            })
-            .collect())
+        Ok(classes.iter().map(|e| WindowMotion { dyaw_deg: turn * e[0], dpitch_deg: turn * e[1], forward: step * e[2], right: step * e[3] }).collect())
+    }
+}
+
+/// The class of a signed reading: -1, 0 (none) or +1. (`f64::signum`
+/// gives +1 for 0.0: it de-rotated every turn-free window by a right turn.)
+fn reading_sign(x: f64) -> i8 {
+    (x > 0.0) as i8 - (x < 0.0) as i8
+}
+
+/// The signed reading of one axis: the most probable class, with its
+/// probability as the magnitude. "None" is exactly zero motion, so doubt
+/// between classes never leaks past the metric's thresholds.
+fn map_class(p: &[f64]) -> f64 {
+    if p[2] > p[1] && p[2] >= p[0] {
+        p[2]
+    } else if p[0] > p[1] && p[0] > p[2] {
+        -p[0]
+    } else {
+        0.0
     }
 }
 
 /// Mean squared difference of a block of `first` at (bx, by) against
 /// `last` shifted by (dx, dy), over the pixels that stay in the frame
-/// (None when fewer than a quarter do).
+/// and that `last` sees (None when fewer than a quarter do).
 fn block_cost(first: &Frame, last: &Frame, bx: usize, by: usize, b: usize, dx: isize, dy: isize) -> Option<f32> {
     let (w, h) = (first.width as isize, first.height as isize);
     let (mut sum, mut n) = (0.0f32, 0usize);
@@ -178,6 +273,9 @@ fn block_cost(first: &Frame, last: &Frame, bx: usize, by: usize, b: usize, dx: i
                 continue;
             }
             let (i, j) = ((y * first.width + x) * 3, (yy as usize * first.width + xx as usize) * 3);
+            if last.rgb[j].is_nan() {
+                continue; // not seen by a de-rotated last frame
+            }
             for c in 0..3 {
                 let d = first.rgb[i + c] - last.rgb[j + c];
                 sum += d * d;
@@ -188,16 +286,39 @@ fn block_cost(first: &Frame, last: &Frame, bx: usize, by: usize, b: usize, dx: i
     (n * 4 >= b * b).then(|| sum / n as f32)
 }
 
-/// The network input of one window (see the module doc): per block of the
-/// first frame, its cost volume against the last frame on a coarse grid of
-/// shifts (normalised by its mean), the best whole-pixel shift, the
-/// soft-argmin shift over all whole-pixel shifts, and how much better the
-/// best match is than the average one.
+/// The rotation network's input for one window (see the module doc): per
+/// block of the first frame, its cost volume against the last frame on a
+/// coarse grid of shifts (normalised by its mean), the best whole-pixel
+/// shift, the soft-argmin shift over all whole-pixel shifts, and how much
+/// better the best match is than the average one.
 pub fn window_input(cfg: &PoseConfig, first: &Frame, last: &Frame) -> Vec<f32> {
     assert_eq!((first.width, first.height), (cfg.frame_size, cfg.frame_size), "frames must be {0}x{0}", cfg.frame_size);
+    let mut out = Vec::with_capacity(cfg.input_dim());
+    cost_volume(cfg, first, last, &mut out);
+    out
+}
+
+/// The translation network's input for one window whose rotation signs
+/// (yaw, pitch) are `rotation`: the window's own volume, the volume of the
+/// first frame against the last frame de-rotated by the nominal rotation
+/// (the start pitch searched, see [`crate::derotate`]), the start pitch
+/// found and the share of the frame difference the rotation explains.
+pub fn translation_input(cfg: &PoseConfig, first: &Frame, last: &Frame, volume: &[f32], rotation: (i8, i8), kin: &Kinematics) -> Vec<f32> {
+    let turn = kin.turn_step_deg * kin.frames_per_window as f64;
+    let fov = wc_world::RenderConfig::default().fov_deg;
+    let fit = fit_start_pitch(first, last, rotation.0 as f64 * turn, rotation.1 as f64 * turn, fov);
+    let mut out = Vec::with_capacity(cfg.translation_dim());
+    out.extend_from_slice(volume);
+    cost_volume(cfg, first, &derotate(last, &fit.rotation, fov), &mut out);
+    let explained = if fit.identity_error > 0.0 { 1.0 - fit.error / fit.identity_error } else { 0.0 };
+    out.extend([fit.rotation.pitch0_deg / 30.0, explained.max(-1.0)].map(|v| v as f32));
+    out
+}
+
+/// Append one cost volume's block features (see [`window_input`]).
+fn cost_volume(cfg: &PoseConfig, first: &Frame, last: &Frame, out: &mut Vec<f32>) {
     let (b, starts, coarse, max) = (cfg.block(), cfg.block_starts(), cfg.coarse_shifts(), cfg.max_shift());
     let scale = max as f32;
-    let mut out = Vec::with_capacity(cfg.input_dim());
     for &by in &starts {
         for &bx in &starts {
             // Every whole-pixel shift.
@@ -229,7 +350,6 @@ pub fn window_input(cfg: &PoseConfig, first: &Frame, last: &Frame) -> Vec<f32> {
             out.extend([best.0 as f32 / scale, best.1 as f32 / scale, sx / sw / scale, sy / sw / scale, 1.0 - best.2 / mean]);
         }
     }
-    out
 }
 
 /// Class labels of a true window motion: per axis 0 (negative), 1 (none),
@@ -245,21 +365,39 @@ pub fn labels_of(action: ActionMask) -> [u32; AXES] {
 pub fn estimate_motions(net: &PoseNet, frames: &[Frame], kin: &Kinematics, device: &Device) -> Result<Vec<WindowMotion>> {
     let f = kin.frames_per_window;
     let windows = frames.len().saturating_sub(1) / f;
-    if windows == 0 {
-        return Ok(Vec::new());
-    }
-    let input: Vec<f32> = (0..windows).flat_map(|w| window_input(&net.cfg, &frames[w * f], &frames[(w + 1) * f])).collect();
-    let t = Tensor::from_vec(input, (windows, net.cfg.input_dim()), device)?;
-    net.estimate_batch(&t, kin)
+    let pairs: Vec<(Frame, Frame)> = (0..windows).map(|w| (frames[w * f].clone(), frames[(w + 1) * f].clone())).collect();
+    net.estimate_pairs(&pairs, kin, device)
 }
 
-/// One example of the estimator's data: inputs, labels, and the action.
+/// One window of the estimator's data: its first and last frame, the
+/// commanded action and the true motion.
+#[derive(Debug, Clone)]
+pub struct PoseWindow {
+    pub first: Frame,
+    pub last: Frame,
+    pub action: ActionMask,
+    pub truth: WindowMotion,
+}
+
+/// One training example: a window's inputs and labels.
 #[derive(Debug, Clone)]
 pub struct PoseExample {
     pub input: Vec<f32>,
+    /// The translation network's input, de-rotated by the true rotation
+    /// (None without `derotate`).
+    pub translation_input: Option<Vec<f32>>,
     pub labels: [u32; AXES],
     pub action: ActionMask,
     pub truth: WindowMotion,
+}
+
+impl PoseExample {
+    pub fn of(cfg: &PoseConfig, w: &PoseWindow) -> PoseExample {
+        let kin = Kinematics::default();
+        let input = window_input(cfg, &w.first, &w.last);
+        let translation_input = cfg.derotate.then(|| translation_input(cfg, &w.first, &w.last, &input, w.action.rotation(), &kin));
+        PoseExample { input, translation_input, labels: labels_of(w.action), action: w.action, truth: w.truth }
+    }
 }
 
 /// Which actions an example draws.
@@ -271,9 +409,9 @@ pub enum ActionDraw {
     Combined,
 }
 
-/// Render example `index` from scene seeds `scene_base + (0..scenes)`.
+/// Render window `index` from scene seeds `scene_base + (0..scenes)`.
 /// `augment` blurs or noises half the examples mildly.
-pub fn render_example(cfg: &PoseConfig, seed: u64, index: u64, scene_base: u64, scenes: u64, draw: ActionDraw, augment: bool) -> PoseExample {
+pub fn render_window(cfg: &PoseConfig, seed: u64, index: u64, scene_base: u64, scenes: u64, draw: ActionDraw, augment: bool) -> PoseWindow {
     let size = cfg.frame_size;
     let kin = Kinematics::default();
     let mut rng = ChaCha8Rng::seed_from_u64(SplitMix64::new(seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15)).next_u64());
@@ -318,12 +456,7 @@ pub fn render_example(cfg: &PoseConfig, seed: u64, index: u64, scene_base: u64, 
         a = degrade(&a, kind, 1, s);
         b = degrade(&b, kind, 1, s ^ 1);
     }
-    PoseExample {
-        input: window_input(cfg, &a, &b),
-        labels: labels_of(action),
-        action,
-        truth: WindowMotion::between(&poses[0], poses.last().expect("non-empty")),
-    }
+    PoseWindow { first: a, last: b, action, truth: WindowMotion::between(&poses[0], poses.last().expect("non-empty")) }
 }
 
 /// A training batch of `batch` examples for step `step` (parallel, and the
@@ -331,15 +464,27 @@ pub fn render_example(cfg: &PoseConfig, seed: u64, index: u64, scene_base: u64, 
 pub fn training_batch(cfg: &PoseConfig, seed: u64, step: u64, batch: usize) -> Vec<PoseExample> {
     (0..batch as u64)
         .into_par_iter()
-        .map(|i| render_example(cfg, seed ^ step.wrapping_mul(0xA24B_AED4_963E_E407), i, TRAIN_SCENE_BASE, TRAIN_SCENES, ActionDraw::Training, true))
+        .map(|i| PoseExample::of(cfg, &render_window(cfg, seed ^ step.wrapping_mul(0xA24B_AED4_963E_E407), i, TRAIN_SCENE_BASE, TRAIN_SCENES, ActionDraw::Training, true)))
         .collect()
 }
 
-/// Stack examples into an input tensor and flat labels.
-pub fn stack(examples: &[PoseExample], dim: usize, device: &Device) -> Result<(Tensor, Vec<u32>)> {
+/// A batch as tensors: the rotation network's inputs, the translation
+/// network's (with `derotate`), and the flat axis labels.
+pub struct PoseBatch {
+    pub input: Tensor,
+    pub translation_input: Option<Tensor>,
+    pub labels: Vec<u32>,
+}
+
+/// Stack examples into a batch.
+pub fn stack(cfg: &PoseConfig, examples: &[PoseExample], device: &Device) -> Result<PoseBatch> {
     let input: Vec<f32> = examples.iter().flat_map(|e| e.input.iter().copied()).collect();
     let labels = examples.iter().flat_map(|e| e.labels).collect();
-    Ok((Tensor::from_vec(input, (examples.len(), dim), device)?, labels))
+    let translation_input = match examples.iter().map(|e| e.translation_input.as_deref()).collect::<Option<Vec<&[f32]>>>() {
+        Some(t) if cfg.derotate => Some(Tensor::from_vec(t.concat(), (examples.len(), cfg.translation_dim()), device)?),
+        _ => None,
+    };
+    Ok(PoseBatch { input: Tensor::from_vec(input, (examples.len(), cfg.input_dim()), device)?, translation_input, labels })
 }
 
 /// Training state of the estimator (AdamW on every parameter).
@@ -369,8 +514,8 @@ impl PoseTrainer {
     /// One step on the batch of `step`; returns the loss.
     pub fn step(&mut self, step: u64, total: u64) -> Result<f64> {
         let ex = training_batch(&self.net.cfg, self.seed, step, self.batch);
-        let (x, y) = stack(&ex, self.net.cfg.input_dim(), self.params.device())?;
-        let loss = self.net.loss(&x, &y)?;
+        let batch = stack(&self.net.cfg, &ex, self.params.device())?;
+        let loss = self.net.loss(&batch)?;
         let grads = loss.backward()?;
         self.opt.apply(&self.params, &grads, self.lr_at(step, total))?;
         Ok(loss.to_dtype(DType::F64)?.to_scalar::<f64>()?)
@@ -384,12 +529,9 @@ pub fn held_out_predictions(net: &PoseNet, draw: ActionDraw, count: usize, seed:
     let kin = Kinematics::default();
     let mut out = Vec::with_capacity(count);
     for chunk in (0..count as u64).collect::<Vec<_>>().chunks(256) {
-        let ex: Vec<PoseExample> = chunk
-            .par_iter()
-            .map(|i| render_example(&net.cfg, seed, *i, HELD_OUT_SCENE_BASE, 1 << 20, draw, false))
-            .collect();
-        let (x, _) = stack(&ex, net.cfg.input_dim(), device)?;
-        out.extend(ex.iter().map(|e| e.action).zip(net.estimate_batch(&x, &kin)?));
+        let windows: Vec<PoseWindow> = chunk.par_iter().map(|i| render_window(&net.cfg, seed, *i, HELD_OUT_SCENE_BASE, 1 << 20, draw, false)).collect();
+        let pairs: Vec<(Frame, Frame)> = windows.iter().map(|w| (w.first.clone(), w.last.clone())).collect();
+        out.extend(windows.iter().map(|w| w.action).zip(net.estimate_pairs(&pairs, &kin, device)?));
     }
     Ok(out)
 }
@@ -424,16 +566,18 @@ mod tests {
         // from the true motion of the rendered window.
         let metric = MetricConfig::default();
         for i in 0..200 {
-            let e = render_example(&PoseConfig { frame_size: 16, hidden: 8 }, 3, i, TRAIN_SCENE_BASE, 16, ActionDraw::Training, false);
+            let e = render_window(&PoseConfig { frame_size: 16, hidden: 8, derotate: true }, 3, i, TRAIN_SCENE_BASE, 16, ActionDraw::Training, false);
             assert_eq!(window_correct(&e.truth, e.action, &metric), (true, true), "{:?} {:?}", e.action, e.truth);
-            assert_eq!(e.labels, labels_of(e.action));
+            let (fw, rt) = e.action.translation();
+            let (yaw, pitch) = e.action.rotation();
+            assert_eq!(labels_of(e.action), [yaw, pitch, fw, rt].map(|s| (s + 1) as u32));
         }
     }
 
     #[test]
     fn confident_logits_give_the_nominal_motion() {
         let dev = Device::Cpu;
-        let cfg = PoseConfig { frame_size: 8, hidden: 8 };
+        let cfg = PoseConfig { frame_size: 8, hidden: 8, derotate: false };
         let mut p = Params::new(0, &dev);
         let net = PoseNet::new(&cfg, &mut p).unwrap();
         // Zero the first layers and set the head bias: yaw +, pitch none,
@@ -450,8 +594,9 @@ mod tests {
         }
         p.load(&set).unwrap();
         let kin = Kinematics::default();
-        let x = Tensor::zeros((1, cfg.input_dim()), DType::F32, &dev).unwrap();
-        let m = net.estimate_batch(&x, &kin).unwrap()[0];
+        let blank = Frame { width: 8, height: 8, rgb: vec![0.5; 8 * 8 * 3] };
+        let pair = [(blank.clone(), blank)];
+        let m = net.estimate_pairs(&pair, &kin, &dev).unwrap()[0];
         assert!((m.dyaw_deg - 20.0).abs() < 1e-9 && m.dpitch_deg.abs() < 1e-9, "{m:?}");
         assert!((m.forward + 0.48).abs() < 1e-9 && m.right.abs() < 1e-9, "{m:?}");
         // Doubt: yaw p = (-, 0, +) = (0.25, 0.40, 0.35). The most probable
@@ -463,27 +608,63 @@ mod tests {
             set.insert("pose.head.bias".into(), wc_schemas::Tensor::from_f32(&[12], &v));
         }
         p.load(&set).unwrap();
-        let m = net.estimate_batch(&x, &kin).unwrap()[0];
+        let m = net.estimate_pairs(&pair, &kin, &dev).unwrap()[0];
         assert_eq!(m.dyaw_deg, 0.0, "{m:?}");
+    }
+
+    #[test]
+    fn the_translation_network_reads_the_translation_axes() {
+        // With derotate, the rotation network's translation reading is
+        // replaced by the translation network's: rotation head says
+        // forward, translation head says backward and left.
+        let dev = Device::Cpu;
+        let cfg = PoseConfig { frame_size: 8, hidden: 8, derotate: true };
+        let mut p = Params::new(0, &dev);
+        let net = PoseNet::new(&cfg, &mut p).unwrap();
+        let mut set = p.to_tensor_set().unwrap();
+        for (name, t) in set.iter_mut() {
+            let mut v = vec![0.0f32; t.to_f32().len()];
+            let classes: &[(usize, usize)] = match name.as_str() {
+                "pose.head.bias" => &[(0, 2), (1, 1), (2, 2), (3, 1)],
+                "pose.translation.head.bias" => &[(0, 0), (1, 0)],
+                _ => &[],
+            };
+            for (axis, class) in classes {
+                v[axis * 3 + class] = 40.0;
+            }
+            *t = wc_schemas::Tensor::from_f32(&t.shape.clone(), &v);
+        }
+        p.load(&set).unwrap();
+        let blank = Frame { width: 8, height: 8, rgb: vec![0.5; 8 * 8 * 3] };
+        let m = net.estimate_pairs(&[(blank.clone(), blank)], &Kinematics::default(), &dev).unwrap()[0];
+        assert!((m.dyaw_deg - 20.0).abs() < 1e-9 && m.dpitch_deg.abs() < 1e-9, "{m:?}");
+        assert!((m.forward + 0.48).abs() < 1e-9 && (m.right + 0.48).abs() < 1e-9, "{m:?}");
+    }
+
+    #[test]
+    fn reading_sign_of_none_is_zero() {
+        assert_eq!([reading_sign(0.0), reading_sign(0.7), reading_sign(-0.4)], [0, 1, -1]);
+        assert_eq!(reading_sign(map_class(&[0.2, 0.5, 0.3])), 0);
     }
 
     #[test]
     fn batches_are_deterministic_across_thread_counts() {
         let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
-        let cfg = PoseConfig { frame_size: 16, hidden: 8 };
+        let cfg = PoseConfig { frame_size: 16, hidden: 8, derotate: true };
         let a = one.install(|| training_batch(&cfg, 9, 4, 6));
         let b = training_batch(&cfg, 9, 4, 6);
-        assert!(a.iter().zip(&b).all(|(x, y)| x.input == y.input && x.labels == y.labels));
+        assert!(a.iter().zip(&b).all(|(x, y)| x.input == y.input && x.translation_input == y.translation_input && x.labels == y.labels));
     }
 
     #[test]
     fn training_lowers_the_loss_and_reaches_every_parameter() {
         let dev = Device::Cpu;
-        let cfg = PoseConfig { frame_size: 16, hidden: 64 };
+        let cfg = PoseConfig { frame_size: 16, hidden: 64, derotate: true };
         let mut t = PoseTrainer::new(&cfg, 1, 32, 3e-3, &dev).unwrap();
         let ex = training_batch(&cfg, 1, 0, 32);
-        let (x, y) = stack(&ex, cfg.input_dim(), &dev).unwrap();
-        let first = t.net.loss(&x, &y).unwrap();
+        let batch = stack(&cfg, &ex, &dev).unwrap();
+        assert!(batch.translation_input.is_some());
+        let first = t.net.loss(&batch).unwrap();
         let grads = first.backward().unwrap();
         for (name, var) in t.params.vars() {
             let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}"));
@@ -493,11 +674,11 @@ mod tests {
         let first = first.to_scalar::<f32>().unwrap();
         // Fit one fixed batch: the loss must fall well below its start.
         for _ in 0..60 {
-            let loss = t.net.loss(&x, &y).unwrap();
+            let loss = t.net.loss(&batch).unwrap();
             let g = loss.backward().unwrap();
             t.opt.apply(&t.params, &g, 3e-3).unwrap();
         }
-        let last = t.net.loss(&x, &y).unwrap().to_scalar::<f32>().unwrap();
+        let last = t.net.loss(&batch).unwrap().to_scalar::<f32>().unwrap();
         assert!(last < 0.3 * first, "loss {first} -> {last}");
     }
 }
