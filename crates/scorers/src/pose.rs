@@ -24,9 +24,13 @@
 //! swamps the translation's few pixels of parallax. With
 //! [`PoseConfig::derotate`] a second network reads the translation: the
 //! first network's turn is undone by its rotation homography (see
-//! [`crate::derotate`]), and the volume of the de-rotated pair, which
-//! differs by translation alone, is its input beside the first volume. It
-//! is trained on pairs de-rotated by the true turn.
+//! [`crate::derotate`]). It reads both halves of the window (first to
+//! middle frame, middle to last), each de-rotated by half the turn, so each
+//! pair differs by translation alone; its input is their cost volumes
+//! beside the whole window's. Halves, because a turn up or down takes the
+//! near ground, where the parallax is, out of the last frame's view but not
+//! yet out of the middle one's. It is trained on windows de-rotated by the
+//! true turn.
 //!
 //! Both networks are trained on
 //! simulator renders with exact poses: every batch is rendered fresh from
@@ -52,7 +56,7 @@ use wc_world::render::render;
 use wc_world::{ActionMask, Frame, Kinematics, Pose, RenderConfig, Scene};
 
 use crate::degrade::{degrade, Degradation};
-use crate::derotate::{derotate, fit_start_pitch};
+use crate::derotate::{derotate, fit_start_pitch, Rotation};
 use crate::Result;
 
 /// Architecture and data of the estimator.
@@ -110,7 +114,7 @@ impl PoseConfig {
     /// Inputs of the translation network: both cost volumes and the start
     /// pitch search's result.
     pub fn translation_dim(&self) -> usize {
-        2 * self.volume_dim() + ROTATION_FEATURES
+        3 * self.volume_dim() + ROTATION_FEATURES
     }
 }
 
@@ -206,26 +210,26 @@ impl PoseNet {
         }
     }
 
-    /// Window motions of (first frame, last frame) pairs. The rotation
+    /// Window motions of windows (first, middle, last frame). The rotation
     /// network reads every axis; with `derotate`, each window is then
     /// de-rotated by the rotation it found and the translation network's
     /// reading replaces the translation axes.
-    pub fn estimate_pairs(&self, pairs: &[(Frame, Frame)], kin: &Kinematics, device: &Device) -> Result<Vec<WindowMotion>> {
-        if pairs.is_empty() {
+    pub fn estimate_windows(&self, windows: &[WindowFrames], kin: &Kinematics, device: &Device) -> Result<Vec<WindowMotion>> {
+        if windows.is_empty() {
             return Ok(Vec::new());
         }
-        let volumes: Vec<Vec<f32>> = pairs.par_iter().map(|(a, b)| window_input(&self.cfg, a, b)).collect();
-        let x = Tensor::from_vec(volumes.concat(), (pairs.len(), self.cfg.input_dim()), device)?;
+        let volumes: Vec<Vec<f32>> = windows.par_iter().map(|w| window_input(&self.cfg, &w.first, &w.last)).collect();
+        let x = Tensor::from_vec(volumes.concat(), (windows.len(), self.cfg.input_dim()), device)?;
         let mut classes: Vec<[f64; AXES]> = self.rotation.probs(&x)?.iter().map(|a| std::array::from_fn(|i| map_class(&a[i]))).collect();
         if let Some(t) = &self.translation {
             let rotations: Vec<(i8, i8)> = classes.iter().map(|c| (reading_sign(c[0]), reading_sign(c[1]))).collect();
-            let inputs: Vec<Vec<f32>> = pairs
+            let inputs: Vec<Vec<f32>> = windows
                 .par_iter()
                 .zip(volumes.par_iter())
                 .zip(rotations.par_iter())
-                .map(|(((a, b), v), r)| translation_input(&self.cfg, a, b, v, *r, kin))
+                .map(|((w, v), r)| translation_input(&self.cfg, w, v, *r, kin))
                 .collect();
-            let x = Tensor::from_vec(inputs.concat(), (pairs.len(), self.cfg.translation_dim()), device)?;
+            let x = Tensor::from_vec(inputs.concat(), (windows.len(), self.cfg.translation_dim()), device)?;
             for (c, p) in classes.iter_mut().zip(t.probs(&x)?) {
                 c[2] = map_class(&p[0]);
                 c[3] = map_class(&p[1]);
@@ -303,13 +307,19 @@ pub fn window_input(cfg: &PoseConfig, first: &Frame, last: &Frame) -> Vec<f32> {
 /// first frame against the last frame de-rotated by the nominal rotation
 /// (the start pitch searched, see [`crate::derotate`]), the start pitch
 /// found and the share of the frame difference the rotation explains.
-pub fn translation_input(cfg: &PoseConfig, first: &Frame, last: &Frame, volume: &[f32], rotation: (i8, i8), kin: &Kinematics) -> Vec<f32> {
+pub fn translation_input(cfg: &PoseConfig, w: &WindowFrames, volume: &[f32], rotation: (i8, i8), kin: &Kinematics) -> Vec<f32> {
     let turn = kin.turn_step_deg * kin.frames_per_window as f64;
     let fov = wc_world::RenderConfig::default().fov_deg;
-    let fit = fit_start_pitch(first, last, rotation.0 as f64 * turn, rotation.1 as f64 * turn, fov);
+    let fit = fit_start_pitch(&w.first, &w.last, rotation.0 as f64 * turn, rotation.1 as f64 * turn, fov);
     let mut out = Vec::with_capacity(cfg.translation_dim());
     out.extend_from_slice(volume);
-    cost_volume(cfg, first, &derotate(last, &fit.rotation, fov), &mut out);
+    // Each half of the window, de-rotated by half the turn: the ground a
+    // turn up takes out of the last frame's view is still in the middle one.
+    let r = fit.rotation;
+    let half = Rotation { pitch0_deg: r.pitch0_deg, dyaw_deg: r.dyaw_deg / 2.0, dpitch_deg: r.dpitch_deg / 2.0 };
+    cost_volume(cfg, &w.first, &derotate(&w.mid, &half, fov), &mut out);
+    let second = Rotation { pitch0_deg: r.pitch0_deg + half.dpitch_deg, ..half };
+    cost_volume(cfg, &w.mid, &derotate(&w.last, &second, fov), &mut out);
     let explained = if fit.identity_error > 0.0 { 1.0 - fit.error / fit.identity_error } else { 0.0 };
     out.extend([fit.rotation.pitch0_deg / 30.0, explained.max(-1.0)].map(|v| v as f32));
     out
@@ -365,16 +375,26 @@ pub fn labels_of(action: ActionMask) -> [u32; AXES] {
 pub fn estimate_motions(net: &PoseNet, frames: &[Frame], kin: &Kinematics, device: &Device) -> Result<Vec<WindowMotion>> {
     let f = kin.frames_per_window;
     let windows = frames.len().saturating_sub(1) / f;
-    let pairs: Vec<(Frame, Frame)> = (0..windows).map(|w| (frames[w * f].clone(), frames[(w + 1) * f].clone())).collect();
-    net.estimate_pairs(&pairs, kin, device)
+    let pairs: Vec<WindowFrames> = (0..windows)
+        .map(|w| WindowFrames { first: frames[w * f].clone(), mid: frames[w * f + f / 2].clone(), last: frames[(w + 1) * f].clone() })
+        .collect();
+    net.estimate_windows(&pairs, kin, device)
 }
 
-/// One window of the estimator's data: its first and last frame, the
-/// commanded action and the true motion.
+/// The frames of one window the estimator reads: the frame before it, the
+/// middle one and the last.
+#[derive(Debug, Clone)]
+pub struct WindowFrames {
+    pub first: Frame,
+    pub mid: Frame,
+    pub last: Frame,
+}
+
+/// One window of the estimator's data: its frames, the commanded action and
+/// the true motion.
 #[derive(Debug, Clone)]
 pub struct PoseWindow {
-    pub first: Frame,
-    pub last: Frame,
+    pub frames: WindowFrames,
     pub action: ActionMask,
     pub truth: WindowMotion,
 }
@@ -394,8 +414,8 @@ pub struct PoseExample {
 impl PoseExample {
     pub fn of(cfg: &PoseConfig, w: &PoseWindow) -> PoseExample {
         let kin = Kinematics::default();
-        let input = window_input(cfg, &w.first, &w.last);
-        let translation_input = cfg.derotate.then(|| translation_input(cfg, &w.first, &w.last, &input, w.action.rotation(), &kin));
+        let input = window_input(cfg, &w.frames.first, &w.frames.last);
+        let translation_input = cfg.derotate.then(|| translation_input(cfg, &w.frames, &input, w.action.rotation(), &kin));
         PoseExample { input, translation_input, labels: labels_of(w.action), action: w.action, truth: w.truth }
     }
 }
@@ -449,14 +469,17 @@ pub fn render_window(cfg: &PoseConfig, seed: u64, index: u64, scene_base: u64, s
     }
     let poses = kin.trajectory(start, &[action]);
     let rcfg = RenderConfig { width: size, height: size, ..Default::default() };
-    let (mut a, mut b) = (render(&scene, &poses[0], &rcfg), render(&scene, poses.last().expect("non-empty"), &rcfg));
+    let last = poses.len() - 1;
+    let mut frames = [0, last / 2, last].map(|i| render(&scene, &poses[i], &rcfg));
     if augment && rng.random_bool(0.5) {
         let kind = [Degradation::Blur, Degradation::Noise][rng.random_range(0..2)];
         let s = rng.random::<u64>();
-        a = degrade(&a, kind, 1, s);
-        b = degrade(&b, kind, 1, s ^ 1);
+        for (i, f) in frames.iter_mut().enumerate() {
+            *f = degrade(f, kind, 1, s ^ i as u64);
+        }
     }
-    PoseWindow { first: a, last: b, action, truth: WindowMotion::between(&poses[0], poses.last().expect("non-empty")) }
+    let [first, mid, last_frame] = frames;
+    PoseWindow { frames: WindowFrames { first, mid, last: last_frame }, action, truth: WindowMotion::between(&poses[0], &poses[last]) }
 }
 
 /// A training batch of `batch` examples for step `step` (parallel, and the
@@ -530,8 +553,8 @@ pub fn held_out_predictions(net: &PoseNet, draw: ActionDraw, count: usize, seed:
     let mut out = Vec::with_capacity(count);
     for chunk in (0..count as u64).collect::<Vec<_>>().chunks(256) {
         let windows: Vec<PoseWindow> = chunk.par_iter().map(|i| render_window(&net.cfg, seed, *i, HELD_OUT_SCENE_BASE, 1 << 20, draw, false)).collect();
-        let pairs: Vec<(Frame, Frame)> = windows.iter().map(|w| (w.first.clone(), w.last.clone())).collect();
-        out.extend(windows.iter().map(|w| w.action).zip(net.estimate_pairs(&pairs, &kin, device)?));
+        let frames: Vec<WindowFrames> = windows.iter().map(|w| w.frames.clone()).collect();
+        out.extend(windows.iter().map(|w| w.action).zip(net.estimate_windows(&frames, &kin, device)?));
     }
     Ok(out)
 }
@@ -595,8 +618,8 @@ mod tests {
         p.load(&set).unwrap();
         let kin = Kinematics::default();
         let blank = Frame { width: 8, height: 8, rgb: vec![0.5; 8 * 8 * 3] };
-        let pair = [(blank.clone(), blank)];
-        let m = net.estimate_pairs(&pair, &kin, &dev).unwrap()[0];
+        let pair = [WindowFrames { first: blank.clone(), mid: blank.clone(), last: blank }];
+        let m = net.estimate_windows(&pair, &kin, &dev).unwrap()[0];
         assert!((m.dyaw_deg - 20.0).abs() < 1e-9 && m.dpitch_deg.abs() < 1e-9, "{m:?}");
         assert!((m.forward + 0.48).abs() < 1e-9 && m.right.abs() < 1e-9, "{m:?}");
         // Doubt: yaw p = (-, 0, +) = (0.25, 0.40, 0.35). The most probable
@@ -608,7 +631,7 @@ mod tests {
             set.insert("pose.head.bias".into(), wc_schemas::Tensor::from_f32(&[12], &v));
         }
         p.load(&set).unwrap();
-        let m = net.estimate_pairs(&pair, &kin, &dev).unwrap()[0];
+        let m = net.estimate_windows(&pair, &kin, &dev).unwrap()[0];
         assert_eq!(m.dyaw_deg, 0.0, "{m:?}");
     }
 
@@ -636,7 +659,8 @@ mod tests {
         }
         p.load(&set).unwrap();
         let blank = Frame { width: 8, height: 8, rgb: vec![0.5; 8 * 8 * 3] };
-        let m = net.estimate_pairs(&[(blank.clone(), blank)], &Kinematics::default(), &dev).unwrap()[0];
+        let w = WindowFrames { first: blank.clone(), mid: blank.clone(), last: blank };
+        let m = net.estimate_windows(&[w], &Kinematics::default(), &dev).unwrap()[0];
         assert!((m.dyaw_deg - 20.0).abs() < 1e-9 && m.dpitch_deg.abs() < 1e-9, "{m:?}");
         assert!((m.forward + 0.48).abs() < 1e-9 && (m.right + 0.48).abs() < 1e-9, "{m:?}");
     }
