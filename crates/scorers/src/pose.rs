@@ -597,25 +597,29 @@ mod tests {
         }
     }
 
-    #[test]
-    fn confident_logits_give_the_nominal_motion() {
-        let dev = Device::Cpu;
-        let cfg = PoseConfig { frame_size: 8, hidden: 8, derotate: false };
-        let mut p = Params::new(0, &dev);
-        let net = PoseNet::new(&cfg, &mut p).unwrap();
-        // Zero the first layers and set the head bias: yaw +, pitch none,
-        // forward -, right none, each with probability ~1.
+    /// A network with every weight zero and the named head biases set so
+    /// that each listed (axis, class) has probability ~1.
+    fn confident_net(cfg: &PoseConfig, biases: &[(&str, &[(usize, usize)])]) -> (PoseNet, Params, wc_schemas::TensorSet) {
+        let mut p = Params::new(0, &Device::Cpu);
+        let net = PoseNet::new(cfg, &mut p).unwrap();
         let mut set = p.to_tensor_set().unwrap();
         for (name, t) in set.iter_mut() {
             let mut v = vec![0.0f32; t.to_f32().len()];
-            if name == "pose.head.bias" {
-                for (axis, class) in [(0, 2), (1, 1), (2, 0), (3, 1)] {
-                    v[axis * 3 + class] = 40.0;
-                }
+            for (axis, class) in biases.iter().filter(|(n, _)| n == name).flat_map(|(_, c)| c.iter()) {
+                v[axis * 3 + class] = 40.0;
             }
             *t = wc_schemas::Tensor::from_f32(&t.shape.clone(), &v);
         }
         p.load(&set).unwrap();
+        (net, p, set)
+    }
+
+    #[test]
+    fn confident_logits_give_the_nominal_motion() {
+        let dev = Device::Cpu;
+        let cfg = PoseConfig { frame_size: 8, hidden: 8, derotate: false };
+        // Yaw +, pitch none, forward -, right none, each with probability ~1.
+        let (net, p, mut set) = confident_net(&cfg, &[("pose.head.bias", &[(0, 2), (1, 1), (2, 0), (3, 1)])]);
         let kin = Kinematics::default();
         let blank = Frame { width: 8, height: 8, rgb: vec![0.5; 8 * 8 * 3] };
         let pair = [WindowFrames { first: blank.clone(), mid: blank.clone(), last: blank }];
@@ -642,22 +646,7 @@ mod tests {
         // forward, translation head says backward and left.
         let dev = Device::Cpu;
         let cfg = PoseConfig { frame_size: 8, hidden: 8, derotate: true };
-        let mut p = Params::new(0, &dev);
-        let net = PoseNet::new(&cfg, &mut p).unwrap();
-        let mut set = p.to_tensor_set().unwrap();
-        for (name, t) in set.iter_mut() {
-            let mut v = vec![0.0f32; t.to_f32().len()];
-            let classes: &[(usize, usize)] = match name.as_str() {
-                "pose.head.bias" => &[(0, 2), (1, 1), (2, 2), (3, 1)],
-                "pose.translation.head.bias" => &[(0, 0), (1, 0)],
-                _ => &[],
-            };
-            for (axis, class) in classes {
-                v[axis * 3 + class] = 40.0;
-            }
-            *t = wc_schemas::Tensor::from_f32(&t.shape.clone(), &v);
-        }
-        p.load(&set).unwrap();
+        let (net, _p, _set) = confident_net(&cfg, &[("pose.head.bias", &[(0, 2), (1, 1), (2, 2), (3, 1)]), ("pose.translation.head.bias", &[(0, 0), (1, 0)])]);
         let blank = Frame { width: 8, height: 8, rgb: vec![0.5; 8 * 8 * 3] };
         let w = WindowFrames { first: blank.clone(), mid: blank.clone(), last: blank };
         let m = net.estimate_windows(&[w], &Kinematics::default(), &dev).unwrap()[0];
