@@ -487,8 +487,9 @@ pub enum ScorersWhat {
         /// Frame size it reads (the world model's).
         #[arg(long, default_value_t = 32)]
         frame_size: usize,
-        /// Also read each window after undoing its rotation (a rotation
-        /// search over homographies): combined turn-and-move windows then
+        /// Add a translation network that reads each window again with the
+        /// turn the rotation network found undone (its rotation homography;
+        /// the start pitch searched): combined turn-and-move windows then
         /// show their translation like basic ones. `false` gives the
         /// cost-volume-only estimator of earlier versions.
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]

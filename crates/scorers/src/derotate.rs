@@ -89,7 +89,8 @@ pub fn masked_mse(first: &Frame, warped: &Frame) -> Option<f64> {
 /// `first`. Without a yaw the start pitch does not matter and stays 0.
 pub fn fit_start_pitch(first: &Frame, last: &Frame, dyaw_deg: f64, dpitch_deg: f64, fov_deg: f64) -> RotationFit {
     let err = |r: &Rotation| masked_mse(first, &derotate(last, r, fov_deg)).unwrap_or(f64::INFINITY);
-    let identity_error = err(&Rotation::default());
+    // No rotation resamples every pixel at its own centre: the last frame itself.
+    let identity_error = masked_mse(first, last).unwrap_or(f64::INFINITY);
     let starts: &[f64] = if dyaw_deg == 0.0 { &[0.0] } else { &[0.0, -10.0, 10.0, -20.0, 20.0, -30.0, 30.0] };
     let mut best = (f64::INFINITY, Rotation { pitch0_deg: 0.0, dyaw_deg, dpitch_deg });
     for &pitch0_deg in starts {

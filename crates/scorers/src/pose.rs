@@ -553,8 +553,8 @@ pub fn held_out_predictions(net: &PoseNet, draw: ActionDraw, count: usize, seed:
     let mut out = Vec::with_capacity(count);
     for chunk in (0..count as u64).collect::<Vec<_>>().chunks(256) {
         let windows: Vec<PoseWindow> = chunk.par_iter().map(|i| render_window(&net.cfg, seed, *i, HELD_OUT_SCENE_BASE, 1 << 20, draw, false)).collect();
-        let frames: Vec<WindowFrames> = windows.iter().map(|w| w.frames.clone()).collect();
-        out.extend(windows.iter().map(|w| w.action).zip(net.estimate_windows(&frames, &kin, device)?));
+        let (actions, frames): (Vec<ActionMask>, Vec<WindowFrames>) = windows.into_iter().map(|w| (w.action, w.frames)).unzip();
+        out.extend(actions.into_iter().zip(net.estimate_windows(&frames, &kin, device)?));
     }
     Ok(out)
 }
