@@ -105,6 +105,49 @@ print(json.dumps(s.rows()))
 }
 
 #[test]
+fn expected_if_signal_grades_the_same_readings() {
+    // Two runs that differ only in reward.if_signal: the same rollouts and
+    // the same estimated motions, but with "expected" the scores are the
+    // estimator's probabilities of the command, graded between the
+    // paper's 0 / 0.5 / 1 of a one-window clip.
+    let tmp = tempfile::tempdir().unwrap();
+    let pose = tiny_pose_model(tmp.path());
+    let accuracy = tiny_world_pipeline(tmp.path(), &pose);
+    let text = std::fs::read_to_string(&accuracy).unwrap().replacen("vq_frame_stride = 4", "vq_frame_stride = 4\nif_signal = \"expected\"", 1);
+    let expected = tmp.path().join("expected.toml");
+    std::fs::write(&expected, text).unwrap();
+    for (name, pipeline) in [("acc", accuracy.as_str()), ("exp", expected.to_str().unwrap())] {
+        let run = file_uri(tmp.path(), name);
+        wc_ok(&["train", "--run", &run, "--pipeline", pipeline, "--iters", "1"], &[]);
+    }
+    let script = r#"
+import sys, polars as pl
+acc, exp = sys.argv[1], sys.argv[2]
+shard = "/iters/000000/reward/shard-000-of-001/"
+wa, we = pl.read_parquet(acc + shard + "windows.parquet"), pl.read_parquet(exp + shard + "windows.parquet")
+assert wa.equals(we), "the switch changed the estimated motions"
+sa, se = pl.read_parquet(acc + shard + "scores.parquet"), pl.read_parquet(exp + shard + "scores.parquet")
+assert sa.select("group_id", "candidate", "vq_score").equals(se.select("group_id", "candidate", "vq_score"))
+assert set(sa["if_score"].to_list()) <= {0.0, 0.5, 1.0}, sa["if_score"]
+for c in ["rot_acc", "trans_acc", "if_score"]:
+    assert se[c].is_between(0.0, 1.0).all(), se[c]
+assert ((se["if_score"] - (se["rot_acc"] + se["trans_acc"]) / 2).abs() < 1e-12).all()
+graded = se.filter(~pl.col("if_score").is_in([0.0, 0.5, 1.0])).height
+assert graded == se.height, (graded, se)
+# Fewer ties: more distinct IF values in a group than the paper's metric gives.
+na = sa.group_by("group_id").agg(pl.col("if_score").n_unique())["if_score"].sum()
+ne = se.group_by("group_id").agg(pl.col("if_score").n_unique())["if_score"].sum()
+assert ne > na, (ne, na)
+print("ok")
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, tmp.path().join("acc").to_str().unwrap(), tmp.path().join("exp").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
 fn sample_level_rollout_scores_and_trains_whole_sequences() {
     let tmp = tempfile::tempdir().unwrap();
     let pose = tiny_pose_model(tmp.path());

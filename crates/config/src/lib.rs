@@ -93,6 +93,22 @@ pub enum VqMode {
     Drift,
 }
 
+/// What a candidate's interaction-following scores (rot_acc, trans_acc,
+/// IF) measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum IfSignal {
+    /// The share of windows whose estimated motion the metric reads as the
+    /// command (the paper): a clip of one window scores 0, 0.5 or 1.
+    #[default]
+    Accuracy,
+    /// The expected accuracy under the pose estimator's class
+    /// probabilities: per window, the probability it gives the commanded
+    /// rotation and the commanded translation. Graded where the paper's
+    /// metric ties; equal to it when the estimator is certain.
+    Expected,
+}
+
 /// `[model]`: the policy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -188,6 +204,10 @@ pub struct RewardSection {
     /// Absolute VQ (paper) or drift from the first frame (reference code).
     #[serde(default)]
     pub vq_mode: VqMode,
+    /// Built-in scorer: the paper's action accuracy or its expectation
+    /// under the estimator's probabilities (finer: fewer tied groups).
+    #[serde(default)]
+    pub if_signal: IfSignal,
 }
 
 fn default_timeout() -> u64 {
@@ -306,6 +326,9 @@ impl PipelineConfig {
             }
             ModelKind::World if self.reward.pose_model.is_empty() && self.reward.external_command.is_empty() => {
                 return bad("reward.pose_model", "\"\"".into(), "the world backend needs a pose estimator (or reward.external_command)");
+            }
+            _ if self.reward.if_signal == IfSignal::Expected && (self.model.kind == ModelKind::Linear || !self.reward.external_command.is_empty()) => {
+                return bad("reward.if_signal", "\"expected\"".into(), "the expected accuracy is the built-in pose estimator's: it needs model.kind = \"world\" and no reward.external_command");
             }
             ModelKind::Linear if self.rollout.mode == RolloutMode::Sample => {
                 return bad("rollout.mode", "\"sample\"".into(), "sample-level rollout needs model.kind = \"world\" (the linear backend is clip-level only)");
@@ -434,6 +457,20 @@ mod tests {
         let text = embedded().replace("mode = \"clip\"", "mode = \"sample\"");
         let err = PipelineConfig::parse("x.toml", &text).unwrap_err().to_string();
         assert!(err.contains("rollout.mode") && err.contains("world"), "{err}");
+    }
+
+    #[test]
+    fn expected_if_signal_needs_the_built_in_pose_estimator() {
+        let text = embedded().replace("vq_frame_stride = 4", "vq_frame_stride = 4\nif_signal = \"expected\"");
+        let err = PipelineConfig::parse("x.toml", &text).unwrap_err().to_string();
+        assert!(err.contains("reward.if_signal") && err.contains("world"), "{err}");
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../pipelines");
+        let world = std::fs::read_to_string(format!("{root}/embedded.toml")).unwrap().replace("if_signal = \"accuracy\"", "if_signal = \"expected\"");
+        let cfg = PipelineConfig::parse("world.toml", &world).unwrap();
+        assert_eq!(cfg.reward.if_signal, IfSignal::Expected);
+        let external = world.replace("[reward]", "[reward]\nexternal_command = [\"python3\", \"score.py\"]");
+        let err = PipelineConfig::parse("x.toml", &external).unwrap_err().to_string();
+        assert!(err.contains("reward.if_signal") && err.contains("external_command"), "{err}");
     }
 
     #[test]

@@ -142,8 +142,8 @@ const SCORE_FIELDS: [FieldSpec; 9] = [
     col("prompt_id", FieldType::Int64, "Prompt of the group."),
     col("clip_index", FieldType::Int64, "Target clip n (1-based) scored in this iteration."),
     col("candidate", FieldType::Int64, "Candidate index j within the group, 0..G."),
-    col("rot_acc", FieldType::Float64, "Rotation accuracy over the clip's windows, in [0, 1]."),
-    col("trans_acc", FieldType::Float64, "Translation accuracy over the clip's windows, in [0, 1]."),
+    col("rot_acc", FieldType::Float64, "Rotation accuracy over the clip's windows, in [0, 1] (its expectation under the pose estimator's probabilities with reward.if_signal = \"expected\")."),
+    col("trans_acc", FieldType::Float64, "Translation accuracy over the clip's windows, in [0, 1] (likewise)."),
     col("if_score", FieldType::Float64, "Interaction following: mean of rot_acc and trans_acc."),
     col("vq_score", FieldType::Float64, "Visual quality: mean score over frames sampled every 4 frames."),
 ];

@@ -8,7 +8,7 @@ use candle_core::Device;
 use wc_rl::schedule::{eta_at, sampler_times, target_clip, timestep_subset};
 use wc_rl::seeds::{derive_seed, SeedDomain};
 use wc_schemas::{tensors, DimBindings, Tensor, TensorSet};
-use wc_scorers::pose::{estimate_motions, PoseConfig, PoseNet};
+use wc_scorers::pose::{estimate_probs, expected_correct, motion_of, PoseConfig, PoseNet};
 use wc_scorers::vq::{clip_vq, VqMode};
 use wc_store::{CommittedSet, PendingCommit, ShardSpec};
 use wc_world::metric::{window_correct, MetricConfig};
@@ -278,12 +278,19 @@ pub fn score_candidates(
     for (j, lat) in candidates.chunks_exact(clip_len).enumerate() {
         let mut frames = vec![before.clone()];
         frames.extend(frames_of(cfg, lat));
-        let motions = estimate_motions(pose, &frames, &kin, device).map_err(|e| StageError::invalid("pose estimator", e.to_string()))?;
+        let probs = estimate_probs(pose, &frames, &kin, device).map_err(|e| StageError::invalid("pose estimator", e.to_string()))?;
         let (vq, per_frame) = clip_vq(&frames[1..], stride, mode, Some(first));
         let mut tally = wc_world::metric::AccuracyTally::default();
-        for (w, (m, a)) in motions.iter().zip(&windows).enumerate() {
+        for (w, (p, a)) in probs.iter().zip(&windows).enumerate() {
+            let m = &motion_of(p, &kin);
             let (r, t) = window_correct(m, wc_world::ActionMask(*a), &metric);
-            tally.add(r, t);
+            match ctx.cfg.reward.if_signal {
+                wc_config::IfSignal::Accuracy => tally.add(r, t),
+                wc_config::IfSignal::Expected => {
+                    let (pr, pt) = expected_correct(p, wc_world::ActionMask(*a));
+                    tally.add_graded(pr, pt)
+                }
+            }
             // The frame VQ sampled inside this window, if any.
             let frames_per_window = kin.frames_per_window;
             let vq_frame = (w * frames_per_window..(w + 1) * frames_per_window)

@@ -87,21 +87,29 @@ pub struct Accuracy {
     pub both_rate: f64,
 }
 
-/// Accumulates window results (over clips, sequences, models).
+/// Accumulates window results (over clips, sequences, models): right or
+/// wrong, or graded (the probability of right).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AccuracyTally {
     windows: usize,
-    rot: usize,
-    trans: usize,
-    both: usize,
+    rot: f64,
+    trans: f64,
+    both: f64,
 }
 
 impl AccuracyTally {
     pub fn add(&mut self, rot: bool, trans: bool) {
+        self.add_graded(rot as u8 as f64, trans as u8 as f64);
+    }
+
+    /// A window right with probability `rot` in rotation and `trans` in
+    /// translation (independently): the accuracies become expectations.
+    pub fn add_graded(&mut self, rot: f64, trans: f64) {
+        debug_assert!((0.0..=1.0).contains(&rot) && (0.0..=1.0).contains(&trans), "probabilities: {rot} {trans}");
         self.windows += 1;
-        self.rot += rot as usize;
-        self.trans += trans as usize;
-        self.both += (rot && trans) as usize;
+        self.rot += rot;
+        self.trans += trans;
+        self.both += rot * trans;
     }
 
     pub fn add_windows(&mut self, motions: &[WindowMotion], actions: &[ActionMask], cfg: &MetricConfig) {
@@ -117,13 +125,13 @@ impl AccuracyTally {
             return Accuracy::default();
         }
         let n = self.windows as f64;
-        let (rot_acc, trans_acc) = (self.rot as f64 / n, self.trans as f64 / n);
+        let (rot_acc, trans_acc) = (self.rot / n, self.trans / n);
         Accuracy {
             windows: self.windows,
             rot_acc,
             trans_acc,
             if_score: 0.5 * (rot_acc + trans_acc),
-            both_rate: self.both as f64 / n,
+            both_rate: self.both / n,
         }
     }
 }
@@ -252,5 +260,24 @@ mod tests {
         let c = static_baseline(&combined_actions(), &cfg);
         assert!((c.if_score - 4.0 / 24.0).abs() < 1e-12, "{c:?}");
         assert_eq!(c.both_rate, 0.0);
+    }
+
+    #[test]
+    fn graded_windows_give_expected_accuracies() {
+        // Certain windows: the same as right/wrong.
+        let (mut a, mut b) = (AccuracyTally::default(), AccuracyTally::default());
+        for (r, t) in [(true, false), (true, true), (false, false)] {
+            a.add(r, t);
+            b.add_graded(r as u8 as f64, t as u8 as f64);
+        }
+        assert_eq!(a.accuracy(), b.accuracy());
+        // Two windows: rotation 0.9 and 0.5, translation 0.6 and 0.2.
+        let mut g = AccuracyTally::default();
+        g.add_graded(0.9, 0.6);
+        g.add_graded(0.5, 0.2);
+        let acc = g.accuracy();
+        let close = |x: f64, y: f64| (x - y).abs() < 1e-12;
+        assert!(close(acc.rot_acc, 0.7) && close(acc.trans_acc, 0.4) && close(acc.if_score, 0.55), "{acc:?}");
+        assert!(close(acc.both_rate, (0.9 * 0.6 + 0.5 * 0.2) / 2.0), "{acc:?}");
     }
 }
