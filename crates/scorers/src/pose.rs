@@ -33,7 +33,8 @@
 //! beside the whole window's. Halves, because a turn up or down takes the
 //! near ground, where the parallax is, out of the last frame's view but not
 //! yet out of the middle one's. It is trained on windows de-rotated by the
-//! true turn.
+//! true turn. The translation the estimator returns pools both networks:
+//! the mean of their class probabilities.
 //!
 //! Both networks are trained on
 //! simulator renders with exact poses: every batch is rendered fresh from
@@ -215,8 +216,12 @@ impl PoseNet {
 
     /// Class probabilities of windows (first, middle, last frame). The
     /// rotation network reads every axis; with `derotate`, each window is
-    /// then de-rotated by the rotation it read and the translation network's
-    /// probabilities replace the translation axes.
+    /// then de-rotated by the rotation it read, and the translation axes
+    /// become the mean of both networks' probabilities. (The pair reads
+    /// better than either: on 1000 held-out windows, translation accuracy
+    /// basic / combined was 0.942 / 0.800 from the translation network
+    /// alone, 0.968 / 0.813 from the mean; weights 0.3 and 0.7 on the
+    /// rotation network's reading, and a geometric mean, were no better.)
     pub fn window_probs(&self, windows: &[WindowFrames], kin: &Kinematics, device: &Device) -> Result<Vec<AxisProbs>> {
         if windows.is_empty() {
             return Ok(Vec::new());
@@ -234,8 +239,9 @@ impl PoseNet {
                 .collect();
             let x = Tensor::from_vec(inputs.concat(), (windows.len(), self.cfg.translation_dim()), device)?;
             for (p, q) in probs.iter_mut().zip(t.probs(&x)?) {
-                p[2] = [q[0][0], q[0][1], q[0][2]];
-                p[3] = [q[1][0], q[1][1], q[1][2]];
+                for (axis, q) in [(2, &q[0]), (3, &q[1])] {
+                    p[axis] = std::array::from_fn(|c| 0.5 * (p[axis][c] + q[c]));
+                }
             }
         }
         Ok(probs)
@@ -270,9 +276,10 @@ fn class_of(p: &[f64; 3]) -> i8 {
 /// class's probability; "none" is exactly zero. The scale lets the metric's
 /// 60 degree cones weigh a doubtful second translation axis: forward 0.95
 /// with a spurious right 0.5 points 62 degrees off the right axis and reads
-/// as forward alone. Nominal magnitudes (tried in session 6) read it as a
-/// diagonal: basic translation accuracy fell from 0.945 to 0.935 on held-out
-/// windows, combined stayed at 0.803.
+/// as forward alone. Nominal magnitudes read it as a diagonal: on 2000
+/// held-out windows, basic translation accuracy fell from 0.971 to 0.965,
+/// and combined rose only from 0.818 to 0.819 (diagonal moves gain, the
+/// rest lose).
 pub fn motion_of(p: &AxisProbs, kin: &Kinematics) -> WindowMotion {
     let w = kin.frames_per_window as f64;
     let (turn, step) = (kin.turn_step_deg * w, kin.move_step * w);
@@ -688,18 +695,26 @@ mod tests {
     }
 
     #[test]
-    fn the_translation_network_reads_the_translation_axes() {
-        // With derotate, the rotation network's translation reading is
-        // replaced by the translation network's: rotation head says
-        // forward, translation head says backward and left.
+    fn the_translation_axes_pool_both_networks() {
+        // With derotate, the translation axes are the mean of both
+        // networks' probabilities. The rotation network: yaw +, pitch none,
+        // forward +, right undecided (uniform); the translation network:
+        // forward undecided, right - (left).
         let dev = Device::Cpu;
         let cfg = PoseConfig { frame_size: 8, hidden: 8, derotate: true };
-        let (net, _p, _set) = confident_net(&cfg, &[("pose.head.bias", &[(0, 2), (1, 1), (2, 2), (3, 1)]), ("pose.translation.head.bias", &[(0, 0), (1, 0)])]);
+        let (net, _p, _set) = confident_net(&cfg, &[("pose.head.bias", &[(0, 2), (1, 1), (2, 2)]), ("pose.translation.head.bias", &[(1, 0)])]);
         let blank = Frame { width: 8, height: 8, rgb: vec![0.5; 8 * 8 * 3] };
         let w = WindowFrames { first: blank.clone(), mid: blank.clone(), last: blank };
-        let m = net.estimate_windows(&[w], &Kinematics::default(), &dev).unwrap()[0];
-        assert!((m.dyaw_deg - 20.0).abs() < 1e-9 && m.dpitch_deg.abs() < 1e-9, "{m:?}");
-        assert!((m.forward + 0.48).abs() < 1e-9 && (m.right + 0.48).abs() < 1e-9, "{m:?}");
+        let kin = Kinematics::default();
+        let p = net.window_probs(std::slice::from_ref(&w), &kin, &dev).unwrap()[0];
+        let third = 1.0 / 3.0;
+        let close = |a: [f64; 3], b: [f64; 3]| a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-6);
+        assert!(close(p[0], [0.0, 0.0, 1.0]) && close(p[1], [0.0, 1.0, 0.0]), "{p:?}");
+        assert!(close(p[2], [third / 2.0, third / 2.0, 0.5 + third / 2.0]), "forward: {p:?}");
+        assert!(close(p[3], [0.5 + third / 2.0, third / 2.0, third / 2.0]), "right: {p:?}");
+        let m = net.estimate_windows(&[w], &kin, &dev).unwrap()[0];
+        assert!((m.dyaw_deg - 20.0).abs() < 1e-6 && m.dpitch_deg.abs() < 1e-9, "{m:?}");
+        assert!((m.forward - 0.48 * (0.5 + third / 2.0)).abs() < 1e-6 && (m.right + 0.48 * (0.5 + third / 2.0)).abs() < 1e-6, "{m:?}");
     }
 
     #[test]
