@@ -265,3 +265,33 @@ print("ok")
     let o = std::process::Command::new("python3").args(["-c", py, out.to_str().unwrap()]).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+#[test]
+fn pose_training_warm_starts_from_another_estimators_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let source = tiny_pose_model(tmp.path()); // 6 steps, hidden 32, frames 16
+    let args = |out: &str, lr: &str, hidden: &str, init: bool| -> Vec<String> {
+        let mut a: Vec<String> = ["scorers", "train-pose", "--out", out, "--steps", "2", "--batch", "8", "--hidden", hidden, "--frame-size", "16", "--checkpoint-every", "2", "--seed", "7", "--lr", lr]
+            .map(String::from)
+            .to_vec();
+        if init {
+            a.extend(["--init-from".to_string(), source.clone()]);
+        }
+        a
+    };
+    let run = |a: Vec<String>| wc(&a.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+    let model = |name: &str, step: &str| std::fs::read(tmp.path().join(name).join(format!("pose_estimator/step-{step}/model.safetensors"))).unwrap();
+    // Learning rate 0: the warm-started weights are the source's, exactly.
+    let out = run(args(&file_uri(tmp.path(), "frozen"), "0", "32", true));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(model("frozen", "0000002"), model("pose", "0000006"));
+    // The same run from scratch does not start there.
+    let out = run(args(&file_uri(tmp.path(), "scratch"), "0", "32", false));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_ne!(model("scratch", "0000002"), model("pose", "0000006"));
+    // Another estimator's shape is refused, naming both.
+    let out = run(args(&file_uri(tmp.path(), "wide"), "1e-3", "64", true));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("same estimator") && err.contains("hidden: 32") && err.contains("hidden: 64"), "{err}");
+    assert!(!tmp.path().join("wide/pose_estimator/step-0000002").exists());
+}

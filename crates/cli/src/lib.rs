@@ -494,8 +494,17 @@ pub enum ScorersWhat {
         /// cost-volume-only estimator of earlier versions.
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         derotate: bool,
+        /// Seed of the training windows (batches derive from seed and step).
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Start from the newest estimator under this store URI (its
+        /// weights, not its optimizer state) instead of random weights: a
+        /// new learning-rate schedule of --steps on top of a trained
+        /// estimator. --hidden, --frame-size and --derotate must describe
+        /// the same estimator; give a --seed it was not trained with, or it
+        /// sees the same windows again.
+        #[arg(long, value_name = "URI")]
+        init_from: Option<String>,
     },
     /// Action accuracy of the pose estimator on held-out ground-truth windows.
     EvalPose {

@@ -435,9 +435,20 @@ fn run(cli: Cli) -> Result<()> {
 fn scorers(what: worldcompass::ScorersWhat) -> anyhow::Result<()> {
     use worldcompass::ScorersWhat;
     match what {
-        ScorersWhat::TrainPose { out, steps, batch, lr, checkpoint_every, hidden, frame_size, derotate, seed } => {
+        ScorersWhat::TrainPose { out, steps, batch, lr, checkpoint_every, hidden, frame_size, derotate, seed, init_from } => {
             anyhow::ensure!(checkpoint_every > 0, "--checkpoint-every must be at least 1");
             let out = RunStore::open(&out)?;
+            let warm_start = match init_from {
+                Some(uri) => {
+                    let source = RunStore::open(&uri)?;
+                    let step = wc_stages::scorer_models::load_pose(&source).with_context(|| format!("--init-from {uri}"))?.step;
+                    if wc_stages::scorer_models::read_settings(&source, step)?.seed == seed {
+                        eprintln!("note: --seed {seed} is the seed {uri} was trained with: the run sees the same windows again");
+                    }
+                    Some(wc_stages::scorer_models::WarmStart { store: uri, step })
+                }
+                None => None,
+            };
             let settings = wc_stages::scorer_models::PoseSettings {
                 model: wc_scorers::pose::PoseConfig { frame_size, hidden, derotate },
                 seed,
@@ -445,6 +456,7 @@ fn scorers(what: worldcompass::ScorersWhat) -> anyhow::Result<()> {
                 lr,
                 schedule_steps: steps,
                 checkpoint_every,
+                warm_start,
             };
             let bar = step_bar(steps, "pose");
             let mut ema: Option<f64> = None;

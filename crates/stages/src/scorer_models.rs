@@ -5,7 +5,9 @@
 //! `checkpoint_every` steps under `<out>/pose_estimator/step-NNNNNNN/`
 //! (model, optimizer state, settings). Restarted with the same settings it
 //! resumes from the newest checkpoint; batches derive from (seed, step), so
-//! the result is the same bytes as an uninterrupted run.
+//! the result is the same bytes as an uninterrupted run. A run can also
+//! start from another estimator's weights ([`WarmStart`]): a new schedule
+//! (and, with a new seed, new windows) on top of a trained estimator.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -30,6 +32,18 @@ pub struct PoseSettings {
     /// Steps of the cosine learning-rate schedule.
     pub schedule_steps: u64,
     pub checkpoint_every: u64,
+    /// Start from these weights instead of random ones (absent from the
+    /// settings of a run from scratch, so their fingerprint is unchanged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm_start: Option<WarmStart>,
+}
+
+/// A trained estimator a run starts from: its store and step. Its
+/// optimizer state is not carried over.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WarmStart {
+    pub store: String,
+    pub step: u64,
 }
 
 impl PoseSettings {
@@ -58,6 +72,18 @@ pub fn train_pose(out: &RunStore, settings: &PoseSettings, steps: u64, mut on_st
         t.opt.load(&wc_schemas::read_any(&out.uri_of(&p), &set.read(&p)?)?).map_err(err)?;
         start = step;
         tracing::info!(step, "resuming pose-estimator training");
+    } else if let Some(w) = &settings.warm_start {
+        let source = RunStore::open(&w.store)?;
+        let from = read_settings(&source, w.step)?;
+        if from.model != settings.model {
+            return Err(StageError::invalid(
+                source.uri_of(&step_dir(w.step)),
+                format!("a warm start needs the same estimator: it is {:?}, this run's is {:?}", from.model, settings.model),
+            ));
+        }
+        let (_, set) = newest_step(&source, POSE_DIR, None, Some(w.step))?.ok_or_else(|| StageError::invalid(source.uri(), format!("no pose estimator at step {}", w.step)))?;
+        load_params(&source, &set, &format!("{}/model.safetensors", step_dir(w.step)), &t.params)?;
+        tracing::info!(store = %w.store, step = w.step, "warm start");
     }
     for step in start..steps {
         let loss = t.step(step, settings.schedule_steps).map_err(err)?;
