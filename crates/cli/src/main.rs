@@ -438,14 +438,14 @@ fn scorers(what: worldcompass::ScorersWhat) -> anyhow::Result<()> {
         ScorersWhat::TrainPose { out, steps, batch, lr, checkpoint_every, hidden, frame_size, derotate, seed, init_from } => {
             anyhow::ensure!(checkpoint_every > 0, "--checkpoint-every must be at least 1");
             let out = RunStore::open(&out)?;
-            let warm_start = match init_from {
-                Some(uri) => {
-                    let source = RunStore::open(&uri)?;
-                    let step = wc_stages::scorer_models::load_pose(&source).with_context(|| format!("--init-from {uri}"))?.step;
-                    if wc_stages::scorer_models::read_settings(&source, step)?.seed == seed {
-                        eprintln!("note: --seed {seed} is the seed {uri} was trained with: the run sees the same windows again");
+            let source = init_from.as_deref().map(RunStore::open).transpose()?;
+            let warm_start = match &source {
+                Some(src) => {
+                    let w = wc_stages::scorer_models::WarmStart::newest(src).with_context(|| format!("--init-from {}", src.uri()))?;
+                    if wc_stages::scorer_models::read_settings(src, w.step)?.seed == seed {
+                        eprintln!("note: --seed {seed} is the seed {} was trained with: the run sees the same windows again", src.uri());
                     }
-                    Some(wc_stages::scorer_models::WarmStart { store: uri, step })
+                    Some(w)
                 }
                 None => None,
             };
@@ -460,7 +460,7 @@ fn scorers(what: worldcompass::ScorersWhat) -> anyhow::Result<()> {
             };
             let bar = step_bar(steps, "pose");
             let mut ema: Option<f64> = None;
-            let done = wc_stages::scorer_models::train_pose(&out, &settings, steps, |step, loss| {
+            let done = wc_stages::scorer_models::train_pose(&out, &settings, steps, source.as_ref(), |step, loss| {
                 let e = ema.map_or(loss, |e| 0.98 * e + 0.02 * loss);
                 ema = Some(e);
                 bar.set_position(step + 1);

@@ -38,12 +38,23 @@ pub struct PoseSettings {
     pub warm_start: Option<WarmStart>,
 }
 
-/// A trained estimator a run starts from: its store and step. Its
-/// optimizer state is not carried over.
+/// The trained estimator a run starts from, by identity rather than
+/// location: the fingerprint of its settings and its step. (A location would
+/// make the settings, and so the resume, depend on where the source lay.)
+/// Its optimizer state is not carried over.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WarmStart {
-    pub store: String,
+    pub fingerprint: String,
     pub step: u64,
+}
+
+impl WarmStart {
+    /// The newest estimator under `source`.
+    pub fn newest(source: &RunStore) -> Result<WarmStart, StageError> {
+        let (step, _) = newest_step(source, POSE_DIR, None, None)?
+            .ok_or_else(|| StageError::invalid(source.uri(), format!("no committed pose estimator under {POSE_DIR}/ to start from")))?;
+        Ok(WarmStart { fingerprint: read_settings(source, step)?.fingerprint(), step })
+    }
 }
 
 impl PoseSettings {
@@ -61,7 +72,9 @@ fn err(e: impl std::fmt::Display) -> StageError {
 }
 
 /// Train (or resume) up to `steps`; `on_step(step, loss)` sees every step.
-pub fn train_pose(out: &RunStore, settings: &PoseSettings, steps: u64, mut on_step: impl FnMut(u64, f64)) -> Result<u64, StageError> {
+/// A run whose settings have a warm start reads its first weights from
+/// `warm_source` (needed only before its first checkpoint).
+pub fn train_pose(out: &RunStore, settings: &PoseSettings, steps: u64, warm_source: Option<&RunStore>, mut on_step: impl FnMut(u64, f64)) -> Result<u64, StageError> {
     let fingerprint = settings.fingerprint();
     let device = wc_model::train::default_device();
     let mut t = PoseTrainer::new(&settings.model, settings.seed, settings.batch, settings.lr, &device).map_err(err)?;
@@ -73,17 +86,18 @@ pub fn train_pose(out: &RunStore, settings: &PoseSettings, steps: u64, mut on_st
         start = step;
         tracing::info!(step, "resuming pose-estimator training");
     } else if let Some(w) = &settings.warm_start {
-        let source = RunStore::open(&w.store)?;
-        let from = read_settings(&source, w.step)?;
+        let source = warm_source.ok_or_else(|| StageError::invalid(out.uri(), "the settings start from another estimator: name its store (--init-from)".to_string()))?;
+        let (_, set) = newest_step(source, POSE_DIR, Some(&w.fingerprint), Some(w.step))?
+            .ok_or_else(|| StageError::invalid(source.uri(), format!("no pose estimator at step {} with settings fingerprint {}", w.step, w.fingerprint)))?;
+        let from = read_settings(source, w.step)?;
         if from.model != settings.model {
             return Err(StageError::invalid(
                 source.uri_of(&step_dir(w.step)),
                 format!("a warm start needs the same estimator: it is {:?}, this run's is {:?}", from.model, settings.model),
             ));
         }
-        let (_, set) = newest_step(&source, POSE_DIR, None, Some(w.step))?.ok_or_else(|| StageError::invalid(source.uri(), format!("no pose estimator at step {}", w.step)))?;
-        load_params(&source, &set, &format!("{}/model.safetensors", step_dir(w.step)), &t.params)?;
-        tracing::info!(store = %w.store, step = w.step, "warm start");
+        load_params(source, &set, &format!("{}/model.safetensors", step_dir(w.step)), &t.params)?;
+        tracing::info!(source = %source.uri(), step = w.step, "warm start");
     }
     for step in start..steps {
         let loss = t.step(step, settings.schedule_steps).map_err(err)?;
@@ -133,4 +147,22 @@ pub fn load_pose(store: &RunStore) -> Result<LoadedPose, StageError> {
     let net = PoseNet::new(&settings.model, &mut params).map_err(err)?;
     load_params(store, &set, &format!("{dir}/model.safetensors"), &params)?;
     Ok(LoadedPose { net, params, step, path: store.uri_of(&dir) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_estimators_settings_keep_their_fingerprint() {
+        // models/pose was trained before warm starts existed: its settings
+        // must still parse and fingerprint to what its manifest records, or
+        // `just pose` would retrain it from scratch instead of resuming.
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/pose/pose_estimator/step-0003000");
+        let settings: PoseSettings = serde_json::from_slice(&std::fs::read(format!("{root}/settings.json")).unwrap()).unwrap();
+        let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(format!("{root}/_manifest.json")).unwrap()).unwrap();
+        assert_eq!(manifest["fingerprint"].as_str().unwrap(), settings.fingerprint());
+        let warm = PoseSettings { warm_start: Some(WarmStart { fingerprint: settings.fingerprint(), step: 3000 }), ..settings.clone() };
+        assert_ne!(warm.fingerprint(), settings.fingerprint());
+    }
 }
