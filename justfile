@@ -64,10 +64,15 @@ ablations iters="24" sequences="16" only="sample-level if-only vq-only":
 
 # Where the pose estimator (the interaction-following reward's instrument) lives.
 pose := "file://" + justfile_directory() + "/models/pose"
+pose_stage1 := "file://" + justfile_directory() + "/runs/pose-stage1"
 
-# Train the pose estimator on fresh simulator renders (resumes from models/pose).
+# Train the pose estimator on fresh simulator renders, in two stages: STEPS
+# from scratch (runs/pose-stage1, about 55 min on 2 cores), then STEPS more
+# warm-started from it at half the learning rate on new windows (models/pose,
+# which holds the shipped result: that stage resumes from it). Both resume.
 pose steps="3000":
-    {{wc}} scorers train-pose --out {{pose}} --steps {{steps}} --checkpoint-every 250
+    {{wc}} scorers train-pose --out {{pose_stage1}} --steps {{steps}} --checkpoint-every 250
+    {{wc}} scorers train-pose --out {{pose}} --init-from {{pose_stage1}} --steps {{steps}} --lr 5e-4 --seed 1 --checkpoint-every 250
 
 # Validate the built-in scorers on held-out scenes.
 eval-scorers windows="2000":

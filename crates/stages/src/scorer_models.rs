@@ -155,14 +155,20 @@ mod tests {
 
     #[test]
     fn the_shipped_estimators_settings_keep_their_fingerprint() {
-        // models/pose was trained before warm starts existed: its settings
-        // must still parse and fingerprint to what its manifest records, or
-        // `just pose` would retrain it from scratch instead of resuming.
+        // The shipped estimator's settings (a warm start) must parse and
+        // fingerprint to what its manifest records, or `just pose` would
+        // retrain it instead of resuming; a different source step is a
+        // different run.
         let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/pose/pose_estimator/step-0003000");
         let settings: PoseSettings = serde_json::from_slice(&std::fs::read(format!("{root}/settings.json")).unwrap()).unwrap();
         let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(format!("{root}/_manifest.json")).unwrap()).unwrap();
         assert_eq!(manifest["fingerprint"].as_str().unwrap(), settings.fingerprint());
-        let warm = PoseSettings { warm_start: Some(WarmStart { fingerprint: settings.fingerprint(), step: 3000 }), ..settings.clone() };
-        assert_ne!(warm.fingerprint(), settings.fingerprint());
+        let w = settings.warm_start.clone().expect("the shipped estimator is warm-started");
+        let other = PoseSettings { warm_start: Some(WarmStart { step: w.step + 1, ..w }), ..settings.clone() };
+        assert_ne!(other.fingerprint(), settings.fingerprint());
+        // Settings without a warm start serialise as before warm starts
+        // existed (no key): the first stage's fingerprint is unchanged.
+        let scratch = PoseSettings { warm_start: None, ..settings.clone() };
+        assert!(!serde_json::to_string(&scratch).unwrap().contains("warm_start"));
     }
 }
