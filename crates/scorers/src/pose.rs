@@ -5,13 +5,12 @@
 //! negative, none or positive. The motion it returns per axis is the most
 //! probable class times the nominal window motion, scaled by that class's
 //! probability (for a right turn: `turn * p(+)`); "none" is exactly zero,
-//! so doubt between classes cannot leak
-//! past the metric's 1 degree / 0.01 unit thresholds (an expectation over
-//! the classes did: rotation-only windows read as translation). The
-//! action-accuracy metric maps these motions to labels exactly as it maps
-//! ground-truth poses. The class probabilities themselves are there too
-//! ([`PoseNet::window_probs`], [`expected_correct`]): the reward's graded
-//! interaction-following signal.
+//! so doubt between classes cannot leak past the metric's 1 degree / 0.01
+//! unit thresholds (an expectation over the classes did: rotation-only
+//! windows read as translation). The action-accuracy metric maps these
+//! motions to labels exactly as it maps ground-truth poses. The class
+//! probabilities themselves are there too ([`PoseNet::window_probs`],
+//! [`expected_correct`]): the reward's graded interaction-following signal.
 //!
 //! The network is a small residual MLP over a cost volume, the correlation layer of
 //! optical-flow networks: for each block of a grid over the first frame,
@@ -248,8 +247,8 @@ impl PoseNet {
     }
 
     /// Window motions of windows (first, middle, last frame): each axis's
-    /// most probable class times the nominal window motion (see
-    /// [`motion_of`]).
+    /// most probable class times the nominal window motion, scaled by its
+    /// probability (see [`motion_of`]).
     pub fn estimate_windows(&self, windows: &[WindowFrames], kin: &Kinematics, device: &Device) -> Result<Vec<WindowMotion>> {
         Ok(self.window_probs(windows, kin, device)?.iter().map(|p| motion_of(p, kin)).collect())
     }
@@ -422,12 +421,6 @@ fn sequence_windows(frames: &[Frame], kin: &Kinematics) -> Vec<WindowFrames> {
     (0..windows)
         .map(|w| WindowFrames { first: frames[w * f].clone(), mid: frames[w * f + f / 2].clone(), last: frames[(w + 1) * f].clone() })
         .collect()
-}
-
-/// Estimate the window motions of a frame sequence (`frames[0]` is the
-/// frame before the first window).
-pub fn estimate_motions(net: &PoseNet, frames: &[Frame], kin: &Kinematics, device: &Device) -> Result<Vec<WindowMotion>> {
-    net.estimate_windows(&sequence_windows(frames, kin), kin, device)
 }
 
 /// The class probabilities of a frame sequence's windows (`frames[0]` is
