@@ -148,6 +148,50 @@ print("ok")
 }
 
 #[test]
+fn probe_instrument_reads_nominal_motions_through_the_prefix() {
+    // The diagnostic ceiling: the IF reward read by the re-render probe.
+    // Iteration 1 scores clip 2, so the camera is tracked through the
+    // prefix. Every window the probe reads is one of its 81 candidate
+    // motions (whole turns), never the estimator's probability-scaled ones,
+    // and the scores follow from the windows as the metric says.
+    let tmp = tempfile::tempdir().unwrap();
+    let pose = tiny_pose_model(tmp.path());
+    let estimator = tiny_world_pipeline(tmp.path(), &pose);
+    let text = std::fs::read_to_string(&estimator).unwrap().replacen("vq_frame_stride = 4", "vq_frame_stride = 4\nif_instrument = \"probe\"", 1);
+    let probe = tmp.path().join("probe.toml");
+    std::fs::write(&probe, text).unwrap();
+    for (name, pipeline) in [("est", estimator.as_str()), ("probe", probe.to_str().unwrap())] {
+        wc_ok(&["train", "--run", &file_uri(tmp.path(), name), "--pipeline", pipeline, "--iters", "2"], &[]);
+    }
+    let script = r#"
+import sys, polars as pl
+est, probe = sys.argv[1], sys.argv[2]
+turn = 5.0 * 4
+def nominal(w):
+    # Whole turns: 0 or +-20 degrees (a translation under a turn curves, so
+    # only the rotation axes have nominal values to check).
+    ok = lambda c: ((pl.col(c).abs() < 1e-6) | ((pl.col(c).abs() - turn).abs() < 1e-6)).all()
+    return w.select(ok("est_yaw_deg"), ok("est_pitch_deg")).row(0)
+for it in ["000000", "000001"]:
+    shard = f"/iters/{it}/reward/shard-000-of-001/"
+    wp, we = pl.read_parquet(probe + shard + "windows.parquet"), pl.read_parquet(est + shard + "windows.parquet")
+    assert nominal(wp) == (True, True), wp
+    assert nominal(we) != (True, True), "the estimator's readings are scaled by their probability"
+    sp = pl.read_parquet(probe + shard + "scores.parquet")
+    per = wp.group_by("group_id", "candidate").agg(pl.col("rot_ok").mean().alias("r"), pl.col("trans_ok").mean().alias("t"))
+    j = sp.join(per, on=["group_id", "candidate"])
+    assert j.height == sp.height
+    assert ((j["rot_acc"] - j["r"]).abs() < 1e-12).all() and ((j["trans_acc"] - j["t"]).abs() < 1e-12).all(), j
+print("ok")
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, tmp.path().join("est").to_str().unwrap(), tmp.path().join("probe").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
 fn sample_level_rollout_scores_and_trains_whole_sequences() {
     let tmp = tempfile::tempdir().unwrap();
     let pose = tiny_pose_model(tmp.path());

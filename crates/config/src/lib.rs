@@ -109,6 +109,20 @@ pub enum IfSignal {
     Expected,
 }
 
+/// What reads the candidates' camera motion for the IF reward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum IfInstrument {
+    /// The pose estimator (`pose_model`): pixels only, as in the paper.
+    #[default]
+    Estimator,
+    /// Diagnostic, never a production reward: the evaluation's re-render
+    /// probe, which reads the simulator (the prompt's scene and the camera
+    /// tracked from the start). A run with it measures what RL reaches with
+    /// a perfect instrument: the ceiling the estimator's errors cost.
+    Probe,
+}
+
 /// `[model]`: the policy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -208,6 +222,10 @@ pub struct RewardSection {
     /// under the estimator's probabilities (finer: fewer tied groups).
     #[serde(default)]
     pub if_signal: IfSignal,
+    /// Built-in scorer: the pose estimator (default) or, as a diagnostic
+    /// ceiling, the simulator-reading probe of the evaluation.
+    #[serde(default)]
+    pub if_instrument: IfInstrument,
 }
 
 fn default_timeout() -> u64 {
@@ -335,6 +353,20 @@ impl PipelineConfig {
             }
             _ => {}
         }
+        if self.reward.if_instrument == IfInstrument::Probe {
+            let why = if self.model.kind == ModelKind::Linear {
+                "the probe re-renders the simulator's scenes: it needs model.kind = \"world\""
+            } else if !self.reward.external_command.is_empty() {
+                "the probe is a built-in scorer: it cannot be combined with reward.external_command"
+            } else if self.reward.if_signal == IfSignal::Expected {
+                "the probe gives no class probabilities: it needs if_signal = \"accuracy\""
+            } else {
+                ""
+            };
+            if !why.is_empty() {
+                return bad("reward.if_instrument", "\"probe\"".into(), why);
+            }
+        }
         if !(r.guidance >= 1.0 && r.guidance.is_finite()) {
             return bad("rollout.guidance", r.guidance.to_string(), "must be >= 1 (1 = no guidance)");
         }
@@ -436,12 +468,13 @@ mod tests {
     fn ablation_pipelines_change_only_their_switch() {
         let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../pipelines");
         let default = PipelineConfig::load(&format!("{root}/embedded.toml")).unwrap();
-        let switches: [(&str, fn(&mut PipelineConfig)); 5] = [
+        let switches: [(&str, fn(&mut PipelineConfig)); 6] = [
             ("sample-level", |c| c.rollout.mode = RolloutMode::Sample),
             ("if-only", |c| c.select.rewards = RewardSet::IfOnly),
             ("vq-only", |c| c.select.rewards = RewardSet::VqOnly),
             ("no-best-of-n", |c| c.select.best_of_n = false),
             ("all-timesteps", |c| c.optimize.timestep_fraction = 1.0),
+            ("probe-reward", |c| c.reward.if_instrument = IfInstrument::Probe),
         ];
         for (name, switch) in switches {
             let ablation = PipelineConfig::load(&format!("{root}/ablations/{name}.toml")).unwrap();
@@ -471,6 +504,24 @@ mod tests {
         let external = world.replace("[reward]", "[reward]\nexternal_command = [\"python3\", \"score.py\"]");
         let err = PipelineConfig::parse("x.toml", &external).unwrap_err().to_string();
         assert!(err.contains("reward.if_signal") && err.contains("external_command"), "{err}");
+    }
+
+    #[test]
+    fn the_probe_instrument_needs_the_world_backend_and_hard_accuracy() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../pipelines");
+        let default = PipelineConfig::load(&format!("{root}/embedded.toml")).unwrap();
+        assert_eq!(default.reward.if_instrument, IfInstrument::Estimator, "the default reads pixels only");
+        let world = std::fs::read_to_string(format!("{root}/embedded.toml")).unwrap().replace("if_instrument = \"estimator\"", "if_instrument = \"probe\"");
+        assert_eq!(PipelineConfig::parse("world.toml", &world).unwrap().reward.if_instrument, IfInstrument::Probe);
+        let cases = [
+            ("if_signal = \"accuracy\"", world.replace("if_signal = \"accuracy\"", "if_signal = \"expected\"")),
+            ("external_command", world.replace("[reward]", "[reward]\nexternal_command = [\"python3\", \"score.py\"]")),
+            ("model.kind = \"world\"", embedded().replace("vq_frame_stride = 4", "vq_frame_stride = 4\nif_instrument = \"probe\"")),
+        ];
+        for (why, text) in cases {
+            let err = PipelineConfig::parse("x.toml", &text).unwrap_err().to_string();
+            assert!(err.contains("reward.if_instrument") && err.contains(why), "{why}: {err}");
+        }
     }
 
     #[test]

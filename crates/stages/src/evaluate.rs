@@ -23,7 +23,7 @@ use wc_model::{ModelConfig, WorldModel};
 use wc_rl::seeds::{derive_seed, SeedDomain};
 use wc_store::RunStore;
 use wc_world::metric::{Accuracy, AccuracyTally};
-use wc_world::probe::{judge, nearest_motion};
+use wc_world::probe::{judge, track_window};
 use wc_world::render::render;
 use wc_world::{ActionMask, Kinematics, Pose, RenderConfig, Scene};
 
@@ -219,8 +219,8 @@ fn score_sequence(cfg: &ModelConfig, s: &HeldOut, clips: usize, source: ContextS
                 ContextSource::Generated => tracked,
                 ContextSource::GroundTruth => poses[wi * 4],
             };
-            let found = nearest_motion(&scene, &start, &clip_f32[w * 4 * per_frame..(w + 1) * 4 * per_frame], &kin, &rcfg);
-            tracked = *kin.trajectory(start, &[found]).last().expect("a window has frames");
+            let (found, end) = track_window(&scene, &start, &clip_f32[w * 4 * per_frame..(w + 1) * 4 * per_frame], &kin, &rcfg);
+            tracked = end;
             out.windows.push((judge(found, actions[wi]), judge(ActionMask(0), actions[wi])));
         }
     }

@@ -72,6 +72,22 @@ pub fn groups_from_batch(b: &RecordBatch, artifact: &str) -> Result<Vec<GroupRow
         .collect()
 }
 
+/// The scene seed of every prompt, indexed by prompt id (the run's
+/// `data/prompts.parquet`).
+pub fn scene_seeds_from_batch(b: &RecordBatch, artifact: &str) -> Result<Vec<u64>, StageError> {
+    let pid = col::<Int64Array>(b, artifact, "prompt_id")?;
+    let seed = col::<Int64Array>(b, artifact, "scene_seed")?;
+    let mut seeds = vec![None; b.num_rows()];
+    for i in 0..b.num_rows() {
+        let slot = usize::try_from(pid.value(i)).ok().and_then(|p| seeds.get_mut(p));
+        match slot {
+            Some(s @ None) => *s = Some(seed.value(i) as u64),
+            _ => return Err(StageError::invalid(artifact, format!("prompt ids must be 0..{} each once; found {}", b.num_rows(), pid.value(i)))),
+        }
+    }
+    Ok(seeds.into_iter().flatten().collect())
+}
+
 /// Scores of one candidate clip (reward stage).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScoreRow {
@@ -290,6 +306,19 @@ pub fn eval_to_batch(rows: &[EvalRow]) -> RecordBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scene_seeds_are_indexed_by_prompt_id_and_gaps_are_refused() {
+        let rows = |ids: &[i64]| -> RecordBatch {
+            let prompts: Vec<wc_data::rows::PromptRow> = ids.iter().map(|&i| wc_data::rows::PromptRow { prompt_id: i, scene_seed: 100 + i, caption: "a".into() }).collect();
+            wc_data::rows::prompts_to_batch(&prompts)
+        };
+        assert_eq!(scene_seeds_from_batch(&rows(&[2, 0, 1]), "p").unwrap(), vec![100, 101, 102]);
+        for bad in [&[0, 2][..], &[0, 0], &[-1, 0]] {
+            let err = scene_seeds_from_batch(&rows(bad), "p.parquet").unwrap_err().to_string();
+            assert!(err.contains("p.parquet") && err.contains("prompt ids"), "{bad:?}: {err}");
+        }
+    }
 
     #[test]
     fn groups_roundtrip_through_parquet() {

@@ -8,18 +8,19 @@ use candle_core::Device;
 use wc_rl::schedule::{eta_at, sampler_times, target_clip, timestep_subset};
 use wc_rl::seeds::{derive_seed, SeedDomain};
 use wc_schemas::{tensors, DimBindings, Tensor, TensorSet};
-use wc_scorers::pose::{estimate_probs, expected_correct, motion_of, PoseConfig, PoseNet};
+use wc_scorers::pose::{estimate_probs, expected_correct, motion_of, AxisProbs, PoseConfig, PoseNet};
 use wc_scorers::vq::{clip_vq, VqMode};
 use wc_store::{CommittedSet, PendingCommit, ShardSpec};
 use wc_world::metric::{window_correct, MetricConfig};
-use wc_world::{Frame, Kinematics};
+use wc_world::probe::track_window;
+use wc_world::{Frame, Kinematics, Pose, RenderConfig, Scene, WindowMotion};
 
 use crate::error::StageError;
 use crate::inputs::{self, clip_windows, iteration_groups, sequence_pool, stage_shards};
 use crate::layout;
 use crate::runner::{RunContext, Stage};
 use crate::stages::{group_files, group_latents, progress, write_table, write_tensors};
-use crate::tables::{metrics_to_batch, scores_to_batch, selection_from_batch, windows_to_batch, MetricRow, ScoreRow, WindowRow};
+use crate::tables::{metrics_to_batch, scene_seeds_from_batch, scores_to_batch, selection_from_batch, windows_to_batch, MetricRow, ScoreRow, WindowRow};
 use crate::world::{self, NftSample};
 
 /// Where init stores the run's copy of the pose estimator.
@@ -251,13 +252,64 @@ fn frames_of(cfg: &wc_model::ModelConfig, latents: &[f32]) -> Vec<Frame> {
         .collect()
 }
 
+/// What reads a candidate's windows for the IF reward
+/// (`reward.if_instrument`).
+pub enum WindowReader<'a> {
+    /// The pose estimator: pixels only (the paper's setting).
+    Estimator { net: &'a PoseNet, device: &'a Device },
+    /// The evaluation's re-render probe, a diagnostic ceiling: the group's
+    /// scene, and the camera tracked through the prefix to the first scored
+    /// window.
+    Probe { scene: Scene, start: Pose },
+}
+
+impl WindowReader<'_> {
+    /// The windows of `frames` (`frames[0]` is the frame before the first
+    /// window): per window the motion read and, from the estimator, its
+    /// class probabilities.
+    fn read(&self, frames: &[Frame], kin: &Kinematics) -> Result<Vec<(WindowMotion, Option<AxisProbs>)>, StageError> {
+        match self {
+            WindowReader::Estimator { net, device } => {
+                let probs = estimate_probs(net, frames, kin, device).map_err(|e| StageError::invalid("pose estimator", e.to_string()))?;
+                Ok(probs.into_iter().map(|p| (motion_of(&p, kin), Some(p))).collect())
+            }
+            WindowReader::Probe { scene, start } => Ok(probe_windows(scene, *start, &frames[1..], kin).0.into_iter().map(|m| (m, None)).collect()),
+        }
+    }
+}
+
+/// The probe's reading of consecutive windows (`frames_per_window` frames
+/// each, after the camera's `start`), the camera tracked through what it
+/// finds: each window's motion, and the pose after the last window.
+pub fn probe_windows(scene: &Scene, start: Pose, frames: &[Frame], kin: &Kinematics) -> (Vec<WindowMotion>, Pose) {
+    let Some(f0) = frames.first() else {
+        return (Vec::new(), start);
+    };
+    let rcfg = RenderConfig { width: f0.width, height: f0.height, ..Default::default() };
+    let mut pose = start;
+    let mut motions = Vec::new();
+    for window in frames.chunks_exact(kin.frames_per_window) {
+        let flat: Vec<f32> = window.iter().flat_map(|f| f.rgb.iter().copied()).collect();
+        let (_, end) = track_window(scene, &pose, &flat, kin, &rcfg);
+        motions.push(WindowMotion::between(&pose, &end));
+        pose = end;
+    }
+    (motions, pose)
+}
+
+/// The scene seed of every prompt of the run, by prompt id.
+fn scene_seeds(ctx: &RunContext, init: &CommittedSet) -> Result<Vec<u64>, StageError> {
+    let artifact = ctx.store.uri_of(layout::PROMPTS);
+    let batch = wc_schemas::read_table(&wc_schemas::tables::prompts(), &artifact, init.read(layout::PROMPTS)?)?;
+    scene_seeds_from_batch(&batch, &artifact)
+}
+
 /// Scores of one group's candidates: (score rows, window rows).
 #[allow(clippy::too_many_arguments)]
 pub fn score_candidates(
     ctx: &RunContext,
     cfg: &wc_model::ModelConfig,
-    pose: &PoseNet,
-    device: &Device,
+    reader: &WindowReader,
     iter: u64,
     group: (u64, &crate::tables::GroupRow),
     first: &Frame,
@@ -278,18 +330,18 @@ pub fn score_candidates(
     for (j, lat) in candidates.chunks_exact(clip_len).enumerate() {
         let mut frames = vec![before.clone()];
         frames.extend(frames_of(cfg, lat));
-        let probs = estimate_probs(pose, &frames, &kin, device).map_err(|e| StageError::invalid("pose estimator", e.to_string()))?;
+        let readings = reader.read(&frames, &kin)?;
         let (vq, per_frame) = clip_vq(&frames[1..], stride, mode, Some(first));
         let mut tally = wc_world::metric::AccuracyTally::default();
-        for (w, (p, a)) in probs.iter().zip(&windows).enumerate() {
-            let m = &motion_of(p, &kin);
+        for (w, ((m, p), a)) in readings.iter().zip(&windows).enumerate() {
             let (r, t) = window_correct(m, wc_world::ActionMask(*a), &metric);
-            match ctx.cfg.reward.if_signal {
-                wc_config::IfSignal::Accuracy => tally.add(r, t),
-                wc_config::IfSignal::Expected => {
+            match (ctx.cfg.reward.if_signal, p) {
+                (wc_config::IfSignal::Expected, Some(p)) => {
                     let (pr, pt) = expected_correct(p, wc_world::ActionMask(*a));
                     tally.add_graded(pr, pt)
                 }
+                // The config refuses "expected" without the estimator.
+                _ => tally.add(r, t),
             }
             // The frame VQ sampled inside this window, if any.
             let frames_per_window = kin.frames_per_window;
@@ -336,10 +388,14 @@ pub fn reward(ctx: &RunContext, iter: u64, shard: ShardSpec, dir: &str, pending:
     if !ctx.cfg.reward.external_command.is_empty() {
         return external_reward(ctx, &o, iter, shard, dir, pending, &prefixes, &rollouts);
     }
-    let (pose, params) = load_pose(ctx, &o.init)?;
-    if pose.cfg.frame_size != o.cfg.frame_size {
-        return Err(StageError::invalid(POSE_SETTINGS, format!("the pose estimator reads {0}x{0} frames, the model makes {1}x{1}", pose.cfg.frame_size, o.cfg.frame_size)));
+    let probe = ctx.cfg.reward.if_instrument == wc_config::IfInstrument::Probe;
+    let estimator = if probe { None } else { Some(load_pose(ctx, &o.init)?) };
+    if let Some((pose, _)) = &estimator {
+        if pose.cfg.frame_size != o.cfg.frame_size {
+            return Err(StageError::invalid(POSE_SETTINGS, format!("the pose estimator reads {0}x{0} frames, the model makes {1}x{1}", pose.cfg.frame_size, o.cfg.frame_size)));
+        }
     }
+    let seeds = if probe { scene_seeds(ctx, &o.init)? } else { Vec::new() };
     let (pfiles, cfiles) = (group_files(&prefixes), group_files(&rollouts));
     let groups: Vec<_> = iteration_groups(ctx, &o.pool, iter).into_iter().filter(|(g, _)| shard.owns(*g as usize)).collect();
     let fl = world::frame_len(&o.cfg);
@@ -350,7 +406,16 @@ pub fn reward(ctx: &RunContext, iter: u64, shard: ShardSpec, dir: &str, pending:
         let cands = candidates_of(ctx, &o.cfg, &cfiles, iter, *g)?;
         let first = first_latent(&o, row.prompt_id)?;
         let before = if pre.is_empty() { first.clone() } else { pre[pre.len() - fl..].to_vec() };
-        let (s, w) = score_candidates(ctx, &o.cfg, &pose, params.device(), iter, (*g, row), &frames_of(&o.cfg, &first)[0], &frames_of(&o.cfg, &before)[0], &cands)?;
+        let reader = match &estimator {
+            Some((net, params)) => WindowReader::Estimator { net, device: params.device() },
+            None => {
+                let seed = seeds.get(row.prompt_id as usize).ok_or_else(|| StageError::invalid(ctx.store.uri_of(layout::PROMPTS), format!("no prompt {}", row.prompt_id)))?;
+                let scene = Scene::generate(*seed);
+                let start = probe_windows(&scene, Pose::START, &frames_of(&o.cfg, &pre), &Kinematics::default()).1;
+                WindowReader::Probe { scene, start }
+            }
+        };
+        let (s, w) = score_candidates(ctx, &o.cfg, &reader, iter, (*g, row), &frames_of(&o.cfg, &first)[0], &frames_of(&o.cfg, &before)[0], &cands)?;
         scores.extend(s);
         windows.extend(w);
         pb.inc(1);
@@ -500,4 +565,35 @@ pub fn optimize(ctx: &RunContext, iter: u64, dir: &str, pending: &mut PendingCom
     put(pending, "optimizer", opt.to_tensor_set().map_err(world::model_err)?)?;
     write_table(ctx, pending, &format!("{dir}/metrics.parquet"), &wc_schemas::tables::optimize_metrics(), &metrics_to_batch(&metrics))?;
     Ok(4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wc_world::actions::combined_actions;
+    use wc_world::camera::window_motions;
+    use wc_world::render::render;
+    use wc_world::ActionMask;
+
+    #[test]
+    fn the_probe_reads_true_windows_and_tracks_the_camera_through_them() {
+        let kin = Kinematics::default();
+        let scene = Scene::generate(7);
+        let rcfg = RenderConfig { width: 32, height: 32, ..Default::default() };
+        let actions: Vec<ActionMask> = [combined_actions()[0], ActionMask::basic()[2], combined_actions()[5], ActionMask(0)].to_vec();
+        let poses = kin.trajectory(Pose::START, &actions);
+        let frames: Vec<Frame> = poses[1..].iter().map(|p| render(&scene, p, &rcfg)).collect();
+        // A prefix of two windows, then the scored windows from where it ends.
+        let (prefix, end) = probe_windows(&scene, Pose::START, &frames[..8], &kin);
+        assert_eq!(end, poses[8], "tracked to the end of the prefix");
+        let (rest, last) = probe_windows(&scene, end, &frames[8..], &kin);
+        assert_eq!(last, poses[16]);
+        let truth = window_motions(&poses, kin.frames_per_window);
+        assert_eq!([prefix, rest].concat(), truth);
+        // A camera that never moves reads as no motion at all.
+        let still = vec![render(&scene, &Pose::START, &rcfg); 8];
+        let (m, p) = probe_windows(&scene, Pose::START, &still, &kin);
+        assert_eq!((m, p), (vec![WindowMotion::between(&Pose::START, &Pose::START); 2], Pose::START));
+        assert_eq!(probe_windows(&scene, Pose::START, &[], &kin), (Vec::new(), Pose::START));
+    }
 }
