@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use candle_core::Device;
+use rayon::prelude::*;
 use wc_rl::schedule::{eta_at, sampler_times, target_clip, timestep_subset};
 use wc_rl::seeds::{derive_seed, SeedDomain};
 use wc_schemas::{tensors, DimBindings, Tensor, TensorSet};
@@ -276,6 +277,16 @@ impl WindowReader<'_> {
             WindowReader::Probe { scene, start } => Ok(probe_windows(scene, *start, &frames[1..], kin).0.into_iter().map(|m| (m, None)).collect()),
         }
     }
+
+    /// [`WindowReader::read`] of every candidate: the probe's renders run
+    /// in parallel over candidates; the estimator batches its windows
+    /// itself.
+    fn read_all(&self, clips: &[Vec<Frame>], kin: &Kinematics) -> Result<Vec<Vec<(WindowMotion, Option<AxisProbs>)>>, StageError> {
+        match self {
+            WindowReader::Estimator { .. } => clips.iter().map(|c| self.read(c, kin)).collect(),
+            WindowReader::Probe { .. } => clips.par_iter().map(|c| self.read(c, kin)).collect(),
+        }
+    }
 }
 
 /// The probe's reading of consecutive windows (`frames_per_window` frames
@@ -327,10 +338,11 @@ pub fn score_candidates(
     let clip_len = world::clip_shape(cfg).iter().product::<usize>() * clips_per_candidate(ctx);
     let stride = ctx.cfg.reward.vq_frame_stride as usize;
     let (mut scores, mut rows) = (Vec::new(), Vec::new());
-    for (j, lat) in candidates.chunks_exact(clip_len).enumerate() {
-        let mut frames = vec![before.clone()];
-        frames.extend(frames_of(cfg, lat));
-        let readings = reader.read(&frames, &kin)?;
+    let clips: Vec<Vec<Frame>> = candidates
+        .chunks_exact(clip_len)
+        .map(|lat| std::iter::once(before.clone()).chain(frames_of(cfg, lat)).collect())
+        .collect();
+    for (j, (frames, readings)) in clips.iter().zip(reader.read_all(&clips, &kin)?).enumerate() {
         let (vq, per_frame) = clip_vq(&frames[1..], stride, mode, Some(first));
         let mut tally = wc_world::metric::AccuracyTally::default();
         for (w, ((m, p), a)) in readings.iter().zip(&windows).enumerate() {
