@@ -12,6 +12,26 @@ fn file_uri(dir: &std::path::Path, name: &str) -> String {
     format!("file://{}", dir.join(name).display())
 }
 
+/// Train the tiny world pipeline (run `a`) and a variant of it with one
+/// key added under `[reward]` (run `b`) for `iters` iterations each, then
+/// run a Python check with both runs' folders as its arguments.
+fn compare_reward_variant(key: &str, iters: &str, check: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let pose = tiny_pose_model(tmp.path());
+    let a = tiny_world_pipeline(tmp.path(), &pose);
+    let text = std::fs::read_to_string(&a).unwrap().replacen("vq_frame_stride = 4", &format!("vq_frame_stride = 4\n{key}"), 1);
+    let b = tmp.path().join("variant.toml");
+    std::fs::write(&b, text).unwrap();
+    for (name, pipeline) in [("a", a.as_str()), ("b", b.to_str().unwrap())] {
+        wc_ok(&["train", "--run", &file_uri(tmp.path(), name), "--pipeline", pipeline, "--iters", iters], &[]);
+    }
+    let out = std::process::Command::new("python3")
+        .args(["-c", check, tmp.path().join("a").to_str().unwrap(), tmp.path().join("b").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
 #[test]
 fn world_train_killed_at_random_points_resumes_to_the_same_bytes() {
     let tmp = tempfile::tempdir().unwrap();
@@ -110,16 +130,6 @@ fn expected_if_signal_grades_the_same_readings() {
     // the same estimated motions, but with "expected" the scores are the
     // estimator's probabilities of the command, graded between the
     // paper's 0 / 0.5 / 1 of a one-window clip.
-    let tmp = tempfile::tempdir().unwrap();
-    let pose = tiny_pose_model(tmp.path());
-    let accuracy = tiny_world_pipeline(tmp.path(), &pose);
-    let text = std::fs::read_to_string(&accuracy).unwrap().replacen("vq_frame_stride = 4", "vq_frame_stride = 4\nif_signal = \"expected\"", 1);
-    let expected = tmp.path().join("expected.toml");
-    std::fs::write(&expected, text).unwrap();
-    for (name, pipeline) in [("acc", accuracy.as_str()), ("exp", expected.to_str().unwrap())] {
-        let run = file_uri(tmp.path(), name);
-        wc_ok(&["train", "--run", &run, "--pipeline", pipeline, "--iters", "1"], &[]);
-    }
     let script = r#"
 import sys, polars as pl
 acc, exp = sys.argv[1], sys.argv[2]
@@ -140,11 +150,7 @@ ne = se.group_by("group_id").agg(pl.col("if_score").n_unique())["if_score"].sum(
 assert ne > na, (ne, na)
 print("ok")
 "#;
-    let out = std::process::Command::new("python3")
-        .args(["-c", script, tmp.path().join("acc").to_str().unwrap(), tmp.path().join("exp").to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    compare_reward_variant("if_signal = \"expected\"", "1", script);
 }
 
 #[test]
@@ -154,15 +160,6 @@ fn probe_instrument_reads_nominal_motions_through_the_prefix() {
     // prefix. Every window the probe reads is one of its 81 candidate
     // motions (whole turns), never the estimator's probability-scaled ones,
     // and the scores follow from the windows as the metric says.
-    let tmp = tempfile::tempdir().unwrap();
-    let pose = tiny_pose_model(tmp.path());
-    let estimator = tiny_world_pipeline(tmp.path(), &pose);
-    let text = std::fs::read_to_string(&estimator).unwrap().replacen("vq_frame_stride = 4", "vq_frame_stride = 4\nif_instrument = \"probe\"", 1);
-    let probe = tmp.path().join("probe.toml");
-    std::fs::write(&probe, text).unwrap();
-    for (name, pipeline) in [("est", estimator.as_str()), ("probe", probe.to_str().unwrap())] {
-        wc_ok(&["train", "--run", &file_uri(tmp.path(), name), "--pipeline", pipeline, "--iters", "2"], &[]);
-    }
     let script = r#"
 import sys, polars as pl
 est, probe = sys.argv[1], sys.argv[2]
@@ -184,11 +181,7 @@ for it in ["000000", "000001"]:
     assert ((j["rot_acc"] - j["r"]).abs() < 1e-12).all() and ((j["trans_acc"] - j["t"]).abs() < 1e-12).all(), j
 print("ok")
 "#;
-    let out = std::process::Command::new("python3")
-        .args(["-c", script, tmp.path().join("est").to_str().unwrap(), tmp.path().join("probe").to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    compare_reward_variant("if_instrument = \"probe\"", "2", script);
 }
 
 #[test]
