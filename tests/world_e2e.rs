@@ -13,9 +13,8 @@ fn file_uri(dir: &std::path::Path, name: &str) -> String {
 }
 
 /// Train the tiny world pipeline (run `a`) and a variant of it with one
-/// key added under `[reward]` (run `b`) for `iters` iterations each, then
-/// run a Python check with both runs' folders as its arguments.
-fn compare_reward_variant(key: &str, iters: &str, check: &str) {
+/// key added under `[reward]` (run `b`) for `iters` iterations each.
+fn train_reward_variant(key: &str, iters: &str) -> (tempfile::TempDir, String, String) {
     let tmp = tempfile::tempdir().unwrap();
     let pose = tiny_pose_model(tmp.path());
     let a = tiny_world_pipeline(tmp.path(), &pose);
@@ -25,10 +24,14 @@ fn compare_reward_variant(key: &str, iters: &str, check: &str) {
     for (name, pipeline) in [("a", a.as_str()), ("b", b.to_str().unwrap())] {
         wc_ok(&["train", "--run", &file_uri(tmp.path(), name), "--pipeline", pipeline, "--iters", iters], &[]);
     }
-    let out = std::process::Command::new("python3")
-        .args(["-c", check, tmp.path().join("a").to_str().unwrap(), tmp.path().join("b").to_str().unwrap()])
-        .output()
-        .unwrap();
+    let dir = |name: &str| tmp.path().join(name).to_str().unwrap().to_string();
+    let (a, b) = (dir("a"), dir("b"));
+    (tmp, a, b)
+}
+
+/// Run a Python check with these arguments; it fails the test with its output.
+fn python_check(script: &str, args: &[&str]) {
+    let out = std::process::Command::new("python3").arg("-c").arg(script).args(args).output().unwrap();
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }
 
@@ -150,7 +153,8 @@ ne = se.group_by("group_id").agg(pl.col("if_score").n_unique())["if_score"].sum(
 assert ne > na, (ne, na)
 print("ok")
 "#;
-    compare_reward_variant("if_signal = \"expected\"", "1", script);
+    let (_tmp, a, b) = train_reward_variant("if_signal = \"expected\"", "1");
+    python_check(script, &[&a, &b]);
 }
 
 #[test]
@@ -181,7 +185,38 @@ for it in ["000000", "000001"]:
     assert ((j["rot_acc"] - j["r"]).abs() < 1e-12).all() and ((j["trans_acc"] - j["t"]).abs() < 1e-12).all(), j
 print("ok")
 "#;
-    compare_reward_variant("if_instrument = \"probe\"", "2", script);
+    let (_tmp, a, b) = train_reward_variant("if_instrument = \"probe\"", "2");
+    python_check(script, &[&a, &b]);
+}
+
+#[test]
+fn agreement_reads_the_candidates_as_the_estimator_and_the_probe_rewards_did() {
+    // Iteration 0 of a run rewarded by the estimator and of one rewarded by
+    // the probe has the same candidates (same seed, same checkpoint 0), so
+    // `scorers agreement` on the first run must report the estimator's
+    // rates of its reward table and the probe's rates of the other's.
+    let (_tmp, a, b) = train_reward_variant("if_instrument = \"probe\"", "1");
+    let table = wc_ok(&["scorers", "agreement", "--run", &format!("file://{a}"), "--from", "0", "--to", "1"], &[]);
+    let script = r#"
+import sys, polars as pl
+est, probe, table = sys.argv[1], sys.argv[2], sys.argv[3]
+shard = "/iters/000000/reward/shard-000-of-001/windows.parquet"
+groups = pl.read_parquet(est + "/data/groups.parquet").select(pl.col("group_id").alias("row"), "kind")
+def rates(run):
+    w = pl.read_parquet(run + shard).with_columns((pl.col("group_id") % groups.height).alias("row")).join(groups, on="row")
+    return {k: (d["rot_ok"].mean(), d["trans_ok"].mean(), d.height) for (k,), d in w.group_by("kind")}
+e, p = rates(est), rates(probe)
+lines = {l.split()[0]: l.split() for l in table.splitlines()[1:] if l.strip()}
+assert set(lines) == set(e), (lines, e)
+for kind, f in lines.items():
+    # kind windows | rot_est rot_probe agree | trans_est trans_probe agree est_only | both_est both_probe
+    n, rot_e, rot_p, tr_e, tr_p = int(f[1]), float(f[3]), float(f[4]), float(f[7]), float(f[8])
+    assert n == e[kind][2] == p[kind][2], (n, e, p)
+    assert abs(rot_e - e[kind][0]) < 6e-4 and abs(tr_e - e[kind][1]) < 6e-4, (kind, f, e)
+    assert abs(rot_p - p[kind][0]) < 6e-4 and abs(tr_p - p[kind][1]) < 6e-4, (kind, f, p)
+print("ok")
+"#;
+    python_check(script, &[&a, &b, &table]);
 }
 
 #[test]

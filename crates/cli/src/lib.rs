@@ -520,6 +520,22 @@ pub enum ScorersWhat {
         #[arg(long)]
         per_action: bool,
     },
+    /// How far the reward's pose estimator agrees with the evaluation's
+    /// re-render probe on a run's own generated candidates (the frames RL
+    /// is trained on, not clean renders): every committed candidate window
+    /// of iterations FROM..TO read by both, judged against its command.
+    ///
+    /// Example: worldcompass scorers agreement --run file://$PWD/runs/embedded --from 0 --to 8
+    Agreement {
+        #[arg(long, env = "WORLDCOMPASS_RUN")]
+        run: String,
+        /// First iteration read.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Iteration after the last one read (its rollouts must be committed).
+        #[arg(long, default_value_t = 8)]
+        to: u64,
+    },
     /// Ranking of clean held-out frames above their degraded versions.
     EvalVq {
         /// Held-out frames (one per scene).

@@ -486,6 +486,18 @@ fn scorers(what: worldcompass::ScorersWhat) -> anyhow::Result<()> {
                 }
             }
         }
+        ScorersWhat::Agreement { run, from, to } => {
+            anyhow::ensure!(from < to, "--from {from} must be below --to {to}");
+            let ctx = RunContext::open(&run)?;
+            let bar = step_bar(to - from, "agreement");
+            let mut rows = Vec::new();
+            for iter in from..to {
+                rows.extend(wc_stages::world_stages::instrument_agreement(&ctx, iter).with_context(|| format!("iteration {iter} of {run}"))?);
+                bar.inc(1);
+            }
+            bar.finish_and_clear();
+            print!("{}", wc_stages::world_stages::agreement_table(&rows));
+        }
         ScorersWhat::EvalVq { frames, size } => {
             println!("VQ scorer on {frames} held-out frames: share of frames whose clean version scores higher, per level; mean score clean -> level 1..3");
             for v in wc_scorers::vq::validate(wc_scorers::pose::HELD_OUT_SCENE_BASE, frames, size) {

@@ -52,8 +52,14 @@ struct Opened {
 }
 
 fn open(ctx: &RunContext, pending: &mut PendingCommit) -> Result<Opened, StageError> {
+    let o = open_inputs(ctx)?;
+    pending.add_input(&o.init);
+    Ok(o)
+}
+
+/// The run's committed data, read without a commit of one's own.
+fn open_inputs(ctx: &RunContext) -> Result<Opened, StageError> {
     let init = inputs::init_set(ctx)?;
-    pending.add_input(&init);
     let cfg = world::model_config(ctx, &init)?;
     let pool = sequence_pool(ctx, &init)?;
     let firsts = first_frames(ctx, &init, cfg.frame_size)?;
@@ -315,34 +321,145 @@ fn scene_seeds(ctx: &RunContext, init: &CommittedSet) -> Result<Vec<u64>, StageE
     scene_seeds_from_batch(&batch, &artifact)
 }
 
+/// The action-accuracy metric of the run's `[reward]` thresholds.
+fn metric_config(ctx: &RunContext) -> MetricConfig {
+    MetricConfig { tau_rot_deg: ctx.cfg.reward.tau_rot_deg, trans_thresholds: ctx.cfg.reward.trans_thresholds.clone(), ..Default::default() }
+}
+
+/// Committed files by group id (see [`group_files`]).
+type GroupFileMap<'a> = BTreeMap<u64, (&'a CommittedSet, String)>;
+
+/// One group's frames as the reward reads them.
+struct GroupClips {
+    /// The prompt's first frame (VQ drift's reference).
+    first: Frame,
+    /// The prefix's frames (clips 1..n-1; none at sample level).
+    prefix: Vec<Frame>,
+    /// Each candidate's frames after the frame before them (`[0]`).
+    candidates: Vec<Vec<Frame>>,
+}
+
+fn group_clips(ctx: &RunContext, o: &Opened, files: (&GroupFileMap, &GroupFileMap), iter: u64, g: u64, row: &crate::tables::GroupRow) -> Result<GroupClips, StageError> {
+    let pre = prefix_of(ctx, &o.cfg, files.0, iter, g)?;
+    let cands = candidates_of(ctx, &o.cfg, files.1, iter, g)?;
+    let first = frames_of(&o.cfg, &first_latent(o, row.prompt_id)?).remove(0);
+    let prefix = frames_of(&o.cfg, &pre);
+    let before = prefix.last().unwrap_or(&first).clone();
+    let clip_len = world::clip_shape(&o.cfg).iter().product::<usize>() * clips_per_candidate(ctx);
+    let candidates = cands.chunks_exact(clip_len).map(|lat| std::iter::once(before.clone()).chain(frames_of(&o.cfg, lat)).collect()).collect();
+    Ok(GroupClips { first, prefix, candidates })
+}
+
+/// The probe reader of a group: its prompt's scene, the camera tracked
+/// through the prefix.
+fn probe_reader(ctx: &RunContext, seeds: &[u64], row: &crate::tables::GroupRow, prefix: &[Frame]) -> Result<WindowReader<'static>, StageError> {
+    let seed = seeds.get(row.prompt_id as usize).ok_or_else(|| StageError::invalid(ctx.store.uri_of(layout::PROMPTS), format!("no prompt {}", row.prompt_id)))?;
+    let scene = Scene::generate(*seed);
+    let start = probe_windows(&scene, Pose::START, prefix, &Kinematics::default()).1;
+    Ok(WindowReader::Probe { scene, start })
+}
+
+/// The run's pose estimator, refused if it reads another frame size than
+/// the model makes.
+fn load_checked_pose(ctx: &RunContext, o: &Opened) -> Result<(PoseNet, wc_model::params::Params), StageError> {
+    let (pose, params) = load_pose(ctx, &o.init)?;
+    if pose.cfg.frame_size != o.cfg.frame_size {
+        return Err(StageError::invalid(POSE_SETTINGS, format!("the pose estimator reads {0}x{0} frames, the model makes {1}x{1}", pose.cfg.frame_size, o.cfg.frame_size)));
+    }
+    Ok((pose, params))
+}
+
+/// One candidate window read by both instruments: whether each reads the
+/// commanded rotation and translation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgreementRow {
+    pub iter: u64,
+    pub kind: String,
+    pub action: u8,
+    /// The pose estimator's (rotation, translation) right.
+    pub estimator: (bool, bool),
+    /// The re-render probe's (rotation, translation) right.
+    pub probe: (bool, bool),
+}
+
+/// The committed candidates of iteration `iter` read by the pose estimator
+/// and by the evaluation's re-render probe, window by window: how far the
+/// reward's instrument agrees with the evaluation's on generated frames
+/// (`worldcompass scorers agreement`). Reads only; commits nothing.
+pub fn instrument_agreement(ctx: &RunContext, iter: u64) -> Result<Vec<AgreementRow>, StageError> {
+    let o = open_inputs(ctx)?;
+    let (prefixes, rollouts) = (stage_shards(ctx, iter, Stage::Prefix)?, stage_shards(ctx, iter, Stage::Rollout)?);
+    let (pfiles, cfiles) = (group_files(&prefixes), group_files(&rollouts));
+    let (net, params) = load_checked_pose(ctx, &o)?;
+    let estimator = WindowReader::Estimator { net: &net, device: params.device() };
+    let (seeds, metric, kin) = (scene_seeds(ctx, &o.init)?, metric_config(ctx), Kinematics::default());
+    let mut rows = Vec::new();
+    for (g, row) in iteration_groups(ctx, &o.pool, iter) {
+        let gc = group_clips(ctx, &o, (&pfiles, &cfiles), iter, g, &row)?;
+        let probe = probe_reader(ctx, &seeds, &row, &gc.prefix)?;
+        let windows = scored_windows(ctx, &row, iter);
+        for (e, p) in estimator.read_all(&gc.candidates, &kin)?.iter().zip(probe.read_all(&gc.candidates, &kin)?) {
+            for ((em, pm), a) in e.iter().zip(&p).zip(&windows) {
+                let judge = |m: &WindowMotion| window_correct(m, wc_world::ActionMask(*a), &metric);
+                rows.push(AgreementRow { iter, kind: row.kind.clone(), action: *a, estimator: judge(&em.0), probe: judge(&pm.0) });
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// The agreement of the two instruments per kind of sequence: how often
+/// each reads the commanded rotation, translation and both, and how often
+/// they agree on it.
+pub fn agreement_table(rows: &[AgreementRow]) -> String {
+    let mut out = format!(
+        "{:<9} {:>7} | {:>9} {:>9} {:>6} | {:>9} {:>9} {:>6} {:>14} | {:>9} {:>9}\n",
+        "kind", "windows", "rot est", "rot probe", "agree", "trans est", "trans prb", "agree", "est-only right", "both est", "both prb"
+    );
+    for kind in ["basic", "combined"] {
+        let k: Vec<&AgreementRow> = rows.iter().filter(|r| r.kind == kind).collect();
+        if k.is_empty() {
+            continue;
+        }
+        let share = |f: &dyn Fn(&AgreementRow) -> bool| k.iter().filter(|r| f(r)).count() as f64 / k.len() as f64;
+        out += &format!(
+            "{:<9} {:>7} | {:>9.3} {:>9.3} {:>6.3} | {:>9.3} {:>9.3} {:>6.3} {:>14.3} | {:>9.3} {:>9.3}\n",
+            kind,
+            k.len(),
+            share(&|r| r.estimator.0),
+            share(&|r| r.probe.0),
+            share(&|r| r.estimator.0 == r.probe.0),
+            share(&|r| r.estimator.1),
+            share(&|r| r.probe.1),
+            share(&|r| r.estimator.1 == r.probe.1),
+            share(&|r| r.estimator.1 && !r.probe.1),
+            share(&|r| r.estimator.0 && r.estimator.1),
+            share(&|r| r.probe.0 && r.probe.1),
+        );
+    }
+    out
+}
+
 /// Scores of one group's candidates: (score rows, window rows).
-#[allow(clippy::too_many_arguments)]
 pub fn score_candidates(
     ctx: &RunContext,
-    cfg: &wc_model::ModelConfig,
     reader: &WindowReader,
     iter: u64,
     group: (u64, &crate::tables::GroupRow),
     first: &Frame,
-    before: &Frame,
-    candidates: &[f32],
+    clips: &[Vec<Frame>],
 ) -> Result<(Vec<ScoreRow>, Vec<WindowRow>), StageError> {
     let (g, row) = group;
     let (n, windows) = (scored_clip_index(ctx, iter), scored_windows(ctx, row, iter));
-    let metric = MetricConfig { tau_rot_deg: ctx.cfg.reward.tau_rot_deg, trans_thresholds: ctx.cfg.reward.trans_thresholds.clone(), ..Default::default() };
+    let metric = metric_config(ctx);
     let kin = Kinematics::default();
     let mode = match ctx.cfg.reward.vq_mode {
         wc_config::VqMode::Absolute => VqMode::Absolute,
         wc_config::VqMode::Drift => VqMode::Drift,
     };
-    let clip_len = world::clip_shape(cfg).iter().product::<usize>() * clips_per_candidate(ctx);
     let stride = ctx.cfg.reward.vq_frame_stride as usize;
     let (mut scores, mut rows) = (Vec::new(), Vec::new());
-    let clips: Vec<Vec<Frame>> = candidates
-        .chunks_exact(clip_len)
-        .map(|lat| std::iter::once(before.clone()).chain(frames_of(cfg, lat)).collect())
-        .collect();
-    for (j, (frames, readings)) in clips.iter().zip(reader.read_all(&clips, &kin)?).enumerate() {
+    for (j, (frames, readings)) in clips.iter().zip(reader.read_all(clips, &kin)?).enumerate() {
         let (vq, per_frame) = clip_vq(&frames[1..], stride, mode, Some(first));
         let mut tally = wc_world::metric::AccuracyTally::default();
         for (w, ((m, p), a)) in readings.iter().zip(&windows).enumerate() {
@@ -401,33 +518,19 @@ pub fn reward(ctx: &RunContext, iter: u64, shard: ShardSpec, dir: &str, pending:
         return external_reward(ctx, &o, iter, shard, dir, pending, &prefixes, &rollouts);
     }
     let probe = ctx.cfg.reward.if_instrument == wc_config::IfInstrument::Probe;
-    let estimator = if probe { None } else { Some(load_pose(ctx, &o.init)?) };
-    if let Some((pose, _)) = &estimator {
-        if pose.cfg.frame_size != o.cfg.frame_size {
-            return Err(StageError::invalid(POSE_SETTINGS, format!("the pose estimator reads {0}x{0} frames, the model makes {1}x{1}", pose.cfg.frame_size, o.cfg.frame_size)));
-        }
-    }
+    let estimator = if probe { None } else { Some(load_checked_pose(ctx, &o)?) };
     let seeds = if probe { scene_seeds(ctx, &o.init)? } else { Vec::new() };
     let (pfiles, cfiles) = (group_files(&prefixes), group_files(&rollouts));
     let groups: Vec<_> = iteration_groups(ctx, &o.pool, iter).into_iter().filter(|(g, _)| shard.owns(*g as usize)).collect();
-    let fl = world::frame_len(&o.cfg);
     let pb = progress(groups.len(), "reward");
     let (mut scores, mut windows) = (Vec::new(), Vec::new());
     for (g, row) in &groups {
-        let pre = prefix_of(ctx, &o.cfg, &pfiles, iter, *g)?;
-        let cands = candidates_of(ctx, &o.cfg, &cfiles, iter, *g)?;
-        let first = first_latent(&o, row.prompt_id)?;
-        let before = if pre.is_empty() { first.clone() } else { pre[pre.len() - fl..].to_vec() };
+        let gc = group_clips(ctx, &o, (&pfiles, &cfiles), iter, *g, row)?;
         let reader = match &estimator {
             Some((net, params)) => WindowReader::Estimator { net, device: params.device() },
-            None => {
-                let seed = seeds.get(row.prompt_id as usize).ok_or_else(|| StageError::invalid(ctx.store.uri_of(layout::PROMPTS), format!("no prompt {}", row.prompt_id)))?;
-                let scene = Scene::generate(*seed);
-                let start = probe_windows(&scene, Pose::START, &frames_of(&o.cfg, &pre), &Kinematics::default()).1;
-                WindowReader::Probe { scene, start }
-            }
+            None => probe_reader(ctx, &seeds, row, &gc.prefix)?,
         };
-        let (s, w) = score_candidates(ctx, &o.cfg, &reader, iter, (*g, row), &frames_of(&o.cfg, &first)[0], &frames_of(&o.cfg, &before)[0], &cands)?;
+        let (s, w) = score_candidates(ctx, &reader, iter, (*g, row), &gc.first, &gc.candidates)?;
         scores.extend(s);
         windows.extend(w);
         pb.inc(1);
@@ -586,6 +689,24 @@ mod tests {
     use wc_world::camera::window_motions;
     use wc_world::render::render;
     use wc_world::ActionMask;
+
+    #[test]
+    fn the_agreement_table_counts_by_hand() {
+        let row = |kind: &str, estimator: (bool, bool), probe: (bool, bool)| AgreementRow { iter: 0, kind: kind.into(), action: 65, estimator, probe };
+        let rows = [
+            row("combined", (true, true), (true, false)),
+            row("combined", (true, true), (true, true)),
+            row("combined", (false, false), (true, false)),
+            row("combined", (true, false), (true, true)),
+        ];
+        let table = agreement_table(&rows);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 2, "header and the one kind present:\n{table}");
+        let f: Vec<&str> = lines[1].split_whitespace().filter(|f| *f != "|").collect();
+        // windows, rot est / probe / agree, trans est / probe / agree,
+        // estimator-only right, both est / probe.
+        assert_eq!(f, ["combined", "4", "0.750", "1.000", "0.750", "0.500", "0.500", "0.500", "0.250", "0.500", "0.500"]);
+    }
 
     #[test]
     fn the_probe_reads_true_windows_and_tracks_the_camera_through_them() {
