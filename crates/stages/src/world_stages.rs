@@ -259,6 +259,10 @@ fn frames_of(cfg: &wc_model::ModelConfig, latents: &[f32]) -> Vec<Frame> {
         .collect()
 }
 
+/// One window as a reader reads it: the motion, and the estimator's class
+/// probabilities (none from the probe).
+type WindowReading = (WindowMotion, Option<AxisProbs>);
+
 /// What reads a candidate's windows for the IF reward
 /// (`reward.if_instrument`).
 pub enum WindowReader<'a> {
@@ -274,7 +278,7 @@ impl WindowReader<'_> {
     /// The windows of `frames` (`frames[0]` is the frame before the first
     /// window): per window the motion read and, from the estimator, its
     /// class probabilities.
-    fn read(&self, frames: &[Frame], kin: &Kinematics) -> Result<Vec<(WindowMotion, Option<AxisProbs>)>, StageError> {
+    fn read(&self, frames: &[Frame], kin: &Kinematics) -> Result<Vec<WindowReading>, StageError> {
         match self {
             WindowReader::Estimator { net, device } => {
                 let probs = estimate_probs(net, frames, kin, device).map_err(|e| StageError::invalid("pose estimator", e.to_string()))?;
@@ -287,7 +291,7 @@ impl WindowReader<'_> {
     /// [`WindowReader::read`] of every candidate: the probe's renders run
     /// in parallel over candidates; the estimator batches its windows
     /// itself.
-    fn read_all(&self, clips: &[Vec<Frame>], kin: &Kinematics) -> Result<Vec<Vec<(WindowMotion, Option<AxisProbs>)>>, StageError> {
+    fn read_all(&self, clips: &[Vec<Frame>], kin: &Kinematics) -> Result<Vec<Vec<WindowReading>>, StageError> {
         match self {
             WindowReader::Estimator { .. } => clips.iter().map(|c| self.read(c, kin)).collect(),
             WindowReader::Probe { .. } => clips.par_iter().map(|c| self.read(c, kin)).collect(),
