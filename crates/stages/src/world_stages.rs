@@ -13,8 +13,8 @@ use wc_scorers::pose::{estimate_probs, expected_correct, motion_of, AxisProbs, P
 use wc_scorers::vq::{clip_vq, VqMode};
 use wc_store::{CommittedSet, PendingCommit, ShardSpec};
 use wc_world::metric::{window_correct, MetricConfig};
-use wc_world::probe::track_window;
-use wc_world::{Frame, Kinematics, Pose, RenderConfig, Scene, WindowMotion};
+use wc_world::probe::track_windows;
+use wc_world::{Frame, Kinematics, Pose, Scene, WindowMotion};
 
 use crate::error::StageError;
 use crate::inputs::{self, clip_windows, iteration_groups, sequence_pool, stage_shards};
@@ -284,7 +284,7 @@ impl WindowReader<'_> {
                 let probs = estimate_probs(net, frames, kin, device).map_err(|e| StageError::invalid("pose estimator", e.to_string()))?;
                 Ok(probs.into_iter().map(|p| (motion_of(&p, kin), Some(p))).collect())
             }
-            WindowReader::Probe { scene, start } => Ok(probe_windows(scene, *start, &frames[1..], kin).0.into_iter().map(|m| (m, None)).collect()),
+            WindowReader::Probe { scene, start } => Ok(track_windows(scene, *start, &frames[1..], kin).0.into_iter().map(|m| (m, None)).collect()),
         }
     }
 
@@ -297,25 +297,6 @@ impl WindowReader<'_> {
             WindowReader::Probe { .. } => clips.par_iter().map(|c| self.read(c, kin)).collect(),
         }
     }
-}
-
-/// The probe's reading of consecutive windows (`frames_per_window` frames
-/// each, after the camera's `start`), the camera tracked through what it
-/// finds: each window's motion, and the pose after the last window.
-pub fn probe_windows(scene: &Scene, start: Pose, frames: &[Frame], kin: &Kinematics) -> (Vec<WindowMotion>, Pose) {
-    let Some(f0) = frames.first() else {
-        return (Vec::new(), start);
-    };
-    let rcfg = RenderConfig { width: f0.width, height: f0.height, ..Default::default() };
-    let mut pose = start;
-    let mut motions = Vec::new();
-    for window in frames.chunks_exact(kin.frames_per_window) {
-        let flat: Vec<f32> = window.iter().flat_map(|f| f.rgb.iter().copied()).collect();
-        let (_, end) = track_window(scene, &pose, &flat, kin, &rcfg);
-        motions.push(WindowMotion::between(&pose, &end));
-        pose = end;
-    }
-    (motions, pose)
 }
 
 /// The scene seed of every prompt of the run, by prompt id.
@@ -359,7 +340,7 @@ fn group_clips(ctx: &RunContext, o: &Opened, files: (&GroupFileMap, &GroupFileMa
 fn probe_reader(ctx: &RunContext, seeds: &[u64], row: &crate::tables::GroupRow, prefix: &[Frame]) -> Result<WindowReader<'static>, StageError> {
     let seed = seeds.get(row.prompt_id as usize).ok_or_else(|| StageError::invalid(ctx.store.uri_of(layout::PROMPTS), format!("no prompt {}", row.prompt_id)))?;
     let scene = Scene::generate(*seed);
-    let start = probe_windows(&scene, Pose::START, prefix, &Kinematics::default()).1;
+    let start = track_windows(&scene, Pose::START, prefix, &Kinematics::default()).1;
     Ok(WindowReader::Probe { scene, start })
 }
 
@@ -561,19 +542,14 @@ fn external_reward(
     let (pfiles, cfiles) = (group_files(prefixes), group_files(rollouts));
     let work = tempfile::Builder::new().prefix("wc-external-").tempdir().map_err(|e| StageError::invalid("external scorer work folder", e.to_string()))?;
     // Frames per candidate: one clip (clip-level) or the whole sequence.
-    let (fl, s, f) = (world::frame_len(&o.cfg), o.cfg.frame_size, o.cfg.frames_per_clip * clips_per_candidate(ctx));
+    let (s, f) = (o.cfg.frame_size, o.cfg.frames_per_clip * clips_per_candidate(ctx));
     let g_count = ctx.cfg.rollout.candidates as usize;
     let mut groups = Vec::new();
     for (g, row) in iteration_groups(ctx, &o.pool, iter).into_iter().filter(|(g, _)| shard.owns(*g as usize)) {
-        let pre = prefix_of(ctx, &o.cfg, &pfiles, iter, g)?;
-        let cands = candidates_of(ctx, &o.cfg, &cfiles, iter, g)?;
-        let before = if pre.is_empty() { first_latent(o, row.prompt_id)? } else { pre[pre.len() - fl..].to_vec() };
-        let before_rgb = world::decode_frames(&o.cfg, &before);
-        let mut frames = Vec::with_capacity(g_count * (f + 1) * s * s * 3);
-        for lat in cands.chunks_exact(f * fl) {
-            frames.extend_from_slice(&before_rgb);
-            frames.extend(world::decode_frames(&o.cfg, lat));
-        }
+        // The frames the built-in scorers read, back to 8-bit (exact: they
+        // were decoded from 8-bit).
+        let clips = group_clips(ctx, o, (&pfiles, &cfiles), iter, g, &row)?.candidates;
+        let frames: Vec<u8> = clips.iter().flatten().flat_map(Frame::to_u8).collect();
         let name = format!("group-{g:05}.safetensors");
         let mut t = TensorSet::new();
         t.insert("frames".into(), Tensor::from_u8(&[g_count, f + 1, s, s, 3], &frames));
@@ -689,10 +665,6 @@ pub fn optimize(ctx: &RunContext, iter: u64, dir: &str, pending: &mut PendingCom
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wc_world::actions::combined_actions;
-    use wc_world::camera::window_motions;
-    use wc_world::render::render;
-    use wc_world::ActionMask;
 
     #[test]
     fn the_agreement_table_counts_by_hand() {
@@ -710,27 +682,5 @@ mod tests {
         // windows, rot est / probe / agree, trans est / probe / agree,
         // estimator-only right, both est / probe.
         assert_eq!(f, ["combined", "4", "0.750", "1.000", "0.750", "0.500", "0.500", "0.500", "0.250", "0.500", "0.500"]);
-    }
-
-    #[test]
-    fn the_probe_reads_true_windows_and_tracks_the_camera_through_them() {
-        let kin = Kinematics::default();
-        let scene = Scene::generate(7);
-        let rcfg = RenderConfig { width: 32, height: 32, ..Default::default() };
-        let actions: Vec<ActionMask> = [combined_actions()[0], ActionMask::basic()[2], combined_actions()[5], ActionMask(0)].to_vec();
-        let poses = kin.trajectory(Pose::START, &actions);
-        let frames: Vec<Frame> = poses[1..].iter().map(|p| render(&scene, p, &rcfg)).collect();
-        // A prefix of two windows, then the scored windows from where it ends.
-        let (prefix, end) = probe_windows(&scene, Pose::START, &frames[..8], &kin);
-        assert_eq!(end, poses[8], "tracked to the end of the prefix");
-        let (rest, last) = probe_windows(&scene, end, &frames[8..], &kin);
-        assert_eq!(last, poses[16]);
-        let truth = window_motions(&poses, kin.frames_per_window);
-        assert_eq!([prefix, rest].concat(), truth);
-        // A camera that never moves reads as no motion at all.
-        let still = vec![render(&scene, &Pose::START, &rcfg); 8];
-        let (m, p) = probe_windows(&scene, Pose::START, &still, &kin);
-        assert_eq!((m, p), (vec![WindowMotion::between(&Pose::START, &Pose::START); 2], Pose::START));
-        assert_eq!(probe_windows(&scene, Pose::START, &[], &kin), (Vec::new(), Pose::START));
     }
 }

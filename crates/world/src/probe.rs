@@ -7,8 +7,8 @@
 //! evaluation instrument where ground truth is known, never a reward.
 
 use crate::actions::{ActionMask, Kinematics};
-use crate::camera::Pose;
-use crate::render::{render, RenderConfig};
+use crate::camera::{Pose, WindowMotion};
+use crate::render::{render, Frame, RenderConfig};
 use crate::scene::Scene;
 
 /// The 9 translation classes (none, 4 axes, 4 diagonals) as masks.
@@ -60,6 +60,26 @@ pub fn track_window(scene: &Scene, start: &Pose, frames: &[f32], kin: &Kinematic
     (found, end)
 }
 
+/// The probe's reading of consecutive windows (`frames_per_window` frames
+/// each, after the camera's `start`), the camera tracked through what it
+/// finds ([`track_window`]): each window's motion, and the pose after the
+/// last window.
+pub fn track_windows(scene: &Scene, start: Pose, frames: &[Frame], kin: &Kinematics) -> (Vec<WindowMotion>, Pose) {
+    let Some(f0) = frames.first() else {
+        return (Vec::new(), start);
+    };
+    let rcfg = RenderConfig { width: f0.width, height: f0.height, ..Default::default() };
+    let mut pose = start;
+    let mut motions = Vec::new();
+    for window in frames.chunks_exact(kin.frames_per_window) {
+        let flat: Vec<f32> = window.iter().flat_map(|f| f.rgb.iter().copied()).collect();
+        let (_, end) = track_window(scene, &pose, &flat, kin, &rcfg);
+        motions.push(WindowMotion::between(&pose, &end));
+        pose = end;
+    }
+    (motions, pose)
+}
+
 /// Whether a classified motion matches the command: (rotation right, translation right).
 pub fn judge(found: ActionMask, commanded: ActionMask) -> (bool, bool) {
     (found.rotation() == commanded.rotation(), found.translation() == commanded.translation())
@@ -69,6 +89,7 @@ pub fn judge(found: ActionMask, commanded: ActionMask) -> (bool, bool) {
 mod tests {
     use super::*;
     use crate::actions::combined_actions;
+    use crate::camera::window_motions;
 
     #[test]
     fn ground_truth_windows_are_classified_exactly() {
@@ -125,5 +146,27 @@ mod tests {
         let found = nearest_motion(&scene, &Pose::START, &still, &kin, &cfg);
         assert_eq!(found, ActionMask(0));
         assert_eq!(judge(found, ActionMask::FORWARD), (true, false));
+    }
+
+    #[test]
+    fn the_probe_reads_true_windows_and_tracks_the_camera_through_them() {
+        let kin = Kinematics::default();
+        let scene = Scene::generate(7);
+        let rcfg = RenderConfig { width: 32, height: 32, ..Default::default() };
+        let actions: Vec<ActionMask> = [combined_actions()[0], ActionMask::basic()[2], combined_actions()[5], ActionMask(0)].to_vec();
+        let poses = kin.trajectory(Pose::START, &actions);
+        let frames: Vec<Frame> = poses[1..].iter().map(|p| render(&scene, p, &rcfg)).collect();
+        // A prefix of two windows, then the scored windows from where it ends.
+        let (prefix, end) = track_windows(&scene, Pose::START, &frames[..8], &kin);
+        assert_eq!(end, poses[8], "tracked to the end of the prefix");
+        let (rest, last) = track_windows(&scene, end, &frames[8..], &kin);
+        assert_eq!(last, poses[16]);
+        let truth = window_motions(&poses, kin.frames_per_window);
+        assert_eq!([prefix, rest].concat(), truth);
+        // A camera that never moves reads as no motion at all.
+        let still = vec![render(&scene, &Pose::START, &rcfg); 8];
+        let (m, p) = track_windows(&scene, Pose::START, &still, &kin);
+        assert_eq!((m, p), (vec![WindowMotion::between(&Pose::START, &Pose::START); 2], Pose::START));
+        assert_eq!(track_windows(&scene, Pose::START, &[], &kin), (Vec::new(), Pose::START));
     }
 }
