@@ -118,8 +118,22 @@ pub fn heavy_pipeline(dir: &std::path::Path) -> String {
     pipeline_with(dir, &[("groups = 8 ", "groups = 96 "), ("prompts = 16 ", "prompts = 96 "), ("latent_dim = 16", "latent_dim = 4096")])
 }
 
-/// Kill `stage prefix` at random points; whatever is left must not be
-/// trusted, and the rerun must produce the reference bytes.
+/// Wait until the child has written its first file under `iters` (or has
+/// exited, or 30 s have passed): a kill right after lands mid-write however
+/// fast or slow this machine is, where a kill after a fixed delay may not.
+fn wait_for_first_write(child: &mut Child, store: &RunStore) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if !store.list("iters").map(|l| l.is_empty()).unwrap_or(true) || child.try_wait().unwrap().is_some() {
+            return;
+        }
+        std::thread::yield_now();
+    }
+}
+
+/// Kill `stage prefix` at random points (even trials) and right after its
+/// first write (odd trials); whatever is left must not be trusted, and the
+/// rerun must produce the reference bytes.
 pub fn kill_stage_and_resume(runs: &dyn Fn(usize) -> String, env: &[(&str, String)], pipeline: &str, trials: usize, seed: u64) {
     let reference = runs(0);
     wc_ok(&["init", "--run", &reference, "--pipeline", pipeline], env);
@@ -132,11 +146,15 @@ pub fn kill_stage_and_resume(runs: &dyn Fn(usize) -> String, env: &[(&str, Strin
     for (t, delay) in kill_points(seed, trials, full_ms).into_iter().enumerate() {
         let run = runs(t + 1);
         wc_ok(&["init", "--run", &run, "--pipeline", pipeline], env);
+        let store = RunStore::open(&run).unwrap();
         let mut child = spawn(&["stage", "prefix", "--run", &run, "--iter", "0"], env);
-        std::thread::sleep(Duration::from_millis(delay));
+        if t % 2 == 0 {
+            std::thread::sleep(Duration::from_millis(delay));
+        } else {
+            wait_for_first_write(&mut child, &store);
+        }
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
-        let store = RunStore::open(&run).unwrap();
         let manifest = "iters/000000/prefix/shard-000-of-001/_manifest.json";
         match CommittedSet::open(&store, manifest) {
             Err(e) => {
