@@ -367,3 +367,78 @@ fn pose_training_warm_starts_from_another_estimators_weights() {
     assert!(!out.status.success() && err.contains("same estimator") && err.contains("hidden: 32") && err.contains("hidden: 64"), "{err}");
     assert!(!tmp.path().join("wide/pose_estimator/step-0000002").exists());
 }
+
+#[test]
+fn labelled_windows_carry_the_probes_readings_and_train_and_test_the_estimator() {
+    // Run b is rewarded by the probe, so its windows table holds the probe's
+    // reading of every candidate window; `label-windows` must label the same
+    // windows with the same classes, in the same order, and the labelled
+    // windows must then feed train-pose, eval-pose and agreement.
+    let (tmp, a, b) = train_reward_variant("if_instrument = \"probe\"", "2");
+    let labelled = file_uri(tmp.path(), "labelled");
+    let out = wc_ok(&["scorers", "label-windows", "--run", &format!("file://{b}"), "--from", "0", "--to", "2", "--out", &labelled], &[]);
+    assert!(out.contains("of 2 iterations (0 already committed)"), "{out}");
+    let script = r#"
+import sys, glob, polars as pl
+from safetensors.numpy import load_file
+probe, labelled = sys.argv[1], sys.argv[2]
+sign = lambda m, pos, neg: ((m >> pos) & 1).astype(int) - ((m >> neg) & 1).astype(int)
+total = 0
+for it in ["000000", "000001"]:
+    t = load_file(f"{labelled}/labelled_windows/iter-{it}/windows.safetensors")
+    w = pl.read_parquet(f"{probe}/iters/{it}/reward/shard-000-of-001/windows.parquet").sort("group_id", "candidate", "window")
+    n = w.height
+    assert t["frames"].shape == (n, 3, 16, 16, 3) and t["frames"].dtype.name == "uint8", t["frames"].shape
+    found, cmd = t["found"].astype(int), t["commanded"].astype(int)
+    assert (cmd == w["action"].to_numpy()).all(), (cmd, w["action"])
+    yaw, pitch = sign(found, 7, 6), sign(found, 4, 5)
+    assert (yaw * 20.0 == w["est_yaw_deg"].round(6).to_numpy()).all() and (pitch * 20.0 == w["est_pitch_deg"].round(6).to_numpy()).all()
+    rot_ok = (yaw == sign(cmd, 7, 6)) & (pitch == sign(cmd, 4, 5))
+    trans_ok = (sign(found, 0, 1) == sign(cmd, 0, 1)) & (sign(found, 3, 2) == sign(cmd, 3, 2))
+    assert (rot_ok == w["rot_ok"].to_numpy()).all() and (trans_ok == w["trans_ok"].to_numpy()).all()
+    total += n
+print(total)
+"#;
+    let out = std::process::Command::new("python3").arg("-c").arg(script).args([&b, tmp.path().join("labelled").to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let total: usize = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    // Labelling again resumes: nothing is read twice.
+    let again = wc_ok(&["scorers", "label-windows", "--run", &format!("file://{b}"), "--from", "0", "--to", "2", "--out", &labelled], &[]);
+    assert!(again.contains("labelled 0 windows of 0 iterations (2 already committed)"), "{again}");
+    // Another run's iteration under the same store is refused, not mixed in.
+    let err = wc_err(&["scorers", "label-windows", "--run", &format!("file://{a}"), "--from", "0", "--to", "1", "--out", &labelled], &[]);
+    assert!(err.contains("labelled_windows/iter-000000/_manifest.json") && err.contains("give each run its own --out"), "{err}");
+
+    // Training mixes them in, and its settings say so.
+    let pose = tmp.path().join("pose");
+    let pose_uri = format!("file://{}", pose.display());
+    let mixed = file_uri(tmp.path(), "mixed");
+    let out = wc(
+        &["scorers", "train-pose", "--out", &mixed, "--init-from", &pose_uri, "--generated", &labelled, "--generated-share", "0.25", "--steps", "2", "--batch", "8", "--hidden", "32", "--frame-size", "16", "--checkpoint-every", "2", "--seed", "3"],
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("mixing {total} labelled generated windows into 25% of every batch")), "{stderr}");
+    let settings: serde_json::Value = serde_json::from_slice(&std::fs::read(tmp.path().join("mixed/pose_estimator/step-0000002/settings.json")).unwrap()).unwrap();
+    assert_eq!((settings["generated"]["windows"].as_u64(), settings["generated"]["share"].as_f64()), (Some(total as u64), Some(0.25)));
+    // A store with nothing labelled is a clear error, naming the command that labels.
+    let err = wc_err(&["scorers", "train-pose", "--out", &file_uri(tmp.path(), "none"), "--generated", &file_uri(tmp.path(), "empty"), "--steps", "1", "--frame-size", "16"], &[]);
+    assert!(err.contains("label-windows"), "{err}");
+
+    // eval-pose reads the labelled windows against the probe's classes.
+    let eval = wc_ok(&["scorers", "eval-pose", "--model", &mixed, "--windows", "8", "--generated", &labelled], &[]);
+    let tail: Vec<&str> = eval.split("how often the estimator reads the probe's class").nth(1).unwrap().lines().filter(|l| l.starts_with("basic") || l.starts_with("combined")).collect();
+    let counted: usize = tail.iter().map(|l| l.split_whitespace().nth(1).unwrap().parse::<usize>().unwrap()).sum();
+    assert_eq!(counted, total, "{eval}");
+
+    // agreement with an estimator under test: the run's own estimator given
+    // explicitly reads exactly as the run's copy does.
+    let own = wc_ok(&["scorers", "agreement", "--run", &format!("file://{b}"), "--from", "0", "--to", "2"], &[]);
+    let under_test = wc_ok(&["scorers", "agreement", "--run", &format!("file://{b}"), "--from", "0", "--to", "2", "--pose-model", &pose_uri], &[]);
+    let (header, table) = under_test.split_once('\n').unwrap();
+    assert!(header.starts_with("pose estimator under test:") && header.contains("step 6"), "{header}");
+    assert_eq!(table, own);
+    let other = wc_ok(&["scorers", "agreement", "--run", &format!("file://{b}"), "--from", "0", "--to", "2", "--pose-model", &mixed], &[]);
+    assert!(other.contains("pose estimator under test:") && other.contains("step 2"), "{other}");
+}

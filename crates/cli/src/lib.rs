@@ -505,6 +505,16 @@ pub enum ScorersWhat {
         /// sees the same windows again.
         #[arg(long, value_name = "URI")]
         init_from: Option<String>,
+        /// Also train on generated windows labelled by the evaluation's
+        /// probe: every labelled window under this store URI (written by
+        /// `scorers label-windows`). Repeat for several stores. The
+        /// estimator still scores from pixels alone; the probe only labels.
+        #[arg(long, value_name = "URI")]
+        generated: Vec<String>,
+        /// Share of every batch drawn from the --generated windows (the
+        /// rest are fresh renders, so clean frames are not forgotten).
+        #[arg(long, default_value_t = 0.5, value_parser = share_in_0_1)]
+        generated_share: f64,
     },
     /// Action accuracy of the pose estimator on held-out ground-truth windows.
     EvalPose {
@@ -519,6 +529,12 @@ pub enum ScorersWhat {
         /// Also print the accuracy per commanded action.
         #[arg(long)]
         per_action: bool,
+        /// Also read the generated windows labelled under this store URI
+        /// (`scorers label-windows`; use a run not trained on) and print how
+        /// often the estimator reads the probe's class, by whether the
+        /// window's command was basic or combined.
+        #[arg(long, value_name = "URI")]
+        generated: Option<String>,
     },
     /// How far the reward's pose estimator agrees with the evaluation's
     /// re-render probe on a run's own generated candidates (the frames RL
@@ -535,6 +551,31 @@ pub enum ScorersWhat {
         /// Iteration after the last one read (its rollouts must be committed).
         #[arg(long, default_value_t = 8)]
         to: u64,
+        /// Read with the newest estimator under this store URI instead of
+        /// the run's own copy (an estimator under test).
+        #[arg(long, value_name = "URI")]
+        pose_model: Option<String>,
+    },
+    /// Label a run's own generated candidate windows with the motion class
+    /// the evaluation's re-render probe finds in each (iterations
+    /// FROM..TO; one commit per iteration under OUT/labelled_windows/, so
+    /// a rerun resumes). The labelled windows train the pose estimator on
+    /// the frames RL produces (`train-pose --generated OUT`) and test it
+    /// (`eval-pose --generated OUT`).
+    ///
+    /// Example: worldcompass scorers label-windows --run file://$PWD/runs/embedded --from 0 --to 24 --out file://$PWD/runs/labelled-embedded
+    LabelWindows {
+        #[arg(long, env = "WORLDCOMPASS_RUN")]
+        run: String,
+        /// First iteration read.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Iteration after the last one read (its rollouts must be committed).
+        #[arg(long)]
+        to: u64,
+        /// Store URI the labelled windows are committed under.
+        #[arg(long)]
+        out: String,
     },
     /// Ranking of clean held-out frames above their degraded versions.
     EvalVq {
@@ -643,6 +684,15 @@ pub fn resolve_shard(flag: Option<&str>, env: impl Fn(&str) -> Option<String>) -
     Ok(None)
 }
 
+/// A share in [0, 1] (`--generated-share`).
+fn share_in_0_1(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        Ok(v) => Err(format!("{v} is not a share between 0 and 1")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -688,5 +738,14 @@ mod tests {
         assert!(err.contains("JOB_COMPLETIONS is not"), "{err}");
         let err = resolve_shard(Some("1-4"), env_of(&[])).unwrap_err();
         assert!(err.contains("I/N"), "{err}");
+    }
+
+    #[test]
+    fn a_share_outside_0_1_is_refused() {
+        assert_eq!(share_in_0_1("0.25"), Ok(0.25));
+        assert_eq!(share_in_0_1("1"), Ok(1.0));
+        assert!(share_in_0_1("1.5").unwrap_err().contains("between 0 and 1"));
+        assert!(share_in_0_1("-0.1").unwrap_err().contains("between 0 and 1"));
+        assert!(share_in_0_1("half").is_err());
     }
 }

@@ -435,7 +435,7 @@ fn run(cli: Cli) -> Result<()> {
 fn scorers(what: worldcompass::ScorersWhat) -> anyhow::Result<()> {
     use worldcompass::ScorersWhat;
     match what {
-        ScorersWhat::TrainPose { out, steps, batch, lr, checkpoint_every, hidden, frame_size, derotate, seed, init_from } => {
+        ScorersWhat::TrainPose { out, steps, batch, lr, checkpoint_every, hidden, frame_size, derotate, seed, init_from, generated, generated_share } => {
             anyhow::ensure!(checkpoint_every > 0, "--checkpoint-every must be at least 1");
             let out = RunStore::open(&out)?;
             let source = init_from.as_deref().map(RunStore::open).transpose()?;
@@ -449,6 +449,23 @@ fn scorers(what: worldcompass::ScorersWhat) -> anyhow::Result<()> {
                 }
                 None => None,
             };
+            let labelled = generated
+                .iter()
+                .map(|uri| wc_stages::scorer_models::load_labelled(&RunStore::open(uri)?).with_context(|| format!("--generated {uri}")))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            for (uri, set) in generated.iter().zip(&labelled) {
+                if let Some(w) = set.windows.first().filter(|w| w.frames.first.width != frame_size) {
+                    anyhow::bail!("--generated {uri}: its windows are {0}x{0}, the estimator reads {frame_size}x{frame_size}", w.frames.first.width);
+                }
+            }
+            let mix = (!labelled.is_empty()).then(|| wc_stages::scorer_models::GeneratedMix {
+                sets: labelled.iter().map(|l| l.identity.clone()).collect(),
+                windows: labelled.iter().map(|l| l.windows.len()).sum(),
+                share: generated_share,
+            });
+            if let Some(m) = &mix {
+                eprintln!("mixing {} labelled generated windows into {:.0}% of every batch", m.windows, 100.0 * m.share);
+            }
             let settings = wc_stages::scorer_models::PoseSettings {
                 model: wc_scorers::pose::PoseConfig { frame_size, hidden, derotate },
                 seed,
@@ -457,10 +474,11 @@ fn scorers(what: worldcompass::ScorersWhat) -> anyhow::Result<()> {
                 schedule_steps: steps,
                 checkpoint_every,
                 warm_start,
+                generated: mix,
             };
             let bar = step_bar(steps, "pose");
             let mut ema: Option<f64> = None;
-            let done = wc_stages::scorer_models::train_pose(&out, &settings, steps, source.as_ref(), |step, loss| {
+            let done = wc_stages::scorer_models::train_pose(&out, &settings, steps, source.as_ref(), &labelled, |step, loss| {
                 let e = ema.map_or(loss, |e| 0.98 * e + 0.02 * loss);
                 ema = Some(e);
                 bar.set_position(step + 1);
@@ -469,7 +487,7 @@ fn scorers(what: worldcompass::ScorersWhat) -> anyhow::Result<()> {
             bar.finish_and_clear();
             println!("pose estimator at step {done} under {}", out.uri_of(wc_stages::scorer_models::POSE_DIR));
         }
-        ScorersWhat::EvalPose { model, windows, seed, per_action } => {
+        ScorersWhat::EvalPose { model, windows, seed, per_action, generated } => {
             let store = RunStore::open(&model)?;
             let m = wc_stages::scorer_models::load_pose(&store)?;
             let metric = wc_world::metric::MetricConfig::default();
@@ -485,18 +503,54 @@ fn scorers(what: worldcompass::ScorersWhat) -> anyhow::Result<()> {
                     }
                 }
             }
+            if let Some(uri) = generated {
+                let set = wc_stages::scorer_models::load_labelled(&RunStore::open(&uri)?).with_context(|| format!("--generated {uri}"))?;
+                println!("\ngenerated windows under {uri}: how often the estimator reads the probe's class (by the command's kind)");
+                println!("{:<9} {:>8} {:>8} {:>9} {:>6} {:>10}", "command", "windows", "rot_acc", "trans_acc", "IF", "both_right");
+                for (name, combined) in [("basic", false), ("combined", true)] {
+                    let windows: Vec<_> = set.windows.iter().filter(|w| w.commanded.is_combined() == combined).cloned().collect();
+                    let pred = wc_scorers::labelled::predictions(&m.net, &windows, m.params.device())?;
+                    let a = wc_scorers::pose::prediction_accuracy(&pred, &metric);
+                    println!("{:<9} {:>8} {:>8.3} {:>9.3} {:>6.3} {:>10.3}", name, a.windows, a.rot_acc, a.trans_acc, a.if_score, a.both_rate);
+                }
+            }
         }
-        ScorersWhat::Agreement { run, from, to } => {
+        ScorersWhat::Agreement { run, from, to, pose_model } => {
             anyhow::ensure!(from < to, "--from {from} must be below --to {to}");
             let ctx = RunContext::open(&run)?;
+            let other = pose_model.as_deref().map(|uri| wc_stages::scorer_models::load_pose(&RunStore::open(uri)?).with_context(|| format!("--pose-model {uri}"))).transpose()?;
+            if let Some(m) = &other {
+                println!("pose estimator under test: {} (step {})", m.path, m.step);
+            }
             let bar = step_bar(to - from, "agreement");
             let mut rows = Vec::new();
             for iter in from..to {
-                rows.extend(wc_stages::world_stages::instrument_agreement(&ctx, iter).with_context(|| format!("iteration {iter} of {run}"))?);
+                let under_test = other.as_ref().map(|m| (&m.net, m.params.device()));
+                rows.extend(wc_stages::world_stages::instrument_agreement(&ctx, iter, under_test).with_context(|| format!("iteration {iter} of {run}"))?);
                 bar.inc(1);
             }
             bar.finish_and_clear();
             print!("{}", wc_stages::world_stages::agreement_table(&rows));
+        }
+        ScorersWhat::LabelWindows { run, from, to, out } => {
+            anyhow::ensure!(from < to, "--from {from} must be below --to {to}");
+            let ctx = RunContext::open(&run)?;
+            let store = RunStore::open(&out)?;
+            let bar = step_bar(to - from, "label");
+            let (mut labelled, mut found) = (0usize, 0usize);
+            for iter in from..to {
+                let source = wc_stages::scorer_models::LabelledSource { run: ctx.store.uri().to_string(), iter };
+                if wc_stages::scorer_models::labelled_is_committed(&store, &source)? {
+                    found += 1;
+                } else {
+                    let windows = wc_stages::world_stages::probe_labelled_windows(&ctx, iter).with_context(|| format!("iteration {iter} of {run}"))?;
+                    labelled += windows.len();
+                    wc_stages::scorer_models::commit_labelled(&store, &source, &windows)?;
+                }
+                bar.inc(1);
+            }
+            bar.finish_and_clear();
+            println!("labelled {labelled} windows of {} iterations ({found} already committed) under {}", to - from - found as u64, store.uri_of(wc_stages::scorer_models::LABELLED_DIR));
         }
         ScorersWhat::EvalVq { frames, size } => {
             println!("VQ scorer on {frames} held-out frames: share of frames whose clean version scores higher, per level; mean score clean -> level 1..3");

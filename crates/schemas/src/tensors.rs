@@ -139,7 +139,7 @@ pub fn candidate_sequences() -> TensorFileSchema {
 /// Checkpoints are validated against the model's own parameter list (names and
 /// shapes depend on the model config), see each model's `param_specs`.
 pub fn all() -> Vec<TensorFileSchema> {
-    vec![prefix_clips(), candidate_clips(), candidate_sequences(), linear_policy(), linear_optimizer(), first_frames(), pretrain_frames()]
+    vec![prefix_clips(), candidate_clips(), candidate_sequences(), linear_policy(), linear_optimizer(), first_frames(), pretrain_frames(), probe_labelled_windows()]
 }
 
 /// The first frame of every prompt of a dataset.
@@ -217,6 +217,28 @@ pub fn linear_optimizer() -> TensorFileSchema {
                 shape: vec![Dim::Splice("latent")],
                 doc: "Momentum of bias.",
             },
+        ],
+    }
+}
+
+/// Generated windows labelled by the evaluation's re-render probe (the
+/// pose estimator's second training source).
+pub fn probe_labelled_windows() -> TensorFileSchema {
+    TensorFileSchema {
+        name: "probe_labelled_windows",
+        format: "safetensors",
+        doc: "A run's generated candidate windows, each labelled with the motion class the re-render probe finds in it \
+              (`worldcompass scorers label-windows`): <out>/labelled_windows/windows.safetensors. Action masks use the \
+              bits of the action table (1 forward, 2 backward, 4 left, 8 right, 16 turn up, 32 turn down, 64 turn left, 128 turn right).",
+        tensors: vec![
+            TensorSpec {
+                name: "frames",
+                dtype: TensorDType::U8,
+                shape: vec![Dim::Named("windows"), Dim::Fixed(3), Dim::Named("height"), Dim::Named("width"), Dim::Fixed(3)],
+                doc: "Per window: the frame before it, its middle frame and its last frame; 8-bit RGB, channels last.",
+            },
+            TensorSpec { name: "found", dtype: TensorDType::U8, shape: vec![Dim::Named("windows")], doc: "The probe's motion class (action mask)." },
+            TensorSpec { name: "commanded", dtype: TensorDType::U8, shape: vec![Dim::Named("windows")], doc: "The action the window was generated for (action mask)." },
         ],
     }
 }

@@ -6,11 +6,14 @@
 //!   returns the window's relative motion (yaw, pitch, forward, right),
 //!   which the action-accuracy metric maps to rotation and translation
 //!   labels (the paper's WorldMirror / Depth Anything 3 role).
+//! - [`labelled`]: generated windows labelled by the evaluation's probe,
+//!   the estimator's second training source and a test set for it.
 //! - [`vq`]: a no-reference visual-quality score (the paper's HPSv3 role).
 //! - [`degrade`]: graded degradations that validate the VQ scorer.
 
 pub mod degrade;
 pub mod derotate;
+pub mod labelled;
 pub mod pose;
 pub mod vq;
 

@@ -60,6 +60,7 @@ use wc_world::{ActionMask, Frame, Kinematics, Pose, RenderConfig, Scene};
 
 use crate::degrade::{degrade, Degradation};
 use crate::derotate::{derotate, fit_start_pitch, Rotation};
+use crate::labelled::LabelledWindow;
 use crate::Result;
 
 /// Architecture and data of the estimator.
@@ -415,7 +416,7 @@ pub fn labels_of(action: ActionMask) -> [u32; AXES] {
 
 /// The windows of a frame sequence: `frames[0]` is the frame before the
 /// first window, then `frames_per_window` frames per window.
-fn sequence_windows(frames: &[Frame], kin: &Kinematics) -> Vec<WindowFrames> {
+pub fn sequence_windows(frames: &[Frame], kin: &Kinematics) -> Vec<WindowFrames> {
     let f = kin.frames_per_window;
     let windows = frames.len().saturating_sub(1) / f;
     (0..windows)
@@ -539,6 +540,19 @@ pub fn training_batch(cfg: &PoseConfig, seed: u64, step: u64, batch: usize) -> V
         .collect()
 }
 
+/// The batch of `step` with generated windows mixed in: `round(batch *
+/// share)` examples drawn (with replacement, from seed and step) from
+/// `generated`, the rest rendered as in [`training_batch`]. With no
+/// generated windows it is [`training_batch`] itself.
+pub fn mixed_batch(cfg: &PoseConfig, seed: u64, step: u64, batch: usize, generated: &[LabelledWindow], share: f64) -> Vec<PoseExample> {
+    let drawn = if generated.is_empty() { 0 } else { ((batch as f64 * share.clamp(0.0, 1.0)).round() as usize).min(batch) };
+    let mut examples = training_batch(cfg, seed, step, batch - drawn);
+    let mut rng = ChaCha8Rng::seed_from_u64(SplitMix64::new(seed ^ step.wrapping_mul(0xD6E8_FEB8_6659_FD93) ^ 0x6E6E).next_u64());
+    let picks: Vec<usize> = (0..drawn).map(|_| rng.random_range(0..generated.len())).collect();
+    examples.par_extend(picks.into_par_iter().map(|i| generated[i].example(cfg)));
+    examples
+}
+
 /// A batch as tensors: the rotation network's inputs, the translation
 /// network's (with `derotate`), and the flat axis labels.
 pub struct PoseBatch {
@@ -566,6 +580,11 @@ pub struct PoseTrainer {
     pub seed: u64,
     pub batch: usize,
     pub lr: f64,
+    /// Generated windows labelled by the probe, mixed into every batch
+    /// (see [`mixed_batch`]); empty: renders only.
+    pub generated: Vec<LabelledWindow>,
+    /// Share of each batch drawn from `generated`.
+    pub generated_share: f64,
 }
 
 impl PoseTrainer {
@@ -573,7 +592,7 @@ impl PoseTrainer {
         let mut params = Params::new(seed, device);
         let net = PoseNet::new(cfg, &mut params)?;
         let opt = wc_model::optim::Optimizer::new(wc_model::optim::OptimConfig { lr, weight_decay: 0.0, ..Default::default() }, &params)?;
-        Ok(PoseTrainer { params, net, opt, seed, batch, lr })
+        Ok(PoseTrainer { params, net, opt, seed, batch, lr, generated: Vec::new(), generated_share: 0.0 })
     }
 
     /// The learning rate at `step` of `total`: cosine decay to 5%.
@@ -584,7 +603,7 @@ impl PoseTrainer {
 
     /// One step on the batch of `step`; returns the loss.
     pub fn step(&mut self, step: u64, total: u64) -> Result<f64> {
-        let ex = training_batch(&self.net.cfg, self.seed, step, self.batch);
+        let ex = mixed_batch(&self.net.cfg, self.seed, step, self.batch, &self.generated, self.generated_share);
         let batch = stack(&self.net.cfg, &ex, self.params.device())?;
         let loss = self.net.loss(&batch)?;
         let grads = loss.backward()?;
@@ -763,6 +782,33 @@ mod tests {
         let a = one.install(|| training_batch(&cfg, 9, 4, 6));
         let b = training_batch(&cfg, 9, 4, 6);
         assert!(a.iter().zip(&b).all(|(x, y)| x.input == y.input && x.translation_input == y.translation_input && x.labels == y.labels));
+    }
+
+    #[test]
+    fn a_mixed_batch_holds_its_share_of_generated_windows_with_the_probes_labels() {
+        let cfg = PoseConfig { frame_size: 16, hidden: 8, derotate: true };
+        // Two "generated" windows: a still camera the probe read as idle,
+        // and one read as a left turn (whatever was commanded).
+        let w = |i: u64| render_window(&cfg, 5, i, TRAIN_SCENE_BASE, 16, ActionDraw::Basic, false).frames;
+        let generated = [(ActionMask(0), ActionMask::FORWARD), (ActionMask::TURN_LEFT, ActionMask::RIGHT)]
+            .map(|(found, commanded)| LabelledWindow { frames: w(found.0 as u64), found, commanded })
+            .to_vec();
+        let renders = training_batch(&cfg, 9, 4, 10);
+        let mixed = mixed_batch(&cfg, 9, 4, 10, &generated, 0.3);
+        assert_eq!(mixed.len(), 10);
+        // The first 7 are the renders of a 7-example batch, the last 3 drawn
+        // from the generated windows, labelled with the probe's class.
+        assert!(mixed[..7].iter().zip(&renders).all(|(a, b)| a.input == b.input && a.labels == b.labels));
+        for e in &mixed[7..] {
+            assert!(generated.iter().any(|g| g.found == e.action && e.input == window_input(&cfg, &g.frames.first, &g.frames.last)));
+            assert_eq!(e.labels, labels_of(e.action));
+        }
+        // Deterministic in (seed, step); with nothing generated, the
+        // renders-only batch of old.
+        let again = mixed_batch(&cfg, 9, 4, 10, &generated, 0.3);
+        assert!(mixed.iter().zip(&again).all(|(a, b)| a.input == b.input && a.labels == b.labels));
+        let plain = mixed_batch(&cfg, 9, 4, 10, &[], 0.3);
+        assert!(plain.len() == 10 && plain.iter().zip(&renders).all(|(a, b)| a.input == b.input));
     }
 
     #[test]

@@ -8,11 +8,18 @@
 //! the result is the same bytes as an uninterrupted run. A run can also
 //! start from another estimator's weights ([`WarmStart`]): a new schedule
 //! (and, with a new seed, new windows) on top of a trained estimator.
+//!
+//! `worldcompass scorers label-windows` commits a run's generated candidate
+//! windows labelled by the evaluation's probe under `<out>/labelled_windows/`
+//! ([`commit_labelled`], [`load_labelled`]); a training run can mix them
+//! into its batches ([`GeneratedMix`]).
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use wc_model::params::Params;
+use wc_schemas::{tensors, DimBindings};
+use wc_scorers::labelled::{self, LabelledWindow};
 use wc_scorers::pose::{PoseConfig, PoseNet, PoseTrainer};
 use wc_store::{ManifestState, PendingCommit, RunStore};
 
@@ -36,6 +43,21 @@ pub struct PoseSettings {
     /// settings of a run from scratch, so their fingerprint is unchanged).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warm_start: Option<WarmStart>,
+    /// Generated windows labelled by the probe mixed into every batch
+    /// (absent from renders-only settings, so their fingerprint is
+    /// unchanged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generated: Option<GeneratedMix>,
+}
+
+/// The labelled generated windows a run mixes in, by identity: the
+/// fingerprint of each labelled store's content ([`LabelledSet::identity`])
+/// and the share of every batch they fill.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GeneratedMix {
+    pub sets: Vec<String>,
+    pub windows: usize,
+    pub share: f64,
 }
 
 /// The trained estimator a run starts from, by identity rather than
@@ -73,11 +95,32 @@ fn err(e: impl std::fmt::Display) -> StageError {
 
 /// Train (or resume) up to `steps`; `on_step(step, loss)` sees every step.
 /// A run whose settings have a warm start reads its first weights from
-/// `warm_source` (needed only before its first checkpoint).
-pub fn train_pose(out: &RunStore, settings: &PoseSettings, steps: u64, warm_source: Option<&RunStore>, mut on_step: impl FnMut(u64, f64)) -> Result<u64, StageError> {
+/// `warm_source` (needed only before its first checkpoint); one whose
+/// settings mix in generated windows trains on `generated`, the windows of
+/// the labelled sets the settings name, in that order.
+pub fn train_pose(
+    out: &RunStore,
+    settings: &PoseSettings,
+    steps: u64,
+    warm_source: Option<&RunStore>,
+    generated: &[LabelledSet],
+    mut on_step: impl FnMut(u64, f64),
+) -> Result<u64, StageError> {
     let fingerprint = settings.fingerprint();
     let device = wc_model::train::default_device();
     let mut t = PoseTrainer::new(&settings.model, settings.seed, settings.batch, settings.lr, &device).map_err(err)?;
+    let given: Vec<String> = generated.iter().map(|g| g.identity.clone()).collect();
+    match &settings.generated {
+        Some(mix) if mix.sets == given => {
+            t.generated = generated.iter().flat_map(|g| g.windows.iter().cloned()).collect();
+            t.generated_share = mix.share;
+            if t.generated.len() != mix.windows {
+                return Err(StageError::invalid(out.uri(), format!("the labelled sets hold {} windows, the settings {}", t.generated.len(), mix.windows)));
+            }
+        }
+        None if given.is_empty() => {}
+        _ => return Err(StageError::invalid(out.uri(), "the labelled windows given are not the ones the settings name".to_string())),
+    }
     let mut start = 0;
     if let Some((step, set)) = newest_step(out, POSE_DIR, Some(&fingerprint), None)? {
         load_params(out, &set, &format!("{}/model.safetensors", step_dir(step)), &t.params)?;
@@ -119,6 +162,81 @@ pub fn train_pose(out: &RunStore, settings: &PoseSettings, steps: u64, warm_sour
         }
     }
     Ok(steps.max(start))
+}
+
+/// Where `scorers label-windows` commits a run's labelled windows under its
+/// store: one commit per iteration read, `labelled_windows/iter-NNNNNN/`.
+pub const LABELLED_DIR: &str = "labelled_windows";
+
+/// The iteration of a run a labelled commit was read from (its
+/// fingerprint: the same iteration labelled again is the same commit).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LabelledSource {
+    pub run: String,
+    pub iter: u64,
+}
+
+/// Commit iteration `source.iter`'s labelled windows under `out`; false
+/// when it was committed already (the command resumes).
+pub fn commit_labelled(out: &RunStore, source: &LabelledSource, windows: &[LabelledWindow]) -> Result<bool, StageError> {
+    let mut pending = labelled_commit(out, source);
+    if let ManifestState::Committed(_) = pending.check(false)? {
+        return Ok(false);
+    }
+    let dir = format!("{LABELLED_DIR}/iter-{:06}", source.iter);
+    let size = windows.first().map_or(0, |w| w.frames.first.width);
+    let bindings = DimBindings::new().dim("windows", windows.len()).dim("height", size).dim("width", size);
+    let p = format!("{dir}/windows.safetensors");
+    pending.write(&p, wc_schemas::write_tensors(&tensors::probe_labelled_windows(), &bindings, &out.uri_of(&p), &labelled::to_tensors(windows))?)?;
+    pending.write(&format!("{dir}/source.json"), Bytes::from(serde_json::to_vec_pretty(source).expect("serialises")))?;
+    pending.commit()?;
+    Ok(true)
+}
+
+/// Whether `source`'s labelled windows are committed under `out` (a
+/// commit of another run's iteration there is an error).
+pub fn labelled_is_committed(out: &RunStore, source: &LabelledSource) -> Result<bool, StageError> {
+    let pending = labelled_commit(out, source);
+    match pending.check(false) {
+        Ok(state) => Ok(matches!(state, ManifestState::Committed(_))),
+        Err(wc_store::StoreError::FingerprintMismatch { path, .. }) => Err(StageError::invalid(
+            out.uri_of(&path),
+            format!("holds the labelled windows of another run than {} (iteration {}): give each run its own --out", source.run, source.iter),
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn labelled_commit(out: &RunStore, source: &LabelledSource) -> PendingCommit {
+    let fingerprint = hex::encode(Sha256::digest(serde_json::to_vec(source).expect("serialises")));
+    PendingCommit::begin(out, &format!("{LABELLED_DIR}/iter-{:06}", source.iter), "label_windows", Some(source.iter), None, &fingerprint)
+}
+
+/// Every labelled window committed under a store, and the identity of
+/// that content.
+#[derive(Debug, Clone)]
+pub struct LabelledSet {
+    /// SHA-256 over the fingerprints of its commits, in order.
+    pub identity: String,
+    pub windows: Vec<LabelledWindow>,
+}
+
+/// Load every labelled commit under `store` (in iteration order).
+pub fn load_labelled(store: &RunStore) -> Result<LabelledSet, StageError> {
+    let mut hasher = Sha256::new();
+    let mut windows = Vec::new();
+    let manifests: Vec<String> = store.list(LABELLED_DIR)?.into_iter().filter(|p| p.ends_with(wc_store::MANIFEST_FILE)).collect();
+    if manifests.is_empty() {
+        return Err(StageError::invalid(store.uri(), format!("no labelled windows under {LABELLED_DIR}/ (label a run's candidates with `worldcompass scorers label-windows`)")));
+    }
+    for m in manifests {
+        let set = wc_store::CommittedSet::open(store, &m)?;
+        hasher.update(set.manifest.fingerprint.as_bytes());
+        let p = m.replace(wc_store::MANIFEST_FILE, "windows.safetensors");
+        let tensors = wc_schemas::read_tensors(&tensors::probe_labelled_windows(), &DimBindings::new(), &store.uri_of(&p), &set.read(&p)?)?;
+        windows.extend(labelled::from_tensors(&tensors).map_err(|e| StageError::invalid(store.uri_of(&p), e.to_string()))?);
+    }
+    Ok(LabelledSet { identity: hex::encode(hasher.finalize()), windows })
 }
 
 /// The settings of the checkpoint at `step`.
@@ -169,6 +287,7 @@ mod tests {
         // Settings without a warm start serialise as before warm starts
         // existed (no key): the first stage's fingerprint is unchanged.
         let scratch = PoseSettings { warm_start: None, ..settings.clone() };
+        assert!(!serde_json::to_string(&settings).unwrap().contains("generated"));
         assert!(!serde_json::to_string(&scratch).unwrap().contains("warm_start"));
     }
 }

@@ -9,7 +9,8 @@ use rayon::prelude::*;
 use wc_rl::schedule::{eta_at, sampler_times, target_clip, timestep_subset};
 use wc_rl::seeds::{derive_seed, SeedDomain};
 use wc_schemas::{tensors, DimBindings, Tensor, TensorSet};
-use wc_scorers::pose::{estimate_probs, expected_correct, motion_of, AxisProbs, PoseConfig, PoseNet};
+use wc_scorers::labelled::LabelledWindow;
+use wc_scorers::pose::{estimate_probs, expected_correct, motion_of, sequence_windows, AxisProbs, PoseConfig, PoseNet};
 use wc_scorers::vq::{clip_vq, VqMode};
 use wc_store::{CommittedSet, PendingCommit, ShardSpec};
 use wc_world::metric::{window_correct, MetricConfig};
@@ -284,7 +285,7 @@ impl WindowReader<'_> {
                 let probs = estimate_probs(net, frames, kin, device).map_err(|e| StageError::invalid("pose estimator", e.to_string()))?;
                 Ok(probs.into_iter().map(|p| (motion_of(&p, kin), Some(p))).collect())
             }
-            WindowReader::Probe { scene, start } => Ok(track_windows(scene, *start, &frames[1..], kin).0.into_iter().map(|m| (m, None)).collect()),
+            WindowReader::Probe { scene, start } => Ok(track_windows(scene, *start, &frames[1..], kin).0.into_iter().map(|(_, m)| (m, None)).collect()),
         }
     }
 
@@ -344,6 +345,54 @@ fn probe_reader(ctx: &RunContext, seeds: &[u64], row: &crate::tables::GroupRow, 
     Ok(WindowReader::Probe { scene, start })
 }
 
+/// One group of an iteration's committed candidates, as the offline
+/// instrument commands read it.
+struct ReadGroup {
+    row: crate::tables::GroupRow,
+    clips: GroupClips,
+    /// The group's probe (its scene, the camera tracked through the prefix).
+    probe: WindowReader<'static>,
+    /// The action of each window the candidates are judged on.
+    windows: Vec<u8>,
+}
+
+/// Every group of iteration `iter`'s committed candidates, with its probe
+/// reader (for `scorers agreement` and `scorers label-windows`).
+fn read_groups(ctx: &RunContext, o: &Opened, iter: u64) -> Result<Vec<ReadGroup>, StageError> {
+    let (prefixes, rollouts) = (stage_shards(ctx, iter, Stage::Prefix)?, stage_shards(ctx, iter, Stage::Rollout)?);
+    let (pfiles, cfiles) = (group_files(&prefixes), group_files(&rollouts));
+    let seeds = scene_seeds(ctx, &o.init)?;
+    iteration_groups(ctx, &o.pool, iter)
+        .into_iter()
+        .map(|(g, row)| {
+            let clips = group_clips(ctx, o, (&pfiles, &cfiles), iter, g, &row)?;
+            let probe = probe_reader(ctx, &seeds, &row, &clips.prefix)?;
+            let windows = scored_windows(ctx, &row, iter);
+            Ok(ReadGroup { row, clips, probe, windows })
+        })
+        .collect()
+}
+
+/// The committed candidates of iteration `iter`, window by window, each
+/// labelled with the motion class the evaluation's re-render probe finds
+/// in it (`worldcompass scorers label-windows`): training and test data
+/// for the pose estimator on generated frames. Reads only; commits nothing.
+pub fn probe_labelled_windows(ctx: &RunContext, iter: u64) -> Result<Vec<LabelledWindow>, StageError> {
+    let o = open_inputs(ctx)?;
+    let kin = Kinematics::default();
+    let mut out = Vec::new();
+    for group in read_groups(ctx, &o, iter)? {
+        let WindowReader::Probe { scene, start } = &group.probe else { unreachable!("read_groups builds a probe reader") };
+        let read: Vec<_> = group.clips.candidates.par_iter().map(|c| (sequence_windows(c, &kin), track_windows(scene, *start, &c[1..], &kin).0)).collect();
+        for (frames, found) in read {
+            for ((frames, (found, _)), a) in frames.into_iter().zip(found).zip(&group.windows) {
+                out.push(LabelledWindow { frames, found, commanded: wc_world::ActionMask(*a) });
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The run's pose estimator, refused if it reads another frame size than
 /// the model makes.
 fn load_checked_pose(ctx: &RunContext, o: &Opened) -> Result<(PoseNet, wc_model::params::Params), StageError> {
@@ -371,22 +420,30 @@ pub struct AgreementRow {
 /// and by the evaluation's re-render probe, window by window: how far the
 /// reward's instrument agrees with the evaluation's on generated frames
 /// (`worldcompass scorers agreement`). Reads only; commits nothing.
-pub fn instrument_agreement(ctx: &RunContext, iter: u64) -> Result<Vec<AgreementRow>, StageError> {
+///
+/// `other` reads with that estimator instead of the run's own (an
+/// estimator under test; it must read the model's frame size).
+pub fn instrument_agreement(ctx: &RunContext, iter: u64, other: Option<(&PoseNet, &Device)>) -> Result<Vec<AgreementRow>, StageError> {
     let o = open_inputs(ctx)?;
-    let (prefixes, rollouts) = (stage_shards(ctx, iter, Stage::Prefix)?, stage_shards(ctx, iter, Stage::Rollout)?);
-    let (pfiles, cfiles) = (group_files(&prefixes), group_files(&rollouts));
-    let (net, params) = load_checked_pose(ctx, &o)?;
-    let estimator = WindowReader::Estimator { net: &net, device: params.device() };
-    let (seeds, metric, kin) = (scene_seeds(ctx, &o.init)?, metric_config(ctx), Kinematics::default());
+    let own;
+    let estimator = match other {
+        Some((net, _)) if net.cfg.frame_size != o.cfg.frame_size => {
+            return Err(StageError::invalid("pose estimator under test", format!("it reads {0}x{0} frames, the model makes {1}x{1}", net.cfg.frame_size, o.cfg.frame_size)));
+        }
+        Some((net, device)) => WindowReader::Estimator { net, device },
+        None => {
+            own = load_checked_pose(ctx, &o)?;
+            WindowReader::Estimator { net: &own.0, device: own.1.device() }
+        }
+    };
+    let (metric, kin) = (metric_config(ctx), Kinematics::default());
     let mut rows = Vec::new();
-    for (g, row) in iteration_groups(ctx, &o.pool, iter) {
-        let gc = group_clips(ctx, &o, (&pfiles, &cfiles), iter, g, &row)?;
-        let probe = probe_reader(ctx, &seeds, &row, &gc.prefix)?;
-        let windows = scored_windows(ctx, &row, iter);
-        for (e, p) in estimator.read_all(&gc.candidates, &kin)?.iter().zip(probe.read_all(&gc.candidates, &kin)?) {
-            for ((em, pm), a) in e.iter().zip(&p).zip(&windows) {
+    for group in read_groups(ctx, &o, iter)? {
+        let (candidates, windows) = (&group.clips.candidates, &group.windows);
+        for (e, p) in estimator.read_all(candidates, &kin)?.iter().zip(group.probe.read_all(candidates, &kin)?) {
+            for ((em, pm), a) in e.iter().zip(&p).zip(windows) {
                 let judge = |m: &WindowMotion| window_correct(m, wc_world::ActionMask(*a), &metric);
-                rows.push(AgreementRow { iter, kind: row.kind.clone(), action: *a, estimator: judge(&em.0), probe: judge(&pm.0) });
+                rows.push(AgreementRow { iter, kind: group.row.kind.clone(), action: *a, estimator: judge(&em.0), probe: judge(&pm.0) });
             }
         }
     }

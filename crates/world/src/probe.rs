@@ -62,9 +62,9 @@ pub fn track_window(scene: &Scene, start: &Pose, frames: &[f32], kin: &Kinematic
 
 /// The probe's reading of consecutive windows (`frames_per_window` frames
 /// each, after the camera's `start`), the camera tracked through what it
-/// finds ([`track_window`]): each window's motion, and the pose after the
-/// last window.
-pub fn track_windows(scene: &Scene, start: Pose, frames: &[Frame], kin: &Kinematics) -> (Vec<WindowMotion>, Pose) {
+/// finds ([`track_window`]): each window's motion class and motion, and the
+/// pose after the last window.
+pub fn track_windows(scene: &Scene, start: Pose, frames: &[Frame], kin: &Kinematics) -> (Vec<(ActionMask, WindowMotion)>, Pose) {
     let Some(f0) = frames.first() else {
         return (Vec::new(), start);
     };
@@ -73,8 +73,8 @@ pub fn track_windows(scene: &Scene, start: Pose, frames: &[Frame], kin: &Kinemat
     let mut motions = Vec::new();
     for window in frames.chunks_exact(kin.frames_per_window) {
         let flat: Vec<f32> = window.iter().flat_map(|f| f.rgb.iter().copied()).collect();
-        let (_, end) = track_window(scene, &pose, &flat, kin, &rcfg);
-        motions.push(WindowMotion::between(&pose, &end));
+        let (found, end) = track_window(scene, &pose, &flat, kin, &rcfg);
+        motions.push((found, WindowMotion::between(&pose, &end)));
         pose = end;
     }
     (motions, pose)
@@ -161,12 +161,12 @@ mod tests {
         assert_eq!(end, poses[8], "tracked to the end of the prefix");
         let (rest, last) = track_windows(&scene, end, &frames[8..], &kin);
         assert_eq!(last, poses[16]);
-        let truth = window_motions(&poses, kin.frames_per_window);
+        let truth: Vec<(ActionMask, WindowMotion)> = actions.iter().copied().zip(window_motions(&poses, kin.frames_per_window)).collect();
         assert_eq!([prefix, rest].concat(), truth);
         // A camera that never moves reads as no motion at all.
         let still = vec![render(&scene, &Pose::START, &rcfg); 8];
         let (m, p) = track_windows(&scene, Pose::START, &still, &kin);
-        assert_eq!((m, p), (vec![WindowMotion::between(&Pose::START, &Pose::START); 2], Pose::START));
+        assert_eq!((m, p), (vec![(ActionMask(0), WindowMotion::between(&Pose::START, &Pose::START)); 2], Pose::START));
         assert_eq!(track_windows(&scene, Pose::START, &[], &kin), (Vec::new(), Pose::START));
     }
 }
