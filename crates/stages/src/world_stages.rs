@@ -339,10 +339,17 @@ fn group_clips(ctx: &RunContext, o: &Opened, files: (&GroupFileMap, &GroupFileMa
 /// The probe reader of a group: its prompt's scene, the camera tracked
 /// through the prefix.
 fn probe_reader(ctx: &RunContext, seeds: &[u64], row: &crate::tables::GroupRow, prefix: &[Frame]) -> Result<WindowReader<'static>, StageError> {
+    let (scene, start) = probe_start(ctx, seeds, row, prefix)?;
+    Ok(WindowReader::Probe { scene, start })
+}
+
+/// A group's scene and the camera's pose after the prefix as the probe
+/// tracks it.
+fn probe_start(ctx: &RunContext, seeds: &[u64], row: &crate::tables::GroupRow, prefix: &[Frame]) -> Result<(Scene, Pose), StageError> {
     let seed = seeds.get(row.prompt_id as usize).ok_or_else(|| StageError::invalid(ctx.store.uri_of(layout::PROMPTS), format!("no prompt {}", row.prompt_id)))?;
     let scene = Scene::generate(*seed);
     let start = track_windows(&scene, Pose::START, prefix, &Kinematics::default()).1;
-    Ok(WindowReader::Probe { scene, start })
+    Ok((scene, start))
 }
 
 /// One group of an iteration's committed candidates, as the offline
@@ -350,8 +357,10 @@ fn probe_reader(ctx: &RunContext, seeds: &[u64], row: &crate::tables::GroupRow, 
 struct ReadGroup {
     row: crate::tables::GroupRow,
     clips: GroupClips,
-    /// The group's probe (its scene, the camera tracked through the prefix).
-    probe: WindowReader<'static>,
+    /// The group's scene and the camera tracked through the prefix (what
+    /// the probe reads from).
+    scene: Scene,
+    start: Pose,
     /// The action of each window the candidates are judged on.
     windows: Vec<u8>,
 }
@@ -366,9 +375,9 @@ fn read_groups(ctx: &RunContext, o: &Opened, iter: u64) -> Result<Vec<ReadGroup>
         .into_iter()
         .map(|(g, row)| {
             let clips = group_clips(ctx, o, (&pfiles, &cfiles), iter, g, &row)?;
-            let probe = probe_reader(ctx, &seeds, &row, &clips.prefix)?;
+            let (scene, start) = probe_start(ctx, &seeds, &row, &clips.prefix)?;
             let windows = scored_windows(ctx, &row, iter);
-            Ok(ReadGroup { row, clips, probe, windows })
+            Ok(ReadGroup { row, clips, scene, start, windows })
         })
         .collect()
 }
@@ -382,8 +391,8 @@ pub fn probe_labelled_windows(ctx: &RunContext, iter: u64) -> Result<Vec<Labelle
     let kin = Kinematics::default();
     let mut out = Vec::new();
     for group in read_groups(ctx, &o, iter)? {
-        let WindowReader::Probe { scene, start } = &group.probe else { unreachable!("read_groups builds a probe reader") };
-        let read: Vec<_> = group.clips.candidates.par_iter().map(|c| (sequence_windows(c, &kin), track_windows(scene, *start, &c[1..], &kin).0)).collect();
+        let (scene, start) = (&group.scene, group.start);
+        let read: Vec<_> = group.clips.candidates.par_iter().map(|c| (sequence_windows(c, &kin), track_windows(scene, start, &c[1..], &kin).0)).collect();
         for (frames, found) in read {
             for ((frames, (found, _)), a) in frames.into_iter().zip(found).zip(&group.windows) {
                 out.push(LabelledWindow { frames, found, commanded: wc_world::ActionMask(*a) });
@@ -438,12 +447,12 @@ pub fn instrument_agreement(ctx: &RunContext, iter: u64, other: Option<(&PoseNet
     };
     let (metric, kin) = (metric_config(ctx), Kinematics::default());
     let mut rows = Vec::new();
-    for group in read_groups(ctx, &o, iter)? {
-        let (candidates, windows) = (&group.clips.candidates, &group.windows);
-        for (e, p) in estimator.read_all(candidates, &kin)?.iter().zip(group.probe.read_all(candidates, &kin)?) {
-            for ((em, pm), a) in e.iter().zip(&p).zip(windows) {
+    for ReadGroup { row, clips, scene, start, windows } in read_groups(ctx, &o, iter)? {
+        let probe = WindowReader::Probe { scene, start };
+        for (e, p) in estimator.read_all(&clips.candidates, &kin)?.iter().zip(probe.read_all(&clips.candidates, &kin)?) {
+            for ((em, pm), a) in e.iter().zip(&p).zip(&windows) {
                 let judge = |m: &WindowMotion| window_correct(m, wc_world::ActionMask(*a), &metric);
-                rows.push(AgreementRow { iter, kind: group.row.kind.clone(), action: *a, estimator: judge(&em.0), probe: judge(&pm.0) });
+                rows.push(AgreementRow { iter, kind: row.kind.clone(), action: *a, estimator: judge(&em.0), probe: judge(&pm.0) });
             }
         }
     }
