@@ -127,7 +127,8 @@ fn wait_for_first_write(child: &mut Child, store: &RunStore) {
         if !store.list("iters").map(|l| l.is_empty()).unwrap_or(true) || child.try_wait().unwrap().is_some() {
             return;
         }
-        std::thread::yield_now();
+        // Poll, not spin: on 2 cores a spinning loop starves the child.
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 

@@ -431,6 +431,16 @@ fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
+/// The header of `eval-pose`'s accuracy tables.
+fn accuracy_header(first: &str) -> String {
+    format!("{:<9} {:>8} {:>8} {:>9} {:>6} {:>10}", first, "windows", "rot_acc", "trans_acc", "IF", "both_right")
+}
+
+/// One row of `eval-pose`'s accuracy tables.
+fn accuracy_row(name: &str, a: &wc_world::metric::Accuracy) -> String {
+    format!("{:<9} {:>8} {:>8.3} {:>9.3} {:>6.3} {:>10.3}", name, a.windows, a.rot_acc, a.trans_acc, a.if_score, a.both_rate)
+}
+
 /// `worldcompass scorers ...`.
 fn scorers(what: worldcompass::ScorersWhat) -> anyhow::Result<()> {
     use worldcompass::ScorersWhat;
@@ -492,11 +502,10 @@ fn scorers(what: worldcompass::ScorersWhat) -> anyhow::Result<()> {
             let m = wc_stages::scorer_models::load_pose(&store)?;
             let metric = wc_world::metric::MetricConfig::default();
             println!("pose estimator {} (step {}), held-out scenes, clean ground-truth renders", m.path, m.step);
-            println!("{:<9} {:>8} {:>8} {:>9} {:>6} {:>10}", "kind", "windows", "rot_acc", "trans_acc", "IF", "both_right");
+            println!("{}", accuracy_header("kind"));
             for (name, draw) in [("basic", wc_scorers::pose::ActionDraw::Basic), ("combined", wc_scorers::pose::ActionDraw::Combined)] {
                 let pred = wc_scorers::pose::held_out_predictions(&m.net, draw, windows, seed, m.params.device())?;
-                let a = wc_scorers::pose::prediction_accuracy(&pred, &metric);
-                println!("{:<9} {:>8} {:>8.3} {:>9.3} {:>6.3} {:>10.3}", name, a.windows, a.rot_acc, a.trans_acc, a.if_score, a.both_rate);
+                println!("{}", accuracy_row(name, &wc_scorers::pose::prediction_accuracy(&pred, &metric)));
                 if per_action {
                     for (action, a) in wc_scorers::pose::per_action_accuracy(&pred, &metric) {
                         println!("  {:<24} {:>6} {:>8.3} {:>9.3}", action.to_string(), a.windows, a.rot_acc, a.trans_acc);
@@ -506,12 +515,11 @@ fn scorers(what: worldcompass::ScorersWhat) -> anyhow::Result<()> {
             if let Some(uri) = generated {
                 let set = wc_stages::scorer_models::load_labelled(&RunStore::open(&uri)?).with_context(|| format!("--generated {uri}"))?;
                 println!("\ngenerated windows under {uri}: how often the estimator reads the probe's class (by the command's kind)");
-                println!("{:<9} {:>8} {:>8} {:>9} {:>6} {:>10}", "command", "windows", "rot_acc", "trans_acc", "IF", "both_right");
+                println!("{}", accuracy_header("command"));
+                let pred = wc_scorers::labelled::predictions(&m.net, &set.windows, m.params.device())?;
                 for (name, combined) in [("basic", false), ("combined", true)] {
-                    let windows: Vec<_> = set.windows.iter().filter(|w| w.commanded.is_combined() == combined).cloned().collect();
-                    let pred = wc_scorers::labelled::predictions(&m.net, &windows, m.params.device())?;
-                    let a = wc_scorers::pose::prediction_accuracy(&pred, &metric);
-                    println!("{:<9} {:>8} {:>8.3} {:>9.3} {:>6.3} {:>10.3}", name, a.windows, a.rot_acc, a.trans_acc, a.if_score, a.both_rate);
+                    let kind: Vec<_> = set.windows.iter().zip(&pred).filter(|(w, _)| w.commanded.is_combined() == combined).map(|(_, p)| *p).collect();
+                    println!("{}", accuracy_row(name, &wc_scorers::pose::prediction_accuracy(&kind, &metric)));
                 }
             }
         }

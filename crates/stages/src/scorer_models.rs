@@ -179,11 +179,11 @@ pub struct LabelledSource {
 /// Commit iteration `source.iter`'s labelled windows under `out`; false
 /// when it was committed already (the command resumes).
 pub fn commit_labelled(out: &RunStore, source: &LabelledSource, windows: &[LabelledWindow]) -> Result<bool, StageError> {
-    let mut pending = labelled_commit(out, source);
-    if let ManifestState::Committed(_) = pending.check(false)? {
+    if labelled_is_committed(out, source)? {
         return Ok(false);
     }
-    let dir = format!("{LABELLED_DIR}/iter-{:06}", source.iter);
+    let mut pending = labelled_commit(out, source);
+    let dir = labelled_dir(source.iter);
     let size = windows.first().map_or(0, |w| w.frames.first.width);
     let bindings = DimBindings::new().dim("windows", windows.len()).dim("height", size).dim("width", size);
     let p = format!("{dir}/windows.safetensors");
@@ -207,9 +207,13 @@ pub fn labelled_is_committed(out: &RunStore, source: &LabelledSource) -> Result<
     }
 }
 
+fn labelled_dir(iter: u64) -> String {
+    format!("{LABELLED_DIR}/iter-{iter:06}")
+}
+
 fn labelled_commit(out: &RunStore, source: &LabelledSource) -> PendingCommit {
     let fingerprint = hex::encode(Sha256::digest(serde_json::to_vec(source).expect("serialises")));
-    PendingCommit::begin(out, &format!("{LABELLED_DIR}/iter-{:06}", source.iter), "label_windows", Some(source.iter), None, &fingerprint)
+    PendingCommit::begin(out, &labelled_dir(source.iter), "label_windows", Some(source.iter), None, &fingerprint)
 }
 
 /// Every labelled window committed under a store, and the identity of

@@ -365,8 +365,9 @@ struct ReadGroup {
     windows: Vec<u8>,
 }
 
-/// Every group of iteration `iter`'s committed candidates, with its probe
-/// reader (for `scorers agreement` and `scorers label-windows`).
+/// Every group of iteration `iter`'s committed candidates, with the scene
+/// and start pose its probe reads from (for `scorers agreement` and
+/// `scorers label-windows`).
 fn read_groups(ctx: &RunContext, o: &Opened, iter: u64) -> Result<Vec<ReadGroup>, StageError> {
     let (prefixes, rollouts) = (stage_shards(ctx, iter, Stage::Prefix)?, stage_shards(ctx, iter, Stage::Rollout)?);
     let (pfiles, cfiles) = (group_files(&prefixes), group_files(&rollouts));
