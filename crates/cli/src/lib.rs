@@ -494,6 +494,14 @@ pub enum ScorersWhat {
         /// cost-volume-only estimator of earlier versions.
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         derotate: bool,
+        /// The translation network reads the de-rotated halves of a window
+        /// at every whole-pixel shift within a few pixels (-4..=4 for 32
+        /// pixels) instead of the coarse 3-pixel grid: the parallax left
+        /// once the turn is undone is that small. Same size of input, so
+        /// --init-from may start it from an estimator without it (the
+        /// translation network then learns its new inputs).
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        fine_halves: bool,
         /// Seed of the training windows (batches derive from seed and step).
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -501,7 +509,7 @@ pub enum ScorersWhat {
         /// weights, not its optimizer state) instead of random weights: a
         /// new learning-rate schedule of --steps on top of a trained
         /// estimator. --hidden, --frame-size and --derotate must describe
-        /// the same estimator; give a --seed it was not trained with, or it
+        /// the same estimator (--fine-halves may differ); give a --seed it was not trained with, or it
         /// sees the same windows again.
         #[arg(long, value_name = "URI")]
         init_from: Option<String>,

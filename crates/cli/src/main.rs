@@ -445,7 +445,7 @@ fn accuracy_row(name: &str, a: &wc_world::metric::Accuracy) -> String {
 fn scorers(what: worldcompass::ScorersWhat) -> anyhow::Result<()> {
     use worldcompass::ScorersWhat;
     match what {
-        ScorersWhat::TrainPose { out, steps, batch, lr, checkpoint_every, hidden, frame_size, derotate, seed, init_from, generated, generated_share } => {
+        ScorersWhat::TrainPose { out, steps, batch, lr, checkpoint_every, hidden, frame_size, derotate, fine_halves, seed, init_from, generated, generated_share } => {
             anyhow::ensure!(checkpoint_every > 0, "--checkpoint-every must be at least 1");
             let out = RunStore::open(&out)?;
             let source = init_from.as_deref().map(RunStore::open).transpose()?;
@@ -477,7 +477,7 @@ fn scorers(what: worldcompass::ScorersWhat) -> anyhow::Result<()> {
                 eprintln!("mixing {} labelled generated windows into {:.0}% of every batch", m.windows, 100.0 * m.share);
             }
             let settings = wc_stages::scorer_models::PoseSettings {
-                model: wc_scorers::pose::PoseConfig { frame_size, hidden, derotate },
+                model: wc_scorers::pose::PoseConfig { frame_size, hidden, derotate, fine_halves },
                 seed,
                 batch,
                 lr,

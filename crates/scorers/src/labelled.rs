@@ -124,7 +124,7 @@ mod tests {
 
     #[test]
     fn a_labelled_example_takes_the_probes_class_not_the_command() {
-        let cfg = PoseConfig { frame_size: 16, hidden: 8, derotate: true };
+        let cfg = PoseConfig { frame_size: 16, hidden: 8, derotate: true, fine_halves: true };
         let w = window(&Scene::generate(5), ActionMask::FORWARD.union(ActionMask::TURN_RIGHT), ActionMask::LEFT);
         let e = w.example(&cfg);
         // Classes per axis (yaw, pitch, forward, right): 0 negative, 1 none, 2 positive.

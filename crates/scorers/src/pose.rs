@@ -31,8 +31,12 @@
 //! pair differs by translation alone; its input is their cost volumes
 //! beside the whole window's. Halves, because a turn up or down takes the
 //! near ground, where the parallax is, out of the last frame's view but not
-//! yet out of the middle one's. It is trained on windows de-rotated by the
-//! true turn. The translation the estimator returns pools both networks:
+//! yet out of the middle one's. With [`PoseConfig::fine_halves`] the halves'
+//! volumes hold every whole-pixel shift within a few pixels of zero instead
+//! of the whole window's coarse grid (a 3-pixel step for 32 pixels): once
+//! the turn is undone, a half window's parallax is a few pixels, and the
+//! coarse grid saw only whether it was there, not its pattern. It is trained
+//! on windows de-rotated by the true turn. The translation the estimator returns pools both networks:
 //! the mean of their class probabilities.
 //!
 //! Both networks are trained on
@@ -73,11 +77,20 @@ pub struct PoseConfig {
     /// estimators saved before it existed.
     #[serde(default)]
     pub derotate: bool,
+    /// The translation network reads the de-rotated halves' cost volumes at
+    /// every whole-pixel shift near zero ([`PoseConfig::fine_shifts`]) rather
+    /// than on the coarse grid: a half window's parallax is a few pixels,
+    /// finer than the coarse grid's step. Same input size, so an estimator
+    /// without it can warm-start one with it. Off in estimators saved
+    /// before it existed (and not serialised when off, so their settings
+    /// keep their fingerprints).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fine_halves: bool,
 }
 
 impl Default for PoseConfig {
     fn default() -> Self {
-        PoseConfig { frame_size: 32, hidden: 256, derotate: true }
+        PoseConfig { frame_size: 32, hidden: 256, derotate: true, fine_halves: true }
     }
 }
 
@@ -101,6 +114,18 @@ impl PoseConfig {
         let max = self.max_shift();
         let step = (self.frame_size / 10).max(1) as isize;
         (-max / step..=max / step).map(|i| i * step).collect()
+    }
+    /// Shifts of the fine cost volume along one axis: every whole pixel
+    /// within as many of them as the coarse grid has shifts (-4..=4 for 32
+    /// pixels), so both volumes have the same size.
+    pub fn fine_shifts(&self) -> Vec<isize> {
+        let r = (self.coarse_shifts().len() / 2) as isize;
+        (-r..=r).collect()
+    }
+    /// Whether `other`'s parameters have this estimator's shapes (a warm
+    /// start may change what the translation network reads, not its size).
+    pub fn same_parameters(&self, other: &PoseConfig) -> bool {
+        (self.frame_size, self.hidden, self.derotate) == (other.frame_size, other.hidden, other.derotate)
     }
     /// Features per block: the coarse cost volume, then the best shift
     /// (dx, dy), the soft-argmin shift (dx, dy) and the match contrast.
@@ -347,10 +372,11 @@ pub fn window_input(cfg: &PoseConfig, first: &Frame, last: &Frame) -> Vec<f32> {
 }
 
 /// The translation network's input for one window whose rotation signs
-/// (yaw, pitch) are `rotation`: the window's own volume, the volume of the
-/// first frame against the last frame de-rotated by the nominal rotation
-/// (the start pitch searched, see [`crate::derotate`]), the start pitch
-/// found and the share of the frame difference the rotation explains.
+/// (yaw, pitch) are `rotation`: the window's own volume, the volumes of
+/// both halves de-rotated by half the nominal rotation each (the start
+/// pitch searched, see [`crate::derotate`]; fine shifts with
+/// [`PoseConfig::fine_halves`]), the start pitch found and the share of the
+/// frame difference the rotation explains.
 pub fn translation_input(cfg: &PoseConfig, w: &WindowFrames, volume: &[f32], rotation: (i8, i8), kin: &Kinematics) -> Vec<f32> {
     let turn = kin.turn_step_deg * kin.frames_per_window as f64;
     let fov = wc_world::RenderConfig::default().fov_deg;
@@ -361,32 +387,50 @@ pub fn translation_input(cfg: &PoseConfig, w: &WindowFrames, volume: &[f32], rot
     // turn up takes out of the last frame's view is still in the middle one.
     let r = fit.rotation;
     let half = Rotation { pitch0_deg: r.pitch0_deg, dyaw_deg: r.dyaw_deg / 2.0, dpitch_deg: r.dpitch_deg / 2.0 };
-    cost_volume(cfg, &w.first, &derotate(&w.mid, &half, fov), &mut out);
     let second = Rotation { pitch0_deg: r.pitch0_deg + half.dpitch_deg, ..half };
-    cost_volume(cfg, &w.mid, &derotate(&w.last, &second, fov), &mut out);
+    let (first_half, second_half) = (derotate(&w.mid, &half, fov), derotate(&w.last, &second, fov));
+    if cfg.fine_halves {
+        let fine = cfg.fine_shifts();
+        let radius = fine.len() as isize / 2;
+        shift_volume(cfg, &w.first, &first_half, &fine, radius, &mut out);
+        shift_volume(cfg, &w.mid, &second_half, &fine, radius, &mut out);
+    } else {
+        cost_volume(cfg, &w.first, &first_half, &mut out);
+        cost_volume(cfg, &w.mid, &second_half, &mut out);
+    }
     let explained = if fit.identity_error > 0.0 { 1.0 - fit.error / fit.identity_error } else { 0.0 };
     out.extend([fit.rotation.pitch0_deg / 30.0, explained.max(-1.0)].map(|v| v as f32));
     out
 }
 
-/// Append one cost volume's block features (see [`window_input`]).
+/// Append one cost volume's block features (see [`window_input`]): the
+/// coarse grid, searched within the largest shift.
 fn cost_volume(cfg: &PoseConfig, first: &Frame, last: &Frame, out: &mut Vec<f32>) {
-    let (b, starts, coarse, max) = (cfg.block(), cfg.block_starts(), cfg.coarse_shifts(), cfg.max_shift());
-    let scale = max as f32;
+    shift_volume(cfg, first, last, &cfg.coarse_shifts(), cfg.max_shift(), out);
+}
+
+/// Append, per block of `first`, its matching cost against `last` at every
+/// shift of `grid` along both axes (normalised by the mean cost over all
+/// whole-pixel shifts within `search`), then the best of those shifts, their
+/// soft-argmin (both divided by `search`) and how much better the best match
+/// is than the average one.
+fn shift_volume(cfg: &PoseConfig, first: &Frame, last: &Frame, grid: &[isize], search: isize, out: &mut Vec<f32>) {
+    let (b, starts) = (cfg.block(), cfg.block_starts());
+    let scale = search as f32;
     for &by in &starts {
         for &bx in &starts {
             // Every whole-pixel shift.
-            let mut fine = Vec::with_capacity(((2 * max + 1) * (2 * max + 1)) as usize);
-            for dy in -max..=max {
-                for dx in -max..=max {
+            let mut fine = Vec::with_capacity(((2 * search + 1) * (2 * search + 1)) as usize);
+            for dy in -search..=search {
+                for dx in -search..=search {
                     if let Some(c) = block_cost(first, last, bx, by, b, dx, dy) {
                         fine.push((dx, dy, c));
                     }
                 }
             }
             let mean = fine.iter().map(|f| f.2).sum::<f32>() / fine.len().max(1) as f32 + 1e-4;
-            for &dy in &coarse {
-                for &dx in &coarse {
+            for &dy in grid {
+                for &dx in grid {
                     let c = block_cost(first, last, bx, by, b, dx, dy);
                     out.push(c.map_or(0.0, |c| 1.0 - c / mean));
                 }
@@ -656,7 +700,7 @@ mod tests {
         // from the true motion of the rendered window.
         let metric = MetricConfig::default();
         for i in 0..200 {
-            let e = render_window(&PoseConfig { frame_size: 16, hidden: 8, derotate: true }, 3, i, TRAIN_SCENE_BASE, 16, ActionDraw::Training, false);
+            let e = render_window(&PoseConfig { frame_size: 16, hidden: 8, derotate: true, fine_halves: true }, 3, i, TRAIN_SCENE_BASE, 16, ActionDraw::Training, false);
             assert_eq!(window_correct(&e.truth, e.action, &metric), (true, true), "{:?} {:?}", e.action, e.truth);
             let (fw, rt) = e.action.translation();
             let (yaw, pitch) = e.action.rotation();
@@ -684,7 +728,7 @@ mod tests {
     #[test]
     fn confident_logits_give_the_nominal_motion() {
         let dev = Device::Cpu;
-        let cfg = PoseConfig { frame_size: 8, hidden: 8, derotate: false };
+        let cfg = PoseConfig { frame_size: 8, hidden: 8, derotate: false, fine_halves: false };
         // Yaw +, pitch none, forward -, right none, each with probability ~1.
         let (net, p, mut set) = confident_net(&cfg, &[("pose.head.bias", &[(0, 2), (1, 1), (2, 0), (3, 1)])]);
         let kin = Kinematics::default();
@@ -713,7 +757,7 @@ mod tests {
         // forward +, right undecided (uniform); the translation network:
         // forward undecided, right - (left).
         let dev = Device::Cpu;
-        let cfg = PoseConfig { frame_size: 8, hidden: 8, derotate: true };
+        let cfg = PoseConfig { frame_size: 8, hidden: 8, derotate: true, fine_halves: true };
         let (net, _p, _set) = confident_net(&cfg, &[("pose.head.bias", &[(0, 2), (1, 1), (2, 2)]), ("pose.translation.head.bias", &[(1, 0)])]);
         let blank = Frame { width: 8, height: 8, rgb: vec![0.5; 8 * 8 * 3] };
         let w = WindowFrames { first: blank.clone(), mid: blank.clone(), last: blank };
@@ -775,10 +819,79 @@ mod tests {
         }
     }
 
+    /// A 32x32 frame of smooth, non-repeating texture, and the same texture
+    /// shifted by (dx, dy) whole pixels (what the first frame shows at (x, y),
+    /// the second shows at (x + dx, y + dy)).
+    fn shifted_pair(dx: isize, dy: isize) -> (Frame, Frame) {
+        let tex = |x: isize, y: isize| {
+            let (x, y) = (x as f32, y as f32);
+            [(0.37 * x + 0.11 * y).sin() * (0.23 * y).cos(), (0.19 * x * 0.7 - 0.31 * y).cos(), (0.05 * x * y).sin()].map(|v| 0.5 + 0.4 * v)
+        };
+        let frame = |sx: isize, sy: isize| Frame { width: 32, height: 32, rgb: (0..32 * 32).flat_map(|i| tex(i % 32 - sx, i / 32 - sy)).collect() };
+        (frame(0, 0), frame(dx, dy))
+    }
+
+    #[test]
+    fn the_fine_volume_finds_a_shift_the_coarse_grid_steps_over() {
+        // A 2-pixel shift right and 1 up: the fine volume (every shift within
+        // 4) holds it exactly, best shift and soft-argmin; the coarse grid's
+        // 3-pixel step has no cell at (2, -1). Both volumes have one size.
+        let cfg = PoseConfig::default();
+        assert_eq!(cfg.fine_shifts(), (-4..=4).collect::<Vec<_>>());
+        assert_eq!(cfg.fine_shifts().len(), cfg.coarse_shifts().len());
+        let (a, b) = shifted_pair(2, -1);
+        let (mut fine, mut coarse) = (Vec::new(), Vec::new());
+        shift_volume(&cfg, &a, &b, &cfg.fine_shifts(), 4, &mut fine);
+        cost_volume(&cfg, &a, &b, &mut coarse);
+        assert_eq!((fine.len(), coarse.len()), (cfg.volume_dim(), cfg.volume_dim()));
+        let per = cfg.block_features();
+        let cells = per - 5;
+        // The centre block: its costs are 1 - cost/mean, so the best shift has
+        // the largest value (a perfect match: exactly 1).
+        let centre = (cfg.block_starts().len().pow(2) / 2) * per;
+        let argmax = |v: &[f32]| (0..cells).max_by(|&i, &j| v[i].total_cmp(&v[j])).unwrap();
+        let f = &fine[centre..centre + per];
+        assert_eq!(argmax(f), 3 * 9 + 6, "fine cell of (dx 2, dy -1)");
+        assert!((f[argmax(f)] - 1.0).abs() < 1e-6);
+        assert_eq!((f[cells] * 4.0, f[cells + 1] * 4.0), (2.0, -1.0), "best shift");
+        assert!((f[cells + 2] * 4.0 - 2.0).abs() < 0.1 && (f[cells + 3] * 4.0 + 1.0).abs() < 0.1, "soft-argmin {:?}", &f[cells..]);
+        let c = &coarse[centre..centre + per];
+        assert!(c[argmax(c)] < 0.99, "no coarse cell matches exactly: {}", c[argmax(c)]);
+    }
+
+    #[test]
+    fn fine_halves_change_only_the_halves_of_the_translation_input() {
+        let coarse_cfg = PoseConfig { fine_halves: false, ..PoseConfig::default() };
+        let cfg = PoseConfig::default();
+        let w = render_window(&cfg, 3, 1, TRAIN_SCENE_BASE, 16, ActionDraw::Combined, false);
+        let volume = window_input(&cfg, &w.frames.first, &w.frames.last);
+        let kin = Kinematics::default();
+        let fine = translation_input(&cfg, &w.frames, &volume, w.action.rotation(), &kin);
+        let coarse = translation_input(&coarse_cfg, &w.frames, &volume, w.action.rotation(), &kin);
+        let v = cfg.volume_dim();
+        assert_eq!((fine.len(), coarse.len()), (cfg.translation_dim(), cfg.translation_dim()));
+        assert_eq!(fine[..v], coarse[..v], "the whole window's volume");
+        assert_eq!(fine[3 * v..], coarse[3 * v..], "the start pitch and the explained share");
+        assert_ne!(fine[v..3 * v], coarse[v..3 * v], "the halves");
+        assert!(cfg.same_parameters(&coarse_cfg) && !cfg.same_parameters(&PoseConfig { hidden: 128, ..cfg.clone() }));
+    }
+
+    #[test]
+    fn settings_saved_before_fine_halves_read_as_coarse_and_serialise_unchanged() {
+        // Regression: adding the field changed every old estimator's settings
+        // fingerprint, so a warm start from the shipped estimator found no
+        // checkpoint. Off, it is not written at all.
+        let old = r#"{"frame_size":32,"hidden":256,"derotate":true}"#;
+        let cfg: PoseConfig = serde_json::from_str(old).unwrap();
+        assert!(!cfg.fine_halves);
+        assert_eq!(serde_json::to_string(&cfg).unwrap(), old);
+        assert!(serde_json::to_string(&PoseConfig::default()).unwrap().contains(r#""fine_halves":true"#));
+    }
+
     #[test]
     fn batches_are_deterministic_across_thread_counts() {
         let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
-        let cfg = PoseConfig { frame_size: 16, hidden: 8, derotate: true };
+        let cfg = PoseConfig { frame_size: 16, hidden: 8, derotate: true, fine_halves: true };
         let a = one.install(|| training_batch(&cfg, 9, 4, 6));
         let b = training_batch(&cfg, 9, 4, 6);
         assert!(a.iter().zip(&b).all(|(x, y)| x.input == y.input && x.translation_input == y.translation_input && x.labels == y.labels));
@@ -786,7 +899,7 @@ mod tests {
 
     #[test]
     fn a_mixed_batch_holds_its_share_of_generated_windows_with_the_probes_labels() {
-        let cfg = PoseConfig { frame_size: 16, hidden: 8, derotate: true };
+        let cfg = PoseConfig { frame_size: 16, hidden: 8, derotate: true, fine_halves: true };
         // Two "generated" windows: a still camera the probe read as idle,
         // and one read as a left turn (whatever was commanded).
         let w = |i: u64| render_window(&cfg, 5, i, TRAIN_SCENE_BASE, 16, ActionDraw::Basic, false).frames;
@@ -814,7 +927,7 @@ mod tests {
     #[test]
     fn training_lowers_the_loss_and_reaches_every_parameter() {
         let dev = Device::Cpu;
-        let cfg = PoseConfig { frame_size: 16, hidden: 64, derotate: true };
+        let cfg = PoseConfig { frame_size: 16, hidden: 64, derotate: true, fine_halves: true };
         let mut t = PoseTrainer::new(&cfg, 1, 32, 3e-3, &dev).unwrap();
         let ex = training_batch(&cfg, 1, 0, 32);
         let batch = stack(&cfg, &ex, &dev).unwrap();

@@ -133,10 +133,10 @@ pub fn train_pose(
         let (_, set) = newest_step(source, POSE_DIR, Some(&w.fingerprint), Some(w.step))?
             .ok_or_else(|| StageError::invalid(source.uri(), format!("no pose estimator at step {} with settings fingerprint {}", w.step, w.fingerprint)))?;
         let from = read_settings(source, w.step)?;
-        if from.model != settings.model {
+        if !from.model.same_parameters(&settings.model) {
             return Err(StageError::invalid(
                 source.uri_of(&step_dir(w.step)),
-                format!("a warm start needs the same estimator: it is {:?}, this run's is {:?}", from.model, settings.model),
+                format!("a warm start needs the same estimator (frame size, hidden width, derotate): it is {:?}, this run's is {:?}", from.model, settings.model),
             ));
         }
         load_params(source, &set, &format!("{}/model.safetensors", step_dir(w.step)), &t.params)?;
