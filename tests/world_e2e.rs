@@ -357,6 +357,13 @@ fn pose_training_warm_starts_from_another_estimators_weights() {
     let out = run(args(&file_uri(tmp.path(), "frozen"), "0", "32", true));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(model("frozen", "0000002"), model("pose", "0000006"));
+    // What the translation network reads may change, its shape not: the
+    // coarse-halves estimator starts from the fine-halves source's weights.
+    let mut coarse = args(&file_uri(tmp.path(), "coarse"), "0", "32", true);
+    coarse.extend(["--fine-halves".to_string(), "false".to_string()]);
+    let out = run(coarse);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(model("coarse", "0000002"), model("pose", "0000006"));
     // The same run from scratch does not start there.
     let out = run(args(&file_uri(tmp.path(), "scratch"), "0", "32", false));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -509,8 +509,8 @@ pub enum ScorersWhat {
         /// weights, not its optimizer state) instead of random weights: a
         /// new learning-rate schedule of --steps on top of a trained
         /// estimator. --hidden, --frame-size and --derotate must describe
-        /// the same estimator (--fine-halves may differ); give a --seed it was not trained with, or it
-        /// sees the same windows again.
+        /// the same estimator (--fine-halves may differ); give a --seed it
+        /// was not trained with, or it sees the same windows again.
         #[arg(long, value_name = "URI")]
         init_from: Option<String>,
         /// Also train on generated windows labelled by the evaluation's
