@@ -36,8 +36,8 @@
 //! of the whole window's coarse grid (a 3-pixel step for 32 pixels): once
 //! the turn is undone, a half window's parallax is a few pixels, and the
 //! coarse grid saw only whether it was there, not its pattern. It is trained
-//! on windows de-rotated by the true turn. The translation the estimator returns pools both networks:
-//! the mean of their class probabilities.
+//! on windows de-rotated by the true turn. The translation the estimator
+//! returns pools both networks: the mean of their class probabilities.
 //!
 //! Both networks are trained on
 //! simulator renders with exact poses: every batch is rendered fresh from
@@ -119,8 +119,12 @@ impl PoseConfig {
     /// within as many of them as the coarse grid has shifts (-4..=4 for 32
     /// pixels), so both volumes have the same size.
     pub fn fine_shifts(&self) -> Vec<isize> {
-        let r = (self.coarse_shifts().len() / 2) as isize;
+        let r = self.fine_radius();
         (-r..=r).collect()
+    }
+    /// Largest shift of the fine cost volume (pixels).
+    pub fn fine_radius(&self) -> isize {
+        (self.coarse_shifts().len() / 2) as isize
     }
     /// Whether `other`'s parameters have this estimator's shapes (a warm
     /// start may change what the translation network reads, not its size).
@@ -388,16 +392,9 @@ pub fn translation_input(cfg: &PoseConfig, w: &WindowFrames, volume: &[f32], rot
     let r = fit.rotation;
     let half = Rotation { pitch0_deg: r.pitch0_deg, dyaw_deg: r.dyaw_deg / 2.0, dpitch_deg: r.dpitch_deg / 2.0 };
     let second = Rotation { pitch0_deg: r.pitch0_deg + half.dpitch_deg, ..half };
-    let (first_half, second_half) = (derotate(&w.mid, &half, fov), derotate(&w.last, &second, fov));
-    if cfg.fine_halves {
-        let fine = cfg.fine_shifts();
-        let radius = fine.len() as isize / 2;
-        shift_volume(cfg, &w.first, &first_half, &fine, radius, &mut out);
-        shift_volume(cfg, &w.mid, &second_half, &fine, radius, &mut out);
-    } else {
-        cost_volume(cfg, &w.first, &first_half, &mut out);
-        cost_volume(cfg, &w.mid, &second_half, &mut out);
-    }
+    let (grid, search) = if cfg.fine_halves { (cfg.fine_shifts(), cfg.fine_radius()) } else { (cfg.coarse_shifts(), cfg.max_shift()) };
+    shift_volume(cfg, &w.first, &derotate(&w.mid, &half, fov), &grid, search, &mut out);
+    shift_volume(cfg, &w.mid, &derotate(&w.last, &second, fov), &grid, search, &mut out);
     let explained = if fit.identity_error > 0.0 { 1.0 - fit.error / fit.identity_error } else { 0.0 };
     out.extend([fit.rotation.pitch0_deg / 30.0, explained.max(-1.0)].map(|v| v as f32));
     out
@@ -419,19 +416,15 @@ fn shift_volume(cfg: &PoseConfig, first: &Frame, last: &Frame, grid: &[isize], s
     let scale = search as f32;
     for &by in &starts {
         for &bx in &starts {
-            // Every whole-pixel shift.
-            let mut fine = Vec::with_capacity(((2 * search + 1) * (2 * search + 1)) as usize);
-            for dy in -search..=search {
-                for dx in -search..=search {
-                    if let Some(c) = block_cost(first, last, bx, by, b, dx, dy) {
-                        fine.push((dx, dy, c));
-                    }
-                }
-            }
+            // Every whole-pixel shift, each cost computed once (the grid's
+            // shifts are among them).
+            let side = 2 * search + 1;
+            let costs: Vec<Option<f32>> = (0..side * side).map(|i| block_cost(first, last, bx, by, b, i % side - search, i / side - search)).collect();
+            let fine: Vec<(isize, isize, f32)> = costs.iter().enumerate().filter_map(|(i, c)| c.map(|c| (i as isize % side - search, i as isize / side - search, c))).collect();
             let mean = fine.iter().map(|f| f.2).sum::<f32>() / fine.len().max(1) as f32 + 1e-4;
             for &dy in grid {
                 for &dx in grid {
-                    let c = block_cost(first, last, bx, by, b, dx, dy);
+                    let c = costs[((dy + search) * side + dx + search) as usize];
                     out.push(c.map_or(0.0, |c| 1.0 - c / mean));
                 }
             }
@@ -841,7 +834,7 @@ mod tests {
         assert_eq!(cfg.fine_shifts().len(), cfg.coarse_shifts().len());
         let (a, b) = shifted_pair(2, -1);
         let (mut fine, mut coarse) = (Vec::new(), Vec::new());
-        shift_volume(&cfg, &a, &b, &cfg.fine_shifts(), 4, &mut fine);
+        shift_volume(&cfg, &a, &b, &cfg.fine_shifts(), cfg.fine_radius(), &mut fine);
         cost_volume(&cfg, &a, &b, &mut coarse);
         assert_eq!((fine.len(), coarse.len()), (cfg.volume_dim(), cfg.volume_dim()));
         let per = cfg.block_features();
