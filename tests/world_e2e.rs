@@ -434,7 +434,16 @@ print(total)
     assert!(err.contains("label-windows"), "{err}");
 
     // eval-pose reads the labelled windows against the probe's classes.
-    let eval = wc_ok(&["scorers", "eval-pose", "--model", &mixed, "--windows", "8", "--generated", &labelled], &[]);
+    let eval = wc_ok(&["scorers", "eval-pose", "--model", &mixed, "--windows", "8", "--generated", &labelled, "--misreads", "100"], &[]);
+    // --misreads lists every window that is not both right, under its kind.
+    let held_out = eval.split("\ngenerated windows").next().unwrap();
+    for kind in ["basic", "combined"] {
+        let mut lines = held_out.lines().skip_while(|l| !l.starts_with(kind));
+        let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+        let wrong = (8.0 * (1.0 - row[5].parse::<f64>().unwrap())).round() as usize;
+        let listed: usize = lines.take_while(|l| l.contains(" read as ")).map(|l| l.split_whitespace().rev().nth(1).unwrap().parse::<usize>().unwrap()).sum();
+        assert_eq!(listed, wrong, "{kind}: {eval}");
+    }
     let tail: Vec<&str> = eval.split("how often the estimator reads the probe's class").nth(1).unwrap().lines().filter(|l| l.starts_with("basic") || l.starts_with("combined")).collect();
     let counted: usize = tail.iter().map(|l| l.split_whitespace().nth(1).unwrap().parse::<usize>().unwrap()).sum();
     assert_eq!(counted, total, "{eval}");

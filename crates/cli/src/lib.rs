@@ -537,6 +537,11 @@ pub enum ScorersWhat {
         /// Also print the accuracy per commanded action.
         #[arg(long)]
         per_action: bool,
+        /// Also print what the misread windows were read as, per command
+        /// (most frequent first, at most this many lines per kind):
+        /// `forward+left read as left` is a forward motion not seen.
+        #[arg(long, value_name = "LINES")]
+        misreads: Option<usize>,
         /// Also read the generated windows labelled under this store URI
         /// (`scorers label-windows`; use a run not trained on) and print how
         /// often the estimator reads the probe's class, by whether the

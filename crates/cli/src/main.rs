@@ -497,7 +497,7 @@ fn scorers(what: worldcompass::ScorersWhat) -> anyhow::Result<()> {
             bar.finish_and_clear();
             println!("pose estimator at step {done} under {}", out.uri_of(wc_stages::scorer_models::POSE_DIR));
         }
-        ScorersWhat::EvalPose { model, windows, seed, per_action, generated } => {
+        ScorersWhat::EvalPose { model, windows, seed, per_action, misreads, generated } => {
             let store = RunStore::open(&model)?;
             let m = wc_stages::scorer_models::load_pose(&store)?;
             let metric = wc_world::metric::MetricConfig::default();
@@ -509,6 +509,11 @@ fn scorers(what: worldcompass::ScorersWhat) -> anyhow::Result<()> {
                 if per_action {
                     for (action, a) in wc_scorers::pose::per_action_accuracy(&pred, &metric) {
                         println!("  {:<24} {:>6} {:>8.3} {:>9.3}", action.to_string(), a.windows, a.rot_acc, a.trans_acc);
+                    }
+                }
+                if let Some(lines) = misreads {
+                    for m in wc_scorers::pose::misreads(&pred, &metric).iter().take(lines) {
+                        println!("  {:<24} read as {:<24} {:>5} windows", m.commanded.to_string(), m.read.to_string(), m.windows);
                     }
                 }
             }

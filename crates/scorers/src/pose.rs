@@ -682,10 +682,64 @@ pub fn per_action_accuracy(pred: &[(ActionMask, WindowMotion)], metric: &wc_worl
     by.into_iter().map(|(a, v)| (ActionMask(a), prediction_accuracy(&v, metric))).collect()
 }
 
+/// Windows of one command read as one wrong action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Misread {
+    pub commanded: ActionMask,
+    /// What the metric reads from the estimated motion
+    /// ([`wc_world::metric::read_action`]).
+    pub read: ActionMask,
+    pub windows: usize,
+}
+
+/// What the misread windows were read as: per (command, read) pair with
+/// the rotation or the translation wrong, how many windows, the most
+/// frequent first (then by command and read). It says which axis fails:
+/// `forward+left` read as `left` is a forward motion not seen.
+pub fn misreads(pred: &[(ActionMask, WindowMotion)], metric: &wc_world::metric::MetricConfig) -> Vec<Misread> {
+    let mut by: std::collections::BTreeMap<(u8, u8), usize> = Default::default();
+    for (a, m) in pred {
+        if wc_world::metric::window_correct(m, *a, metric) != (true, true) {
+            *by.entry((a.0, wc_world::metric::read_action(m, metric).0)).or_default() += 1;
+        }
+    }
+    let mut out: Vec<Misread> = by.into_iter().map(|((c, r), windows)| Misread { commanded: ActionMask(c), read: ActionMask(r), windows }).collect();
+    out.sort_by_key(|m| (std::cmp::Reverse(m.windows), m.commanded.0, m.read.0));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use wc_world::metric::{window_correct, MetricConfig};
+
+    #[test]
+    fn misreads_count_the_wrong_reads_of_each_command_most_frequent_first() {
+        let metric = MetricConfig::default();
+        let kin = Kinematics::default();
+        let motion = |a: ActionMask| {
+            let (fw, rt) = a.translation();
+            let (yaw, pitch) = a.rotation();
+            let (w, step, turn) = (kin.frames_per_window as f64, kin.move_step, kin.turn_step_deg);
+            WindowMotion { dyaw_deg: yaw as f64 * turn * w, dpitch_deg: pitch as f64 * turn * w, forward: fw as f64 * step * w, right: rt as f64 * step * w }
+        };
+        let (fl, left, fw, tl) = (ActionMask::FORWARD.union(ActionMask::LEFT), ActionMask::LEFT, ActionMask::FORWARD, ActionMask::TURN_LEFT);
+        let pred = vec![
+            (fl, motion(left)),
+            (fl, motion(fl)),
+            (fw.union(tl), motion(tl)),
+            (fl, motion(left)),
+            (fl, motion(fw)),
+            (left, motion(left)),
+            (tl, motion(fw.union(tl))),
+        ];
+        let got = misreads(&pred, &metric);
+        let want = [(fl, left, 2), (fl, fw, 1), (tl, fw.union(tl), 1), (fw.union(tl), tl, 1)];
+        assert_eq!(got.len(), want.len(), "{got:?}");
+        for (g, (c, r, n)) in got.iter().zip(want) {
+            assert_eq!((g.commanded, g.read, g.windows), (c, r, n), "{got:?}");
+        }
+    }
 
     #[test]
     fn labels_agree_with_the_metric_on_true_motion() {

@@ -80,6 +80,23 @@ impl ActionMask {
         let s = |pos: ActionMask, neg: ActionMask| self.has(pos) as i8 - self.has(neg) as i8;
         (s(Self::TURN_RIGHT, Self::TURN_LEFT), s(Self::TURN_UP, Self::TURN_DOWN))
     }
+
+    /// The action with this translation intent (forward sign, right sign)
+    /// and rotation intent (yaw sign, pitch sign): the inverse of
+    /// [`ActionMask::translation`] and [`ActionMask::rotation`].
+    pub fn from_intent(translation: (i8, i8), rotation: (i8, i8)) -> ActionMask {
+        let axis = |sign: i8, pos: ActionMask, neg: ActionMask| match sign.signum() {
+            1 => pos.0,
+            -1 => neg.0,
+            _ => 0,
+        };
+        ActionMask(
+            axis(translation.0, Self::FORWARD, Self::BACKWARD)
+                | axis(translation.1, Self::RIGHT, Self::LEFT)
+                | axis(rotation.0, Self::TURN_RIGHT, Self::TURN_LEFT)
+                | axis(rotation.1, Self::TURN_UP, Self::TURN_DOWN),
+        )
+    }
 }
 
 impl std::fmt::Display for ActionMask {
@@ -232,6 +249,20 @@ pub fn mixed_sequence(seed: u64, windows: usize, hold: usize, combined_rate: f64
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn from_intent_inverts_translation_and_rotation() {
+        // Every action without opposite keys (3^4 of them) round-trips.
+        let mut seen = std::collections::BTreeSet::new();
+        for bits in 0..=255u8 {
+            let a = ActionMask(bits);
+            let back = ActionMask::from_intent(a.translation(), a.rotation());
+            assert_eq!((back.translation(), back.rotation()), (a.translation(), a.rotation()), "{bits:#010b}");
+            seen.insert(back.0);
+        }
+        assert_eq!(seen.len(), 81);
+        assert_eq!(ActionMask::from_intent((1, -1), (0, 1)), ActionMask::FORWARD.union(ActionMask::LEFT).union(ActionMask::TURN_UP));
+    }
 
     #[test]
     fn names_parse_and_print() {

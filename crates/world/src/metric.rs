@@ -65,6 +65,15 @@ pub fn translation_label(m: &WindowMotion, threshold: f64, cone_deg: f64) -> (i8
     (axis(m.forward), axis(m.right))
 }
 
+/// The action a window's motion reads as: its rotation label and its
+/// translation label under the lowest threshold (a window that matches its
+/// command under no threshold reads as this under every one that sees
+/// motion). What a misread window was taken for.
+pub fn read_action(m: &WindowMotion, cfg: &MetricConfig) -> ActionMask {
+    let lowest = cfg.trans_thresholds.iter().copied().fold(f64::INFINITY, f64::min);
+    ActionMask::from_intent(translation_label(m, lowest, cfg.cone_deg), rotation_label(m, cfg.tau_rot_deg))
+}
+
 /// Per-window correctness: (rotation right, translation right).
 pub fn window_correct(m: &WindowMotion, action: ActionMask, cfg: &MetricConfig) -> (bool, bool) {
     let rot = rotation_label(m, cfg.tau_rot_deg) == action.rotation();
@@ -185,6 +194,21 @@ mod tests {
     use super::*;
     use crate::actions::{action_sequence, combined_actions, Kinematics, SequenceKind};
     use crate::camera::{window_motions, Pose};
+
+    #[test]
+    fn a_window_reads_as_its_labels_under_the_lowest_threshold() {
+        let cfg = MetricConfig::default();
+        // Forward 0.3 and left 0.1: 18 degrees off the heading, so forward
+        // alone; a 3 degree turn left.
+        let m = WindowMotion { dyaw_deg: -3.0, dpitch_deg: 0.5, forward: 0.3, right: -0.1 };
+        assert_eq!(read_action(&m, &cfg), ActionMask::FORWARD.union(ActionMask::TURN_LEFT));
+        // 0.015 units of sideways motion: above the lowest threshold (0.01),
+        // not the others; the read is the lowest's.
+        let m = WindowMotion { dyaw_deg: 0.0, dpitch_deg: 2.0, forward: 0.0, right: 0.015 };
+        assert_eq!(read_action(&m, &cfg), ActionMask::RIGHT.union(ActionMask::TURN_UP));
+        let still = WindowMotion { dyaw_deg: 0.0, dpitch_deg: 0.0, forward: 0.0, right: 0.0 };
+        assert_eq!(read_action(&still, &cfg), ActionMask(0));
+    }
 
     fn motion(dyaw: f64, dpitch: f64, fw: f64, rt: f64) -> WindowMotion {
         WindowMotion { dyaw_deg: dyaw, dpitch_deg: dpitch, forward: fw, right: rt }
