@@ -66,18 +66,21 @@ ablations iters="24" sequences="16" only="sample-level if-only vq-only":
 pose := "file://" + justfile_directory() + "/models/pose"
 pose_stage1 := "file://" + justfile_directory() + "/runs/pose-stage1"
 pose_stage2 := "file://" + justfile_directory() + "/runs/pose-stage2"
+pose_stage3 := "file://" + justfile_directory() + "/runs/pose-stage3"
 
-# Train the pose estimator on fresh simulator renders, in three stages (about
+# Train the pose estimator on fresh simulator renders, in four stages (about
 # 50 min each on 2 cores): STEPS from scratch with the coarse half-window
 # volumes (runs/pose-stage1), STEPS more warm-started from it at half the
-# learning rate on new windows (runs/pose-stage2), then STEPS more with the
-# fine half-window volumes (--fine-halves, the default), warm-started from
-# that on new windows (models/pose, which holds the shipped result: that
-# stage resumes from it). Every stage resumes.
+# learning rate on new windows (runs/pose-stage2), STEPS more with the fine
+# half-window volumes (--fine-halves, the default), warm-started from that on
+# new windows (runs/pose-stage3), then 2500 more at lr 3e-4 on new windows
+# (models/pose, which holds the shipped result: that stage resumes from it).
+# Every stage resumes.
 pose steps="3000":
     {{wc}} scorers train-pose --out {{pose_stage1}} --steps {{steps}} --checkpoint-every 250 --fine-halves false
     {{wc}} scorers train-pose --out {{pose_stage2}} --init-from {{pose_stage1}} --steps {{steps}} --lr 5e-4 --seed 1 --checkpoint-every 250 --fine-halves false
-    {{wc}} scorers train-pose --out {{pose}} --init-from {{pose_stage2}} --steps {{steps}} --lr 1e-3 --seed 2 --checkpoint-every 250
+    {{wc}} scorers train-pose --out {{pose_stage3}} --init-from {{pose_stage2}} --steps {{steps}} --lr 1e-3 --seed 2 --checkpoint-every 250
+    {{wc}} scorers train-pose --out {{pose}} --init-from {{pose_stage3}} --steps 2500 --lr 3e-4 --seed 4 --checkpoint-every 250
 
 # Validate the built-in scorers on held-out scenes.
 eval-scorers windows="2000":

@@ -281,7 +281,10 @@ mod tests {
         // fingerprint to what its manifest records, or `just pose` would
         // retrain it instead of resuming; a different source step is a
         // different run.
-        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/pose/pose_estimator/step-0003000");
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/pose/pose_estimator");
+        let steps: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+        assert_eq!(steps.len(), 1, "models/pose ships one checkpoint: {steps:?}");
+        let root = steps[0].display().to_string();
         let settings: PoseSettings = serde_json::from_slice(&std::fs::read(format!("{root}/settings.json")).unwrap()).unwrap();
         let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(format!("{root}/_manifest.json")).unwrap()).unwrap();
         assert_eq!(manifest["fingerprint"].as_str().unwrap(), settings.fingerprint());
