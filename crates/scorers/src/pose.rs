@@ -717,12 +717,9 @@ mod tests {
     fn misreads_count_the_wrong_reads_of_each_command_most_frequent_first() {
         let metric = MetricConfig::default();
         let kin = Kinematics::default();
-        let motion = |a: ActionMask| {
-            let (fw, rt) = a.translation();
-            let (yaw, pitch) = a.rotation();
-            let (w, step, turn) = (kin.frames_per_window as f64, kin.move_step, kin.turn_step_deg);
-            WindowMotion { dyaw_deg: yaw as f64 * turn * w, dpitch_deg: pitch as f64 * turn * w, forward: fw as f64 * step * w, right: rt as f64 * step * w }
-        };
+        // The nominal motion of an action: the estimator's reading when it
+        // is certain of the action's classes.
+        let motion = |a: ActionMask| motion_of(&labels_of(a).map(|l| std::array::from_fn(|c| (c == l as usize) as u8 as f64)), &kin);
         let (fl, left, fw, tl) = (ActionMask::FORWARD.union(ActionMask::LEFT), ActionMask::LEFT, ActionMask::FORWARD, ActionMask::TURN_LEFT);
         let pred = vec![
             (fl, motion(left)),
