@@ -78,6 +78,27 @@ fn resumed_train_reports_committed_stages_in_one_line() {
 }
 
 #[test]
+fn seed_flag_is_the_same_as_editing_the_pipelines_seed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let edited = pipeline_with(tmp.path(), &[("seed = 20261125", "seed = 7")]);
+    let (by_flag, by_file, other) = (file_uri(tmp.path(), "flag"), file_uri(tmp.path(), "file"), file_uri(tmp.path(), "other"));
+    let said = wc_ok(&["train", "--run", &by_flag, "--pipeline", &pipeline(), "--seed", "7", "--iters", "1"], &[]);
+    assert!(said.contains("seed 7"), "the override is reported: {said}");
+    wc_ok(&["train", "--run", &by_file, "--pipeline", &edited, "--iters", "1"], &[]);
+    wc_ok(&["train", "--run", &other, "--pipeline", &pipeline(), "--seed", "8", "--iters", "1"], &[]);
+    let ckpt = |run: &str| RunStore::open(run).unwrap().get("checkpoints/000001/policy.safetensors").unwrap();
+    assert_eq!(ckpt(&by_flag), ckpt(&by_file), "--seed 7 must train exactly what seed = 7 in the file trains");
+    assert_ne!(ckpt(&by_flag), ckpt(&other), "another seed must give another run");
+    // The seed is part of the run's config: another one is refused, the same one resumes.
+    let err = wc_err(&["init", "--run", &by_flag, "--pipeline", &pipeline(), "--seed", "8"], &[]);
+    assert!(err.contains("different pipeline config"), "{err}");
+    assert!(wc_ok(&["init", "--run", &by_flag, "--pipeline", &edited], &[]).contains("already initialised"));
+    // --seed only means something when initialising from a pipeline.
+    let out = wc(&["train", "--run", &by_flag, "--seed", "7"], &[]);
+    assert_eq!(out.status.code(), Some(2), "clap usage error: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
 fn bad_config_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     let run = file_uri(tmp.path(), "run");

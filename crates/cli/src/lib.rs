@@ -44,6 +44,10 @@ pub enum Command {
         /// Replace a run initialised with a different config.
         #[arg(long)]
         force: bool,
+        /// Use this seed instead of the pipeline's run.seed: replicates of
+        /// one setting without a config file per seed.
+        #[arg(long)]
+        seed: Option<u64>,
     },
     /// Run one stage of one iteration (one shard of it) and commit it.
     ///
@@ -86,6 +90,10 @@ pub enum Command {
         /// Run iterations 0..ITERS (default: run.iterations of the config).
         #[arg(long)]
         iters: Option<u64>,
+        /// With --pipeline: initialise with this seed instead of the
+        /// pipeline's run.seed (a run initialised with another is refused).
+        #[arg(long, requires = "pipeline")]
+        seed: Option<u64>,
     },
     /// Show what is committed in a run, per iteration, stage and shard.
     Status {
@@ -250,6 +258,11 @@ pub enum Command {
         /// Store URI to write the results to (eval/eval-<unix time>.parquet).
         #[arg(long)]
         out: Option<String>,
+        /// The models after the first are replicates of one setting (runs
+        /// that differ only in their seed): end each length with their
+        /// mean delta and its standard error. `just seeds` uses it.
+        #[arg(long)]
+        replicates: bool,
         #[command(flatten)]
         sampler: SamplerArgs,
     },

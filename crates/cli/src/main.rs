@@ -43,11 +43,11 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Init { run, pipeline, force } => {
-            let cfg = PipelineConfig::load(&pipeline)?;
+        Command::Init { run, pipeline, force, seed } => {
+            let cfg = with_seed(PipelineConfig::load(&pipeline)?, seed);
             let store = RunStore::open(&run)?;
             match init_run(&store, &cfg, force)? {
-                InitOutcome::Created => println!("initialised {} with {pipeline}", store.uri()),
+                InitOutcome::Created => println!("initialised {} with {pipeline}{}", store.uri(), seed_note(seed)),
                 InitOutcome::AlreadyInitialised => println!("{} is already initialised with this config; nothing to do", store.uri()),
             }
         }
@@ -78,12 +78,12 @@ fn run(cli: Cli) -> Result<()> {
             };
             println!("{stats}");
         }
-        Command::Train { run, pipeline, iters } => {
+        Command::Train { run, pipeline, iters, seed } => {
             let store = RunStore::open(&run)?;
             if let Some(p) = &pipeline {
-                let cfg = PipelineConfig::load(p)?;
+                let cfg = with_seed(PipelineConfig::load(p)?, seed);
                 if init_run(&store, &cfg, false)? == InitOutcome::Created {
-                    println!("initialised {} with {p}", store.uri());
+                    println!("initialised {} with {p}{}", store.uri(), seed_note(seed));
                 }
             }
             let ctx = RunContext::from_store(store)?;
@@ -201,7 +201,7 @@ fn run(cli: Cli) -> Result<()> {
             bar.finish_and_clear();
             println!("pre-trained to step {done}; checkpoint: {}/{}", out.uri(), wc_stages::pretrain::step_dir(done));
         }
-        Command::Eval { data, model, step, sequences, lengths, teacher_forced, out, sampler } => {
+        Command::Eval { data, model, step, sequences, lengths, teacher_forced, out, replicates, sampler } => {
             use wc_stages::evaluate::{self, ContextSource};
             let lengths = evaluate::parse_lengths(&lengths).map_err(|e| anyhow::anyhow!("--lengths: {e}"))?;
             let source = if teacher_forced { ContextSource::GroundTruth } else { ContextSource::Generated };
@@ -228,7 +228,7 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{spec}: {} (step {})", m.path, m.step);
                 rows.extend(evaluate::eval_rows(now, spec, &m, source, &results));
             }
-            print!("{}", evaluate::table1(&rows));
+            print!("{}", evaluate::table1(&rows, replicates));
             if let Some(out) = out {
                 let store = RunStore::open(&out)?;
                 // Create-only: a second eval in the same second takes the next suffix.
@@ -676,6 +676,19 @@ fn bench_all(out: &str, pipeline: &str, only: &[String]) -> anyhow::Result<()> {
     std::fs::write(&path, wc_bench::to_parquet(&rows, unix)?).with_context(|| format!("writing {}", path.display()))?;
     println!("wrote {} ({} rows, {:.0} s)", path.display(), rows.len(), started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// The pipeline config with `run.seed` replaced by `--seed`, if given.
+fn with_seed(mut cfg: PipelineConfig, seed: Option<u64>) -> PipelineConfig {
+    if let Some(s) = seed {
+        cfg.run.seed = s;
+    }
+    cfg
+}
+
+/// ", seed S" where `--seed` replaced the pipeline's seed.
+fn seed_note(seed: Option<u64>) -> String {
+    seed.map(|s| format!(", seed {s}")).unwrap_or_default()
 }
 
 /// Load a model named on the command line: RUN@K (checkpoint K of a

@@ -364,7 +364,13 @@ pub fn eval_rows(run_unix_s: i64, label: &str, m: &LoadedModel, source: ContextS
 /// action kind, and with two or more models a delta row under each length
 /// for every model after the first (that model minus the first; with two
 /// models the row is labelled `delta`).
-pub fn table1(rows: &[crate::tables::EvalRow]) -> String {
+///
+/// With `replicates` (the models after the first are runs of one setting
+/// that differ only in their seed) and at least two of them, each length
+/// ends with their mean delta and its standard error
+/// ([`mean_and_standard_error`]): the effect of the setting with the run-to-
+/// run spread taken into account, not one seed's draw.
+pub fn table1(rows: &[crate::tables::EvalRow], replicates: bool) -> String {
     use std::fmt::Write;
     let mut models: Vec<&str> = Vec::new();
     let mut lengths: Vec<(&str, i64)> = Vec::new();
@@ -414,8 +420,48 @@ pub fn table1(rows: &[crate::tables::EvalRow]) -> String {
             let label = if models.len() == 2 { "delta".to_string() } else { format!("delta {b}") };
             let _ = writeln!(out, "{length:>6} {clips:>5} {label:<width$} | {} | {}", cells[0], cells[1]);
         }
+        if replicates && models.len() > 2 {
+            let n = models.len() - 1;
+            // Per kind and metric: (mean, standard error) of the replicates' deltas.
+            let summary: Vec<Option<[(f64, f64); 5]>> = ["basic", "combined"]
+                .iter()
+                .map(|k| {
+                    let a = cell(models[0], length, k)?;
+                    let deltas: Option<Vec<[f64; 5]>> = models[1..]
+                        .iter()
+                        .map(|b| cell(b, length, k).map(|rb| std::array::from_fn(|i| metrics(rb)[i] - metrics(a)[i])))
+                        .collect();
+                    let deltas = deltas?;
+                    Some(std::array::from_fn(|i| mean_and_standard_error(&deltas.iter().map(|d| d[i]).collect::<Vec<_>>())))
+                })
+                .collect();
+            for (label, signed, pick) in [(format!("mean delta of {n}"), true, 0usize), ("standard error".to_string(), false, 1)] {
+                let cells: Vec<String> = summary
+                    .iter()
+                    .map(|s| match s {
+                        Some(v) => fmt(std::array::from_fn(|i| if pick == 0 { v[i].0 } else { v[i].1 }), signed),
+                        None => format!("{:^38}", "-"),
+                    })
+                    .collect();
+                let _ = writeln!(out, "{length:>6} {clips:>5} {label:<width$} | {} | {}", cells[0], cells[1]);
+            }
+        }
     }
     out
+}
+
+/// Mean and standard error of the mean of replicate measurements: the
+/// sample standard deviation (n - 1 in the denominator) over sqrt(n). The
+/// error is NaN for fewer than two values (one draw says nothing of the
+/// spread); the mean is NaN for none.
+pub fn mean_and_standard_error(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    if xs.len() < 2 {
+        return (mean, f64::NAN);
+    }
+    let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, (var / n).sqrt())
 }
 
 #[cfg(test)]
@@ -511,7 +557,7 @@ mod tests {
                 }
             }
         }
-        let t = table1(&rows);
+        let t = table1(&rows, false);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 2 + 2 * 3, "{t}");
         let delta: Vec<&str> = lines.iter().filter(|l| l.contains("delta")).copied().collect();
@@ -522,10 +568,56 @@ mod tests {
         assert!(lines[5].starts_with("  long     4 base"), "{t}");
         // Three models: a delta row per model after the first, each against the first.
         rows.extend(["basic", "combined"].iter().flat_map(|k| ["short", "long"].map(|l| row("ablation", l, k, 0.4))));
-        let t = table1(&rows);
+        let t = table1(&rows, false);
         let deltas: Vec<&str> = t.lines().filter(|l| l.contains("delta")).collect();
         assert_eq!(deltas.len(), 4, "{t}");
         assert!(deltas[0].contains("delta run@24") && deltas[1].contains("delta ablation"), "{t}");
         assert!(deltas[1].contains("-0.100"), "{t}"); // basic rot 0.4 - 0.5
+        assert!(!t.contains("mean delta"), "summary rows only for replicates: {t}");
+    }
+
+    #[test]
+    fn mean_and_standard_error_match_a_hand_computation() {
+        // 1, 2, 3, 6: mean 3, squared deviations 4 + 1 + 0 + 9 = 14,
+        // sample variance 14 / 3, standard error sqrt(14 / 3 / 4).
+        let (m, se) = mean_and_standard_error(&[1.0, 2.0, 3.0, 6.0]);
+        assert!((m - 3.0).abs() < 1e-12);
+        assert!((se - (14.0f64 / 12.0).sqrt()).abs() < 1e-12, "{se}");
+        // Identical replicates: no spread.
+        assert_eq!(mean_and_standard_error(&[0.25, 0.25, 0.25]), (0.25, 0.0));
+        // One value: a mean, but no error.
+        let (m, se) = mean_and_standard_error(&[0.5]);
+        assert_eq!(m, 0.5);
+        assert!(se.is_nan());
+    }
+
+    #[test]
+    fn replicates_end_each_length_with_their_mean_delta_and_its_standard_error() {
+        // Base 0.5; three seeds of one setting at 0.6, 0.7, 0.9 (basic rot):
+        // deltas 0.1, 0.2, 0.4, mean 0.233..., standard error
+        // sqrt(((0.1333)^2 + (0.0333)^2 + (0.1667)^2) / 2 / 3) = 0.0882.
+        let mut rows = Vec::new();
+        for (m, v) in [("base", 0.5), ("s1@24", 0.6), ("s2@24", 0.7), ("s3@24", 0.9)] {
+            for l in ["short", "long"] {
+                for k in ["basic", "combined"] {
+                    rows.push(row(m, l, k, v));
+                }
+            }
+        }
+        let t = table1(&rows, true);
+        let mean: Vec<&str> = t.lines().filter(|l| l.contains("mean delta of 3")).collect();
+        let se: Vec<&str> = t.lines().filter(|l| l.contains("standard error")).collect();
+        assert_eq!((mean.len(), se.len()), (2, 2), "one pair per length: {t}");
+        assert!(mean[0].contains("+0.233"), "{t}");
+        assert!(se[0].contains("0.088"), "{t}");
+        // VQ is -10 v: mean delta -2.333, standard error 0.882.
+        assert!(mean[0].contains("-2.333") && se[0].contains("0.882"), "{t}");
+        // The summary follows the per-model deltas of its length.
+        let lines: Vec<&str> = t.lines().collect();
+        let i = lines.iter().position(|l| l.contains("mean delta of 3")).unwrap();
+        assert!(lines[i - 1].contains("delta s3@24") && lines[i + 1].contains("standard error"), "{t}");
+        // A single replicate has no spread to report.
+        let two: Vec<_> = rows.iter().filter(|r| r.model == "base" || r.model == "s1@24").cloned().collect();
+        assert!(!table1(&two, true).contains("mean delta"));
     }
 }
