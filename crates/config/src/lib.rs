@@ -269,6 +269,19 @@ pub struct OptimizeSection {
     /// selected samples of an iteration make one pass in minibatches.
     #[serde(default = "default_minibatch")]
     pub minibatch: u64,
+    /// Guidance of the policy the NFT loss trains. 1 (the default): the
+    /// conditional model, sampled and evaluated without guidance
+    /// (DiffusionNFT is CFG-free). Set to `rollout.guidance` to train the
+    /// guided sampler the rollouts come from (both its conditional and
+    /// unconditional predictions), which is then evaluated with that
+    /// guidance. Not serialised at 1, so configs without it keep their
+    /// fingerprint.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub guidance: f64,
+}
+
+fn is_one(v: &f64) -> bool {
+    *v == 1.0
 }
 
 fn default_minibatch() -> u64 {
@@ -348,6 +361,9 @@ impl PipelineConfig {
             _ if self.reward.if_signal == IfSignal::Expected && (self.model.kind == ModelKind::Linear || !self.reward.external_command.is_empty()) => {
                 return bad("reward.if_signal", "\"expected\"".into(), "the expected accuracy is the built-in pose estimator's: it needs model.kind = \"world\" and no reward.external_command");
             }
+            ModelKind::Linear if self.optimize.guidance != 1.0 => {
+                return bad("optimize.guidance", self.optimize.guidance.to_string(), "a guided policy needs model.kind = \"world\" (the linear backend has no guidance)");
+            }
             ModelKind::Linear if self.rollout.mode == RolloutMode::Sample => {
                 return bad("rollout.mode", "\"sample\"".into(), "sample-level rollout needs model.kind = \"world\" (the linear backend is clip-level only)");
             }
@@ -369,6 +385,9 @@ impl PipelineConfig {
         }
         if !(r.guidance >= 1.0 && r.guidance.is_finite()) {
             return bad("rollout.guidance", r.guidance.to_string(), "must be >= 1 (1 = no guidance)");
+        }
+        if !(self.optimize.guidance >= 1.0 && self.optimize.guidance.is_finite()) {
+            return bad("optimize.guidance", self.optimize.guidance.to_string(), "must be >= 1 (1 = the conditional model)");
         }
         if self.optimize.minibatch == 0 {
             return bad("optimize.minibatch", "0".into(), "must be at least 1");
@@ -483,6 +502,28 @@ mod tests {
             assert_ne!(expected, default, "{name} switches nothing");
             assert_eq!(ablation, expected, "pipelines/ablations/{name}.toml differs from pipelines/embedded.toml in more than its switch");
         }
+    }
+
+    #[test]
+    fn the_policy_guidance_defaults_to_one_without_changing_the_fingerprint() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../pipelines");
+        let text = std::fs::read_to_string(format!("{root}/embedded.toml")).unwrap();
+        let default = PipelineConfig::parse("a.toml", &text).unwrap();
+        assert_eq!(default.optimize.guidance, 1.0);
+        // Runs initialised before the key existed keep resuming: an explicit
+        // 1 is the same config, and it is not written out.
+        let explicit = PipelineConfig::parse("b.toml", &text.replace("[optimize]", "[optimize]\nguidance = 1.0")).unwrap();
+        assert_eq!(explicit.fingerprint(), default.fingerprint());
+        let optimize_section = default.to_toml().split("[optimize]").nth(1).unwrap().split("\n[").next().unwrap().to_string();
+        assert!(optimize_section.contains("beta") && !optimize_section.contains("guidance"), "{optimize_section}");
+        let guided = PipelineConfig::parse("c.toml", &text.replace("[optimize]", "[optimize]\nguidance = 2.5")).unwrap();
+        assert_eq!(guided.optimize.guidance, 2.5);
+        assert_ne!(guided.fingerprint(), default.fingerprint());
+        assert_eq!(PipelineConfig::parse("d.toml", &guided.to_toml()).unwrap(), guided, "round trip keeps it");
+        let err = PipelineConfig::parse("e.toml", &text.replace("[optimize]", "[optimize]\nguidance = 0.5")).unwrap_err().to_string();
+        assert!(err.contains("optimize.guidance"), "{err}");
+        let err = PipelineConfig::parse("f.toml", &embedded().replace("[optimize]", "[optimize]\nguidance = 2.5")).unwrap_err().to_string();
+        assert!(err.contains("optimize.guidance") && err.contains("world"), "linear backend: {err}");
     }
 
     #[test]

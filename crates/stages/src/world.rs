@@ -219,14 +219,32 @@ pub struct NftStep {
     pub applied: bool,
 }
 
+/// The settings of one NFT optimizer step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NftSettings {
+    /// NFT beta (eq. 6).
+    pub beta: f64,
+    pub lr: f64,
+    /// Guidance of the policy the loss trains ([`nft_velocities`]); 1 = the
+    /// conditional model.
+    pub guidance: f64,
+}
+
 /// Velocities of `policy` and `old` (and of `reference`, when given) on a
 /// batch of samples: (v_theta, v_old, v_ref, v_target, weights).
+///
+/// With `guidance` g != 1 each model's velocity is its classifier-free
+/// guided one, v_u + g (v_c - v_u) ([`wc_model::flow::guide`]): the
+/// velocity of the sampler the guided rollouts were drawn with, so the loss
+/// trains that sampler (both the conditional and the unconditional
+/// prediction get gradient) instead of the conditional model alone.
 #[allow(clippy::type_complexity)]
 pub fn nft_velocities(
     policy: &WorldPolicy,
     old: &WorldPolicy,
     reference: Option<&WorldPolicy>,
     batch: &[NftSample],
+    guidance: f64,
 ) -> Result<(Tensor, Tensor, Option<Tensor>, Tensor, Vec<f32>), StageError> {
     let cfg = &policy.model.cfg;
     let dev = policy.params.device().clone();
@@ -240,11 +258,25 @@ pub fn nft_velocities(
     let tt = Tensor::from_vec(t.clone(), (b, 1, 1), &dev)?;
     let z = (x.broadcast_mul(&tt.affine(-1.0, 1.0)?)? + eps.broadcast_mul(&tt)?)?;
     let target = (&eps - &x)?;
-    let acts = action_input(&batch.iter().map(|s| s.masks.clone()).collect::<Vec<_>>(), &vec![false; b], &dev).map_err(model_err)?;
-    let t1 = Tensor::from_vec(t.clone(), b, &dev)?;
+    let masks: Vec<Vec<u8>> = batch.iter().map(|s| s.masks.clone()).collect();
+    let guided = (guidance - 1.0).abs() > 1e-12;
+    // Guided: one forward of 2B, the conditional half then the unconditional.
+    let (ctx, z, t1, acts) = if guided {
+        let dropped: Vec<bool> = (0..2 * b).map(|i| i >= b).collect();
+        let twice = |x: &Tensor| Tensor::cat(&[x, x], 0);
+        let t2: Vec<f32> = t.iter().chain(&t).copied().collect();
+        (twice(&ctx)?, twice(&z)?, Tensor::from_vec(t2, 2 * b, &dev)?, action_input(&[masks.clone(), masks].concat(), &dropped, &dev).map_err(model_err)?)
+    } else {
+        (ctx, z, Tensor::from_vec(t.clone(), b, &dev)?, action_input(&masks, &vec![false; b], &dev).map_err(model_err)?)
+    };
     let v = |p: &WorldPolicy| -> Result<Tensor, StageError> {
         let cache = p.model.encode_context(&ctx).map_err(model_err)?;
-        p.model.velocity(&cache, &z, &t1, &acts).map_err(model_err)
+        let out = p.model.velocity(&cache, &z, &t1, &acts).map_err(model_err)?;
+        if guided {
+            Ok(wc_model::flow::guide(&out.narrow(0, 0, b)?, &out.narrow(0, b, b)?, guidance).map_err(model_err)?)
+        } else {
+            Ok(out)
+        }
     };
     let v_theta = v(policy)?;
     let v_old = v(old)?.detach();
@@ -261,12 +293,11 @@ pub fn nft_step(
     reference: Option<(&WorldPolicy, f64)>,
     opt: &mut Optimizer,
     batch: &[NftSample],
-    beta: f64,
-    lr: f64,
+    settings: &NftSettings,
 ) -> Result<NftStep, StageError> {
-    let (v_theta, v_old, v_ref, target, w) = nft_velocities(policy, old, reference.map(|r| r.0), batch)?;
+    let (v_theta, v_old, v_ref, target, w) = nft_velocities(policy, old, reference.map(|r| r.0), batch, settings.guidance)?;
     let r: Vec<f32> = batch.iter().map(|s| s.r).collect();
-    let mut loss = wc_model::nft::nft_loss(&v_theta, &v_old, &target, &r, &w, beta).map_err(model_err)?;
+    let mut loss = wc_model::nft::nft_loss(&v_theta, &v_old, &target, &r, &w, settings.beta).map_err(model_err)?;
     if let (Some(v_ref), Some((_, kl))) = (&v_ref, reference) {
         loss = (loss + (wc_model::nft::kl_term(&v_theta, v_ref, &w).map_err(model_err)? * kl)?)?;
     }
@@ -276,7 +307,7 @@ pub fn nft_step(
     if !value.is_finite() || !grad_norm.is_finite() {
         return Ok(NftStep { loss: value, grad_norm, applied: false });
     }
-    opt.apply(&policy.params, &grads, lr).map_err(model_err)?;
+    opt.apply(&policy.params, &grads, settings.lr).map_err(model_err)?;
     Ok(NftStep { loss: value, grad_norm, applied: true })
 }
 
@@ -304,24 +335,60 @@ mod tests {
     }
 
     #[test]
+    fn guided_velocities_are_the_guided_samplers_and_train_both_branches() {
+        let (policy, old) = tiny_pair();
+        let cfg = policy.model.cfg.clone();
+        let b = batch(&cfg, 3);
+        let diff = |a: &Tensor, c: &Tensor| (a - c).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        // The conditional and unconditional predictions, computed here
+        // directly from the model (not through nft_velocities).
+        let n = b.len();
+        let dev = Device::Cpu;
+        let cat = |f: &dyn Fn(&NftSample) -> Vec<f32>| b.iter().flat_map(f).collect::<Vec<f32>>();
+        let (tpf, tok) = (cfg.tokens_per_frame(), cfg.token_dim());
+        let ctx = Tensor::from_vec(cat(&|s| s.context.clone()), (n, cfg.context_slots() * tpf, tok), &dev).unwrap();
+        let z = Tensor::from_vec(cat(&|s| s.x.iter().zip(&s.eps).map(|(x, e)| x * (1.0 - s.t) + e * s.t).collect()), (n, cfg.frames_per_clip * tpf, tok), &dev).unwrap();
+        let t = Tensor::from_vec(b.iter().map(|s| s.t).collect::<Vec<f32>>(), n, &dev).unwrap();
+        let masks: Vec<Vec<u8>> = b.iter().map(|s| s.masks.clone()).collect();
+        let direct = |dropped: bool| {
+            let cache = policy.model.encode_context(&ctx).unwrap();
+            policy.model.velocity(&cache, &z, &t, &action_input(&masks, &vec![dropped; n], &dev).unwrap()).unwrap()
+        };
+        let (vc, vu) = (direct(false), direct(true));
+        assert!(diff(&vc, &vu) > 1e-4, "the action must change the prediction for this test to mean anything");
+        let (v1, ..) = nft_velocities(&policy, &old, None, &b, 1.0).unwrap();
+        assert!(diff(&v1, &vc) < 1e-5, "guidance 1 is the conditional model");
+        let (v25, o25, ..) = nft_velocities(&policy, &old, None, &b, 2.5).unwrap();
+        let expected = (&vu + ((&vc - &vu).unwrap() * 2.5).unwrap()).unwrap();
+        assert!(diff(&v25, &expected) < 1e-4, "v_u + 2.5 (v_c - v_u)");
+        assert!(diff(&v25, &o25) < 1e-5, "identical weights: the old policy is guided the same way");
+        // A guided step moves the unconditional prediction too.
+        let mut opt = Optimizer::new(OptimConfig::default(), &policy.params).unwrap();
+        assert!(nft_step(&policy, &old, None, &mut opt, &b, &NftSettings { beta: 1.0, lr: 1e-3, guidance: 2.5 }).unwrap().applied);
+        assert!(diff(&direct(true), &vu) > 1e-6, "the unconditional branch got no gradient");
+        let (_, o_after, ..) = nft_velocities(&policy, &old, None, &b, 2.5).unwrap();
+        assert_eq!(diff(&o_after, &o25), 0.0, "the old policy is not trained");
+    }
+
+    #[test]
     fn v_old_comes_from_the_old_policy_not_the_policy() {
         // Regression test for the reference code's bug (v_old overwritten
         // by a detached copy of v_theta, which turns NFT into regression).
         let (policy, old) = tiny_pair();
         let cfg = policy.model.cfg.clone();
         let b = batch(&cfg, 4);
-        let (vt, vo, _, _, _) = nft_velocities(&policy, &old, None, &b).unwrap();
+        let (vt, vo, _, _, _) = nft_velocities(&policy, &old, None, &b, 1.0).unwrap();
         let diff = |a: &Tensor, c: &Tensor| (a - c).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert_eq!(diff(&vt, &vo), 0.0, "identical weights give identical velocities");
         // Diverge: a few NFT steps on the policy only.
         let mut opt = Optimizer::new(OptimConfig { lr: 1e-2, ..Default::default() }, &policy.params).unwrap();
         for _ in 0..3 {
-            assert!(nft_step(&policy, &old, None, &mut opt, &b, 1.0, 1e-2).unwrap().applied);
+            assert!(nft_step(&policy, &old, None, &mut opt, &b, &NftSettings { beta: 1.0, lr: 1e-2, guidance: 1.0 }).unwrap().applied);
         }
-        let (vt, vo, _, _, _) = nft_velocities(&policy, &old, None, &b).unwrap();
+        let (vt, vo, _, _, _) = nft_velocities(&policy, &old, None, &b, 1.0).unwrap();
         assert!(diff(&vt, &vo) > 1e-3, "after the policy moved, v_old must differ from v_theta");
         // And v_old is exactly what the old policy alone predicts.
-        let (vo_alone, _, _, _, _) = nft_velocities(&old, &old, None, &b).unwrap();
+        let (vo_alone, _, _, _, _) = nft_velocities(&old, &old, None, &b, 1.0).unwrap();
         assert_eq!(diff(&vo, &vo_alone), 0.0);
     }
 
@@ -331,7 +398,7 @@ mod tests {
         let before_old = old.params.to_tensor_set().unwrap();
         let before = policy.params.to_tensor_set().unwrap();
         let mut opt = Optimizer::new(OptimConfig::default(), &policy.params).unwrap();
-        let s = nft_step(&policy, &old, None, &mut opt, &batch(&policy.model.cfg, 3), 1.0, 1e-3).unwrap();
+        let s = nft_step(&policy, &old, None, &mut opt, &batch(&policy.model.cfg, 3), &NftSettings { beta: 1.0, lr: 1e-3, guidance: 1.0 }).unwrap();
         assert!(s.applied && s.loss.is_finite() && s.grad_norm > 0.0, "{s:?}");
         assert_eq!(old.params.to_tensor_set().unwrap(), before_old);
         assert_ne!(policy.params.to_tensor_set().unwrap(), before);
@@ -344,7 +411,7 @@ mod tests {
         let mut b = batch(&policy.model.cfg, 2);
         b[0].x[0] = f32::NAN;
         let mut opt = Optimizer::new(OptimConfig::default(), &policy.params).unwrap();
-        let s = nft_step(&policy, &old, None, &mut opt, &b, 1.0, 1e-3).unwrap();
+        let s = nft_step(&policy, &old, None, &mut opt, &b, &NftSettings { beta: 1.0, lr: 1e-3, guidance: 1.0 }).unwrap();
         assert!(!s.applied && !s.loss.is_finite());
         assert_eq!(policy.params.to_tensor_set().unwrap(), before, "a skipped step changes nothing");
     }

@@ -704,10 +704,11 @@ pub fn optimize(ctx: &RunContext, iter: u64, dir: &str, pending: &mut PendingCom
         }
     }
     let eta = eta_at(iter, ctx.cfg.run.iterations, o_cfg.eta_start, o_cfg.eta_end);
+    let settings = world::NftSettings { beta: o_cfg.beta, lr: o_cfg.lr, guidance: o_cfg.guidance };
     let mut metrics = Vec::new();
     let pb = progress(samples.len().div_ceil(o_cfg.minibatch as usize), "optimize");
     for (step, batch) in samples.chunks(o_cfg.minibatch as usize).enumerate() {
-        let s = world::nft_step(&policy, &old, reference.as_ref().map(|r| (r, o_cfg.kl_weight)), &mut opt, batch, o_cfg.beta, o_cfg.lr)?;
+        let s = world::nft_step(&policy, &old, reference.as_ref().map(|r| (r, o_cfg.kl_weight)), &mut opt, batch, &settings)?;
         if !s.applied {
             tracing::warn!(iter, step, loss = s.loss, grad_norm = s.grad_norm, "non-finite loss or gradient: the step was not applied");
         }
