@@ -487,13 +487,14 @@ mod tests {
     fn ablation_pipelines_change_only_their_switch() {
         let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../pipelines");
         let default = PipelineConfig::load(&format!("{root}/embedded.toml")).unwrap();
-        let switches: [(&str, fn(&mut PipelineConfig)); 6] = [
+        let switches: [(&str, fn(&mut PipelineConfig)); 7] = [
             ("sample-level", |c| c.rollout.mode = RolloutMode::Sample),
             ("if-only", |c| c.select.rewards = RewardSet::IfOnly),
             ("vq-only", |c| c.select.rewards = RewardSet::VqOnly),
             ("no-best-of-n", |c| c.select.best_of_n = false),
             ("all-timesteps", |c| c.optimize.timestep_fraction = 1.0),
             ("probe-reward", |c| c.reward.if_instrument = IfInstrument::Probe),
+            ("guided-policy", |c| c.optimize.guidance = c.rollout.guidance),
         ];
         for (name, switch) in switches {
             let ablation = PipelineConfig::load(&format!("{root}/ablations/{name}.toml")).unwrap();
