@@ -384,7 +384,8 @@ pub fn table1(rows: &[crate::tables::EvalRow], replicates: bool) -> String {
     }
     let cell = |model: &str, length: &str, kind: &str| rows.iter().find(|r| r.model == model && r.length == length && r.kind == kind);
     let metrics = |r: &crate::tables::EvalRow| [r.rot_acc, r.trans_acc, r.if_score, r.both_right, r.vq_score];
-    let width = models.iter().map(|m| m.len() + if models.len() > 2 { 6 } else { 0 }).max().unwrap_or(5).max(12);
+    let summary_width = if replicates && models.len() > 2 { format!("mean delta of {}", models.len() - 1).len() } else { 0 };
+    let width = models.iter().map(|m| m.len() + if models.len() > 2 { 6 } else { 0 }).max().unwrap_or(5).max(12).max(summary_width);
     let mut out = String::new();
     let head = format!("{:>6} {:>5} {:<width$}", "length", "clips", "model");
     let _ = writeln!(out, "{:w$} | {:^38} | {:^38}", "", "basic", "combined", w = head.len());
@@ -616,6 +617,10 @@ mod tests {
         let lines: Vec<&str> = t.lines().collect();
         let i = lines.iter().position(|l| l.contains("mean delta of 3")).unwrap();
         assert!(lines[i - 1].contains("delta s3@24") && lines[i + 1].contains("standard error"), "{t}");
+        // Every row keeps the columns aligned: the summary labels are
+        // longer than these model names.
+        let bar = lines[2].find('|').unwrap();
+        assert!(lines.iter().skip(1).all(|l| l.find('|') == Some(bar)), "{t}");
         // A single replicate has no spread to report.
         let two: Vec<_> = rows.iter().filter(|r| r.model == "base" || r.model == "s1@24").cloned().collect();
         assert!(!table1(&two, true).contains("mean delta"));
