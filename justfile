@@ -62,13 +62,13 @@ ablations iters="24" sequences="16" only="sample-level if-only vq-only":
     models="--model {{base}} --model {{run}}@{{iters}}"; for a in {{only}}; do models="$models --model file://{{justfile_directory()}}/runs/ablations/$a@{{iters}}"; done; \
     {{wc}} eval --data {{data}} $models --sequences {{sequences}} --out file://{{justfile_directory()}}/runs/eval
 
-# Where the pose estimator (the interaction-following reward's instrument) lives.
 # Replicates of one pipeline: train it once per seed (runs/seeds/<pipeline name>-<seed>, resuming), then evaluate every checkpoint ITERS against the base on the same held-out prompts (with GUIDANCE: 2.5 for pipelines/ablations/guided-policy.toml), with the mean gain over the seeds and its standard error.
 seeds seeds="20261128 20261129 20261130 20261131" iters="24" sequences="128" pipeline=pipeline guidance="1":
     for s in {{seeds}}; do {{wc}} train --run file://{{justfile_directory()}}/runs/seeds/{{file_stem(pipeline)}}-$s --pipeline {{pipeline}} --seed $s --iters {{iters}}; done
     models="--model {{base}}"; for s in {{seeds}}; do models="$models --model file://{{justfile_directory()}}/runs/seeds/{{file_stem(pipeline)}}-$s@{{iters}}"; done; \
     {{wc}} eval --data {{data}} $models --sequences {{sequences}} --guidance {{guidance}} --replicates --out file://{{justfile_directory()}}/runs/eval
 
+# Where the pose estimator (the interaction-following reward's instrument) lives.
 pose := "file://" + justfile_directory() + "/models/pose"
 pose_stage1 := "file://" + justfile_directory() + "/runs/pose-stage1"
 pose_stage2 := "file://" + justfile_directory() + "/runs/pose-stage2"
