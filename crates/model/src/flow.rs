@@ -54,6 +54,19 @@ pub fn guide(v_cond: &Tensor, v_uncond: &Tensor, g: f64) -> Result<Tensor> {
     Ok((v_uncond + ((v_cond - v_uncond)? * g)?)?)
 }
 
+/// Whether guidance scale `g` guides at all (1 = off: one forward, the
+/// conditional prediction alone).
+pub fn is_guided(g: f64) -> bool {
+    (g - 1.0).abs() > 1e-12
+}
+
+/// [`guide`] over the output of one forward of a doubled batch [2B, ...]:
+/// the first B rows with the action, the last B without.
+pub fn guide_halves(out: &Tensor, g: f64) -> Result<Tensor> {
+    let b = out.dim(0)? / 2;
+    guide(&out.narrow(0, 0, b)?, &out.narrow(0, b, b)?, g)
+}
+
 /// Sample clips by Euler integration from `noise` [G, N, P] at t = 1 to
 /// t = 0, all G in one batch, with one context cache (batch 1 or G) reused
 /// for every step. `actions` / `uncond` are the action inputs [G, F, 9]
@@ -69,7 +82,7 @@ pub fn sample(
     let g = noise.dim(0)?;
     let dev = noise.device();
     let times = sampler_times(cfg.steps, cfg.shift);
-    let guided = (cfg.guidance - 1.0).abs() > 1e-12;
+    let guided = is_guided(cfg.guidance);
     // Sampling needs no gradients: detached, each step's graph is freed
     // instead of being kept alive by the next x (memory grew with T).
     let cache = &cache.detach();
@@ -98,7 +111,7 @@ pub fn sample(
             let both = Tensor::cat(&[&x, &x], 0)?;
             let tt = Tensor::full(t as f32, 2 * g, dev)?;
             let out = model.velocity(&cache2, &both, &tt, &acts)?;
-            guide(&out.narrow(0, 0, g)?, &out.narrow(0, g, g)?, cfg.guidance)?
+            guide_halves(&out, cfg.guidance)?
         } else {
             model.velocity(&cache2, &x, &Tensor::full(t as f32, g, dev)?, &acts)?
         };
@@ -126,7 +139,7 @@ pub fn sample_recomputing(
         let (t, t_next) = (w[0], w[1]);
         let tt = Tensor::full(t as f32, g, dev)?;
         let vc = model.velocity(&model.encode_context(&ctx_g)?, &x, &tt, actions)?;
-        let v = if (cfg.guidance - 1.0).abs() > 1e-12 {
+        let v = if is_guided(cfg.guidance) {
             let vu = model.velocity(&model.encode_context(&ctx_g)?, &x, &tt, uncond)?;
             guide(&vc, &vu, cfg.guidance)?
         } else {

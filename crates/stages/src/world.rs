@@ -259,7 +259,7 @@ pub fn nft_velocities(
     let z = (x.broadcast_mul(&tt.affine(-1.0, 1.0)?)? + eps.broadcast_mul(&tt)?)?;
     let target = (&eps - &x)?;
     let masks: Vec<Vec<u8>> = batch.iter().map(|s| s.masks.clone()).collect();
-    let guided = (guidance - 1.0).abs() > 1e-12;
+    let guided = wc_model::flow::is_guided(guidance);
     // Guided: one forward of 2B, the conditional half then the unconditional.
     let (ctx, z, t1, acts) = if guided {
         let dropped: Vec<bool> = (0..2 * b).map(|i| i >= b).collect();
@@ -273,7 +273,7 @@ pub fn nft_velocities(
         let cache = p.model.encode_context(&ctx).map_err(model_err)?;
         let out = p.model.velocity(&cache, &z, &t1, &acts).map_err(model_err)?;
         if guided {
-            Ok(wc_model::flow::guide(&out.narrow(0, 0, b)?, &out.narrow(0, b, b)?, guidance).map_err(model_err)?)
+            wc_model::flow::guide_halves(&out, guidance).map_err(model_err)
         } else {
             Ok(out)
         }
