@@ -1,20 +1,35 @@
 # WorldCompass-rs tasks. `just --list` shows them all.
-# On a fresh machine: `python3 -m pip install rust-just` gives you `just`.
+# On a fresh machine (the README's two commands):
+#   python3 -m venv .venv && .venv/bin/pip install rust-just && .venv/bin/just train
+# Every Python tool (`just` itself, the S3 test server, pyarrow, polars,
+# PyTorch for the bench) lives in the project's virtual environment .venv/,
+# never in the system Python (which Debian and Ubuntu manage: PEP 668).
 
 set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# The project's virtual environment: first on PATH in every recipe, so that
+# `python3`, `pip` and `moto_server` (and the tests that call them) are its own.
+venv := justfile_directory() / ".venv"
+export PATH := venv / "bin" + ":" + env_var("PATH")
 
 # Where `just train` puts the default run.
 run := "file://" + justfile_directory() + "/runs/embedded"
 pipeline := "pipelines/embedded.toml"
-wc := "cargo run --quiet --bin worldcompass --"
+# Not `--quiet`: the first build takes minutes and shows cargo's progress.
+wc := "cargo run --bin worldcompass --"
 
 # List the recipes.
 default:
     @just --list
 
-# Install what the tests and the Python analysis path need (S3 test server, pyarrow, polars), and build.
-setup:
-    python3 -m pip install --quiet --disable-pip-version-check 'moto[server]' pyarrow polars numpy safetensors pillow pyyaml
+# The venv module comes with Python; on Debian or Ubuntu it may need `apt install python3-venv`.
+# Create the project's virtual environment .venv/ if it is missing.
+venv:
+    [ -x "{{venv}}/bin/python3" ] || python3 -m venv "{{venv}}"
+
+# Install what the tests and the Python analysis path need (S3 test server, pyarrow, polars) into .venv/, and build.
+setup: venv
+    "{{venv}}/bin/python3" -m pip install --quiet --disable-pip-version-check 'moto[server]' pyarrow polars numpy safetensors pillow pyyaml
     cargo build --workspace --tests --bins
 
 # Run the main job on the embedded default: init (if needed) and train, resuming what is committed.
@@ -98,7 +113,7 @@ report run=run out="runs/report":
     {{wc}} report --run {{run}} --out {{out}}
 
 # What an iteration costs, as ratios measured in one run (installs PyTorch, ~1 GB, on first use). Writes runs/bench/bench-<time>.parquet.
-bench *args:
+bench *args: venv
     python3 -c "import torch, safetensors" 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check torch safetensors
     command -v moto_server >/dev/null || python3 -m pip install --quiet --disable-pip-version-check 'moto[server]'
     {{wc}} bench all {{args}}
