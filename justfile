@@ -147,3 +147,11 @@ lint:
 # Capacity plan of one iteration in the paper's setting (8B model, 64 GPUs); rewrites pipelines/capacity-plan.md.
 plan *args:
     {{wc}} plan --pipeline pipelines/paper.toml --out pipelines/capacity-plan.md {{args}}
+
+# Build worldcompass for NVIDIA GPUs here, with no GPU or CUDA toolkit (CUDA 13.0 compiler wheels into .cache/, link stubs; CAP 90 = H100/H200): target/cuda/worldcompass-cuda.
+build-cuda cap="90": venv
+    pipelines/gpu/build-cuda.sh {{cap}}
+
+# On a GPU machine: CPU and cuda:0 agree, then two iterations of the embedded default on cuda:0 with each stage's time and GPU memory.
+gpu-check bin="target/cuda/worldcompass-cuda":
+    pipelines/gpu/gpu-check.sh {{bin}}

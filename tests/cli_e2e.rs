@@ -98,6 +98,44 @@ fn seed_flag_is_the_same_as_editing_the_pipelines_seed() {
     assert_eq!(out.status.code(), Some(2), "clap usage error: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn cuda_device_on_a_cpu_only_build_is_a_clear_error_that_commits_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = file_uri(tmp.path(), "run");
+    wc_ok(&["init", "--run", &run, "--pipeline", &pipeline()], &[]);
+    let store = RunStore::open(&run).unwrap();
+    let before = committed_files(&store);
+    let says_why = |e: &str| {
+        assert!(e.contains("device cuda:0") && e.contains("`cuda` feature") && e.contains("section \"GPU\""), "{e}");
+        assert!(!e.contains("panicked"), "{e}");
+    };
+    says_why(&wc_err(&["stage", "prefix", "--run", &run, "--iter", "0", "--device", "cuda:0"], &[]));
+    says_why(&wc_err(&["train", "--run", &run, "--iters", "1", "--device", "cuda"], &[]));
+    says_why(&wc_err(&["stage", "rollout", "--run", &run, "--iter", "0"], &[("WORLDCOMPASS_DEVICE", "cuda:0".into())]));
+    assert_eq!(committed_files(&store), before, "a refused device commits nothing");
+    // A name that is no device is a usage error (exit 2), as clap gives.
+    let out = wc(&["stage", "prefix", "--run", &run, "--iter", "0", "--device", "tpu"], &[]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{e}");
+    assert!(e.contains("'tpu' is not a device") && e.contains("cuda:N"), "{e}");
+
+    // A run whose config names a GPU: init needs no device; the flag wins.
+    let gpu_run = file_uri(tmp.path(), "gpu-run");
+    let gpu_pipeline = pipeline_with(tmp.path(), &[("[run]", "[run]\ndevice = \"cuda:0\"")]);
+    wc_ok(&["init", "--run", &gpu_run, "--pipeline", &gpu_pipeline], &[]);
+    says_why(&wc_err(&["stage", "prefix", "--run", &gpu_run, "--iter", "0"], &[]));
+    assert!(wc_ok(&["stage", "prefix", "--run", &gpu_run, "--iter", "0", "--device", "cpu"], &[]).contains("committed"));
+}
+
+#[test]
+fn bench_devices_compares_the_cpu_with_itself_and_passes() {
+    let out = wc_ok(&["bench", "devices", "--preset", "tiny", "--device", "cpu"], &[]);
+    let rows: Vec<&str> = out.lines().filter(|l| l.ends_with("  ok")).collect();
+    assert_eq!(rows.len(), 4, "velocity, sample, loss and weights:\n{out}");
+    assert!(rows.iter().all(|r| r.contains(" 0.000e0 ")), "one build on one device is exact:\n{out}");
+}
+
 #[test]
 fn bad_config_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();

@@ -22,7 +22,7 @@ pub fn pipeline_with(dir: &std::path::Path, edits: &[(&str, &str)]) -> String {
 /// Run the binary to completion with extra environment.
 pub fn wc(args: &[&str], env: &[(&str, String)]) -> Output {
     let mut cmd = Command::new(BIN);
-    cmd.args(args).env_remove("WORLDCOMPASS_RUN");
+    cmd.args(args).env_remove("WORLDCOMPASS_RUN").env_remove("WORLDCOMPASS_DEVICE");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -53,7 +53,7 @@ pub fn wc_err(args: &[&str], env: &[(&str, String)]) -> String {
 
 pub fn spawn(args: &[&str], env: &[(&str, String)]) -> Child {
     let mut cmd = Command::new(BIN);
-    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).env_remove("WORLDCOMPASS_RUN");
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).env_remove("WORLDCOMPASS_RUN").env_remove("WORLDCOMPASS_DEVICE");
     for (k, v) in env {
         cmd.env(k, v);
     }

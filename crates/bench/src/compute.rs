@@ -10,7 +10,6 @@
 use candle_core::Device;
 use wc_model::bench::{forward_flops, model_bench};
 use wc_model::flow::{sample, sample_recomputing, seeded_noise, SamplerConfig};
-use wc_model::model::action_input;
 use wc_model::params::Params;
 use wc_model::{ModelConfig, WorldModel};
 
@@ -27,8 +26,8 @@ pub fn cache_flops(cfg: &ModelConfig, g: usize, steps: usize) -> (f64, f64) {
 }
 
 /// Prefix cache rows at each context length (frames of memory).
-pub fn cache_rows(base: &ModelConfig, g: usize, steps: usize, context_frames: &[usize]) -> Result<Vec<BenchRow>> {
-    let dev = Device::Cpu;
+pub fn cache_rows(base: &ModelConfig, g: usize, steps: usize, context_frames: &[usize], dev: &Device) -> Result<Vec<BenchRow>> {
+    let dev = dev.clone();
     let mut rows = Vec::new();
     for &cf in context_frames {
         let cfg = ModelConfig { context_frames: cf, ..base.clone() };
@@ -38,16 +37,14 @@ pub fn cache_rows(base: &ModelConfig, g: usize, steps: usize, context_frames: &[
         let ctx = seeded_noise(3, &[1, cfg.context_slots() * tpf, tok], &dev)?;
         let noise = seeded_noise(4, &[g, cfg.frames_per_clip * tpf, tok], &dev)?;
         let masks = vec![vec![1u8; cfg.frames_per_clip]; g];
-        let acts = action_input(&masks, &vec![false; g], &dev)?;
-        let unc = action_input(&masks, &vec![true; g], &dev)?;
         let sc = SamplerConfig { steps, shift: 3.0, guidance: 1.0 };
         let cached = median_seconds(3, || {
             let c = m.encode_context(&ctx)?;
-            sample(&m, &c, &noise, &acts, &unc, &sc)?;
+            sample(&m, &c, &noise, &masks, &sc)?;
             Ok(())
         })?;
         let recomputed = median_seconds(3, || {
-            sample_recomputing(&m, &ctx, &noise, &acts, &unc, &sc)?;
+            sample_recomputing(&m, &ctx, &noise, &masks, &sc)?;
             Ok(())
         })?;
         let (fc, fr) = cache_flops(&cfg, g, steps);
@@ -67,8 +64,8 @@ pub fn cache_rows(base: &ModelConfig, g: usize, steps: usize, context_frames: &[
 }
 
 /// GFLOP/s rows from the model benchmark, as a share of the matmul peak.
-pub fn efficiency_rows(cfg: &ModelConfig, g: usize, batch: usize) -> Result<Vec<BenchRow>> {
-    let measured = model_bench(cfg, g, batch)?;
+pub fn efficiency_rows(cfg: &ModelConfig, g: usize, batch: usize, dev: &Device) -> Result<Vec<BenchRow>> {
+    let measured = model_bench(cfg, g, batch, dev)?;
     let peak = measured.first().and_then(|r| r.gflops).unwrap_or(f64::NAN);
     let mut rows = vec![BenchRow::new("compute", "f32 matmul 1024^3 (the machine's peak here)", "candle + gemm x86-v4, all threads", peak, "GFLOP/s")];
     for r in measured.iter().skip(1) {

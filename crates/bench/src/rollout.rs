@@ -10,7 +10,6 @@
 
 use candle_core::{Device, Tensor};
 use wc_model::flow::{sample, seeded_noise, SamplerConfig};
-use wc_model::model::action_input;
 use wc_model::params::Params;
 use wc_model::{ModelConfig, WorldModel};
 
@@ -49,9 +48,7 @@ impl Bench<'_> {
         let (tpf, tok) = (self.cfg.tokens_per_frame(), self.cfg.token_dim());
         let noise = seeded_noise(seed, &[g, self.cfg.frames_per_clip * tpf, tok], &self.dev)?;
         let masks = vec![vec![1u8; self.cfg.frames_per_clip]; g];
-        let acts = action_input(&masks, &vec![false; g], &self.dev)?;
-        let unc = action_input(&masks, &vec![true; g], &self.dev)?;
-        Ok(sample(self.model, cache, &noise, &acts, &unc, &self.sampler)?)
+        Ok(sample(self.model, cache, &noise, &masks, &self.sampler)?)
     }
 
     fn clip_level(&self, n: usize, g: usize) -> Result<RolloutCost> {
@@ -79,8 +76,8 @@ impl Bench<'_> {
 }
 
 /// Both strategies for G candidates of clip N, timed (best of `reps`).
-pub fn compare(cfg: &ModelConfig, steps: usize, n: usize, g: usize, reps: usize) -> Result<(RolloutCost, RolloutCost)> {
-    let dev = Device::Cpu;
+pub fn compare(cfg: &ModelConfig, steps: usize, n: usize, g: usize, reps: usize, dev: &Device) -> Result<(RolloutCost, RolloutCost)> {
+    let dev = dev.clone();
     let mut p = Params::new(0, &dev);
     let model = WorldModel::new(cfg, &mut p)?;
     let b = Bench { model: &model, cfg, sampler: SamplerConfig { steps, shift: 3.0, guidance: 1.0 }, dev };
@@ -105,10 +102,10 @@ pub fn expected_ratio(n: usize, g: usize) -> f64 {
 }
 
 /// Rows for every (N, G).
-pub fn rows(cfg: &ModelConfig, steps: usize, settings: &[(usize, usize)], reps: usize) -> Result<Vec<BenchRow>> {
+pub fn rows(cfg: &ModelConfig, steps: usize, settings: &[(usize, usize)], reps: usize, dev: &Device) -> Result<Vec<BenchRow>> {
     let mut rows = Vec::new();
     for &(n, g) in settings {
-        let (clip, sample) = compare(cfg, steps, n, g, reps)?;
+        let (clip, sample) = compare(cfg, steps, n, g, reps, dev)?;
         let config = format!("N={n} G={g} T={steps}, default model");
         let anchor = expected_ratio(n, g);
         let source = "paper (N+G)/(N*G), exact (N-1+G)/(N*G)";
@@ -139,7 +136,7 @@ mod tests {
 
     #[test]
     fn counted_work_of_both_strategies_on_the_tiny_model() {
-        let (clip, sample) = compare(&ModelConfig::tiny(), 3, 4, 2, 1).unwrap();
+        let (clip, sample) = compare(&ModelConfig::tiny(), 3, 4, 2, 1, &Device::Cpu).unwrap();
         assert_eq!((clip.clip_generations, sample.clip_generations), (5, 8));
         // clip-level: 3 prefix clips (1 encode + 3 steps each) + 1 encode + 3 steps.
         assert_eq!(clip.model_calls, 3 * 4 + 4);

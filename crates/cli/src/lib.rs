@@ -5,7 +5,8 @@
 //! library crates, prints the outcome, and on error prints the whole error
 //! chain (credentials redacted) and exits non-zero.
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use wc_config::DeviceSpec;
 use wc_store::ShardSpec;
 
 /// Post-train action-conditioned video world models with RL (WorldCompass).
@@ -74,6 +75,8 @@ pub enum Command {
         /// Replace a commit made under a different config.
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        device: DeviceArgs,
     },
     /// Run iterations locally, stage after stage, resuming what is committed.
     ///
@@ -94,6 +97,8 @@ pub enum Command {
         /// pipeline's run.seed (a run initialised with another is refused).
         #[arg(long, requires = "pipeline")]
         seed: Option<u64>,
+        #[command(flatten)]
+        device: DeviceArgs,
     },
     /// Show what is committed in a run, per iteration, stage and shard.
     Status {
@@ -213,6 +218,8 @@ pub enum Command {
         /// MLP width as a multiple of the model width.
         #[arg(long, default_value_t = 2)]
         mlp_ratio: usize,
+        #[command(flatten)]
+        device: DeviceArgs,
     },
     /// Evaluate checkpoints on held-out prompts: the paper's Table 1.
     ///
@@ -265,6 +272,8 @@ pub enum Command {
         replicates: bool,
         #[command(flatten)]
         sampler: SamplerArgs,
+        #[command(flatten)]
+        device: DeviceArgs,
     },
     /// Generate a sequence with a model from a scene's first frame and an
     /// action sequence, and write it as an animated GIF and a PNG strip
@@ -291,6 +300,8 @@ pub enum Command {
         /// Output path prefix: writes PREFIX.gif and PREFIX.png.
         #[arg(long)]
         out: String,
+        #[command(flatten)]
+        device: DeviceArgs,
     },
     /// Roll out the same prompt and action sequence with two checkpoints and
     /// write them side by side (with the ground truth) as a GIF and a PNG
@@ -318,6 +329,8 @@ pub enum Command {
         /// Output path prefix: writes PREFIX.gif and PREFIX.png.
         #[arg(long)]
         out: String,
+        #[command(flatten)]
+        device: DeviceArgs,
     },
     /// Measure speed on this machine, side by side in one process.
     ///
@@ -328,6 +341,8 @@ pub enum Command {
     Bench {
         #[command(subcommand)]
         what: BenchWhat,
+        #[command(flatten)]
+        device: DeviceArgs,
     },
     /// Summarise a training run from its reward log (with Polars): a table
     /// per iteration (mean IF, rotation and translation accuracy, VQ, mean r
@@ -357,6 +372,8 @@ pub enum Command {
     Scorers {
         #[command(subcommand)]
         what: ScorersWhat,
+        #[command(flatten)]
+        device: DeviceArgs,
     },
     /// Render a scene and an action sequence as an animated GIF and a PNG strip.
     ///
@@ -613,6 +630,23 @@ pub enum ScorersWhat {
     },
 }
 
+/// Where a command's models run.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct DeviceArgs {
+    /// Where the model runs: cpu or cuda:N [default: the run's `[run]
+    /// device`, else cpu]. cuda:N needs a build with the `cuda` feature
+    /// (README, section "GPU").
+    #[arg(long, env = "WORLDCOMPASS_DEVICE", value_name = "DEVICE", global = true)]
+    pub device: Option<DeviceSpec>,
+}
+
+impl DeviceArgs {
+    /// The device asked for, the CPU when none was.
+    pub fn or_cpu(&self) -> DeviceSpec {
+        self.device.unwrap_or_default()
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum BenchWhat {
     /// Everything, as ratios measured side by side in this one run: clip-
@@ -635,6 +669,17 @@ pub enum BenchWhat {
         /// compute, pytorch, stages (Table 3, storage, memory).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+    },
+    /// Do the CPU and --device compute the same? The world model with the
+    /// same seeds and inputs on both: a velocity, a guided sample and one
+    /// NFT optimizer step, each against its f32 tolerance. Exits non-zero
+    /// if one is outside it.
+    ///
+    /// Example: worldcompass bench devices --device cuda:0
+    Devices {
+        /// Model size: tiny or default (the embedded model).
+        #[arg(long, default_value = "default")]
+        preset: String,
     },
     /// The world model at its default config: the matmul peak, a sampler
     /// step and a training step (quick; `bench all` has the rest).

@@ -51,7 +51,7 @@ fn run(cli: Cli) -> Result<()> {
                 InitOutcome::AlreadyInitialised => println!("{} is already initialised with this config; nothing to do", store.uri()),
             }
         }
-        Command::Stage { stage, run, iter, shard, force } => {
+        Command::Stage { stage, run, iter, shard, force, device } => {
             let shard = resolve_shard(shard.as_deref(), |k| std::env::var(k).ok()).map_err(anyhow::Error::msg)?;
             let stage = stage.stage();
             let shard = match shard {
@@ -62,7 +62,7 @@ fn run(cli: Cli) -> Result<()> {
                 _ => ShardSpec::WHOLE,
             };
             let t0 = std::time::Instant::now();
-            let ctx = RunContext::open(&run)?;
+            let ctx = RunContext::open(&run)?.on_device(device.device);
             let outcome = run_stage(&ctx, StageRequest { stage, iter, shard, force })
                 .with_context(|| format!("stage {} of iteration {iter} (shard {shard}) failed; nothing was committed", stage.name()))?;
             println!("{} iter {iter} shard {shard}: {outcome}", stage.name());
@@ -78,7 +78,7 @@ fn run(cli: Cli) -> Result<()> {
             };
             println!("{stats}");
         }
-        Command::Train { run, pipeline, iters, seed } => {
+        Command::Train { run, pipeline, iters, seed, device } => {
             let store = RunStore::open(&run)?;
             if let Some(p) = &pipeline {
                 let cfg = with_seed(PipelineConfig::load(p)?, seed);
@@ -86,7 +86,7 @@ fn run(cli: Cli) -> Result<()> {
                     println!("initialised {} with {p}{}", store.uri(), seed_note(seed));
                 }
             }
-            let ctx = RunContext::from_store(store)?;
+            let ctx = RunContext::from_store(store)?.on_device(device.device);
             let iters = iters.unwrap_or(ctx.cfg.run.iterations);
             let bar = indicatif::ProgressBar::new(iters * 5);
             bar.set_style(
@@ -156,7 +156,7 @@ fn run(cli: Cli) -> Result<()> {
                 wc_data::DataOutcome::LostRace => println!("another worker wrote this dataset first; nothing to do"),
             }
         }
-        Command::Pretrain { data, out, steps, batch, lr, warmup, checkpoint_every, seed, d_model, layers, heads, patch, context_frames, mlp_ratio } => {
+        Command::Pretrain { data, out, steps, batch, lr, warmup, checkpoint_every, seed, d_model, layers, heads, patch, context_frames, mlp_ratio, device } => {
             let data = RunStore::open(&data)?;
             let out = RunStore::open(&out)?;
             anyhow::ensure!(checkpoint_every > 0, "--checkpoint-every must be at least 1");
@@ -182,7 +182,7 @@ fn run(cli: Cli) -> Result<()> {
             let bar = step_bar(steps, "pretrain");
             let mut ema_loss: Option<f64> = None;
             let mut first = true;
-            let done = wc_stages::pretrain::run_pretrain(&data, &out, settings, steps, |step, r| {
+            let done = wc_stages::pretrain::run_pretrain(&data, &out, settings, steps, &wc_model::device::open(device.or_cpu())?, |step, r| {
                 if first {
                     bar.set_position(step);
                     first = false;
@@ -201,7 +201,7 @@ fn run(cli: Cli) -> Result<()> {
             bar.finish_and_clear();
             println!("pre-trained to step {done}; checkpoint: {}/{}", out.uri(), wc_stages::pretrain::step_dir(done));
         }
-        Command::Eval { data, model, step, sequences, lengths, teacher_forced, out, replicates, sampler } => {
+        Command::Eval { data, model, step, sequences, lengths, teacher_forced, out, replicates, sampler, device } => {
             use wc_stages::evaluate::{self, ContextSource};
             let lengths = evaluate::parse_lengths(&lengths).map_err(|e| anyhow::anyhow!("--lengths: {e}"))?;
             let source = if teacher_forced { ContextSource::GroundTruth } else { ContextSource::Generated };
@@ -218,7 +218,7 @@ fn run(cli: Cli) -> Result<()> {
             );
             let mut rows = Vec::new();
             for spec in &model {
-                let m = load_model_spec(spec, step)?;
+                let m = load_model_spec(spec, step, device.or_cpu())?;
                 let bar = indicatif::ProgressBar::new(seqs.len() as u64);
                 bar.set_style(indicatif::ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} sequences ({elapsed})")?.progress_chars("=> "));
                 bar.set_prefix("eval");
@@ -243,9 +243,9 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Command::Sample { model, step, scene, actions, sampler, truth, out } => {
+        Command::Sample { model, step, scene, actions, sampler, truth, out, device } => {
             let store = RunStore::open(&model)?;
-            let m = wc_stages::evaluate::load_checkpoint(&store, step)?;
+            let m = wc_stages::evaluate::load_checkpoint(&store, step, &wc_model::device::open(device.or_cpu())?)?;
             let size = m.model.cfg.frame_size;
             let (acts, world, gt) = ground_truth(scene, &actions, size)?;
             let generated = wc_stages::evaluate::rollout_sequence(&m, &gt[0], &acts, &sampler.config(), sampler.seed)?;
@@ -273,19 +273,36 @@ fn run(cli: Cli) -> Result<()> {
             println!("model {} (step {}); scene {scene}: {}", m.path, m.step, world.caption);
             println!("wrote {out}.gif and {out}.png ({} frames{})", frames.len(), if truth { ", generated left, ground truth right" } else { "" });
         }
-        Command::Bench { what: worldcompass::BenchWhat::All { out, pipeline, only } } => bench_all(&out, &pipeline, &only)?,
-        Command::Bench { what: worldcompass::BenchWhat::Model { candidates, batch } } => {
+        Command::Bench { what: worldcompass::BenchWhat::All { out, pipeline, only }, device } => bench_all(&out, &pipeline, &only, device.or_cpu())?,
+        Command::Bench { what: worldcompass::BenchWhat::Model { candidates, batch }, device } => {
             let cfg = wc_model::ModelConfig::default();
             println!("model: {cfg:?}");
             println!("{:<48} {:>10} {:>9}  note", "measurement", "seconds", "GFLOP/s");
-            for r in wc_model::bench::model_bench(&cfg, candidates, batch)? {
+            for r in wc_model::bench::model_bench(&cfg, candidates, batch, &wc_model::device::open(device.or_cpu())?)? {
                 let g = r.gflops.map(|g| format!("{g:.1}")).unwrap_or_else(|| "-".into());
                 println!("{:<48} {:>10.4} {:>9}  {}", r.name, r.seconds, g, r.note);
             }
         }
-        Command::Scorers { what } => scorers(what)?,
-        Command::Compare { a, b, scene, actions, sampler, out } => {
-            let (ma, mb) = (load_model_spec(&a, None)?, load_model_spec(&b, None)?);
+        Command::Bench { what: worldcompass::BenchWhat::Devices { preset }, device } => {
+            let cfg = match preset.as_str() {
+                "tiny" => wc_model::ModelConfig::tiny(),
+                "default" => wc_model::ModelConfig::default(),
+                other => anyhow::bail!("--preset {other}: must be tiny or default"),
+            };
+            let other = device.or_cpu();
+            println!("the {preset} world model on cpu and on {other}, same seeds and inputs");
+            println!("{:<28} {:>14} {:>12} {:>10}  result", "quantity", "max |diff|", "max |cpu|", "tolerance");
+            let rows = wc_model::device_check::compare_with_cpu(&cfg, &wc_model::device::open(other)?)?;
+            for r in &rows {
+                let verdict = if r.passes() { "ok" } else { "OUTSIDE THE TOLERANCE" };
+                println!("{:<28} {:>14.3e} {:>12.3e} {:>10.0e}  {verdict}", r.name, r.max_abs_diff, r.scale, r.tolerance);
+            }
+            let failed = rows.iter().filter(|r| !r.passes()).count();
+            anyhow::ensure!(failed == 0, "{failed} of {} quantities differ between cpu and {other} beyond their tolerance", rows.len());
+        }
+        Command::Scorers { what, device } => scorers(what, device.or_cpu())?,
+        Command::Compare { a, b, scene, actions, sampler, out, device } => {
+            let (ma, mb) = (load_model_spec(&a, None, device.or_cpu())?, load_model_spec(&b, None, device.or_cpu())?);
             anyhow::ensure!(ma.model.cfg.frame_size == mb.model.cfg.frame_size, "the two models make frames of different sizes");
             let size = ma.model.cfg.frame_size;
             let (acts, world, gt) = ground_truth(scene, &actions, size)?;
@@ -442,8 +459,9 @@ fn accuracy_row(name: &str, a: &wc_world::metric::Accuracy) -> String {
 }
 
 /// `worldcompass scorers ...`.
-fn scorers(what: worldcompass::ScorersWhat) -> anyhow::Result<()> {
+fn scorers(what: worldcompass::ScorersWhat, device: wc_config::DeviceSpec) -> anyhow::Result<()> {
     use worldcompass::ScorersWhat;
+    let dev = || wc_model::device::open(device);
     match what {
         ScorersWhat::TrainPose { out, steps, batch, lr, checkpoint_every, hidden, frame_size, derotate, fine_halves, seed, init_from, generated, generated_share } => {
             anyhow::ensure!(checkpoint_every > 0, "--checkpoint-every must be at least 1");
@@ -488,7 +506,7 @@ fn scorers(what: worldcompass::ScorersWhat) -> anyhow::Result<()> {
             };
             let bar = step_bar(steps, "pose");
             let mut ema: Option<f64> = None;
-            let done = wc_stages::scorer_models::train_pose(&out, &settings, steps, source.as_ref(), &labelled, |step, loss| {
+            let done = wc_stages::scorer_models::train_pose(&out, &settings, steps, source.as_ref(), &labelled, &dev()?, |step, loss| {
                 let e = ema.map_or(loss, |e| 0.98 * e + 0.02 * loss);
                 ema = Some(e);
                 bar.set_position(step + 1);
@@ -499,7 +517,7 @@ fn scorers(what: worldcompass::ScorersWhat) -> anyhow::Result<()> {
         }
         ScorersWhat::EvalPose { model, windows, seed, per_action, misreads, generated } => {
             let store = RunStore::open(&model)?;
-            let m = wc_stages::scorer_models::load_pose(&store)?;
+            let m = wc_stages::scorer_models::load_pose(&store, &dev()?)?;
             let metric = wc_world::metric::MetricConfig::default();
             println!("pose estimator {} (step {}), held-out scenes, clean ground-truth renders", m.path, m.step);
             println!("{}", accuracy_header("kind"));
@@ -530,8 +548,8 @@ fn scorers(what: worldcompass::ScorersWhat) -> anyhow::Result<()> {
         }
         ScorersWhat::Agreement { run, from, to, pose_model } => {
             anyhow::ensure!(from < to, "--from {from} must be below --to {to}");
-            let ctx = RunContext::open(&run)?;
-            let other = pose_model.as_deref().map(|uri| wc_stages::scorer_models::load_pose(&RunStore::open(uri)?).with_context(|| format!("--pose-model {uri}"))).transpose()?;
+            let ctx = RunContext::open(&run)?.on_device(Some(device));
+            let other = pose_model.as_deref().map(|uri| wc_stages::scorer_models::load_pose(&RunStore::open(uri)?, &dev()?).with_context(|| format!("--pose-model {uri}"))).transpose()?;
             if let Some(m) = &other {
                 println!("pose estimator under test: {} (step {})", m.path, m.step);
             }
@@ -547,7 +565,7 @@ fn scorers(what: worldcompass::ScorersWhat) -> anyhow::Result<()> {
         }
         ScorersWhat::LabelWindows { run, from, to, out } => {
             anyhow::ensure!(from < to, "--from {from} must be below --to {to}");
-            let ctx = RunContext::open(&run)?;
+            let ctx = RunContext::open(&run)?.on_device(Some(device));
             let store = RunStore::open(&out)?;
             let bar = step_bar(to - from, "label");
             let (mut labelled, mut found) = (0usize, 0usize);
@@ -602,13 +620,16 @@ fn step_bar(len: u64, label: &str) -> indicatif::ProgressBar {
 }
 
 /// `worldcompass bench all`: every section, one table, one Parquet file.
-fn bench_all(out: &str, pipeline: &str, only: &[String]) -> anyhow::Result<()> {
+fn bench_all(out: &str, pipeline: &str, only: &[String], device: wc_config::DeviceSpec) -> anyhow::Result<()> {
     use wc_bench::stage_runs;
     const SECTIONS: [&str; 5] = ["rollout", "prefix_cache", "compute", "pytorch", "stages"];
     for s in only {
         anyhow::ensure!(SECTIONS.contains(&s.as_str()), "--only {s}: unknown section (one of {})", SECTIONS.join(", "));
     }
     let want = |s: &str| only.is_empty() || only.iter().any(|o| o == s);
+    let dev = wc_model::device::open(device)?;
+    // The stage processes run on the same device.
+    let stage_env = [("WORLDCOMPASS_DEVICE", device.to_string())];
     let cfg = wc_model::ModelConfig::default();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let out_dir = std::path::Path::new(out);
@@ -618,15 +639,15 @@ fn bench_all(out: &str, pipeline: &str, only: &[String]) -> anyhow::Result<()> {
     let note = |s: &str| eprintln!("[{:>6.1} s] {s}", started.elapsed().as_secs_f64());
     if want("rollout") {
         note("rollout: clip-level vs sample-level, N in {8, 16}, G in {8, 16}");
-        rows.extend(wc_bench::rollout::rows(&cfg, 10, &[(8, 8), (8, 16), (16, 8), (16, 16)], 1)?);
+        rows.extend(wc_bench::rollout::rows(&cfg, 10, &[(8, 8), (8, 16), (16, 8), (16, 16)], 1, &dev)?);
     }
     if want("prefix_cache") {
         note("prefix cache: cached vs recomputed, short and long context");
-        rows.extend(wc_bench::compute::cache_rows(&cfg, 8, 10, &[2, 8])?);
+        rows.extend(wc_bench::compute::cache_rows(&cfg, 8, 10, &[2, 8], &dev)?);
     }
     if want("compute") {
         note("compute: GFLOP/s against the matmul peak");
-        rows.extend(wc_bench::compute::efficiency_rows(&cfg, 8, 24)?);
+        rows.extend(wc_bench::compute::efficiency_rows(&cfg, 8, 24, &dev)?);
     }
     if want("pytorch") {
         note("pytorch: the same model in PyTorch");
@@ -649,7 +670,7 @@ fn bench_all(out: &str, pipeline: &str, only: &[String]) -> anyhow::Result<()> {
             note(&format!("stages: 2 iterations of {name} with {label}, each stage a process"));
             let p = stage_runs::pipeline_variant(pipeline, &edits, &work.join(format!("pipeline-{i}.toml")))?;
             let run = format!("file://{}", work.join(format!("run-{i}")).display());
-            measured.push((label, paper, stage_runs::run_iterations(&exe, &run, &p, 2, &[])?));
+            measured.push((label, paper, stage_runs::run_iterations(&exe, &run, &p, 2, &stage_env)?));
         }
         let config = format!("{name}, iteration 1");
         rows.extend(stage_runs::table3_rows(&measured, 1, &config));
@@ -694,9 +715,9 @@ fn seed_note(seed: Option<u64>) -> String {
 /// Load a model named on the command line: RUN@K (checkpoint K of a
 /// training run, its policy) or STORE (a pre-training store: checkpoint
 /// `step`, default the newest).
-fn load_model_spec(spec: &str, step: Option<u64>) -> anyhow::Result<wc_stages::evaluate::LoadedModel> {
+fn load_model_spec(spec: &str, step: Option<u64>, device: wc_config::DeviceSpec) -> anyhow::Result<wc_stages::evaluate::LoadedModel> {
     match spec.rsplit_once('@') {
-        Some((uri, k)) if k.parse::<u64>().is_ok() => Ok(wc_stages::evaluate::load_run_checkpoint(&RunStore::open(uri)?, k.parse()?, "policy")?),
-        _ => Ok(wc_stages::evaluate::load_checkpoint(&RunStore::open(spec)?, step)?),
+        Some((uri, k)) if k.parse::<u64>().is_ok() => Ok(wc_stages::evaluate::load_run_checkpoint(&RunStore::open(uri)?, k.parse()?, "policy", device)?),
+        _ => Ok(wc_stages::evaluate::load_checkpoint(&RunStore::open(spec)?, step, &wc_model::device::open(device)?)?),
     }
 }

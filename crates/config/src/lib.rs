@@ -14,6 +14,9 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+mod device;
+pub use device::{DeviceParseError, DeviceSpec};
+
 /// A config that could not be read or is invalid.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -55,6 +58,12 @@ pub struct RunSection {
     pub seed: u64,
     /// Iterations of the full schedule (eta is annealed over it).
     pub iterations: u64,
+    /// Where the model runs: "cpu" (default) or "cuda:N". A command's
+    /// `--device` (or `WORLDCOMPASS_DEVICE`) wins over it. Not part of the
+    /// fingerprint: the same run may run one stage on a GPU node and the
+    /// next on a CPU node.
+    #[serde(default, skip_serializing_if = "DeviceSpec::is_cpu")]
+    pub device: DeviceSpec,
 }
 
 /// `[data]`: the prompts and action sequences trained on.
@@ -313,9 +322,12 @@ impl PipelineConfig {
         toml::to_string_pretty(self).expect("config serialises")
     }
 
-    /// SHA-256 of the canonical JSON of the config.
+    /// SHA-256 of the canonical JSON of the config, without `run.device`
+    /// (where a stage runs is not what it computes).
     pub fn fingerprint(&self) -> String {
-        let json = serde_json::to_vec(self).expect("config serialises");
+        let mut computed = self.clone();
+        computed.run.device = DeviceSpec::Cpu;
+        let json = serde_json::to_vec(&computed).expect("config serialises");
         hex::encode(Sha256::digest(&json))
     }
 
@@ -593,5 +605,19 @@ mod tests {
         let mut other = cfg.clone();
         other.optimize.lr *= 2.0;
         assert_ne!(cfg.fingerprint(), other.fingerprint());
+    }
+
+    #[test]
+    fn run_device_is_read_written_and_left_out_of_the_fingerprint() {
+        let cfg = PipelineConfig::parse("e", &embedded()).unwrap();
+        assert_eq!(cfg.run.device, DeviceSpec::Cpu);
+        assert!(!cfg.to_toml().contains("device"), "the default device is not written: old run.toml files stay byte-identical");
+        let text = embedded().replace("[run]", "[run]\ndevice = \"cuda:1\"");
+        let gpu = PipelineConfig::parse("gpu.toml", &text).unwrap();
+        assert_eq!(gpu.run.device, DeviceSpec::Cuda(1));
+        assert_eq!(PipelineConfig::parse("back", &gpu.to_toml()).unwrap(), gpu);
+        assert_eq!(gpu.fingerprint(), cfg.fingerprint(), "where a stage runs is not what it computes");
+        let err = PipelineConfig::parse("x.toml", &embedded().replace("[run]", "[run]\ndevice = \"tpu\"")).unwrap_err().to_string();
+        assert!(err.contains("x.toml") && err.contains("'tpu' is not a device"), "{err}");
     }
 }

@@ -60,8 +60,8 @@ pub struct BenchRow {
 }
 
 /// Run the model benchmark at `cfg` with G candidates, T steps, training batch B.
-pub fn model_bench(cfg: &ModelConfig, g: usize, train_batch: usize) -> Result<Vec<BenchRow>> {
-    let dev = Device::Cpu;
+pub fn model_bench(cfg: &ModelConfig, g: usize, train_batch: usize, dev: &Device) -> Result<Vec<BenchRow>> {
+    let dev = dev.clone();
     let mut p = Params::new(0, &dev);
     let m = WorldModel::new(cfg, &mut p)?;
     let (tpf, tok) = (cfg.tokens_per_frame(), cfg.token_dim());

@@ -4,11 +4,14 @@
 //! the velocity v = eps - x. Training weights each sample by min(1, 4 t^2),
 //! which is the clean-clip loss ||x_hat - x||^2 weighted by min(1/t^2, 4):
 //! low-noise steps, where the target is nearly the input, count less.
+//!
+//! Written once over [`VelocityModel`]: every model of the project trains
+//! and samples through these functions.
 
 use candle_core::{Device, Tensor};
 use wc_rl::schedule::sampler_times;
 
-use crate::model::{ContextCache, WorldModel};
+use crate::velocity::{EncodedContext, VelocityModel};
 use crate::Result;
 
 /// Per-sample weight of the velocity loss at time t.
@@ -19,8 +22,8 @@ pub fn loss_weight(t: f64) -> f64 {
 /// The flow-matching loss of a batch: clean target tokens `x` [B, N, P],
 /// noise `eps` (same shape), times `t` (one per sample), context tokens and
 /// action input. Returns the scalar loss.
-pub fn flow_matching_loss(
-    model: &WorldModel,
+pub fn flow_matching_loss<M: VelocityModel>(
+    model: &M,
     context: &Tensor,
     x: &Tensor,
     eps: &Tensor,
@@ -67,40 +70,21 @@ pub fn guide_halves(out: &Tensor, g: f64) -> Result<Tensor> {
     guide(&out.narrow(0, 0, b)?, &out.narrow(0, b, b)?, g)
 }
 
-/// Sample clips by Euler integration from `noise` [G, N, P] at t = 1 to
-/// t = 0, all G in one batch, with one context cache (batch 1 or G) reused
-/// for every step. `actions` / `uncond` are the action inputs [G, F, 9]
-/// with and without the action.
-pub fn sample(
-    model: &WorldModel,
-    cache: &ContextCache,
-    noise: &Tensor,
-    actions: &Tensor,
-    uncond: &Tensor,
-    cfg: &SamplerConfig,
-) -> Result<Tensor> {
+/// The sampler: clips by Euler integration from `noise` [G, ...] at t = 1
+/// to t = 0, all G in one batch, with one encoded context (batch 1 or G)
+/// reused for every step; `masks` are each clip's per-frame actions. The
+/// result stays on the noise's device.
+pub fn sample<M: VelocityModel>(model: &M, cache: &M::Context, noise: &Tensor, masks: &[Vec<u8>], cfg: &SamplerConfig) -> Result<Tensor> {
     let g = noise.dim(0)?;
     let dev = noise.device();
+    let (actions, uncond) = (&model.action_input(masks, &vec![false; g], dev)?, &model.action_input(masks, &vec![true; g], dev)?);
     let times = sampler_times(cfg.steps, cfg.shift);
     let guided = is_guided(cfg.guidance);
     // Sampling needs no gradients: detached, each step's graph is freed
     // instead of being kept alive by the next x (memory grew with T).
     let cache = &cache.detach();
     let (acts, cache2) = if guided {
-        let c = ContextCache {
-            kv: cache
-                .kv
-                .iter()
-                .map(|(k, v)| -> Result<(Tensor, Tensor)> {
-                    if k.dim(0)? == 1 {
-                        Ok((k.clone(), v.clone()))
-                    } else {
-                        Ok((Tensor::cat(&[k, k], 0)?, Tensor::cat(&[v, v], 0)?))
-                    }
-                })
-                .collect::<Result<_>>()?,
-        };
-        (Tensor::cat(&[actions, uncond], 0)?, c)
+        (Tensor::cat(&[actions, uncond], 0)?, cache.doubled()?)
     } else {
         (actions.clone(), cache.clone())
     };
@@ -123,16 +107,10 @@ pub fn sample(
 /// The same sampler without the prefix cache: the context is re-encoded for
 /// every candidate at every step (what clip-level rollout avoids). Used to
 /// check the cache and to measure what it saves.
-pub fn sample_recomputing(
-    model: &WorldModel,
-    context: &Tensor,
-    noise: &Tensor,
-    actions: &Tensor,
-    uncond: &Tensor,
-    cfg: &SamplerConfig,
-) -> Result<Tensor> {
+pub fn sample_recomputing<M: VelocityModel>(model: &M, context: &Tensor, noise: &Tensor, masks: &[Vec<u8>], cfg: &SamplerConfig) -> Result<Tensor> {
     let g = noise.dim(0)?;
     let dev = noise.device();
+    let (actions, uncond) = (&model.action_input(masks, &vec![false; g], dev)?, &model.action_input(masks, &vec![true; g], dev)?);
     let ctx_g = context.broadcast_as((g, context.dim(1)?, context.dim(2)?))?.contiguous()?;
     let mut x = noise.clone();
     for w in sampler_times(cfg.steps, cfg.shift).windows(2) {

@@ -9,6 +9,10 @@
 //!   per-layer keys and values ([`model::ContextCache`]); the noisy target
 //!   clip attends to that cache and to itself. G candidates after one prefix
 //!   share one cache, for all sampler steps.
+//! - [`velocity`]: the seam every model implements ([`VelocityModel`]:
+//!   encode a context once, velocity of noisy clips from it) and
+//!   [`Policy`], a model with its parameters.
+//! - [`device`]: the device the user named, opened (or refused, clearly).
 //! - [`flow`]: flow matching: the training loss (velocity prediction,
 //!   weighted toward high noise), the Euler sampler with timestep shift and
 //!   classifier-free guidance over the action.
@@ -22,6 +26,8 @@
 pub mod bench;
 pub mod codec;
 pub mod config;
+pub mod device;
+pub mod device_check;
 pub mod flow;
 pub mod model;
 pub mod nft;
@@ -29,9 +35,11 @@ pub mod nn;
 pub mod optim;
 pub mod params;
 pub mod train;
+pub mod velocity;
 
 pub use config::ModelConfig;
 pub use model::{ContextCache, WorldModel};
+pub use velocity::{EncodedContext, Policy, VelocityModel};
 
 /// Errors of the model crate.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +50,8 @@ pub enum ModelError {
     Config(String),
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    #[error("device {device}: {reason}")]
+    Device { device: String, reason: String },
 }
 
 pub type Result<T> = std::result::Result<T, ModelError>;

@@ -294,13 +294,11 @@ mod tests {
         let ctx = seeded_noise(11, &[1, c.context_slots() * tpf, tok], &dev).unwrap();
         let noise = seeded_noise(12, &[g, c.frames_per_clip * tpf, tok], &dev).unwrap();
         let masks = vec![vec![0b0100_0001u8; c.frames_per_clip]; g];
-        let acts = action_input(&masks, &vec![false; g], &dev).unwrap();
-        let unc = action_input(&masks, &vec![true; g], &dev).unwrap();
         for guidance in [1.0, 2.5] {
             let cfg = SamplerConfig { steps: 5, shift: 3.0, guidance };
             let cache = m.encode_context(&ctx).unwrap();
-            let fast: Vec<f32> = sample(&m, &cache, &noise, &acts, &unc, &cfg).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-            let slow: Vec<f32> = sample_recomputing(&m, &ctx, &noise, &acts, &unc, &cfg).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let fast: Vec<f32> = sample(&m, &cache, &noise, &masks, &cfg).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let slow: Vec<f32> = sample_recomputing(&m, &ctx, &noise, &masks, &cfg).unwrap().flatten_all().unwrap().to_vec1().unwrap();
             let max = fast.iter().zip(&slow).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
             assert!(max < 1e-4, "guidance {guidance}: cached and recomputed samples differ by {max}");
         }

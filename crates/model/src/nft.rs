@@ -1,4 +1,5 @@
-//! The DiffusionNFT loss (the paper's eq. 6) on the world model's tensors.
+//! The DiffusionNFT loss (the paper's eq. 6), and the velocities and the
+//! optimizer step it needs, written once over [`VelocityModel`].
 //!
 //! For each sample b (a selected candidate clip x at a time t, with noise
 //! eps, optimality probability r_b and weight w_b):
@@ -18,6 +19,9 @@
 
 use candle_core::Tensor;
 
+use crate::flow::{guide_halves, is_guided, loss_weight};
+use crate::optim::Optimizer;
+use crate::velocity::{Policy, VelocityModel};
 use crate::Result;
 
 /// The NFT loss of a batch: `v_theta`, `v_old`, `v_target` [B, ...];
@@ -43,6 +47,127 @@ pub fn kl_term(v_theta: &Tensor, v_ref: &Tensor, weight: &[f32]) -> Result<Tenso
     let w = Tensor::from_vec(weight.to_vec(), b, v_theta.device())?;
     let per = (v_theta - v_ref.detach())?.sqr()?.reshape((b, ()))?.mean(1)?;
     Ok((per * w)?.mean_all()?)
+}
+
+/// One minibatch of the NFT loss: selected candidates, each at one time t,
+/// in the model's own token layout.
+#[derive(Debug, Clone)]
+pub struct NftBatch {
+    /// Context tokens `[B, ...]`.
+    pub context: Tensor,
+    /// Clean candidate tokens x `[B, ...]`.
+    pub x: Tensor,
+    /// Noise eps, shaped as x.
+    pub eps: Tensor,
+    /// Flow time of each sample.
+    pub t: Vec<f32>,
+    /// Per-frame action masks of each sample.
+    pub masks: Vec<Vec<u8>>,
+    /// Optimality probability r of each sample.
+    pub r: Vec<f32>,
+}
+
+/// The settings of one NFT optimizer step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NftSettings {
+    /// NFT beta (eq. 6).
+    pub beta: f64,
+    pub lr: f64,
+    /// Guidance of the policy the loss trains ([`nft_velocities`]); 1 = the
+    /// conditional model.
+    pub guidance: f64,
+}
+
+/// What one optimizer step did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NftStep {
+    pub loss: f64,
+    pub grad_norm: f64,
+    pub applied: bool,
+}
+
+/// The velocities the NFT loss compares, on one batch.
+pub struct NftVelocities {
+    /// The policy's (with gradient).
+    pub v_theta: Tensor,
+    /// The old (EMA) policy's, detached.
+    pub v_old: Tensor,
+    /// The reference model's, detached, when one is given.
+    pub v_ref: Option<Tensor>,
+    /// The flow-matching target eps - x.
+    pub target: Tensor,
+    /// Per-sample loss weights ([`loss_weight`]).
+    pub weights: Vec<f32>,
+}
+
+/// Velocities of `policy` and `old` (and of `reference`, when given) on a
+/// batch.
+///
+/// With `guidance` g != 1 each model's velocity is its classifier-free
+/// guided one, v_u + g (v_c - v_u) (`flow::guide`): the velocity of the
+/// sampler the guided rollouts were drawn with, so the loss trains that
+/// sampler (both the conditional and the unconditional prediction get
+/// gradient) instead of the conditional model alone.
+pub fn nft_velocities<M: VelocityModel>(
+    policy: &Policy<M>,
+    old: &Policy<M>,
+    reference: Option<&Policy<M>>,
+    batch: &NftBatch,
+    guidance: f64,
+) -> Result<NftVelocities> {
+    let dev = batch.x.device();
+    let b = batch.t.len();
+    let (x, eps, t) = (&batch.x, &batch.eps, &batch.t);
+    let tt = Tensor::from_vec(t.clone(), (b, 1, 1), dev)?;
+    let z = (x.broadcast_mul(&tt.affine(-1.0, 1.0)?)? + eps.broadcast_mul(&tt)?)?;
+    let target = (eps - x)?;
+    let guided = is_guided(guidance);
+    // Guided: one forward of 2B, the conditional half then the unconditional.
+    let (ctx, z, t1, dropped, masks) = if guided {
+        let twice = |x: &Tensor| Tensor::cat(&[x, x], 0);
+        let t2: Vec<f32> = t.iter().chain(t).copied().collect();
+        let dropped: Vec<bool> = (0..2 * b).map(|i| i >= b).collect();
+        (twice(&batch.context)?, twice(&z)?, Tensor::from_vec(t2, 2 * b, dev)?, dropped, [batch.masks.clone(), batch.masks.clone()].concat())
+    } else {
+        (batch.context.clone(), z, Tensor::from_vec(t.clone(), b, dev)?, vec![false; b], batch.masks.clone())
+    };
+    let v = |p: &Policy<M>| -> Result<Tensor> {
+        let acts = p.model.action_input(&masks, &dropped, dev)?;
+        let cache = p.model.encode_context(&ctx)?;
+        let out = p.model.velocity(&cache, &z, &t1, &acts)?;
+        if guided { guide_halves(&out, guidance) } else { Ok(out) }
+    };
+    let v_theta = v(policy)?;
+    let v_old = v(old)?.detach();
+    let v_ref = reference.map(|r| v(r).map(|t| t.detach())).transpose()?;
+    let weights = t.iter().map(|t| loss_weight(*t as f64) as f32).collect();
+    Ok(NftVelocities { v_theta, v_old, v_ref, target, weights })
+}
+
+/// One optimizer step of the NFT loss (plus `kl` times [`kl_term`] to the
+/// reference, when given) on `batch`. A non-finite loss or gradient is not
+/// applied: the policy and the optimizer state stay as they were.
+pub fn nft_step<M: VelocityModel>(
+    policy: &Policy<M>,
+    old: &Policy<M>,
+    reference: Option<(&Policy<M>, f64)>,
+    opt: &mut Optimizer,
+    batch: &NftBatch,
+    settings: &NftSettings,
+) -> Result<NftStep> {
+    let v = nft_velocities(policy, old, reference.map(|r| r.0), batch, settings.guidance)?;
+    let mut loss = nft_loss(&v.v_theta, &v.v_old, &v.target, &batch.r, &v.weights, settings.beta)?;
+    if let (Some(v_ref), Some((_, kl))) = (&v.v_ref, reference) {
+        loss = (loss + (kl_term(&v.v_theta, v_ref, &v.weights)? * kl)?)?;
+    }
+    let value = loss.to_scalar::<f32>()? as f64;
+    let grads = loss.backward()?;
+    let grad_norm = Optimizer::grad_norm(&policy.params, &grads)?;
+    if !value.is_finite() || !grad_norm.is_finite() {
+        return Ok(NftStep { loss: value, grad_norm, applied: false });
+    }
+    opt.apply(&policy.params, &grads, settings.lr)?;
+    Ok(NftStep { loss: value, grad_norm, applied: true })
 }
 
 #[cfg(test)]

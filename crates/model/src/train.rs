@@ -7,7 +7,7 @@
 //! times of a step all derive from (seed, step), so a resumed run repeats
 //! the uninterrupted one exactly.
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -140,18 +140,10 @@ pub fn pretrain_step(
     Ok(StepReport { loss: loss_value, grad_norm, lr, applied: true })
 }
 
-/// Device for the model: CUDA when built with the `cuda` feature and a GPU
-/// is present, else the CPU.
-pub fn default_device() -> Device {
-    #[cfg(feature = "cuda")]
-    if let Ok(d) = Device::new_cuda(0) {
-        return d;
-    }
-    Device::Cpu
-}
-
 #[cfg(test)]
 mod tests {
+    use candle_core::Device;
+
     use super::*;
     use crate::codec::PixelCodec;
     use crate::optim::OptimConfig;

@@ -30,6 +30,8 @@ pub enum StageError {
     InvalidInput { artifact: String, reason: String },
     #[error("model computation failed: {0}")]
     Tensor(#[from] candle_core::Error),
+    #[error(transparent)]
+    Model(#[from] wc_model::ModelError),
 }
 
 impl StageError {

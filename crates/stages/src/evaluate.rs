@@ -15,9 +15,8 @@
 
 use arrow::array::{Array, Int64Array, ListArray, StringArray, UInt8Array};
 use candle_core::Tensor;
-use wc_model::codec::{patchify, unpatchify, Codec, PixelCodec};
-use wc_model::flow::{sample, seeded_noise, SamplerConfig};
-use wc_model::model::action_input;
+use wc_model::codec::{patchify, Codec, PixelCodec};
+use wc_model::flow::{seeded_noise, SamplerConfig};
 use wc_model::params::Params;
 use wc_model::{ModelConfig, WorldModel};
 use wc_rl::seeds::{derive_seed, SeedDomain};
@@ -38,28 +37,26 @@ pub struct LoadedModel {
     pub path: String,
 }
 
-fn model_err(e: wc_model::ModelError) -> StageError {
-    StageError::invalid("model", e.to_string())
-}
 
 /// Load the newest pre-training checkpoint under `store` (or `step`).
-pub fn load_checkpoint(store: &RunStore, step: Option<u64>) -> Result<LoadedModel, StageError> {
+/// on `device`.
+pub fn load_checkpoint(store: &RunStore, step: Option<u64>, device: &candle_core::Device) -> Result<LoadedModel, StageError> {
     let (s, set) = crate::pretrain::newest_step(store, PRETRAIN_DIR, None, step)?.ok_or_else(|| {
         StageError::invalid(store.uri(), format!("no committed checkpoint{} under {PRETRAIN_DIR}/", step.map(|s| format!(" at step {s}")).unwrap_or_default()))
     })?;
     let dir = crate::pretrain::step_dir(s);
     let settings: PretrainSettings = serde_json::from_slice(&set.read(&format!("{dir}/settings.json"))?)
         .map_err(|e| StageError::invalid(store.uri_of(&format!("{dir}/settings.json")), e.to_string()))?;
-    let mut params = Params::new(0, &wc_model::train::default_device());
-    let model = WorldModel::new(&settings.model, &mut params).map_err(model_err)?;
+    let mut params = Params::new(0, device);
+    let model = WorldModel::new(&settings.model, &mut params)?;
     load_params(store, &set, &format!("{dir}/model.safetensors"), &params)?;
     Ok(LoadedModel { model, params, step: s, path: store.uri_of(&dir) })
 }
 
 /// Load checkpoint `k` of a world-backend run (`which`: "policy" or
-/// "old_policy").
-pub fn load_run_checkpoint(run: &RunStore, k: u64, which: &str) -> Result<LoadedModel, StageError> {
-    let ctx = crate::runner::RunContext::from_store(run.clone())?;
+/// "old_policy") on `device`.
+pub fn load_run_checkpoint(run: &RunStore, k: u64, which: &str, device: wc_config::DeviceSpec) -> Result<LoadedModel, StageError> {
+    let ctx = crate::runner::RunContext::from_store(run.clone())?.on_device(Some(device));
     let init = crate::inputs::init_set(&ctx)?;
     let cfg = crate::world::model_config(&ctx, &init)?;
     let set = crate::inputs::checkpoint_set(&ctx, k)?;
@@ -76,12 +73,9 @@ pub fn generate_clip(m: &LoadedModel, context_rgb: &[u8], masks: &[u8], sampler:
     let codec = PixelCodec;
     let dev = m.params.device().clone();
     let context = Tensor::from_vec(patchify(&codec.encode(context_rgb, size), 3, size, cfg.patch), (1, cfg.context_slots() * tpf, tok), &dev)?;
-    let acts = action_input(&[masks.to_vec()], &[false], &dev).map_err(model_err)?;
-    let unc = action_input(&[masks.to_vec()], &[true], &dev).map_err(model_err)?;
-    let noise = seeded_noise(noise_seed, &[1, cfg.frames_per_clip * tpf, tok], &dev).map_err(model_err)?;
-    let cache = m.model.encode_context(&context).map_err(model_err)?;
-    let x = sample(&m.model, &cache, &noise, &acts, &unc, sampler).map_err(model_err)?;
-    Ok(codec.decode(&unpatchify(&x.flatten_all()?.to_vec1::<f32>()?, 3, size, cfg.patch), size))
+    let noise = seeded_noise(noise_seed, &[1, cfg.frames_per_clip * tpf, tok], &dev)?;
+    let cache = m.model.encode_context(&context)?;
+    Ok(codec.decode(&crate::world::sample_latents(&m.model, sampler, &cache, &[masks.to_vec()], &noise)?, size))
 }
 
 /// The context of the clip whose first frame is `first_target`: the first

@@ -109,13 +109,15 @@ pub fn resolve_store(value: &str) -> Result<RunStore, StageError> {
 fn write_world_checkpoint(store: &RunStore, cfg: &PipelineConfig, prompts: &[PromptRow], pending: &mut PendingCommit) -> Result<(), StageError> {
     use crate::world::{WorldPolicy, MODEL_CONFIG_FILE};
     use crate::world_stages::{FIRST_FRAMES, POSE_MODEL, POSE_SETTINGS};
-    let device = wc_model::train::default_device();
+    // Init only copies weights into the run (or seeds a fresh model): the
+    // CPU does it, whatever device the stages run on later.
+    let device = candle_core::Device::Cpu;
     let policy = if cfg.model.base.is_empty() {
         let mc = if cfg.model.preset == "default" { wc_model::ModelConfig::default() } else { wc_model::ModelConfig::tiny() };
         WorldPolicy::fresh(&mc, derive_seed(cfg.run.seed, 0, SeedDomain::Init, 0, 0), &device)?
     } else {
         let base = resolve_store(&cfg.model.base)?;
-        let m = crate::evaluate::load_checkpoint(&base, cfg.model.base_step)?;
+        let m = crate::evaluate::load_checkpoint(&base, cfg.model.base_step, &device)?;
         tracing::info!(base = %m.path, step = m.step, "initialising the policy from the base model");
         WorldPolicy { model: m.model, params: m.params }
     };
@@ -128,14 +130,14 @@ fn write_world_checkpoint(store: &RunStore, cfg: &PipelineConfig, prompts: &[Pro
     }
     let uri = |p: &str| store.uri_of(p);
     let dir = layout::checkpoint_dir(0);
-    let weights = policy.params.to_tensor_set().map_err(crate::world::model_err)?;
+    let weights = policy.params.to_tensor_set()?;
     for name in ["policy", "old_policy"] {
         let path = format!("{dir}/{name}.safetensors");
         pending.write(&path, wc_schemas::write_any(&uri(&path), &weights)?)?;
     }
-    let opt = wc_model::optim::Optimizer::new(wc_model::optim::OptimConfig::default(), &policy.params).map_err(crate::world::model_err)?;
+    let opt = wc_model::optim::Optimizer::new(wc_model::optim::OptimConfig::default(), &policy.params)?;
     let path = format!("{dir}/optimizer.safetensors");
-    pending.write(&path, wc_schemas::write_any(&uri(&path), &opt.to_tensor_set().map_err(crate::world::model_err)?)?)?;
+    pending.write(&path, wc_schemas::write_any(&uri(&path), &opt.to_tensor_set()?)?)?;
     let path = format!("{dir}/{MODEL_CONFIG_FILE}");
     pending.write(&path, Bytes::from(serde_json::to_vec_pretty(&mc).expect("serialises")))?;
     // First frames at the model's size.
@@ -151,7 +153,7 @@ fn write_world_checkpoint(store: &RunStore, cfg: &PipelineConfig, prompts: &[Pro
     // The pose estimator, copied so that the run is self-contained.
     if !cfg.reward.pose_model.is_empty() {
         let pose_store = resolve_store(&cfg.reward.pose_model)?;
-        let pose = crate::scorer_models::load_pose(&pose_store)?;
+        let pose = crate::scorer_models::load_pose(&pose_store, &device)?;
         if pose.net.cfg.frame_size != mc.frame_size {
             return Err(StageError::invalid(
                 pose.path,
@@ -159,7 +161,7 @@ fn write_world_checkpoint(store: &RunStore, cfg: &PipelineConfig, prompts: &[Pro
             ));
         }
         let settings = crate::scorer_models::read_settings(&pose_store, pose.step)?;
-        pending.write(POSE_MODEL, wc_schemas::write_any(&uri(POSE_MODEL), &pose.params.to_tensor_set().map_err(crate::world::model_err)?)?)?;
+        pending.write(POSE_MODEL, wc_schemas::write_any(&uri(POSE_MODEL), &pose.params.to_tensor_set()?)?)?;
         pending.write(POSE_SETTINGS, Bytes::from(serde_json::to_vec_pretty(&settings).expect("serialises")))?;
     }
     Ok(())

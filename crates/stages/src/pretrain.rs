@@ -69,9 +69,6 @@ pub fn newest_step(store: &RunStore, root: &str, fingerprint: Option<&str>, at: 
     Ok(best)
 }
 
-fn model_err(e: wc_model::ModelError) -> StageError {
-    StageError::invalid("model", e.to_string())
-}
 
 /// Load model parameters from a checkpoint file listed in `set`.
 pub fn load_params(store: &RunStore, set: &CommittedSet, path: &str, params: &Params) -> Result<(), StageError> {
@@ -86,6 +83,7 @@ pub fn run_pretrain(
     out: &RunStore,
     settings_in: PretrainSettings,
     steps: u64,
+    device: &candle_core::Device,
     mut on_step: impl FnMut(u64, &StepReport),
 ) -> Result<u64, StageError> {
     let dataset = wc_data::read::open_dataset(data).map_err(|e| StageError::invalid(data.uri(), e.to_string()))?;
@@ -98,16 +96,15 @@ pub fn run_pretrain(
         return Err(StageError::invalid(data.uri(), "the dataset has no pre-training clips"));
     }
     let fingerprint = settings.fingerprint();
-    let device = wc_model::train::default_device();
-    let mut params = Params::new(settings.seed, &device);
-    let model = WorldModel::new(&settings.model, &mut params).map_err(model_err)?;
-    let mut opt = Optimizer::new(OptimConfig { lr: settings.lr, ..Default::default() }, &params).map_err(model_err)?;
+    let mut params = Params::new(settings.seed, device);
+    let model = WorldModel::new(&settings.model, &mut params)?;
+    let mut opt = Optimizer::new(OptimConfig { lr: settings.lr, ..Default::default() }, &params)?;
     let mut start = 0;
     if let Some((step, set)) = latest_checkpoint(out, &fingerprint)? {
         load_params(out, &set, &format!("{}/model.safetensors", step_dir(step)), &params)?;
         let p = format!("{}/optimizer.safetensors", step_dir(step));
         let t = wc_schemas::read_any(&out.uri_of(&p), &set.read(&p)?)?;
-        opt.load(&t).map_err(model_err)?;
+        opt.load(&t)?;
         start = step;
         tracing::info!(step, "resuming pre-training");
     }
@@ -121,7 +118,7 @@ pub fn run_pretrain(
     };
     let mut log: Vec<(u64, StepReport)> = Vec::new();
     for step in start..steps {
-        let r = pretrain_step(&model, &params, &mut opt, &videos, &PixelCodec, &pc, step).map_err(model_err)?;
+        let r = pretrain_step(&model, &params, &mut opt, &videos, &PixelCodec, &pc, step)?;
         if !r.applied {
             tracing::warn!(step, loss = r.loss, grad_norm = r.grad_norm, "non-finite step skipped");
         }
@@ -151,9 +148,9 @@ fn commit_checkpoint(
         return Ok(());
     }
     let p = format!("{dir}/model.safetensors");
-    pending.write(&p, wc_schemas::write_any(&out.uri_of(&p), &params.to_tensor_set().map_err(model_err)?)?)?;
+    pending.write(&p, wc_schemas::write_any(&out.uri_of(&p), &params.to_tensor_set()?)?)?;
     let p = format!("{dir}/optimizer.safetensors");
-    pending.write(&p, wc_schemas::write_any(&out.uri_of(&p), &opt.to_tensor_set().map_err(model_err)?)?)?;
+    pending.write(&p, wc_schemas::write_any(&out.uri_of(&p), &opt.to_tensor_set()?)?)?;
     let p = format!("{dir}/settings.json");
     pending.write(&p, Bytes::from(serde_json::to_vec_pretty(settings).expect("serialises")))?;
     let batch = crate::tables::pretrain_metrics_to_batch(log);

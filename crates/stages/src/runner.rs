@@ -1,7 +1,10 @@
 //! The stage runner: skip what is committed, refuse a different config,
 //! run the stage body, commit with a create-only manifest.
 
-use wc_config::PipelineConfig;
+use std::sync::OnceLock;
+
+use candle_core::Device;
+use wc_config::{DeviceSpec, PipelineConfig};
 use wc_store::{CommitOutcome, ManifestState, PendingCommit, RunStore, ShardSpec};
 
 use crate::error::StageError;
@@ -40,13 +43,20 @@ impl Stage {
     }
 }
 
-/// An opened, initialised run: its store and its pipeline config.
+/// An opened, initialised run: its store, its pipeline config and the
+/// device its models run on.
 #[derive(Debug, Clone)]
 pub struct RunContext {
     pub store: RunStore,
     pub cfg: PipelineConfig,
     /// Fingerprint of the config; every commit of the run records it.
     pub fingerprint: String,
+    /// The device the user chose (`--device`, else the config's
+    /// `run.device`).
+    pub device_spec: DeviceSpec,
+    /// The opened device: opened once, on first use, so that commands that
+    /// run no model (status, select) never need it.
+    device: OnceLock<Device>,
 }
 
 impl RunContext {
@@ -66,8 +76,35 @@ impl RunContext {
         let origin = store.uri_of(layout::RUN_CONFIG);
         let text = String::from_utf8(bytes.to_vec()).map_err(|_| StageError::invalid(&origin, "not UTF-8 text"))?;
         let cfg = PipelineConfig::parse(&origin, &text)?;
+        Ok(Self::with_config(store, cfg))
+    }
+
+    /// A context over `store` with a config given here instead of the run's
+    /// `run.toml` (what a stage would see had the run been initialised
+    /// with `cfg`).
+    pub fn with_config(store: RunStore, cfg: PipelineConfig) -> Self {
         let fingerprint = cfg.fingerprint();
-        Ok(RunContext { store, cfg, fingerprint })
+        let device_spec = cfg.run.device;
+        RunContext { store, cfg, fingerprint, device_spec, device: OnceLock::new() }
+    }
+
+    /// Run models on `device` instead of the config's `run.device` (a
+    /// command's `--device`); `None` keeps the config's.
+    pub fn on_device(mut self, device: Option<DeviceSpec>) -> Self {
+        if let Some(d) = device {
+            self.device_spec = d;
+            self.device = OnceLock::new();
+        }
+        self
+    }
+
+    /// The device models run on, opened on first use.
+    pub fn device(&self) -> Result<&Device, StageError> {
+        if let Some(d) = self.device.get() {
+            return Ok(d);
+        }
+        let d = wc_model::device::open(self.device_spec)?;
+        Ok(self.device.get_or_init(|| d))
     }
 }
 
@@ -129,7 +166,12 @@ pub fn run_stage(ctx: &RunContext, req: StageRequest) -> Result<StageOutcome, St
             manifest: pending.manifest_path().to_string(),
         });
     }
-    tracing::info!(stage = req.stage.name(), iter = req.iter, shard = %req.shard, "running");
+    if req.stage != Stage::Select {
+        // Every stage but select runs a model: a device this build cannot
+        // open fails here, before anything is read.
+        ctx.device()?;
+    }
+    tracing::info!(stage = req.stage.name(), iter = req.iter, shard = %req.shard, device = %ctx.device_spec, "running");
     let files = match req.stage {
         Stage::Prefix => stages::prefix(ctx, req.iter, req.shard, &dir, &mut pending)?,
         Stage::Rollout => stages::rollout(ctx, req.iter, req.shard, &dir, &mut pending)?,

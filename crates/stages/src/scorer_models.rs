@@ -104,11 +104,11 @@ pub fn train_pose(
     steps: u64,
     warm_source: Option<&RunStore>,
     generated: &[LabelledSet],
+    device: &candle_core::Device,
     mut on_step: impl FnMut(u64, f64),
 ) -> Result<u64, StageError> {
     let fingerprint = settings.fingerprint();
-    let device = wc_model::train::default_device();
-    let mut t = PoseTrainer::new(&settings.model, settings.seed, settings.batch, settings.lr, &device).map_err(err)?;
+    let mut t = PoseTrainer::new(&settings.model, settings.seed, settings.batch, settings.lr, device).map_err(err)?;
     let given: Vec<String> = generated.iter().map(|g| g.identity.clone()).collect();
     match &settings.generated {
         Some(mix) if mix.sets == given => {
@@ -258,14 +258,14 @@ pub struct LoadedPose {
     pub path: String,
 }
 
-/// Load the newest committed pose estimator under `store`.
-pub fn load_pose(store: &RunStore) -> Result<LoadedPose, StageError> {
+/// Load the newest committed pose estimator under `store` onto `device`.
+pub fn load_pose(store: &RunStore, device: &candle_core::Device) -> Result<LoadedPose, StageError> {
     let (step, set) = newest_step(store, POSE_DIR, None, None)?
         .ok_or_else(|| StageError::invalid(store.uri(), format!("no committed pose estimator under {POSE_DIR}/ (train one with `worldcompass scorers train-pose`)")))?;
     let dir = step_dir(step);
     let settings: PoseSettings = serde_json::from_slice(&set.read(&format!("{dir}/settings.json"))?)
         .map_err(|e| StageError::invalid(store.uri_of(&format!("{dir}/settings.json")), e.to_string()))?;
-    let mut params = Params::new(0, &wc_model::train::default_device());
+    let mut params = Params::new(0, device);
     let net = PoseNet::new(&settings.model, &mut params).map_err(err)?;
     load_params(store, &set, &format!("{dir}/model.safetensors"), &params)?;
     Ok(LoadedPose { net, params, step, path: store.uri_of(&dir) })

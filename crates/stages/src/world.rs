@@ -28,12 +28,11 @@
 
 use candle_core::{Device, Tensor};
 use wc_model::codec::{patchify, unpatchify, Codec, PixelCodec};
-use wc_model::flow::{loss_weight, sample, SamplerConfig};
-use wc_model::model::action_input;
+use wc_model::flow::{sample, SamplerConfig};
+pub use wc_model::nft::{nft_step, nft_velocities, NftBatch, NftSettings, NftStep};
 use wc_model::optim::{OptimConfig, Optimizer};
 use wc_model::params::Params;
 use wc_model::{ModelConfig, WorldModel};
-use wc_schemas::TensorSet;
 use wc_store::CommittedSet;
 
 use crate::error::StageError;
@@ -43,30 +42,9 @@ use crate::runner::RunContext;
 /// The model config of a run (`checkpoints/000000/model.json`, written by init).
 pub const MODEL_CONFIG_FILE: &str = "model.json";
 
-pub(crate) fn model_err(e: wc_model::ModelError) -> StageError {
-    StageError::invalid("world model", e.to_string())
-}
 
-/// A policy (or old policy) loaded from a checkpoint.
-pub struct WorldPolicy {
-    pub model: WorldModel,
-    pub params: Params,
-}
-
-impl WorldPolicy {
-    /// A model of `cfg` with seeded initial weights.
-    pub fn fresh(cfg: &ModelConfig, seed: u64, device: &Device) -> Result<Self, StageError> {
-        let mut params = Params::new(seed, device);
-        let model = WorldModel::new(cfg, &mut params).map_err(model_err)?;
-        Ok(WorldPolicy { model, params })
-    }
-
-    pub fn from_tensors(cfg: &ModelConfig, t: &TensorSet, device: &Device) -> Result<Self, StageError> {
-        let p = Self::fresh(cfg, 0, device)?;
-        p.params.load(t).map_err(model_err)?;
-        Ok(p)
-    }
-}
+/// A policy (or old policy) of the world backend.
+pub type WorldPolicy = wc_model::Policy<WorldModel>;
 
 /// The run's model config, from the init commit.
 pub fn model_config(ctx: &RunContext, init: &CommittedSet) -> Result<ModelConfig, StageError> {
@@ -78,14 +56,14 @@ pub fn model_config(ctx: &RunContext, init: &CommittedSet) -> Result<ModelConfig
 pub fn load_policy(ctx: &RunContext, cfg: &ModelConfig, set: &CommittedSet, k: u64, name: &str) -> Result<WorldPolicy, StageError> {
     let path = format!("{}/{name}.safetensors", layout::checkpoint_dir(k));
     let t = wc_schemas::read_any(&ctx.store.uri_of(&path), &set.read(&path)?)?;
-    WorldPolicy::from_tensors(cfg, &t, &wc_model::train::default_device())
+    WorldPolicy::from_tensors(cfg, &t, ctx.device()?)
         .map_err(|e| StageError::invalid(ctx.store.uri_of(&path), e.to_string()))
 }
 
 /// The optimizer of checkpoint `k`, over `params`.
 pub fn load_optimizer(ctx: &RunContext, set: &CommittedSet, k: u64, params: &Params) -> Result<Optimizer, StageError> {
     let path = format!("{}/optimizer.safetensors", layout::checkpoint_dir(k));
-    let mut opt = Optimizer::new(optim_config(ctx), params).map_err(model_err)?;
+    let mut opt = Optimizer::new(optim_config(ctx), params)?;
     let t = wc_schemas::read_any(&ctx.store.uri_of(&path), &set.read(&path)?)?;
     opt.load(&t).map_err(|e| StageError::invalid(ctx.store.uri_of(&path), e.to_string()))?;
     Ok(opt)
@@ -161,7 +139,7 @@ pub fn sample_clips(p: &WorldPolicy, sampler: &SamplerConfig, contexts: &[Vec<f3
     let b = contexts.len();
     let (tpf, tok) = (cfg.tokens_per_frame(), cfg.token_dim());
     let ctx = Tensor::from_vec(contexts.concat(), (b, cfg.context_slots() * tpf, tok), &dev)?;
-    let cache = p.model.encode_context(&ctx).map_err(model_err)?;
+    let cache = p.model.encode_context(&ctx)?;
     candidates_from_cache(p, sampler, &cache, masks, noises)
 }
 
@@ -174,16 +152,28 @@ pub fn candidates_from_cache(
     noises: &[Vec<f32>],
 ) -> Result<Vec<f32>, StageError> {
     let cfg = &p.model.cfg;
-    let dev = p.params.device().clone();
     let g = noises.len();
     let (tpf, tok) = (cfg.tokens_per_frame(), cfg.token_dim());
     let noise_tokens: Vec<f32> = noises.iter().flat_map(|n| clip_tokens(cfg, n)).collect();
-    let noise = Tensor::from_vec(noise_tokens, (g, cfg.frames_per_clip * tpf, tok), &dev)?;
-    let acts = action_input(masks, &vec![false; g], &dev).map_err(model_err)?;
-    let unc = action_input(masks, &vec![true; g], &dev).map_err(model_err)?;
-    let x = sample(&p.model, cache, &noise, &acts, &unc, sampler).map_err(model_err)?;
+    let noise = Tensor::from_vec(noise_tokens, (g, cfg.frames_per_clip * tpf, tok), p.params.device())?;
+    sample_latents(&p.model, sampler, cache, masks, &noise)
+}
+
+/// The one sampler of the stages and the evaluation: G clips from noise
+/// tokens `[G, N, P]` that share one encoded context (batch 1 or G), each
+/// with its per-frame action masks; returns their latent frames,
+/// concatenated.
+pub fn sample_latents(
+    model: &WorldModel,
+    sampler: &SamplerConfig,
+    cache: &wc_model::ContextCache,
+    masks: &[Vec<u8>],
+    noise: &Tensor,
+) -> Result<Vec<f32>, StageError> {
+    let cfg = &model.cfg;
+    let x = sample(model, cache, noise, masks, sampler)?;
     let flat = x.flatten_all()?.to_vec1::<f32>()?;
-    let per = cfg.frames_per_clip * tpf * tok;
+    let per = cfg.frames_per_clip * cfg.tokens_per_frame() * cfg.token_dim();
     Ok(flat
         .chunks_exact(per)
         .flat_map(|c| unpatchify(c, PixelCodec.channels(), cfg.frame_size, cfg.patch))
@@ -194,7 +184,7 @@ pub fn candidates_from_cache(
 pub fn encode_context(p: &WorldPolicy, context: &[f32]) -> Result<wc_model::ContextCache, StageError> {
     let cfg = &p.model.cfg;
     let ctx = Tensor::from_vec(context.to_vec(), (1, cfg.context_slots() * cfg.tokens_per_frame(), cfg.token_dim()), p.params.device())?;
-    p.model.encode_context(&ctx).map_err(model_err)
+    p.model.encode_context(&ctx).map_err(StageError::from)
 }
 
 /// One NFT training sample: a selected candidate at one timestep.
@@ -211,108 +201,25 @@ pub struct NftSample {
     pub r: f32,
 }
 
-/// What one optimizer step did.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct NftStep {
-    pub loss: f64,
-    pub grad_norm: f64,
-    pub applied: bool,
-}
-
-/// The settings of one NFT optimizer step.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct NftSettings {
-    /// NFT beta (eq. 6).
-    pub beta: f64,
-    pub lr: f64,
-    /// Guidance of the policy the loss trains ([`nft_velocities`]); 1 = the
-    /// conditional model.
-    pub guidance: f64,
-}
-
-/// Velocities of `policy` and `old` (and of `reference`, when given) on a
-/// batch of samples: (v_theta, v_old, v_ref, v_target, weights).
-///
-/// With `guidance` g != 1 each model's velocity is its classifier-free
-/// guided one, v_u + g (v_c - v_u) ([`wc_model::flow::guide`]): the
-/// velocity of the sampler the guided rollouts were drawn with, so the loss
-/// trains that sampler (both the conditional and the unconditional
-/// prediction get gradient) instead of the conditional model alone.
-#[allow(clippy::type_complexity)]
-pub fn nft_velocities(
-    policy: &WorldPolicy,
-    old: &WorldPolicy,
-    reference: Option<&WorldPolicy>,
-    batch: &[NftSample],
-    guidance: f64,
-) -> Result<(Tensor, Tensor, Option<Tensor>, Tensor, Vec<f32>), StageError> {
-    let cfg = &policy.model.cfg;
-    let dev = policy.params.device().clone();
+/// The samples of one minibatch as the model's tensors on `dev`.
+pub fn nft_batch(cfg: &ModelConfig, batch: &[NftSample], dev: &Device) -> Result<NftBatch, StageError> {
     let b = batch.len();
     let (tpf, tok) = (cfg.tokens_per_frame(), cfg.token_dim());
     let cat = |f: &dyn Fn(&NftSample) -> &[f32]| batch.iter().flat_map(|s| f(s).to_vec()).collect::<Vec<f32>>();
-    let ctx = Tensor::from_vec(cat(&|s| &s.context), (b, cfg.context_slots() * tpf, tok), &dev)?;
-    let x = Tensor::from_vec(cat(&|s| &s.x), (b, cfg.frames_per_clip * tpf, tok), &dev)?;
-    let eps = Tensor::from_vec(cat(&|s| &s.eps), (b, cfg.frames_per_clip * tpf, tok), &dev)?;
-    let t: Vec<f32> = batch.iter().map(|s| s.t).collect();
-    let tt = Tensor::from_vec(t.clone(), (b, 1, 1), &dev)?;
-    let z = (x.broadcast_mul(&tt.affine(-1.0, 1.0)?)? + eps.broadcast_mul(&tt)?)?;
-    let target = (&eps - &x)?;
-    let masks: Vec<Vec<u8>> = batch.iter().map(|s| s.masks.clone()).collect();
-    let guided = wc_model::flow::is_guided(guidance);
-    // Guided: one forward of 2B, the conditional half then the unconditional.
-    let (ctx, z, t1, acts) = if guided {
-        let dropped: Vec<bool> = (0..2 * b).map(|i| i >= b).collect();
-        let twice = |x: &Tensor| Tensor::cat(&[x, x], 0);
-        let t2: Vec<f32> = t.iter().chain(&t).copied().collect();
-        (twice(&ctx)?, twice(&z)?, Tensor::from_vec(t2, 2 * b, &dev)?, action_input(&[masks.clone(), masks].concat(), &dropped, &dev).map_err(model_err)?)
-    } else {
-        (ctx, z, Tensor::from_vec(t.clone(), b, &dev)?, action_input(&masks, &vec![false; b], &dev).map_err(model_err)?)
-    };
-    let v = |p: &WorldPolicy| -> Result<Tensor, StageError> {
-        let cache = p.model.encode_context(&ctx).map_err(model_err)?;
-        let out = p.model.velocity(&cache, &z, &t1, &acts).map_err(model_err)?;
-        if guided {
-            wc_model::flow::guide_halves(&out, guidance).map_err(model_err)
-        } else {
-            Ok(out)
-        }
-    };
-    let v_theta = v(policy)?;
-    let v_old = v(old)?.detach();
-    let v_ref = reference.map(|r| v(r).map(|t| t.detach())).transpose()?;
-    let w = t.iter().map(|t| loss_weight(*t as f64) as f32).collect();
-    Ok((v_theta, v_old, v_ref, target, w))
-}
-
-/// One optimizer step of the NFT loss on `batch`. A non-finite loss or
-/// gradient is not applied.
-pub fn nft_step(
-    policy: &WorldPolicy,
-    old: &WorldPolicy,
-    reference: Option<(&WorldPolicy, f64)>,
-    opt: &mut Optimizer,
-    batch: &[NftSample],
-    settings: &NftSettings,
-) -> Result<NftStep, StageError> {
-    let (v_theta, v_old, v_ref, target, w) = nft_velocities(policy, old, reference.map(|r| r.0), batch, settings.guidance)?;
-    let r: Vec<f32> = batch.iter().map(|s| s.r).collect();
-    let mut loss = wc_model::nft::nft_loss(&v_theta, &v_old, &target, &r, &w, settings.beta).map_err(model_err)?;
-    if let (Some(v_ref), Some((_, kl))) = (&v_ref, reference) {
-        loss = (loss + (wc_model::nft::kl_term(&v_theta, v_ref, &w).map_err(model_err)? * kl)?)?;
-    }
-    let value = loss.to_scalar::<f32>()? as f64;
-    let grads = loss.backward()?;
-    let grad_norm = Optimizer::grad_norm(&policy.params, &grads).map_err(model_err)?;
-    if !value.is_finite() || !grad_norm.is_finite() {
-        return Ok(NftStep { loss: value, grad_norm, applied: false });
-    }
-    opt.apply(&policy.params, &grads, settings.lr).map_err(model_err)?;
-    Ok(NftStep { loss: value, grad_norm, applied: true })
+    Ok(NftBatch {
+        context: Tensor::from_vec(cat(&|s| &s.context), (b, cfg.context_slots() * tpf, tok), dev)?,
+        x: Tensor::from_vec(cat(&|s| &s.x), (b, cfg.frames_per_clip * tpf, tok), dev)?,
+        eps: Tensor::from_vec(cat(&|s| &s.eps), (b, cfg.frames_per_clip * tpf, tok), dev)?,
+        t: batch.iter().map(|s| s.t).collect(),
+        masks: batch.iter().map(|s| s.masks.clone()).collect(),
+        r: batch.iter().map(|s| s.r).collect(),
+    })
 }
 
 #[cfg(test)]
 mod tests {
+    use wc_model::model::action_input;
+
     use super::*;
 
     fn tiny_pair() -> (WorldPolicy, WorldPolicy) {
@@ -320,7 +227,7 @@ mod tests {
         (WorldPolicy::fresh(&cfg, 1, &Device::Cpu).unwrap(), WorldPolicy::fresh(&cfg, 1, &Device::Cpu).unwrap())
     }
 
-    fn batch(cfg: &ModelConfig, n: usize) -> Vec<NftSample> {
+    fn samples(cfg: &ModelConfig, n: usize) -> Vec<NftSample> {
         let fl = frame_len(cfg);
         (0..n)
             .map(|i| NftSample {
@@ -334,31 +241,37 @@ mod tests {
             .collect()
     }
 
+    fn batch(cfg: &ModelConfig, n: usize) -> NftBatch {
+        nft_batch(cfg, &samples(cfg, n), &Device::Cpu).unwrap()
+    }
+
     #[test]
     fn guided_velocities_are_the_guided_samplers_and_train_both_branches() {
         let (policy, old) = tiny_pair();
         let cfg = policy.model.cfg.clone();
-        let b = batch(&cfg, 3);
+        let samples = samples(&cfg, 3);
+        let b = nft_batch(&cfg, &samples, &Device::Cpu).unwrap();
         let diff = |a: &Tensor, c: &Tensor| (a - c).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         // The conditional and unconditional predictions, computed here
         // directly from the model (not through nft_velocities).
-        let n = b.len();
+        let n = samples.len();
         let dev = Device::Cpu;
-        let cat = |f: &dyn Fn(&NftSample) -> Vec<f32>| b.iter().flat_map(f).collect::<Vec<f32>>();
+        let cat = |f: &dyn Fn(&NftSample) -> Vec<f32>| samples.iter().flat_map(f).collect::<Vec<f32>>();
         let (tpf, tok) = (cfg.tokens_per_frame(), cfg.token_dim());
         let ctx = Tensor::from_vec(cat(&|s| s.context.clone()), (n, cfg.context_slots() * tpf, tok), &dev).unwrap();
         let z = Tensor::from_vec(cat(&|s| s.x.iter().zip(&s.eps).map(|(x, e)| x * (1.0 - s.t) + e * s.t).collect()), (n, cfg.frames_per_clip * tpf, tok), &dev).unwrap();
-        let t = Tensor::from_vec(b.iter().map(|s| s.t).collect::<Vec<f32>>(), n, &dev).unwrap();
-        let masks: Vec<Vec<u8>> = b.iter().map(|s| s.masks.clone()).collect();
+        let t = Tensor::from_vec(samples.iter().map(|s| s.t).collect::<Vec<f32>>(), n, &dev).unwrap();
+        let masks: Vec<Vec<u8>> = samples.iter().map(|s| s.masks.clone()).collect();
         let direct = |dropped: bool| {
             let cache = policy.model.encode_context(&ctx).unwrap();
             policy.model.velocity(&cache, &z, &t, &action_input(&masks, &vec![dropped; n], &dev).unwrap()).unwrap()
         };
         let (vc, vu) = (direct(false), direct(true));
         assert!(diff(&vc, &vu) > 1e-4, "the action must change the prediction for this test to mean anything");
-        let (v1, ..) = nft_velocities(&policy, &old, None, &b, 1.0).unwrap();
+        let v1 = nft_velocities(&policy, &old, None, &b, 1.0).unwrap().v_theta;
         assert!(diff(&v1, &vc) < 1e-5, "guidance 1 is the conditional model");
-        let (v25, o25, ..) = nft_velocities(&policy, &old, None, &b, 2.5).unwrap();
+        let v = nft_velocities(&policy, &old, None, &b, 2.5).unwrap();
+        let (v25, o25) = (v.v_theta, v.v_old);
         let expected = (&vu + ((&vc - &vu).unwrap() * 2.5).unwrap()).unwrap();
         assert!(diff(&v25, &expected) < 1e-4, "v_u + 2.5 (v_c - v_u)");
         assert!(diff(&v25, &o25) < 1e-5, "identical weights: the old policy is guided the same way");
@@ -366,7 +279,7 @@ mod tests {
         let mut opt = Optimizer::new(OptimConfig::default(), &policy.params).unwrap();
         assert!(nft_step(&policy, &old, None, &mut opt, &b, &NftSettings { beta: 1.0, lr: 1e-3, guidance: 2.5 }).unwrap().applied);
         assert!(diff(&direct(true), &vu) > 1e-6, "the unconditional branch got no gradient");
-        let (_, o_after, ..) = nft_velocities(&policy, &old, None, &b, 2.5).unwrap();
+        let o_after = nft_velocities(&policy, &old, None, &b, 2.5).unwrap().v_old;
         assert_eq!(diff(&o_after, &o25), 0.0, "the old policy is not trained");
     }
 
@@ -377,7 +290,8 @@ mod tests {
         let (policy, old) = tiny_pair();
         let cfg = policy.model.cfg.clone();
         let b = batch(&cfg, 4);
-        let (vt, vo, _, _, _) = nft_velocities(&policy, &old, None, &b, 1.0).unwrap();
+        let v = nft_velocities(&policy, &old, None, &b, 1.0).unwrap();
+        let (vt, vo) = (v.v_theta, v.v_old);
         let diff = |a: &Tensor, c: &Tensor| (a - c).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert_eq!(diff(&vt, &vo), 0.0, "identical weights give identical velocities");
         // Diverge: a few NFT steps on the policy only.
@@ -385,10 +299,11 @@ mod tests {
         for _ in 0..3 {
             assert!(nft_step(&policy, &old, None, &mut opt, &b, &NftSettings { beta: 1.0, lr: 1e-2, guidance: 1.0 }).unwrap().applied);
         }
-        let (vt, vo, _, _, _) = nft_velocities(&policy, &old, None, &b, 1.0).unwrap();
+        let v = nft_velocities(&policy, &old, None, &b, 1.0).unwrap();
+        let (vt, vo) = (v.v_theta, v.v_old);
         assert!(diff(&vt, &vo) > 1e-3, "after the policy moved, v_old must differ from v_theta");
         // And v_old is exactly what the old policy alone predicts.
-        let (vo_alone, _, _, _, _) = nft_velocities(&old, &old, None, &b, 1.0).unwrap();
+        let vo_alone = nft_velocities(&old, &old, None, &b, 1.0).unwrap().v_theta;
         assert_eq!(diff(&vo, &vo_alone), 0.0);
     }
 
@@ -408,8 +323,9 @@ mod tests {
     fn non_finite_samples_are_not_applied() {
         let (policy, old) = tiny_pair();
         let before = policy.params.to_tensor_set().unwrap();
-        let mut b = batch(&policy.model.cfg, 2);
-        b[0].x[0] = f32::NAN;
+        let mut s = samples(&policy.model.cfg, 2);
+        s[0].x[0] = f32::NAN;
+        let b = nft_batch(&policy.model.cfg, &s, &Device::Cpu).unwrap();
         let mut opt = Optimizer::new(OptimConfig::default(), &policy.params).unwrap();
         let s = nft_step(&policy, &old, None, &mut opt, &b, &NftSettings { beta: 1.0, lr: 1e-3, guidance: 1.0 }).unwrap();
         assert!(!s.applied && !s.loss.is_finite());

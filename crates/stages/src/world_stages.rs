@@ -246,7 +246,7 @@ pub fn load_pose(ctx: &RunContext, init: &CommittedSet) -> Result<(PoseNet, wc_m
     let settings: crate::scorer_models::PoseSettings =
         serde_json::from_slice(&init.read(POSE_SETTINGS)?).map_err(|e| StageError::invalid(ctx.store.uri_of(POSE_SETTINGS), e.to_string()))?;
     let cfg: PoseConfig = settings.model;
-    let mut params = wc_model::params::Params::new(0, &wc_model::train::default_device());
+    let mut params = wc_model::params::Params::new(0, ctx.device()?);
     let net = PoseNet::new(&cfg, &mut params).map_err(|e| StageError::invalid(ctx.store.uri_of(POSE_MODEL), e.to_string()))?;
     crate::pretrain::load_params(&ctx.store, init, POSE_MODEL, &params)?;
     Ok((net, params))
@@ -708,7 +708,7 @@ pub fn optimize(ctx: &RunContext, iter: u64, dir: &str, pending: &mut PendingCom
     let mut metrics = Vec::new();
     let pb = progress(samples.len().div_ceil(o_cfg.minibatch as usize), "optimize");
     for (step, batch) in samples.chunks(o_cfg.minibatch as usize).enumerate() {
-        let s = world::nft_step(&policy, &old, reference.as_ref().map(|r| (r, o_cfg.kl_weight)), &mut opt, batch, &settings)?;
+        let s = world::nft_step(&policy, &old, reference.as_ref().map(|r| (r, o_cfg.kl_weight)), &mut opt, &world::nft_batch(&o.cfg, batch, ctx.device()?)?, &settings)?;
         if !s.applied {
             tracing::warn!(iter, step, loss = s.loss, grad_norm = s.grad_norm, "non-finite loss or gradient: the step was not applied");
         }
@@ -716,16 +716,16 @@ pub fn optimize(ctx: &RunContext, iter: u64, dir: &str, pending: &mut PendingCom
         pb.inc(1);
     }
     pb.finish_and_clear();
-    old.params.ema_toward(&policy.params, eta).map_err(world::model_err)?;
+    old.params.ema_toward(&policy.params, eta)?;
     let next = layout::checkpoint_dir(iter + 1);
     let put = |pending: &mut PendingCommit, name: &str, t: TensorSet| -> Result<(), StageError> {
         let p = format!("{next}/{name}.safetensors");
         pending.write(&p, wc_schemas::write_any(&ctx.store.uri_of(&p), &t)?)?;
         Ok(())
     };
-    put(pending, "policy", policy.params.to_tensor_set().map_err(world::model_err)?)?;
-    put(pending, "old_policy", old.params.to_tensor_set().map_err(world::model_err)?)?;
-    put(pending, "optimizer", opt.to_tensor_set().map_err(world::model_err)?)?;
+    put(pending, "policy", policy.params.to_tensor_set()?)?;
+    put(pending, "old_policy", old.params.to_tensor_set()?)?;
+    put(pending, "optimizer", opt.to_tensor_set()?)?;
     write_table(ctx, pending, &format!("{dir}/metrics.parquet"), &wc_schemas::tables::optimize_metrics(), &metrics_to_batch(&metrics))?;
     Ok(4)
 }

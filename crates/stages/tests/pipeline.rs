@@ -93,7 +93,7 @@ fn rerun_under_another_config_is_refused_unless_forced() {
     run_stage(&ctx, req(Stage::Prefix, 0, ShardSpec::WHOLE)).unwrap();
     let mut other = cfg.clone();
     other.optimize.lr *= 3.0;
-    let ctx2 = RunContext { cfg: other.clone(), fingerprint: other.fingerprint(), store: ctx.store.clone() };
+    let ctx2 = RunContext::with_config(ctx.store.clone(), other.clone());
     let err = run_stage(&ctx2, req(Stage::Prefix, 0, ShardSpec::WHOLE)).unwrap_err().to_string();
     assert!(err.contains("different config fingerprint") && err.contains("--force"), "{err}");
     let forced = run_stage(&ctx2, StageRequest { force: true, ..req(Stage::Prefix, 0, ShardSpec::WHOLE) }).unwrap();

@@ -1,0 +1,115 @@
+//! The model seam: what a flow-matching world model must offer for the
+//! sampler, the NFT loss and the optimizer step to be written once.
+//!
+//! A [`VelocityModel`] encodes a context (the first frame and recent clips)
+//! into a cache once, then predicts the velocity of a batch of noisy target
+//! clips from that cache, the actions and the flow time. [`Policy`] is such a
+//! model with the parameters it was built in (what the optimizer trains and
+//! the EMA moves). `flow::sample`, `flow::flow_matching_loss` and
+//! `nft::nft_velocities` / `nft::nft_step` are generic over it; the embedded
+//! clip transformer ([`WorldModel`]) is one implementation.
+
+use candle_core::{Device, Tensor};
+
+use crate::model::{action_input, ContextCache, WorldModel};
+use crate::params::Params;
+use crate::{ModelConfig, Result};
+
+/// A context encoded once and reused for every candidate and sampler step.
+pub trait EncodedContext: Clone {
+    /// The batch the context was encoded for (1: shared by every target).
+    fn batch(&self) -> usize;
+    /// The same context without the graph that computed it (sampling needs
+    /// no gradient).
+    fn detach(&self) -> Self;
+    /// The context for a batch twice as large, the guided sampler's
+    /// conditional then unconditional halves (a batch-1 context, shared by
+    /// all, stays as it is).
+    fn doubled(&self) -> Result<Self>;
+}
+
+/// A flow-matching velocity model conditioned on a context and actions.
+///
+/// Convention (`flow`): z_t = (1 - t) x + t eps, t = 1 is noise, and the
+/// model predicts v = eps - x.
+pub trait VelocityModel {
+    type Context: EncodedContext;
+
+    /// Encode context tokens `[B, ...]` (layout of the model's own).
+    fn encode_context(&self, context: &Tensor) -> Result<Self::Context>;
+
+    /// Velocity of the noisy target clips `z` `[B, ...]` at times `t` `[B]`,
+    /// from a context of batch 1 or B and the action input of
+    /// [`VelocityModel::action_input`].
+    fn velocity(&self, context: &Self::Context, z: &Tensor, t: &Tensor, actions: &Tensor) -> Result<Tensor>;
+
+    /// The model's action input for per-frame action masks (the project's
+    /// 8 basic actions as bits, one list per target); `dropped[i]` gives row
+    /// i no action (the unconditional branch of classifier-free guidance).
+    fn action_input(&self, masks: &[Vec<u8>], dropped: &[bool], device: &Device) -> Result<Tensor>;
+}
+
+impl EncodedContext for ContextCache {
+    fn batch(&self) -> usize {
+        ContextCache::batch(self)
+    }
+
+    fn detach(&self) -> Self {
+        ContextCache::detach(self)
+    }
+
+    fn doubled(&self) -> Result<Self> {
+        let kv = self
+            .kv
+            .iter()
+            .map(|(k, v)| -> Result<(Tensor, Tensor)> {
+                if k.dim(0)? == 1 {
+                    Ok((k.clone(), v.clone()))
+                } else {
+                    Ok((Tensor::cat(&[k, k], 0)?, Tensor::cat(&[v, v], 0)?))
+                }
+            })
+            .collect::<Result<_>>()?;
+        Ok(ContextCache { kv })
+    }
+}
+
+impl VelocityModel for WorldModel {
+    type Context = ContextCache;
+
+    fn encode_context(&self, context: &Tensor) -> Result<ContextCache> {
+        WorldModel::encode_context(self, context)
+    }
+
+    fn velocity(&self, context: &ContextCache, z: &Tensor, t: &Tensor, actions: &Tensor) -> Result<Tensor> {
+        WorldModel::velocity(self, context, z, t, actions)
+    }
+
+    fn action_input(&self, masks: &[Vec<u8>], dropped: &[bool], device: &Device) -> Result<Tensor> {
+        action_input(masks, dropped, device)
+    }
+}
+
+/// A model and the parameters it was built in: a policy, an old (EMA)
+/// policy or a reference model.
+pub struct Policy<M> {
+    pub model: M,
+    pub params: Params,
+}
+
+impl Policy<WorldModel> {
+    /// A world model of `cfg` with seeded initial weights on `device`.
+    pub fn fresh(cfg: &ModelConfig, seed: u64, device: &Device) -> Result<Self> {
+        let mut params = Params::new(seed, device);
+        let model = WorldModel::new(cfg, &mut params)?;
+        Ok(Policy { model, params })
+    }
+
+    /// A world model of `cfg` with the weights of a checkpoint (every name
+    /// and shape checked).
+    pub fn from_tensors(cfg: &ModelConfig, t: &wc_schemas::TensorSet, device: &Device) -> Result<Self> {
+        let p = Self::fresh(cfg, 0, device)?;
+        p.params.load(t)?;
+        Ok(p)
+    }
+}

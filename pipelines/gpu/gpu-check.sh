@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# The GPU check: on a machine with an NVIDIA GPU, its driver and the CUDA 13
+# libraries (no network needed), with a worldcompass built by
+# `just build-cuda` (carried as target/cuda/worldcompass-cuda):
+#
+#   1. the same world model, seeds and inputs on the CPU and on cuda:0 give
+#      the same velocity, guided sample and NFT step within f32 tolerances
+#      (`worldcompass bench devices`, the tiny and the default model);
+#   2. two iterations of the embedded default (pipelines/embedded.toml) run
+#      on cuda:0, each stage a process, with its wall time and the GPU's
+#      peak memory while it ran.
+#
+# Usage: pipelines/gpu/gpu-check.sh [BIN]    (`just gpu-check` runs it)
+# Writes the run and gpu-check.log under $OUT (default runs/gpu-check).
+# Finishes in a few minutes on an H200.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+bin=${1:-target/cuda/worldcompass-cuda}
+out=${OUT:-runs/gpu-check}
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+log="$out/gpu-check.log"
+exec > >(tee "$log") 2>&1
+
+# The CUDA 13 libraries the binary needs (libcublas.so.13, libcublasLt.so.13,
+# libcurand.so.10, libcudart.so.13, libnvrtc.so.13): the system's, or those
+# of the Python environment's nvidia-* wheels (PyTorch's); libcuda.so.1 is
+# the driver's.
+libdirs=$(python3 - <<'EOF' 2>/dev/null || true
+import glob, site, sys
+roots = site.getsitepackages() + [site.getusersitepackages()]
+dirs = sorted({p.rsplit("/", 1)[0] for r in roots for p in glob.glob(r + "/nvidia/**/lib/lib*.so*", recursive=True)})
+print(":".join(dirs))
+EOF
+)
+export LD_LIBRARY_PATH="${libdirs:+$libdirs:}/usr/local/nvidia/lib64:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+echo "gpu-check: $(date -u +%FT%TZ) on $(hostname)"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+if ldd "$bin" | grep "not found"; then
+  echo "gpu-check: $bin misses the libraries above; put their folders on LD_LIBRARY_PATH" >&2
+  exit 1
+fi
+
+echo
+echo "== 1. cpu and cuda:0 agree (f32) =="
+"$bin" bench devices --device cuda:0 --preset tiny
+"$bin" bench devices --device cuda:0 --preset default
+
+echo
+echo "== 2. two iterations of the embedded default on cuda:0 =="
+run="file://$out/run"
+rm -rf "$out/run"
+"$bin" init --run "$run" --pipeline pipelines/embedded.toml
+printf '%-5s %-9s %8s %14s\n' iter stage wall_s peak_gpu_MiB
+base=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 | head -n 1)
+for iter in 0 1; do
+  for stage in prefix rollout reward select optimize; do
+    peak_file=$(mktemp)
+    echo "$base" > "$peak_file"
+    (
+      while true; do
+        m=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 | head -n 1)
+        [ "$m" -gt "$(cat "$peak_file")" ] && echo "$m" > "$peak_file"
+        sleep 0.1
+      done
+    ) &
+    poller=$!
+    stats=$("$bin" stage "$stage" --run "$run" --iter "$iter" --device cuda:0 | tee -a "$out/stages.log" | grep -o 'wall_s=[0-9.]*' | cut -d= -f2)
+    kill "$poller" 2>/dev/null || true
+    wait "$poller" 2>/dev/null || true
+    printf '%-5s %-9s %8s %14s\n' "$iter" "$stage" "${stats:-?}" "$(( $(cat "$peak_file") - base ))"
+    rm -f "$peak_file"
+  done
+done
+"$bin" status --run "$run" | tail -n 12
+echo "gpu-check: passed; the log is $log"
