@@ -136,6 +136,72 @@ fn bench_devices_compares_the_cpu_with_itself_and_passes() {
     assert!(rows.iter().all(|r| r.contains(" 0.000e0 ")), "one build on one device is exact:\n{out}");
 }
 
+/// Regression test for "non-finite weights are committed" (issue 28, 1) on
+/// the linear backend: a NaN momentum made optimize commit NaN weights.
+#[test]
+fn non_finite_linear_checkpoints_are_refused_and_commit_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = file_uri(tmp.path(), "run");
+    let dir = tmp.path().join("run");
+    wc_ok(&["init", "--run", &run, "--pipeline", &pipeline()], &[]);
+    for stage in ["prefix", "rollout", "reward", "select"] {
+        wc_ok(&["stage", stage, "--run", &run, "--iter", "0"], &[]);
+    }
+    poison_tensor(&dir, "init/_manifest.json", "checkpoints/000000/optimizer.safetensors", "momentum.bias", |v| v[0] = f32::NAN);
+    let e = wc_err(&["stage", "optimize", "--run", &run, "--iter", "0"], &[]);
+    assert!(e.contains("optimizer.safetensors") && e.contains("non-finite"), "{e}");
+    assert!(!dir.join("iters/000000/optimize/_manifest.json").exists() && !dir.join("checkpoints/000001").exists());
+}
+
+/// A world pipeline whose base model does not exist: it parses, but cannot
+/// initialise a run.
+fn missing_base_pipeline(dir: &std::path::Path) -> String {
+    let embedded = concat!(env!("CARGO_MANIFEST_DIR"), "/../../pipelines/embedded.toml");
+    let text = std::fs::read_to_string(embedded).unwrap();
+    assert!(text.contains("base = \"models/base\""));
+    let path = dir.join("missing-base.toml");
+    std::fs::write(&path, text.replacen("base = \"models/base\"", "base = \"/nonexistent/base\"", 1)).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// Regression test for "a failed init leaves run.toml behind" (issue 28, 8):
+/// the corrected init was then refused as "already initialised with a
+/// different pipeline config".
+#[test]
+fn a_failed_init_leaves_no_run_toml_and_a_corrected_init_succeeds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = file_uri(tmp.path(), "run");
+    let e = wc_err(&["init", "--run", &run, "--pipeline", &missing_base_pipeline(tmp.path())], &[]);
+    assert!(e.contains("/nonexistent/base"), "{e}");
+    assert!(!tmp.path().join("run/run.toml").exists() && !tmp.path().join("run/init").exists(), "a failed init writes nothing");
+    assert!(wc_ok(&["init", "--run", &run, "--pipeline", &pipeline()], &[]).contains("initialised"));
+    // A run.toml left by an interrupted init of an older build (no init
+    // commit beside it) is not trusted either.
+    let other = file_uri(tmp.path(), "other");
+    std::fs::create_dir_all(tmp.path().join("other")).unwrap();
+    std::fs::write(tmp.path().join("other/run.toml"), "[run]\nseed = 1\n").unwrap();
+    assert!(wc_ok(&["init", "--run", &other, "--pipeline", &pipeline()], &[]).contains("initialised"));
+}
+
+/// Regression test for "`--force` deletes committed work before the rerun
+/// succeeds" (issue 28, 2), for init: `init --force` with a broken config
+/// on a trained run overwrote run.toml and data/ and deleted the init
+/// manifest before failing.
+#[test]
+fn init_force_with_a_broken_config_leaves_the_trained_run_as_it_was() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = file_uri(tmp.path(), "run");
+    wc_ok(&["train", "--run", &run, "--pipeline", &pipeline(), "--iters", "1"], &[]);
+    let store = RunStore::open(&run).unwrap();
+    let before = committed_files(&store);
+    let run_toml = std::fs::read(tmp.path().join("run/run.toml")).unwrap();
+    let e = wc_err(&["init", "--run", &run, "--pipeline", &missing_base_pipeline(tmp.path()), "--force"], &[]);
+    assert!(e.contains("/nonexistent/base"), "{e}");
+    assert_eq!(committed_files(&store), before, "every committed file as it was");
+    assert_eq!(std::fs::read(tmp.path().join("run/run.toml")).unwrap(), run_toml);
+    wc_ok(&["train", "--run", &run, "--iters", "2"], &[]);
+}
+
 #[test]
 fn bad_config_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
@@ -177,21 +243,6 @@ fn missing_input_manifest_is_refused_without_commit() {
 
 /// Rewrite a committed file and (optionally) its manifest entry, as a buggy
 /// external worker or a damaged disk would.
-fn tamper(run_dir: &std::path::Path, manifest_rel: &str, file_rel: &str, bytes: &[u8], fix_manifest: bool) {
-    std::fs::write(run_dir.join(file_rel), bytes).unwrap();
-    if fix_manifest {
-        let mpath = run_dir.join(manifest_rel);
-        let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
-        for f in m["files"].as_array_mut().unwrap() {
-            if f["path"] == file_rel {
-                f["bytes"] = bytes.len().into();
-                f["sha256"] = wc_store::sha256_hex(bytes).into();
-            }
-        }
-        std::fs::write(&mpath, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
-    }
-}
-
 fn parquet_without_column(src: &[u8], drop: &str) -> Vec<u8> {
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::copy_from_slice(src)).unwrap().build().unwrap();
@@ -203,6 +254,61 @@ fn parquet_without_column(src: &[u8], drop: &str) -> Vec<u8> {
     w.write(&batch).unwrap();
     w.close().unwrap();
     out
+}
+
+/// `src` (one record batch of Parquet) with row 0 of column `column` set
+/// to `value` (an i64 or f64 column).
+fn parquet_with_value(src: &[u8], column: &str, value: f64) -> Vec<u8> {
+    use arrow::array::{Array, Float64Array, Int64Array};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::copy_from_slice(src)).unwrap().build().unwrap();
+    let batch = reader.map(|b| b.unwrap()).next().unwrap();
+    let i = batch.schema().index_of(column).unwrap();
+    let mut columns = batch.columns().to_vec();
+    let old = &columns[i];
+    columns[i] = if let Some(a) = old.as_any().downcast_ref::<Int64Array>() {
+        std::sync::Arc::new(Int64Array::from_iter_values((0..a.len()).map(|k| if k == 0 { value as i64 } else { a.value(k) })))
+    } else {
+        let a = old.as_any().downcast_ref::<Float64Array>().unwrap();
+        std::sync::Arc::new(Float64Array::from_iter_values((0..a.len()).map(|k| if k == 0 { value } else { a.value(k) })))
+    };
+    let batch = arrow::array::RecordBatch::try_new(batch.schema(), columns).unwrap();
+    let mut out = Vec::new();
+    let mut w = parquet::arrow::ArrowWriter::try_new(&mut out, batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    out
+}
+
+/// Regression test for "selection rows are not validated" (issue 28, 6): a
+/// candidate index out of range in `selection.parquet` panicked optimize;
+/// NaN or huge r was accepted.
+#[test]
+fn out_of_range_selection_rows_are_clear_errors_not_panics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = file_uri(tmp.path(), "run");
+    let dir = tmp.path().join("run");
+    wc_ok(&["init", "--run", &run, "--pipeline", &pipeline()], &[]);
+    for stage in ["prefix", "rollout", "reward", "select"] {
+        wc_ok(&["stage", stage, "--run", &run, "--iter", "0"], &[]);
+    }
+    let (manifest, file) = ("iters/000000/select/_manifest.json", "iters/000000/select/selection.parquet");
+    let original = std::fs::read(dir.join(file)).unwrap();
+    for (column, value, says) in [
+        ("candidate", 99.0, "candidate 99 is out of range"),
+        ("candidate", -1.0, "candidate -1 is out of range"),
+        ("group_id", 1e6, "group 1000000 is out of range"),
+        ("r", f64::NAN, "r = NaN is not a probability"),
+        ("r", 1e300, "is not a probability"),
+        ("if_score", 7.0, "if_score = 7 is outside [0, 1]"),
+    ] {
+        tamper(&dir, manifest, file, &parquet_with_value(&original, column, value), true);
+        let e = wc_err(&["stage", "optimize", "--run", &run, "--iter", "0"], &[]);
+        assert!(e.contains("selection.parquet") && e.contains(says) && !e.contains("panicked"), "{column} = {value}: {e}");
+        assert!(!dir.join("iters/000000/optimize/_manifest.json").exists());
+    }
+    tamper(&dir, manifest, file, &original, true);
+    wc_ok(&["stage", "optimize", "--run", &run, "--iter", "0"], &[]);
 }
 
 #[test]

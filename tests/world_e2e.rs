@@ -458,3 +458,51 @@ print(total)
     let other = wc_ok(&["scorers", "agreement", "--run", &format!("file://{b}"), "--from", "0", "--to", "2", "--pose-model", &mixed], &[]);
     assert!(other.contains("pose estimator under test:") && other.contains("step 2"), "{other}");
 }
+
+/// Regression test for "non-finite weights are committed" (issue 28, 1): a
+/// NaN policy, a NaN optimizer state and an infinite old policy used to pass
+/// through optimize (and the EMA) into the next checkpoint with exit 0. Each
+/// is now refused where it is read, naming the file, and nothing is
+/// committed; the untouched run then trains to finite weights.
+#[test]
+fn non_finite_weights_are_never_committed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pose = tiny_pose_model(tmp.path());
+    let pipeline = tiny_world_pipeline(tmp.path(), &pose);
+    let run = file_uri(tmp.path(), "run");
+    let dir = tmp.path().join("run");
+    wc_ok(&["init", "--run", &run, "--pipeline", &pipeline], &[]);
+    let (init, ckpt) = ("init/_manifest.json", "checkpoints/000000");
+    let committed = |d: &str| dir.join(d).join("_manifest.json").exists();
+
+    // An infinite old policy: prefix samples from it.
+    let original = poison_tensor(&dir, init, &format!("{ckpt}/old_policy.safetensors"), "final.proj.weight", |v| v[0] = f32::INFINITY);
+    let e = wc_err(&["stage", "prefix", "--run", &run, "--iter", "0"], &[]);
+    assert!(e.contains("old_policy.safetensors") && e.contains("non-finite") && e.contains("final.proj.weight"), "{e}");
+    assert!(!committed("iters/000000/prefix/shard-000-of-001"));
+    tamper(&dir, init, &format!("{ckpt}/old_policy.safetensors"), &original, true);
+
+    for stage in ["prefix", "rollout", "reward", "select"] {
+        wc_ok(&["stage", stage, "--run", &run, "--iter", "0"], &[]);
+    }
+    // A NaN optimizer state (the step itself would have been "applied").
+    let file = format!("{ckpt}/optimizer.safetensors");
+    let original = poison_tensor(&dir, init, &file, "muon.momentum.blocks.0.attn.qkv.weight", |v| v[5] = f32::NAN);
+    let e = wc_err(&["stage", "optimize", "--run", &run, "--iter", "0"], &[]);
+    assert!(e.contains("optimizer.safetensors") && e.contains("non-finite"), "{e}");
+    tamper(&dir, init, &file, &original, true);
+    // A NaN policy.
+    let file = format!("{ckpt}/policy.safetensors");
+    let original = poison_tensor(&dir, init, &file, "blocks.0.mlp.fc1.weight", |v| v[0] = f32::NAN);
+    let e = wc_err(&["stage", "optimize", "--run", &run, "--iter", "0"], &[]);
+    assert!(e.contains("policy.safetensors") && e.contains("non-finite"), "{e}");
+    assert!(!committed("iters/000000/optimize") && !dir.join("checkpoints/000001").exists(), "nothing committed");
+    tamper(&dir, init, &file, &original, true);
+
+    wc_ok(&["stage", "optimize", "--run", &run, "--iter", "0"], &[]);
+    for name in ["policy", "old_policy", "optimizer"] {
+        let bytes = std::fs::read(dir.join(format!("checkpoints/000001/{name}.safetensors"))).unwrap();
+        let set = wc_schemas::read_any(name, &bytes).unwrap();
+        assert!(set.values().all(|t| t.to_f32().iter().all(|v| v.is_finite())), "{name} of checkpoint 1 is finite");
+    }
+}

@@ -202,3 +202,35 @@ pub fn tiny_world_pipeline(dir: &std::path::Path, pose: &str) -> String {
         ],
     )
 }
+
+/// Overwrite a committed file of a run with `bytes`; with `fix_manifest`,
+/// also its size and checksum in the manifest (an artifact that verifies but
+/// holds bad content).
+pub fn tamper(run_dir: &std::path::Path, manifest_rel: &str, file_rel: &str, bytes: &[u8], fix_manifest: bool) {
+    std::fs::write(run_dir.join(file_rel), bytes).unwrap();
+    if fix_manifest {
+        let mpath = run_dir.join(manifest_rel);
+        let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
+        for f in m["files"].as_array_mut().unwrap() {
+            if f["path"] == file_rel {
+                f["bytes"] = bytes.len().into();
+                f["sha256"] = wc_store::sha256_hex(bytes).into();
+            }
+        }
+        std::fs::write(&mpath, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    }
+}
+
+/// A committed safetensors file of a run with `edit` applied to tensor
+/// `name`'s values, the manifest fixed: valid bytes, poisoned content.
+pub fn poison_tensor(run_dir: &std::path::Path, manifest_rel: &str, file_rel: &str, name: &str, edit: impl Fn(&mut Vec<f32>)) -> Vec<u8> {
+    let original = std::fs::read(run_dir.join(file_rel)).unwrap();
+    let mut set = wc_schemas::read_any(file_rel, &original).unwrap();
+    let t = set.get(name).unwrap_or_else(|| panic!("{file_rel} has no tensor {name}"));
+    let mut values = t.to_f32();
+    edit(&mut values);
+    let shape = t.shape.clone();
+    set.insert(name.to_string(), wc_schemas::Tensor::from_f32(&shape, &values));
+    tamper(run_dir, manifest_rel, file_rel, &wc_schemas::write_any(file_rel, &set).unwrap(), true);
+    original
+}

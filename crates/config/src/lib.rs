@@ -293,6 +293,11 @@ fn is_one(v: &f64) -> bool {
     *v == 1.0
 }
 
+/// The largest `optimize.lr` accepted.
+pub const MAX_LR: f64 = 10.0;
+/// The largest `optimize.beta` accepted.
+pub const MAX_BETA: f64 = 100.0;
+
 fn default_minibatch() -> u64 {
     32
 }
@@ -445,11 +450,13 @@ impl PipelineConfig {
         if s.best_of_n && s.keep_top + s.keep_bottom == 0 {
             return bad("select.keep_top", "0".into(), "best_of_n keeps nothing: set keep_top/keep_bottom or best_of_n = false");
         }
-        if !(o.lr > 0.0 && o.lr.is_finite()) {
-            return bad("optimize.lr", o.lr.to_string(), "must be a positive number");
+        // Models compute in f32: a value finite as f64 may not be as f32
+        // (1e39), and no learning rate near that trains anything.
+        if !(o.lr > 0.0 && o.lr <= MAX_LR) {
+            return bad("optimize.lr", o.lr.to_string(), &format!("must be in (0, {MAX_LR}]"));
         }
-        if !(o.beta > 0.0 && o.beta.is_finite()) {
-            return bad("optimize.beta", o.beta.to_string(), "must be a positive number");
+        if !(o.beta > 0.0 && o.beta <= MAX_BETA) {
+            return bad("optimize.beta", o.beta.to_string(), &format!("must be in (0, {MAX_BETA}]"));
         }
         if !(o.timestep_fraction > 0.0 && o.timestep_fraction <= 1.0) {
             return bad("optimize.timestep_fraction", o.timestep_fraction.to_string(), "must be in (0, 1]");
@@ -605,6 +612,20 @@ mod tests {
         let mut other = cfg.clone();
         other.optimize.lr *= 2.0;
         assert_ne!(cfg.fingerprint(), other.fingerprint());
+    }
+
+    #[test]
+    fn an_lr_finite_as_f64_but_infinite_as_f32_is_refused() {
+        let with = |from: &str, to: &str| {
+            let text = embedded().replacen(from, to, 1);
+            assert_ne!(text, embedded(), "the embedded pipeline has no '{from}'");
+            PipelineConfig::parse("x.toml", &text).unwrap_err().to_string()
+        };
+        for lr in ["1e39", "1e300", "11.0", "0.0", "-1e-5", "nan", "inf"] {
+            let err = with("lr = 0.5", &format!("lr = {lr}"));
+            assert!(err.contains("optimize.lr") && err.contains("(0, 10]"), "{lr}: {err}");
+        }
+        assert!(with("beta = 1.0", "beta = 1e39").contains("optimize.beta"));
     }
 
     #[test]

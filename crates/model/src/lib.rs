@@ -50,6 +50,8 @@ pub enum ModelError {
     Config(String),
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    #[error("non-finite value (NaN or infinity): {0}")]
+    NonFinite(String),
     #[error("device {device}: {reason}")]
     Device { device: String, reason: String },
 }

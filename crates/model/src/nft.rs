@@ -166,8 +166,8 @@ pub fn nft_step<M: VelocityModel>(
     if !value.is_finite() || !grad_norm.is_finite() {
         return Ok(NftStep { loss: value, grad_norm, applied: false });
     }
-    opt.apply(&policy.params, &grads, settings.lr)?;
-    Ok(NftStep { loss: value, grad_norm, applied: true })
+    let applied = opt.apply(&policy.params, &grads, settings.lr)?;
+    Ok(NftStep { loss: value, grad_norm, applied })
 }
 
 #[cfg(test)]

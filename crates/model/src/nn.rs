@@ -63,6 +63,13 @@ pub fn timestep_embedding(t: &Tensor, dim: usize) -> Result<Tensor> {
     Ok(Tensor::cat(&[args.cos()?, args.sin()?], 1)?)
 }
 
+/// Whether every value of `t` is finite: x - x is 0 for a finite x and NaN
+/// for NaN or an infinity, so the sum is 0 exactly when all are finite.
+pub fn all_finite(t: &Tensor) -> Result<bool> {
+    let s = (t - t)?.sum_all()?.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
+    Ok(s == 0.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -104,14 +104,18 @@ impl Optimizer {
         Ok(total.sqrt())
     }
 
-    /// Apply one update with learning rate `lr`.
-    pub fn apply(&mut self, params: &Params, grads: &GradStore, lr: f64) -> Result<()> {
-        self.step += 1;
+    /// Apply one update with learning rate `lr`, all or nothing: the new
+    /// weights and state are computed first and set only if every value is
+    /// finite. Returns whether it was applied (a non-finite update, from a
+    /// NaN gradient, state or learning rate, changes nothing).
+    pub fn apply(&mut self, params: &Params, grads: &GradStore, lr: f64) -> Result<bool> {
+        let step = self.step + 1;
         let c = self.cfg;
-        let (bc1, bc2) = (1.0 - c.adam_beta1.powi(self.step as i32), 1.0 - c.adam_beta2.powi(self.step as i32));
+        let (bc1, bc2) = (1.0 - c.adam_beta1.powi(step as i32), 1.0 - c.adam_beta2.powi(step as i32));
+        let mut staged: Vec<(&candle_core::Var, Tensor, &String, Vec<Tensor>)> = Vec::new();
         for (name, var) in params.vars() {
             let Some(g) = grads.get(var.as_tensor()) else { continue };
-            let st = self.state.get_mut(name).expect("state for every parameter");
+            let mut st = self.state.get(name).expect("state for every parameter").clone();
             let w = var.as_tensor();
             let decayed = if c.weight_decay > 0.0 { (w * (1.0 - lr * c.weight_decay))? } else { w.clone() };
             let next = if st.len() == 1 {
@@ -129,9 +133,19 @@ impl Optimizer {
                 st[1] = v;
                 (decayed - (update * lr)?)?
             };
-            var.set(&next)?;
+            staged.push((var, next, name, st));
         }
-        Ok(())
+        for (_, next, _, st) in &staged {
+            if !crate::nn::all_finite(next)? || !st.iter().try_fold(true, |ok, t| Ok::<_, ModelError>(ok && crate::nn::all_finite(t)?))? {
+                return Ok(false);
+            }
+        }
+        for (var, next, name, st) in staged {
+            var.set(&next)?;
+            self.state.insert(name.clone(), st);
+        }
+        self.step = step;
+        Ok(true)
     }
 
     /// Optimizer state as host tensors (for the checkpoint).
@@ -158,7 +172,11 @@ impl Optimizer {
                 if h.shape != t.dims() {
                     return Err(ModelError::Checkpoint(format!("optimizer state '{key}' has shape {:?}, expected {:?}", h.shape, t.dims())));
                 }
-                *t = Tensor::from_vec(h.to_f32(), t.dims(), t.device())?;
+                let values = h.to_f32();
+                if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                    return Err(ModelError::NonFinite(format!("optimizer state '{key}' holds {} at index {i}", values[i])));
+                }
+                *t = Tensor::from_vec(values, t.dims(), t.device())?;
             }
         }
         let step = set.get("step").ok_or_else(|| ModelError::Checkpoint("optimizer step is missing".into()))?;
@@ -302,5 +320,33 @@ mod tests {
         again.load(&saved).unwrap();
         assert_eq!(again.to_tensor_set().unwrap(), saved);
         assert_eq!(again.step, 150);
+    }
+
+    #[test]
+    fn a_non_finite_update_from_a_nan_state_or_learning_rate_changes_nothing() {
+        use crate::params::{Init, Params};
+        let dev = Device::Cpu;
+        let mut p = Params::new(1, &dev);
+        let w = p.get("blocks.0.x.weight", &[4, 6], Init::Normal(1.0)).unwrap();
+        let b = p.get("bias", &[6], Init::Normal(1.0)).unwrap();
+        let loss = || (w.sqr().unwrap().sum_all().unwrap() + b.sqr().unwrap().sum_all().unwrap()).unwrap();
+        let mut opt = Optimizer::new(OptimConfig::default(), &p).unwrap();
+        assert!(opt.apply(&p, &loss().backward().unwrap(), 0.01).unwrap());
+        let (weights, state) = (p.to_tensor_set().unwrap(), opt.to_tensor_set().unwrap());
+        // An infinite learning rate (finite as f64, not as f32: 1e39).
+        assert!(!opt.apply(&p, &loss().backward().unwrap(), 1e39).unwrap());
+        assert_eq!((p.to_tensor_set().unwrap(), opt.to_tensor_set().unwrap()), (weights.clone(), state.clone()));
+        // A NaN in one parameter's state (the Muon momentum of the matrix).
+        let mut poisoned = state.clone();
+        let key = "muon.momentum.blocks.0.x.weight";
+        let mut m = poisoned[key].to_f32();
+        m[3] = f32::NAN;
+        poisoned.insert(key.into(), HostTensor::from_f32(&[4, 6], &m));
+        let mut bad = Optimizer::new(OptimConfig::default(), &p).unwrap();
+        assert!(bad.load(&poisoned).unwrap_err().to_string().contains(key), "a NaN state is refused on load");
+        bad.state.get_mut("blocks.0.x.weight").unwrap()[0] = Tensor::from_vec(m, (4, 6), &dev).unwrap();
+        assert!(!bad.apply(&p, &loss().backward().unwrap(), 0.01).unwrap());
+        assert_eq!(p.to_tensor_set().unwrap(), weights, "neither parameter moved: all or nothing");
+        assert_eq!(bad.step, 0);
     }
 }

@@ -100,12 +100,27 @@ impl Params {
                     var.dims()
                 )));
             }
-            var.set(&Tensor::from_vec(t.to_f32(), var.dims(), &self.device)?)?;
+            let values = t.to_f32();
+            if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                return Err(ModelError::NonFinite(format!("parameter '{name}' holds {} at index {i}", values[i])));
+            }
+            var.set(&Tensor::from_vec(values, var.dims(), &self.device)?)?;
         }
         if let Some(extra) = set.keys().find(|k| !self.vars.contains_key(*k)) {
             return Err(ModelError::Checkpoint(format!("checkpoint has parameter '{extra}' the model does not")));
         }
         Ok(())
+    }
+
+    /// Whether every value of every parameter is finite (one reduction per
+    /// tensor, on its device).
+    pub fn all_finite(&self) -> Result<bool> {
+        for var in self.vars.values() {
+            if !crate::nn::all_finite(var.as_tensor())? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Copy every value from `other` (same layout).
@@ -169,5 +184,22 @@ mod tests {
         set.insert("w".into(), HostTensor::from_f32(&[2], &[0.0; 2]));
         set.insert("extra".into(), HostTensor::from_f32(&[1], &[0.0]));
         assert!(p.load(&set).unwrap_err().to_string().contains("'extra'"));
+    }
+
+    #[test]
+    fn a_checkpoint_with_nan_or_infinite_weights_is_refused_on_load() {
+        let dev = Device::Cpu;
+        let mut p = Params::new(0, &dev);
+        p.get("w", &[2], Init::Ones).unwrap();
+        assert!(p.all_finite().unwrap());
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut set = TensorSet::new();
+            set.insert("w".into(), HostTensor::from_f32(&[2], &[0.5, bad]));
+            let e = p.load(&set).unwrap_err().to_string();
+            assert!(e.contains("non-finite") && e.contains("'w'") && e.contains("index 1"), "{e}");
+            assert_eq!(p.to_tensor_set().unwrap()["w"].to_f32(), vec![1.0, 1.0], "a refused load changes nothing");
+        }
+        p.vars()["w"].set(&Tensor::new(&[1.0f32, f32::NAN], &dev).unwrap()).unwrap();
+        assert!(!p.all_finite().unwrap());
     }
 }

@@ -136,8 +136,8 @@ pub fn pretrain_step(
     if !loss_value.is_finite() || !grad_norm.is_finite() {
         return Ok(StepReport { loss: loss_value, grad_norm, lr, applied: false });
     }
-    opt.apply(params, &grads, lr)?;
-    Ok(StepReport { loss: loss_value, grad_norm, lr, applied: true })
+    let applied = opt.apply(params, &grads, lr)?;
+    Ok(StepReport { loss: loss_value, grad_norm, lr, applied })
 }
 
 #[cfg(test)]

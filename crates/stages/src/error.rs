@@ -18,6 +18,8 @@ pub enum StageError {
     NotInitialised { uri: String },
     #[error("run {uri} is already initialised with a different pipeline config; use a new run URI, or --force to replace it")]
     AlreadyInitialised { uri: String },
+    #[error("{uri} was changed after the run was initialised (config {now}, the run's is {initialised}): a run trains under one config. Restore it, or start a new run with the new config")]
+    ConfigChanged { uri: String, initialised: String, now: String },
     #[error("{stage} of iteration {iter} is not complete: {detail}")]
     Incomplete {
         stage: &'static str,
@@ -26,6 +28,8 @@ pub enum StageError {
     },
     #[error("stage {stage} is not sharded: run it without --shard (or with --shard 0/1)")]
     NotSharded { stage: &'static str },
+    #[error("optimize of iteration {iter}: none of its {steps} optimizer step(s) gave finite weights (loss {loss}, gradient norm {grad_norm}); nothing was committed. Check the learning rate and the policy and optimizer state of checkpoint {iter}")]
+    NoFiniteStep { iter: u64, steps: usize, loss: f64, grad_norm: f64 },
     #[error("{artifact}: {reason}")]
     InvalidInput { artifact: String, reason: String },
     #[error("model computation failed: {0}")]

@@ -6,7 +6,7 @@ use wc_data::rows::{prompts_to_batch, PromptRow};
 use wc_rl::seeds::{derive_seed, SeedDomain};
 use wc_world::actions::{action_sequence, Kinematics, SequenceKind};
 use wc_schemas::{tensors, DimBindings, TensorSet};
-use wc_store::{CommitOutcome, ManifestState, PendingCommit, RunStore};
+use wc_store::{CommitOutcome, CommittedSet, ManifestState, PendingCommit, RunStore};
 
 use crate::error::StageError;
 use crate::layout;
@@ -58,42 +58,69 @@ fn build_data(cfg: &PipelineConfig) -> (Vec<PromptRow>, Vec<GroupRow>) {
     (prompts, groups)
 }
 
-/// Create the run at `store` with `cfg`: `run.toml` (create-only), then one
-/// commit with the prompts, the action-sequence pool and checkpoint 0.
-/// Re-running with the same config is a no-op; with another config it is
-/// refused unless `force`.
+/// Files of an init commit, computed in full before anything is written.
+#[derive(Default)]
+struct InitFiles(Vec<(String, Bytes)>);
+
+impl InitFiles {
+    fn write(&mut self, path: &str, bytes: Bytes) -> Result<(), StageError> {
+        self.0.push((path.to_string(), bytes));
+        Ok(())
+    }
+}
+
+/// Create the run at `store` with `cfg`: one commit with the prompts, the
+/// action-sequence pool and checkpoint 0, then `run.toml`. Re-running with
+/// the same config is a no-op; with another config it is refused unless
+/// `force`.
+///
+/// Everything is computed before anything is written, so a config that
+/// cannot initialise (a missing base model, say) leaves the store as it
+/// was: no `run.toml` of a run that does not exist, and under `--force`
+/// the committed run untouched. `run.toml` is written last, once the init
+/// commit holds: it is trusted only beside a committed init with the same
+/// config (a `run.toml` without one, left by a crash, is replaced).
 pub fn init_run(store: &RunStore, cfg: &PipelineConfig, force: bool) -> Result<InitOutcome, StageError> {
     let text = cfg.to_toml();
-    if !store.put_if_absent(layout::RUN_CONFIG, Bytes::from(text.clone()))? {
-        let existing = store.get(layout::RUN_CONFIG)?;
-        if existing != text.as_bytes() {
-            if !force {
-                return Err(StageError::AlreadyInitialised {
-                    uri: store.uri().to_string(),
-                });
+    let fingerprint = cfg.fingerprint();
+    if let Some(committed) = CommittedSet::open_dir(store, layout::INIT_DIR)? {
+        if committed.manifest.fingerprint == fingerprint {
+            // Committed with this config: make sure run.toml says so (a crash
+            // may have come between the commit and run.toml).
+            if store.get_opt(layout::RUN_CONFIG)?.as_deref() != Some(text.as_bytes()) {
+                store.put(layout::RUN_CONFIG, Bytes::from(text))?;
             }
-            store.put(layout::RUN_CONFIG, Bytes::from(text))?;
+            return Ok(InitOutcome::AlreadyInitialised);
+        }
+        if !force {
+            return Err(StageError::AlreadyInitialised { uri: store.uri().to_string() });
         }
     }
-    let fingerprint = cfg.fingerprint();
+    let (prompts, groups) = build_data(cfg);
+    let uri = |p: &str| store.uri_of(p);
+    let mut files = InitFiles::default();
+    files.write(layout::PROMPTS, wc_schemas::write_table(&wc_schemas::tables::prompts(), &uri(layout::PROMPTS), &prompts_to_batch(&prompts))?)?;
+    files.write(layout::GROUPS, wc_schemas::write_table(&wc_schemas::tables::groups(), &uri(layout::GROUPS), &groups_to_batch(&groups))?)?;
+    if cfg.model.kind == wc_config::ModelKind::World {
+        write_world_checkpoint(store, cfg, &prompts, &mut files)?;
+    } else {
+        write_linear_checkpoint(store, cfg, &mut files)?;
+    }
+    // Only now is anything written (under --force, the old init manifest is
+    // replaced here).
     let mut pending = PendingCommit::begin(store, layout::INIT_DIR, "init", None, None, &fingerprint);
     if let ManifestState::Committed(_) = pending.check(force)? {
         return Ok(InitOutcome::AlreadyInitialised);
     }
-    let (prompts, groups) = build_data(cfg);
-    let uri = |p: &str| store.uri_of(p);
-    pending.write(layout::PROMPTS, wc_schemas::write_table(&wc_schemas::tables::prompts(), &uri(layout::PROMPTS), &prompts_to_batch(&prompts))?)?;
-    pending.write(layout::GROUPS, wc_schemas::write_table(&wc_schemas::tables::groups(), &uri(layout::GROUPS), &groups_to_batch(&groups))?)?;
-
-    if cfg.model.kind == wc_config::ModelKind::World {
-        write_world_checkpoint(store, cfg, &prompts, &mut pending)?;
-    } else {
-        write_linear_checkpoint(store, cfg, &mut pending)?;
+    for (path, bytes) in files.0 {
+        pending.write(&path, bytes)?;
     }
-    match pending.commit()? {
-        CommitOutcome::Committed { .. } => Ok(InitOutcome::Created),
-        CommitOutcome::LostRace { .. } => Ok(InitOutcome::AlreadyInitialised),
-    }
+    let outcome = match pending.commit()? {
+        CommitOutcome::Committed { .. } => InitOutcome::Created,
+        CommitOutcome::LostRace { .. } => InitOutcome::AlreadyInitialised,
+    };
+    store.put(layout::RUN_CONFIG, Bytes::from(text))?;
+    Ok(outcome)
 }
 
 /// A store URI from a config value: a URI as is, a local path made absolute
@@ -106,7 +133,7 @@ pub fn resolve_store(value: &str) -> Result<RunStore, StageError> {
     Ok(RunStore::open(&format!("file://{}", abs.display()))?)
 }
 
-fn write_world_checkpoint(store: &RunStore, cfg: &PipelineConfig, prompts: &[PromptRow], pending: &mut PendingCommit) -> Result<(), StageError> {
+fn write_world_checkpoint(store: &RunStore, cfg: &PipelineConfig, prompts: &[PromptRow], pending: &mut InitFiles) -> Result<(), StageError> {
     use crate::world::{WorldPolicy, MODEL_CONFIG_FILE};
     use crate::world_stages::{FIRST_FRAMES, POSE_MODEL, POSE_SETTINGS};
     // Init only copies weights into the run (or seeds a fresh model): the
@@ -167,7 +194,7 @@ fn write_world_checkpoint(store: &RunStore, cfg: &PipelineConfig, prompts: &[Pro
     Ok(())
 }
 
-fn write_linear_checkpoint(store: &RunStore, cfg: &PipelineConfig, pending: &mut PendingCommit) -> Result<(), StageError> {
+fn write_linear_checkpoint(store: &RunStore, cfg: &PipelineConfig, pending: &mut InitFiles) -> Result<(), StageError> {
     let uri = |p: &str| store.uri_of(p);
     let d = cfg.model.latent_dim;
     let policy = LinearPolicy::init(d, derive_seed(cfg.run.seed, 0, SeedDomain::Init, 0, 0));

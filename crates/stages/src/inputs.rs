@@ -12,7 +12,7 @@ use crate::error::StageError;
 use crate::layout;
 use crate::linear::LinearPolicy;
 use crate::runner::{RunContext, Stage};
-use crate::tables::{groups_from_batch, GroupRow};
+use crate::tables::{groups_from_batch, selection_from_batch, GroupRow, SelectionRow};
 
 /// The committed shards of one stage of one iteration: the complete set with
 /// the fewest shards, or an `Incomplete` error that says what is there.
@@ -91,14 +91,25 @@ pub fn is_committed(ctx: &RunContext, iter: u64, stage: Stage) -> Result<bool, S
     }
 }
 
-/// The init commit (data and the first checkpoint).
+/// The init commit (data and the first checkpoint), refused when the run's
+/// `run.toml` no longer says what the run was initialised with: every
+/// command that continues a run goes through here, so an edited config can
+/// never train part of a run.
 pub fn init_set(ctx: &RunContext) -> Result<CommittedSet, StageError> {
-    CommittedSet::open(&ctx.store, &format!("{}/{MANIFEST_FILE}", layout::INIT_DIR)).map_err(|e| match e {
+    let set = CommittedSet::open(&ctx.store, &format!("{}/{MANIFEST_FILE}", layout::INIT_DIR)).map_err(|e| match e {
         wc_store::StoreError::MissingManifest { .. } => StageError::NotInitialised {
             uri: ctx.store.uri().to_string(),
         },
         other => other.into(),
-    })
+    })?;
+    if set.manifest.fingerprint != ctx.fingerprint {
+        return Err(StageError::ConfigChanged {
+            uri: ctx.store.uri_of(layout::RUN_CONFIG),
+            initialised: set.manifest.fingerprint[..12.min(set.manifest.fingerprint.len())].to_string(),
+            now: ctx.fingerprint[..12].to_string(),
+        });
+    }
+    Ok(set)
 }
 
 /// The commit that holds checkpoint `k`: init for k = 0, else the optimize
@@ -143,7 +154,64 @@ pub fn load_policy(ctx: &RunContext, set: &CommittedSet, k: u64, name: &str) -> 
         t.insert("theta".into(), theta);
         t.insert("bias".into(), bias);
     }
-    Ok(LinearPolicy::from_tensors(ctx.cfg.model.latent_dim, &t))
+    let policy = LinearPolicy::from_tensors(ctx.cfg.model.latent_dim, &t);
+    if !policy.is_finite() {
+        return Err(StageError::invalid(
+            ctx.store.uri_of(&path),
+            format!("checkpoint {k}'s {name} holds non-finite values (NaN or infinity); it cannot be sampled or trained from"),
+        ));
+    }
+    Ok(policy)
+}
+
+/// The committed selection of iteration `iter` (select's
+/// `selection.parquet`) and its URI, every row checked against the run:
+/// its iteration, a group of the iteration and a candidate index in range,
+/// each (group, candidate) once, scores and r in [0, 1], finite values.
+/// Rows come sorted by (group, candidate).
+pub fn read_selection(ctx: &RunContext, iter: u64, sel: &CommittedSet) -> Result<(Vec<SelectionRow>, String), StageError> {
+    let path = format!("{}/selection.parquet", layout::stage_dir(iter, "select"));
+    let artifact = ctx.store.uri_of(&path);
+    let mut rows = selection_from_batch(&wc_schemas::read_table(&wc_schemas::tables::selection(), &artifact, sel.read(&path)?)?, &artifact)?;
+    check_selection(&rows, iter, ctx.cfg.data.groups, ctx.cfg.rollout.candidates).map_err(|reason| StageError::invalid(&artifact, reason))?;
+    rows.sort_by_key(|r| (r.score.group_id, r.score.candidate));
+    Ok((rows, artifact))
+}
+
+/// The range checks of [`read_selection`]: the first row that fails, and why.
+pub fn check_selection(rows: &[SelectionRow], iter: u64, groups: u64, candidates: u64) -> Result<(), String> {
+    let mut seen = BTreeSet::new();
+    let unit = |x: f64| (0.0..=1.0).contains(&x);
+    for (i, r) in rows.iter().enumerate() {
+        let s = &r.score;
+        let at = format!("row {i} (group {}, candidate {})", s.group_id, s.candidate);
+        if s.iter != iter as i64 {
+            return Err(format!("{at}: iteration {} in the selection of iteration {iter}", s.iter));
+        }
+        if !(0..groups as i64).contains(&s.group_id) {
+            return Err(format!("{at}: group {} is out of range (the run has {groups} groups per iteration)", s.group_id));
+        }
+        if !(0..candidates as i64).contains(&s.candidate) {
+            return Err(format!("{at}: candidate {} is out of range (the run has {candidates} candidates per group)", s.candidate));
+        }
+        if !seen.insert((s.group_id, s.candidate)) {
+            return Err(format!("{at}: listed twice"));
+        }
+        if !unit(r.r) {
+            return Err(format!("{at}: r = {} is not a probability in [0, 1]", r.r));
+        }
+        for (name, v) in [("rot_acc", s.rot_acc), ("trans_acc", s.trans_acc), ("if_score", s.if_score)] {
+            if !unit(v) {
+                return Err(format!("{at}: {name} = {v} is outside [0, 1]"));
+            }
+        }
+        for (name, v) in [("vq_score", s.vq_score), ("adv_if", r.adv_if), ("adv_vq", r.adv_vq), ("adv", r.adv)] {
+            if !v.is_finite() {
+                return Err(format!("{at}: {name} = {v} is not finite"));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The sequence pool (data/groups.parquet).

@@ -103,6 +103,11 @@ impl LinearPolicy {
         }
     }
 
+    /// Whether every weight is finite.
+    pub fn is_finite(&self) -> bool {
+        self.theta.iter().chain(&self.bias).all(|v| v.is_finite())
+    }
+
     pub fn to_tensors(&self) -> TensorSet {
         let mut t = TensorSet::new();
         t.insert("theta".into(), Tensor::from_f32(&[ACTIONS, self.dim], &self.theta));
@@ -184,22 +189,43 @@ pub fn sgd_step(
     if !loss.is_finite() || !norm.is_finite() {
         return (loss, norm, false);
     }
-    for ((p, m), g) in policy
+    // All or nothing: the step is applied only if every new weight and
+    // momentum is finite.
+    let (mut next, mut next_m) = (policy.clone(), momentum.clone());
+    for ((p, m), g) in next
         .theta
         .iter_mut()
-        .zip(momentum.theta.iter_mut())
+        .zip(next_m.theta.iter_mut())
         .zip(&g_theta)
-        .chain(policy.bias.iter_mut().zip(momentum.bias.iter_mut()).zip(&g_bias))
+        .chain(next.bias.iter_mut().zip(next_m.bias.iter_mut()).zip(&g_bias))
     {
         *m = beta * *m + g;
         *p -= lr * *m;
     }
+    if !next.is_finite() || !next_m.is_finite() {
+        return (loss, norm, false);
+    }
+    (*policy, *momentum) = (next, next_m);
     (loss, norm, true)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_nan_momentum_step_is_not_applied() {
+        let mut policy = LinearPolicy::init(8, 1);
+        let mut momentum = LinearPolicy::init(8, 2);
+        momentum.bias[3] = f32::NAN;
+        let samples = vec![Sample { weights: [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], motion: vec![1.0; 8], r: 0.9 }];
+        let (p0, m0) = (policy.clone(), momentum.clone());
+        let (loss, norm, applied) = sgd_step(&mut policy, &mut momentum, &samples, 0.1, 0.9);
+        assert!(loss.is_finite() && norm.is_finite() && !applied);
+        assert_eq!(policy, p0);
+        assert_eq!(momentum.theta, m0.theta);
+        assert!(sgd_step(&mut policy, &mut LinearPolicy::init(8, 2), &samples, 0.1, 0.9).2, "a finite state steps");
+    }
 
     #[test]
     fn action_weights_average_windows() {

@@ -158,6 +158,8 @@ pub fn run_stage(ctx: &RunContext, req: StageRequest) -> Result<StageOutcome, St
     if !req.stage.sharded() && req.shard != ShardSpec::WHOLE {
         return Err(StageError::NotSharded { stage: req.stage.name() });
     }
+    // The run's data, under the config it was initialised with.
+    inputs::init_set(ctx)?;
     let dir = commit_dir(&req);
     let shard = req.stage.sharded().then_some(req.shard);
     let mut pending = PendingCommit::begin(&ctx.store, &dir, req.stage.name(), Some(req.iter), shard, &ctx.fingerprint);

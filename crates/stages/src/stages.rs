@@ -20,7 +20,7 @@ use crate::layout;
 use crate::linear::{clip_action_weights, gaussian_noise, score_motion, sgd_step, Sample};
 use crate::runner::{RunContext, Stage};
 use crate::tables::{
-    metrics_to_batch, scores_from_batch, scores_to_batch, selection_from_batch, selection_to_batch, MetricRow,
+    metrics_to_batch, scores_from_batch, scores_to_batch, selection_to_batch, MetricRow,
     ScoreRow, SelectionRow,
 };
 
@@ -341,12 +341,7 @@ pub fn optimize(ctx: &RunContext, iter: u64, dir: &str, pending: &mut PendingCom
     let mut momentum = load_policy(ctx, &ckpt, iter, "optimizer")?;
     let pool = sequence_pool(ctx, &init)?;
     let groups: BTreeMap<u64, _> = iteration_groups(ctx, &pool, iter).into_iter().collect();
-    let sel_path = format!("{}/selection.parquet", layout::stage_dir(iter, "select"));
-    let artifact = ctx.store.uri_of(&sel_path);
-    let rows = selection_from_batch(
-        &wc_schemas::read_table(&wc_schemas::tables::selection(), &artifact, sel.read(&sel_path)?)?,
-        &artifact,
-    )?;
+    let (rows, artifact) = inputs::read_selection(ctx, iter, &sel)?;
     let (prefix_files, cand_files) = (group_files(&prefixes), group_files(&rollouts));
     let d = ctx.cfg.model.latent_dim;
     let n = target_clip(iter, ctx.cfg.rollout.clips);
@@ -368,10 +363,13 @@ pub fn optimize(ctx: &RunContext, iter: u64, dir: &str, pending: &mut PendingCom
     let o = &ctx.cfg.optimize;
     let (loss, grad_norm, applied) = sgd_step(&mut policy, &mut momentum, &samples, o.lr as f32, o.momentum as f32);
     if !applied {
-        tracing::warn!(iter, loss, grad_norm, "non-finite loss or gradient: the step was not applied");
+        return Err(StageError::NoFiniteStep { iter, steps: 1, loss, grad_norm });
     }
     let eta = eta_at(iter, ctx.cfg.run.iterations, o.eta_start, o.eta_end);
     old.ema_toward(&policy, eta as f32);
+    if !old.is_finite() {
+        return Err(StageError::invalid(layout::checkpoint_dir(iter + 1), "the old policy's EMA update gave non-finite weights; nothing was committed"));
+    }
 
     let next = layout::checkpoint_dir(iter + 1);
     let b = DimBindings::new().splice("latent", &[d]);

@@ -22,7 +22,7 @@ use crate::inputs::{self, clip_windows, iteration_groups, sequence_pool, stage_s
 use crate::layout;
 use crate::runner::{RunContext, Stage};
 use crate::stages::{group_files, group_latents, progress, write_table, write_tensors};
-use crate::tables::{metrics_to_batch, scene_seeds_from_batch, scores_to_batch, selection_from_batch, windows_to_batch, MetricRow, ScoreRow, WindowRow};
+use crate::tables::{metrics_to_batch, scene_seeds_from_batch, scores_to_batch, windows_to_batch, MetricRow, ScoreRow, WindowRow};
 use crate::world::{self, NftSample};
 
 /// Where init stores the run's copy of the pose estimator.
@@ -670,9 +670,7 @@ pub fn optimize(ctx: &RunContext, iter: u64, dir: &str, pending: &mut PendingCom
     let o_cfg = &ctx.cfg.optimize;
     let reference = if o_cfg.kl_weight > 0.0 { Some(world::load_policy(ctx, &o.cfg, &o.init, 0, "policy")?) } else { None };
     let groups: BTreeMap<u64, _> = iteration_groups(ctx, &o.pool, iter).into_iter().collect();
-    let sel_path = format!("{}/selection.parquet", layout::stage_dir(iter, "select"));
-    let artifact = ctx.store.uri_of(&sel_path);
-    let rows = selection_from_batch(&wc_schemas::read_table(&wc_schemas::tables::selection(), &artifact, sel.read(&sel_path)?)?, &artifact)?;
+    let (rows, artifact) = inputs::read_selection(ctx, iter, &sel)?;
     let (pfiles, cfiles) = (group_files(&prefixes), group_files(&rollouts));
     let steps = ctx.cfg.rollout.sampler_steps as usize;
     let times = sampler_times(steps, ctx.cfg.rollout.timestep_shift);
@@ -716,7 +714,13 @@ pub fn optimize(ctx: &RunContext, iter: u64, dir: &str, pending: &mut PendingCom
         pb.inc(1);
     }
     pb.finish_and_clear();
+    if let Some(last) = metrics.last().filter(|_| metrics.iter().all(|m| !m.applied)) {
+        return Err(StageError::NoFiniteStep { iter, steps: metrics.len(), loss: last.loss, grad_norm: last.grad_norm });
+    }
     old.params.ema_toward(&policy.params, eta)?;
+    if !old.params.all_finite()? {
+        return Err(StageError::invalid(layout::checkpoint_dir(iter + 1), "the old policy's EMA update gave non-finite weights; nothing was committed"));
+    }
     let next = layout::checkpoint_dir(iter + 1);
     let put = |pending: &mut PendingCommit, name: &str, t: TensorSet| -> Result<(), StageError> {
         let p = format!("{next}/{name}.safetensors");

@@ -93,14 +93,45 @@ fn rerun_under_another_config_is_refused_unless_forced() {
     run_stage(&ctx, req(Stage::Prefix, 0, ShardSpec::WHOLE)).unwrap();
     let mut other = cfg.clone();
     other.optimize.lr *= 3.0;
+    // init with another config is refused...
+    let err = init_run(&ctx.store, &other, false).unwrap_err().to_string();
+    assert!(err.contains("already initialised with a different pipeline config"), "{err}");
+    // ...and so is a stage under a config the run was not initialised with.
     let ctx2 = RunContext::with_config(ctx.store.clone(), other.clone());
+    let err = run_stage(&ctx2, StageRequest { force: true, ..req(Stage::Prefix, 0, ShardSpec::WHOLE) }).unwrap_err().to_string();
+    assert!(err.contains("changed after the run was initialised"), "{err}");
+    // Re-initialised with it (init --force), the stage committed under the
+    // old config is refused unless forced.
+    init_run(&ctx.store, &other, true).unwrap();
     let err = run_stage(&ctx2, req(Stage::Prefix, 0, ShardSpec::WHOLE)).unwrap_err().to_string();
     assert!(err.contains("different config fingerprint") && err.contains("--force"), "{err}");
     let forced = run_stage(&ctx2, StageRequest { force: true, ..req(Stage::Prefix, 0, ShardSpec::WHOLE) }).unwrap();
     assert!(matches!(forced, StageOutcome::Committed { .. }));
-    // init with another config is refused too
-    let err = init_run(&ctx.store, &other, false).unwrap_err().to_string();
-    assert!(err.contains("already initialised with a different pipeline config"), "{err}");
+}
+
+/// Regression test for "`train` silently mixes configs" (issue 28, 3):
+/// with `run.toml` edited after init, `train` trained the next iteration
+/// under the new values. Every command that continues a run now checks the
+/// config against the one the run was initialised with.
+#[test]
+fn train_refuses_a_run_toml_edited_after_init() {
+    let cfg = embedded();
+    let ctx = new_run("memory://edited", &cfg);
+    train(&ctx, 1, |_, _, _| {}).unwrap();
+    let mut edited = cfg.clone();
+    edited.select.lambda = 0.25;
+    ctx.store.put("run.toml", edited.to_toml().into()).unwrap();
+    let edited_ctx = RunContext::from_store(ctx.store.clone()).unwrap();
+    let err = train(&edited_ctx, 2, |_, _, _| {}).unwrap_err().to_string();
+    assert!(err.contains("run.toml was changed after the run was initialised") && err.contains("new run"), "{err}");
+    for stage in Stage::ALL {
+        let e = run_stage(&edited_ctx, req(stage, 1, ShardSpec::WHOLE)).unwrap_err().to_string();
+        assert!(e.contains("changed after the run was initialised"), "{stage:?}: {e}");
+    }
+    assert!(ctx.store.get_opt("iters/000001/prefix/shard-000-of-001/_manifest.json").unwrap().is_none(), "nothing of iteration 1 ran");
+    // Restored, the run continues.
+    ctx.store.put("run.toml", cfg.to_toml().into()).unwrap();
+    train(&RunContext::from_store(ctx.store.clone()).unwrap(), 2, |_, _, _| {}).unwrap();
 }
 
 #[test]

@@ -56,6 +56,19 @@ impl RunUri {
         if trimmed.is_empty() {
             return Err(invalid("empty URI"));
         }
+        // A URI that is only a scheme (`s3://`, as `s3://$UNSET` expands)
+        // must not become the relative path `s3:`.
+        if let Some((scheme, rest)) = uri.trim().split_once("://")
+            && rest.trim_matches('/').is_empty()
+        {
+            return Err(invalid(&format!("'{scheme}://' names no bucket or path (an unset variable?)")));
+        }
+        if !trimmed.contains("://")
+            && let Some((scheme, _)) = trimmed.split('/').next().and_then(|first| first.split_once(':'))
+            && ["file", "memory", "s3", "s3a", "gs", "az", "abfs", "abfss", "azure"].contains(&scheme)
+        {
+            return Err(invalid(&format!("'{scheme}:' is a URI scheme without '//' (write {scheme}://bucket/prefix, or an absolute path for a local folder)")));
+        }
         let (scheme, rest) = match trimmed.split_once("://") {
             Some((s, rest)) => {
                 let scheme = match s {
@@ -430,6 +443,21 @@ mod tests {
             let err = RunUri::parse(bad).unwrap_err();
             assert!(err.to_string().contains("'..' and '.'"), "{bad}: {err}");
         }
+    }
+
+    /// Regression test for "a URI that is only a scheme becomes a local
+    /// path" (issue 28, 4): `init --run s3://` wrote `./s3:` and exited 0.
+    #[test]
+    fn a_uri_that_is_only_a_scheme_is_refused_not_taken_as_a_local_path() {
+        for bad in ["s3://", "s3:///", "gs://", "az://", "memory://", "file://", " s3:// "] {
+            let err = RunUri::parse(bad).unwrap_err().to_string();
+            assert!(err.contains("names no bucket or path"), "{bad}: {err}");
+        }
+        for bad in ["s3:", "s3:/bucket/x", "gs:bucket"] {
+            let err = RunUri::parse(bad).unwrap_err().to_string();
+            assert!(err.contains("without '//'"), "{bad}: {err}");
+        }
+        assert!(RunUri::parse("runs/a:b").is_ok(), "a colon later in a relative path is a path");
     }
 
     #[test]
