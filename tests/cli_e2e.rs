@@ -202,6 +202,46 @@ fn init_force_with_a_broken_config_leaves_the_trained_run_as_it_was() {
     wc_ok(&["train", "--run", &run, "--iters", "2"], &[]);
 }
 
+/// Regression test for "`--force` deletes committed work before the rerun
+/// succeeds" (issue 28, 2): `stage reward --iter 0 --force` over a corrupted
+/// rollout file removed reward's manifest, then failed and said "nothing was
+/// committed", while select and optimize stayed committed on top of it.
+#[test]
+fn a_forced_rerun_that_fails_keeps_the_committed_stage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = file_uri(tmp.path(), "run");
+    let dir = tmp.path().join("run");
+    wc_ok(&["train", "--run", &run, "--pipeline", &pipeline(), "--iters", "1"], &[]);
+    let store = RunStore::open(&run).unwrap();
+    let (rm, rf) = ("iters/000000/rollout/shard-000-of-001/_manifest.json", "iters/000000/rollout/shard-000-of-001/group-00000.safetensors");
+    let original = std::fs::read(dir.join(rf)).unwrap();
+    tamper(&dir, rm, rf, b"not a safetensors file", true);
+    let before = committed_files(&store);
+    let e = wc_err(&["stage", "reward", "--run", &run, "--iter", "0", "--force"], &[]);
+    assert!(e.contains("group-00000.safetensors"), "{e}");
+    assert_eq!(committed_files(&store), before, "reward (and select and optimize after it) still committed, every file as it was");
+    tamper(&dir, rm, rf, &original, true);
+    let out = wc_ok(&["stage", "reward", "--run", &run, "--iter", "0", "--force"], &[]);
+    assert!(out.contains("committed"), "{out}");
+}
+
+/// Regression test for "`status` calls an unparseable manifest committed"
+/// (issue 28, 9).
+#[test]
+fn status_calls_an_unparseable_manifest_corrupt_not_committed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = file_uri(tmp.path(), "run");
+    wc_ok(&["train", "--run", &run, "--pipeline", &pipeline(), "--iters", "1"], &[]);
+    std::fs::write(tmp.path().join("run/iters/000000/select/_manifest.json"), b"{ not json").unwrap();
+    std::fs::write(tmp.path().join("run/iters/000000/reward/shard-000-of-001/_manifest.json"), b"").unwrap();
+    let out = wc_ok(&["status", "--run", &run], &[]);
+    for stage in ["select", "reward"] {
+        let line = out.lines().find(|l| l.contains(&format!("     0  {stage}"))).unwrap_or_else(|| panic!("{out}"));
+        assert!(line.contains("corrupt manifest"), "{line}");
+    }
+    assert!(out.lines().any(|l| l.contains("     0  optimize") && l.contains("committed")), "{out}");
+}
+
 #[test]
 fn bad_config_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
@@ -309,6 +349,34 @@ fn out_of_range_selection_rows_are_clear_errors_not_panics() {
     }
     tamper(&dir, manifest, file, &original, true);
     wc_ok(&["stage", "optimize", "--run", &run, "--iter", "0"], &[]);
+}
+
+/// Regression test for "one score of 1e308 zeroes its group's VQ
+/// advantages; scores outside their range are accepted" (issue 28, 9).
+#[test]
+fn select_refuses_scores_outside_their_ranges() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = file_uri(tmp.path(), "run");
+    let dir = tmp.path().join("run");
+    wc_ok(&["init", "--run", &run, "--pipeline", &pipeline()], &[]);
+    for stage in ["prefix", "rollout", "reward"] {
+        wc_ok(&["stage", stage, "--run", &run, "--iter", "0"], &[]);
+    }
+    let (manifest, file) = ("iters/000000/reward/shard-000-of-001/_manifest.json", "iters/000000/reward/shard-000-of-001/scores.parquet");
+    let original = std::fs::read(dir.join(file)).unwrap();
+    for (column, value, says) in [
+        ("vq_score", 1e308, "is not a finite score within"),
+        ("vq_score", f64::NEG_INFINITY, "vq_score is -inf"),
+        ("if_score", 1.5, "if_score = 1.5 is outside [0, 1]"),
+        ("rot_acc", -0.1, "rot_acc = -0.1 is outside [0, 1]"),
+    ] {
+        tamper(&dir, manifest, file, &parquet_with_value(&original, column, value), true);
+        let e = wc_err(&["stage", "select", "--run", &run, "--iter", "0"], &[]);
+        assert!(e.contains(says) && (e.contains("group 0, candidate 0") || e.contains("row 0")), "{column} = {value}: {e}");
+        assert!(!dir.join("iters/000000/select/_manifest.json").exists());
+    }
+    tamper(&dir, manifest, file, &original, true);
+    wc_ok(&["stage", "select", "--run", &run, "--iter", "0"], &[]);
 }
 
 #[test]

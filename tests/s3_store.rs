@@ -24,7 +24,7 @@ fn conformance(store: &RunStore) {
     assert!(!store.put_if_absent("c/x", Bytes::from_static(b"2")).unwrap());
     assert_eq!(&store.get("c/x").unwrap()[..], b"1");
     // commit lifecycle, a race decided by the store, verified reads
-    let a = PendingCommit::begin(store, "s/shard-0", "prefix", Some(0), None, "fp");
+    let mut a = PendingCommit::begin(store, "s/shard-0", "prefix", Some(0), None, "fp");
     let mut b = PendingCommit::begin(store, "s/shard-0", "prefix", Some(0), None, "fp");
     assert_eq!(a.check(false).unwrap(), ManifestState::Absent);
     assert_eq!(b.check(false).unwrap(), ManifestState::Absent);
@@ -37,7 +37,7 @@ fn conformance(store: &RunStore) {
     assert_eq!(&set.read("s/shard-0/data.bin").unwrap()[..], b"payload");
     store.put("s/shard-0/data.bin", Bytes::from_static(b"PAYLOAD")).unwrap();
     assert!(matches!(set.read("s/shard-0/data.bin"), Err(StoreError::ChecksumMismatch { .. })));
-    let other = PendingCommit::begin(store, "s/shard-0", "prefix", Some(0), None, "other");
+    let mut other = PendingCommit::begin(store, "s/shard-0", "prefix", Some(0), None, "other");
     assert!(matches!(other.check(false), Err(StoreError::FingerprintMismatch { .. })));
 }
 

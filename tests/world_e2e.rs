@@ -506,3 +506,53 @@ fn non_finite_weights_are_never_committed() {
         assert!(set.values().all(|t| t.to_f32().iter().all(|v| v.is_finite())), "{name} of checkpoint 1 is finite");
     }
 }
+
+/// Regression test for "the external scorer's timeout does not hold" (issue
+/// 28, 5): the stage waited for the scorer's output pipes, so a scorer that
+/// exited but left a background child was waited for past the timeout; on
+/// timeout only the direct child was killed, its children kept running.
+#[test]
+fn an_external_scorer_is_killed_with_its_children_and_never_waited_for_past_its_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pose = tiny_pose_model(tmp.path());
+    let base = tiny_world_pipeline(tmp.path(), &pose);
+    let pids = tmp.path().join("pids");
+    // The scorer starts a long background child holding its stdout and
+    // stderr, records its pid, then exits 3 (MODE=exit) or waits (MODE=hang).
+    let script = format!("sleep 120 & echo $! >> {}; if [ \"$WC_SCORER_MODE\" = exit ]; then exit 3; fi; sleep 120", pids.display());
+    let text = std::fs::read_to_string(&base)
+        .unwrap()
+        .replace("vq_frame_stride = 4", &format!("vq_frame_stride = 4\nexternal_command = [\"sh\", \"-c\", {script:?}]\nexternal_timeout_s = 3"));
+    let pipeline = tmp.path().join("external.toml");
+    std::fs::write(&pipeline, text).unwrap();
+    let run = file_uri(tmp.path(), "run");
+    wc_ok(&["init", "--run", &run, "--pipeline", pipeline.to_str().unwrap()], &[]);
+    wc_ok(&["stage", "prefix", "--run", &run, "--iter", "0"], &[]);
+    wc_ok(&["stage", "rollout", "--run", &run, "--iter", "0"], &[]);
+    // Running: a /proc entry that is not a zombie (a killed orphan waits
+    // as a zombie until PID 1 reaps it).
+    let alive = |pid: &str| std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')));
+
+    let t0 = Instant::now();
+    let err = wc_err(&["stage", "reward", "--run", &run, "--iter", "0"], &[("WC_SCORER_MODE", "exit".to_string())]);
+    assert!(err.contains("exited with exit status: 3"), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(60), "the stage waited {:?} for the scorer's background child", t0.elapsed());
+
+    let t0 = Instant::now();
+    let err = wc_err(&["stage", "reward", "--run", &run, "--iter", "0"], &[("WC_SCORER_MODE", "hang".to_string())]);
+    assert!(err.contains("timed out after 3 s") && err.contains("process group"), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(60), "{:?}", t0.elapsed());
+    let pids = std::fs::read_to_string(&pids).unwrap();
+    let hung = pids.lines().last().unwrap().trim().to_string();
+    // The killed group's background child is gone (polled: the kill is
+    // asynchronous).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(&hung) && Instant::now() < deadline {
+        std::thread::yield_now();
+    }
+    assert!(!alive(&hung), "the scorer's background child {hung} outlived the timeout");
+    // Leave nothing behind: the first case's child was not ours to kill.
+    for pid in pids.lines() {
+        let _ = std::process::Command::new("kill").arg(pid.trim()).status();
+    }
+}

@@ -91,7 +91,7 @@ pub enum Command {
         #[arg(long)]
         pipeline: Option<String>,
         /// Run iterations 0..ITERS (default: run.iterations of the config).
-        #[arg(long)]
+        #[arg(long, value_parser = clap::value_parser!(u64).range(..=1_000_000))]
         iters: Option<u64>,
         /// With --pipeline: initialise with this seed instead of the
         /// pipeline's run.seed (a run initialised with another is refused).

@@ -293,6 +293,21 @@ fn is_one(v: &f64) -> bool {
     *v == 1.0
 }
 
+/// `text` with every line longer than `max` characters cut there (a parse
+/// error quotes the offending line, which may be megabytes long).
+fn clip_lines(text: &str, max: usize) -> String {
+    text.lines()
+        .map(|l| match l.char_indices().nth(max) {
+            Some((at, _)) => format!("{}... ({} more characters)", &l[..at], l[at..].chars().count()),
+            None => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The longest `reward.external_timeout_s` accepted (a week).
+pub const MAX_EXTERNAL_TIMEOUT_S: u64 = 7 * 24 * 3600;
+
 /// The largest `optimize.lr` accepted.
 pub const MAX_LR: f64 = 10.0;
 /// The largest `optimize.beta` accepted.
@@ -316,7 +331,7 @@ impl PipelineConfig {
     pub fn parse(origin: &str, text: &str) -> Result<Self, ConfigError> {
         let cfg: PipelineConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: origin.to_string(),
-            message: e.to_string(),
+            message: clip_lines(&e.to_string(), 200),
         })?;
         cfg.validate(origin)?;
         Ok(cfg)
@@ -350,6 +365,31 @@ impl PipelineConfig {
         let r = &self.rollout;
         let s = &self.select;
         let o = &self.optimize;
+        // Upper bounds first: every size that allocates or multiplies, so a
+        // huge value is an error that names its key, not an overflow panic
+        // or an aborted allocation.
+        let sizes: [(&'static str, u64, u64); 12] = [
+            ("run.iterations", self.run.iterations, 1_000_000),
+            ("data.prompts", self.data.prompts, 10_000_000),
+            ("data.groups", self.data.groups, 1_000_000),
+            ("model.latent_dim", self.model.latent_dim as u64, 1 << 20),
+            ("rollout.clips", r.clips, 1024),
+            ("rollout.windows_per_clip", r.windows_per_clip, 256),
+            ("rollout.candidates", r.candidates, 4096),
+            ("rollout.sampler_steps", r.sampler_steps, 10_000),
+            ("reward.vq_frame_stride", self.reward.vq_frame_stride, 4096),
+            ("reward.external_timeout_s", self.reward.external_timeout_s, MAX_EXTERNAL_TIMEOUT_S),
+            ("select.keep_top", s.keep_top, 4096),
+            ("optimize.minibatch", o.minibatch, 65_536),
+        ];
+        for (key, value, max) in sizes {
+            if value > max {
+                return bad(key, value.to_string(), &format!("must be at most {max}"));
+            }
+        }
+        if s.keep_bottom > 4096 {
+            return bad("select.keep_bottom", s.keep_bottom.to_string(), "must be at most 4096");
+        }
         if self.run.iterations == 0 {
             return bad("run.iterations", "0".into(), "must be at least 1");
         }
@@ -612,6 +652,41 @@ mod tests {
         let mut other = cfg.clone();
         other.optimize.lr *= 2.0;
         assert_ne!(cfg.fingerprint(), other.fingerprint());
+    }
+
+    /// Regression test for "a TOML parse error echoes the whole offending
+    /// line" (issue 28, 9; 157 MB once).
+    #[test]
+    fn a_parse_error_quotes_a_long_line_only_in_part() {
+        let text = format!("{}\n[extra]\nkey = \"{}\" junk\n", embedded(), "x".repeat(1_000_000));
+        let err = PipelineConfig::parse("x.toml", &text).unwrap_err().to_string();
+        assert!(err.len() < 2_000 && err.contains("x.toml") && err.contains("more characters"), "{} bytes: {}", err.len(), &err[..err.len().min(300)]);
+    }
+
+    /// Regression test for "no upper bounds on sizes" (issue 28, 7): huge
+    /// values panicked on overflow or aborted on allocation.
+    #[test]
+    fn huge_sizes_are_range_errors_that_name_the_key() {
+        for (key, line) in [
+            ("run.iterations", "iterations = 8 "),
+            ("data.prompts", "prompts = 16 "),
+            ("data.groups", "groups = 8 "),
+            ("model.latent_dim", "latent_dim = 16"),
+            ("rollout.clips", "clips = 4 "),
+            ("rollout.windows_per_clip", "windows_per_clip = 1 "),
+            ("rollout.candidates", "candidates = 8 "),
+            ("rollout.sampler_steps", "sampler_steps = 10 "),
+            ("reward.vq_frame_stride", "vq_frame_stride = 4 "),
+        ] {
+            let name = line.split(" = ").next().unwrap();
+            let text = embedded().replacen(line, &format!("{name} = 18446744073709551615 "), 1);
+            assert_ne!(text, embedded(), "no '{line}'");
+            let err = PipelineConfig::parse("x.toml", &text).unwrap_err().to_string();
+            assert!(err.contains(&format!("{key} = 18446744073709551615")) && err.contains("must be at most"), "{key}: {err}");
+        }
+        let text = embedded().replacen("vq_frame_stride = 4 ", "vq_frame_stride = 4\nexternal_timeout_s = 18446744073709551615 ", 1);
+        let err = PipelineConfig::parse("x.toml", &text).unwrap_err().to_string();
+        assert!(err.contains("reward.external_timeout_s") && err.contains("at most 604800"), "{err}");
     }
 
     #[test]

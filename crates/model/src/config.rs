@@ -75,6 +75,21 @@ impl ModelConfig {
     }
 
     pub fn validate(&self) -> Result<(), String> {
+        let sizes = [
+            ("frame_size", self.frame_size, 4096),
+            ("patch", self.patch, 256),
+            ("d_model", self.d_model, 65_536),
+            ("heads", self.heads, 1024),
+            ("layers", self.layers, 1024),
+            ("mlp_ratio", self.mlp_ratio, 64),
+            ("frames_per_clip", self.frames_per_clip, 1024),
+            ("context_frames", self.context_frames, 1024),
+        ];
+        for (key, value, max) in sizes {
+            if value > max {
+                return Err(format!("{key} = {value} must be at most {max}"));
+            }
+        }
         if self.patch == 0 || self.frame_size % self.patch != 0 {
             return Err(format!("frame_size {} must be a multiple of patch {}", self.frame_size, self.patch));
         }
@@ -116,5 +131,27 @@ impl ModelConfig {
 
     pub fn head_dim(&self) -> usize {
         self.d_model / self.heads
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression test for "no upper bounds on sizes" (issue 28, 7) in the
+    /// model config (`pretrain --layers`, a run's model.json).
+    #[test]
+    fn huge_model_sizes_are_errors_that_name_the_key() {
+        assert!(ModelConfig::default().validate().is_ok() && ModelConfig::tiny().validate().is_ok());
+        let huge = usize::MAX;
+        for (key, cfg) in [
+            ("layers", ModelConfig { layers: huge, ..ModelConfig::tiny() }),
+            ("context_frames", ModelConfig { context_frames: huge, ..ModelConfig::tiny() }),
+            ("d_model", ModelConfig { d_model: huge, ..ModelConfig::tiny() }),
+            ("frame_size", ModelConfig { frame_size: huge, ..ModelConfig::tiny() }),
+        ] {
+            let e = cfg.validate().unwrap_err();
+            assert!(e.starts_with(&format!("{key} = {huge}")) && e.contains("at most"), "{e}");
+        }
     }
 }

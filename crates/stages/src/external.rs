@@ -9,7 +9,10 @@
 //!   clip index, the groups with their prompt and per-window actions, the
 //!   frame files, where to write the output, and the schema it must have);
 //! - it runs `prog args... <work>/job.json` with `WORLDCOMPASS_JOB` set to the
-//!   same path, and kills it after `reward.external_timeout_s`;
+//!   same path, in a process group of its own, its stdout and stderr to
+//!   `<work>/scorer.stdout` and `scorer.stderr` (files, not pipes: a
+//!   background child that keeps them open cannot hold the stage), and
+//!   kills the whole group after `reward.external_timeout_s`;
 //! - the command writes `scores.parquet` (the `reward_scores` schema, one row
 //!   per candidate) where `job.json` says;
 //! - the stage validates the table (schema, exactly one row per group and
@@ -20,6 +23,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -62,38 +66,41 @@ pub fn run_scorer(command: &[String], timeout: Duration, work: &Path, job: &JobM
     let what = format!("external scorer `{}`", command.join(" "));
     std::fs::write(&job_path, serde_json::to_vec_pretty(job).expect("serialises")).map_err(|e| StageError::invalid(job_path.display().to_string(), e.to_string()))?;
     let (prog, args) = command.split_first().ok_or_else(|| StageError::invalid("reward.external_command", "empty command"))?;
+    let log = |name: &str| -> Result<(PathBuf, std::fs::File), StageError> {
+        let path = work.join(name);
+        let file = std::fs::File::create(&path).map_err(|e| StageError::invalid(path.display().to_string(), e.to_string()))?;
+        Ok((path, file))
+    };
+    let ((out_path, out_file), (err_path, err_file)) = (log("scorer.stdout")?, log("scorer.stderr")?);
     let mut child = Command::new(prog)
         .args(args)
         .arg(&job_path)
         .env("WORLDCOMPASS_JOB", &job_path)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(out_file)
+        .stderr(err_file)
+        .process_group(0)
         .spawn()
         .map_err(|e| StageError::invalid(&what, format!("cannot start: {e}")))?;
-    // Drain the pipes on threads so a chatty scorer cannot block.
-    let drain = |mut r: Box<dyn std::io::Read + Send>| {
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = r.read_to_string(&mut s);
-            s
-        })
-    };
-    let out = drain(Box::new(child.stdout.take().expect("piped")));
-    let err = drain(Box::new(child.stderr.take().expect("piped")));
-    let deadline = Instant::now() + timeout;
+    let group = child.id() as i32;
+    let deadline = Instant::now().checked_add(timeout).ok_or_else(|| StageError::invalid(&what, format!("a timeout of {} s is out of range", timeout.as_secs())))?;
     let status = loop {
         if let Some(st) = child.try_wait().map_err(|e| StageError::invalid(&what, e.to_string()))? {
             break st;
         }
         if Instant::now() >= deadline {
-            let _ = child.kill();
+            // The scorer and everything it started.
+            // SAFETY: killpg only sends a signal to the group this stage created.
+            unsafe {
+                libc::killpg(group, libc::SIGKILL);
+            }
             let _ = child.wait();
-            return Err(StageError::invalid(&what, format!("timed out after {} s and was killed (reward.external_timeout_s)", timeout.as_secs_f64())));
+            return Err(StageError::invalid(&what, format!("timed out after {} s and was killed with its process group (reward.external_timeout_s)", timeout.as_secs_f64())));
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let (stdout, stderr) = (out.join().unwrap_or_default(), err.join().unwrap_or_default());
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    let (stdout, stderr) = (read(&out_path), read(&err_path));
     for line in stdout.lines() {
         tracing::info!(target: "external_scorer", "{line}");
     }

@@ -200,12 +200,8 @@ pub fn check_selection(rows: &[SelectionRow], iter: u64, groups: u64, candidates
         if !unit(r.r) {
             return Err(format!("{at}: r = {} is not a probability in [0, 1]", r.r));
         }
-        for (name, v) in [("rot_acc", s.rot_acc), ("trans_acc", s.trans_acc), ("if_score", s.if_score)] {
-            if !unit(v) {
-                return Err(format!("{at}: {name} = {v} is outside [0, 1]"));
-            }
-        }
-        for (name, v) in [("vq_score", s.vq_score), ("adv_if", r.adv_if), ("adv_vq", r.adv_vq), ("adv", r.adv)] {
+        crate::tables::check_score_ranges(s).map_err(|reason| format!("{at}: {reason}"))?;
+        for (name, v) in [("adv_if", r.adv_if), ("adv_vq", r.adv_vq), ("adv", r.adv)] {
             if !v.is_finite() {
                 return Err(format!("{at}: {name} = {v} is not finite"));
             }

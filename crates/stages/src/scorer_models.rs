@@ -196,7 +196,7 @@ pub fn commit_labelled(out: &RunStore, source: &LabelledSource, windows: &[Label
 /// Whether `source`'s labelled windows are committed under `out` (a
 /// commit of another run's iteration there is an error).
 pub fn labelled_is_committed(out: &RunStore, source: &LabelledSource) -> Result<bool, StageError> {
-    let pending = labelled_commit(out, source);
+    let mut pending = labelled_commit(out, source);
     match pending.check(false) {
         Ok(state) => Ok(matches!(state, ManifestState::Committed(_))),
         Err(wc_store::StoreError::FingerprintMismatch { path, .. }) => Err(StageError::invalid(

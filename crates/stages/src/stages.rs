@@ -314,6 +314,9 @@ pub fn select(ctx: &RunContext, iter: u64, dir: &str, pending: &mut PendingCommi
                 format!("unexpected row (iter {}, group {}, candidate {}): each group needs candidates 0..{g_count} of iteration {iter} exactly once", r.iter, r.group_id, r.candidate),
             ));
         }
+        if let Err(reason) = crate::tables::check_score_ranges(r) {
+            return Err(StageError::invalid(layout::stage_dir(iter, "reward"), format!("group {}, candidate {}: {reason}", r.group_id, r.candidate)));
+        }
     }
     let rows = select_rows(ctx, scores);
     let schema = wc_schemas::tables::selection();

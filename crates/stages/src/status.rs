@@ -17,15 +17,37 @@ pub struct StatusRow {
     pub shards: String,
     /// Committed shard indices (sharded stages).
     pub committed: Vec<u32>,
-    /// "committed", "partial", or "uncommitted files" (data without a manifest:
-    /// running now, or interrupted; a rerun completes it).
+    /// "committed", "partial", "uncommitted files" (data without a manifest:
+    /// running now, or interrupted; a rerun completes it), or "corrupt
+    /// manifest" (one that does not parse: not committed, readers refuse it).
     pub state: &'static str,
+}
+
+/// What one stage or shard folder holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unit {
+    /// Data files, no manifest.
+    Files,
+    /// A manifest that parses.
+    Committed,
+    /// A manifest that does not parse.
+    Corrupt,
+}
+
+impl Unit {
+    fn state(self) -> &'static str {
+        match self {
+            Unit::Files => "uncommitted files",
+            Unit::Committed => "committed",
+            Unit::Corrupt => "corrupt manifest",
+        }
+    }
 }
 
 /// Status of every stage of every iteration that has any file.
 pub fn run_status(ctx: &RunContext) -> Result<Vec<StatusRow>, StageError> {
     // (iter, stage) -> (shard dir or "" -> has manifest)
-    let mut seen: BTreeMap<(u64, usize), BTreeMap<String, bool>> = BTreeMap::new();
+    let mut seen: BTreeMap<(u64, usize), BTreeMap<String, Unit>> = BTreeMap::new();
     for path in ctx.store.list("iters")? {
         let parts: Vec<&str> = path.split('/').collect();
         if parts.len() < 4 {
@@ -40,36 +62,43 @@ pub fn run_status(ctx: &RunContext) -> Result<Vec<StatusRow>, StageError> {
             (String::new(), parts[3])
         };
         let order = Stage::ALL.iter().position(|s| *s == stage).expect("known stage");
-        let e = seen.entry((iter, order)).or_default().entry(unit).or_insert(false);
-        *e |= file == MANIFEST_FILE;
+        let e = seen.entry((iter, order)).or_default().entry(unit).or_insert(Unit::Files);
+        if file == MANIFEST_FILE {
+            // Committed only if the manifest parses (as readers require).
+            *e = match wc_store::Manifest::read(&ctx.store, &path) {
+                Ok(Some(_)) => Unit::Committed,
+                _ => Unit::Corrupt,
+            };
+        }
     }
     let mut rows = Vec::new();
     for ((iter, order), units) in seen {
         let stage = Stage::ALL[order].name();
-        if units.contains_key("") {
-            let done = units[""];
+        if let Some(unit) = units.get("") {
             rows.push(StatusRow {
                 iter,
                 stage,
                 shards: "whole".into(),
                 committed: vec![],
-                state: if done { "committed" } else { "uncommitted files" },
+                state: unit.state(),
             });
             continue;
         }
-        let mut by_count: BTreeMap<u32, (Vec<u32>, bool)> = BTreeMap::new();
-        for (dir, has_manifest) in units {
+        let mut by_count: BTreeMap<u32, (Vec<u32>, bool, bool)> = BTreeMap::new();
+        for (dir, unit) in units {
             if let Some(spec) = layout::parse_shard_dir(&dir) {
                 let e = by_count.entry(spec.count).or_default();
-                if has_manifest {
-                    e.0.push(spec.index);
-                } else {
-                    e.1 = true;
+                match unit {
+                    Unit::Committed => e.0.push(spec.index),
+                    Unit::Files => e.1 = true,
+                    Unit::Corrupt => e.2 = true,
                 }
             }
         }
-        for (count, (committed, dangling)) in by_count {
-            let state = if committed.len() == count as usize {
+        for (count, (committed, dangling, corrupt)) in by_count {
+            let state = if corrupt {
+                "corrupt manifest"
+            } else if committed.len() == count as usize {
                 "committed"
             } else if committed.is_empty() && dangling {
                 "uncommitted files"

@@ -102,6 +102,24 @@ pub struct ScoreRow {
     pub vq_score: f64,
 }
 
+/// The largest |vq_score| accepted: far beyond any scorer's scale, small
+/// enough that a group's mean and spread stay finite.
+pub const MAX_ABS_VQ: f64 = 1e9;
+
+/// Whether a score row's values are in their ranges: accuracies and IF in
+/// [0, 1], VQ finite and within ±[`MAX_ABS_VQ`].
+pub fn check_score_ranges(r: &ScoreRow) -> Result<(), String> {
+    for (name, v) in [("rot_acc", r.rot_acc), ("trans_acc", r.trans_acc), ("if_score", r.if_score)] {
+        if !(0.0..=1.0).contains(&v) {
+            return Err(format!("{name} = {v} is outside [0, 1]"));
+        }
+    }
+    if !(r.vq_score.abs() <= MAX_ABS_VQ) {
+        return Err(format!("vq_score = {} is not a finite score within ±{MAX_ABS_VQ:e} (a scorer bug?)", r.vq_score));
+    }
+    Ok(())
+}
+
 fn score_columns(rows: &[&ScoreRow]) -> Vec<ArrayRef> {
     vec![
         i64s(rows.iter().map(|r| r.iter)),

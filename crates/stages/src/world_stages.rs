@@ -636,7 +636,15 @@ fn external_reward(
         output_schema: wc_schemas::tables::reward_scores(),
     };
     let timeout = std::time::Duration::from_secs(ctx.cfg.reward.external_timeout_s);
-    let (_, bytes) = run_scorer(&ctx.cfg.reward.external_command, timeout, work.path(), &job)?;
+    let (_, bytes) = match run_scorer(&ctx.cfg.reward.external_command, timeout, work.path(), &job) {
+        Ok(scored) => scored,
+        Err(e) => {
+            // The error names files in the work folder: keep it to be read.
+            let kept = work.keep();
+            tracing::warn!(folder = %kept.display(), "the external scorer failed; its work folder (job, frames, stdout, stderr) is kept");
+            return Err(e);
+        }
+    };
     pending.write(&format!("{dir}/scores.parquet"), bytes::Bytes::from(bytes))?;
     Ok(1)
 }

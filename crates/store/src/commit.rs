@@ -158,6 +158,10 @@ pub struct PendingCommit {
     fingerprint: String,
     inputs: Vec<InputRef>,
     files: Vec<FileEntry>,
+    /// Replacing a committed manifest (`--force`): the data files are held
+    /// here until [`PendingCommit::commit`], so the old commit stays whole
+    /// and trusted while the new one is computed.
+    replacing: Option<Vec<(String, Bytes)>>,
 }
 
 impl PendingCommit {
@@ -179,6 +183,7 @@ impl PendingCommit {
             fingerprint: fingerprint.to_string(),
             inputs: Vec::new(),
             files: Vec::new(),
+            replacing: None,
         }
     }
 
@@ -190,15 +195,18 @@ impl PendingCommit {
     /// What is committed at this manifest path already.
     ///
     /// A manifest with another fingerprint is [`StoreError::FingerprintMismatch`]
-    /// unless `force`, in which case it is deleted so this commit replaces it.
-    pub fn check(&self, force: bool) -> Result<ManifestState, StoreError> {
+    /// unless `force`. With `force`, a committed manifest is replaced, but
+    /// only by [`PendingCommit::commit`]: until then this commit's files are
+    /// held in memory and the committed one stays untouched, so a rerun that
+    /// fails loses nothing.
+    pub fn check(&mut self, force: bool) -> Result<ManifestState, StoreError> {
         match Manifest::read(&self.store, &self.manifest_path)? {
             None => Ok(ManifestState::Absent),
             Some((m, _)) if m.fingerprint == self.fingerprint && !force => Ok(ManifestState::Committed(m)),
             Some((m, _)) => {
                 if force {
-                    tracing::warn!(manifest = %self.manifest_path, "--force: replacing the committed manifest");
-                    self.store.delete(&self.manifest_path)?;
+                    tracing::warn!(manifest = %self.manifest_path, "--force: the committed manifest will be replaced once this run completes");
+                    self.replacing = Some(Vec::new());
                     Ok(ManifestState::Absent)
                 } else {
                     Err(StoreError::FingerprintMismatch {
@@ -226,14 +234,30 @@ impl PendingCommit {
             bytes: bytes.len() as u64,
             sha256: sha256_hex(&bytes),
         };
-        self.store.put(path, bytes)?;
+        match &mut self.replacing {
+            Some(held) => {
+                held.retain(|(p, _)| p != path);
+                held.push((path.to_string(), bytes));
+            }
+            None => self.store.put(path, bytes)?,
+        }
         self.files.retain(|f| f.path != path);
         self.files.push(entry);
         Ok(())
     }
 
-    /// Write the manifest with a create-only put.
+    /// Write the manifest with a create-only put. When replacing a committed
+    /// manifest (`check(true)` found one), the old manifest is deleted and
+    /// the held files are written first: a crash in between leaves the stage
+    /// uncommitted (a rerun computes it), never a manifest that lists files
+    /// it does not hold.
     pub fn commit(mut self) -> Result<CommitOutcome, StoreError> {
+        if let Some(held) = self.replacing.take() {
+            self.store.delete(&self.manifest_path)?;
+            for (path, bytes) in held {
+                self.store.put(&path, bytes)?;
+            }
+        }
         self.files.sort_by(|a, b| a.path.cmp(&b.path));
         let manifest = Manifest {
             format: MANIFEST_FORMAT,
@@ -389,9 +413,9 @@ mod tests {
         let s = store();
         let c = PendingCommit::begin(&s, "d", "x", None, None, "fp1");
         c.commit().unwrap();
-        let again = PendingCommit::begin(&s, "d", "x", None, None, "fp1");
+        let mut again = PendingCommit::begin(&s, "d", "x", None, None, "fp1");
         assert!(matches!(again.check(false).unwrap(), ManifestState::Committed(_)));
-        let other = PendingCommit::begin(&s, "d", "x", None, None, "fp2");
+        let mut other = PendingCommit::begin(&s, "d", "x", None, None, "fp2");
         let err = other.check(false).unwrap_err();
         assert!(err.to_string().contains("--force"), "{err}");
         assert_eq!(other.check(true).unwrap(), ManifestState::Absent);
@@ -400,11 +424,39 @@ mod tests {
         assert_eq!(m.manifest.fingerprint, "fp2");
     }
 
+    /// Regression test for "`--force` deletes committed work before the
+    /// rerun succeeds" (issue 28, 2): the old manifest was deleted by
+    /// `check(true)` and files were overwritten as the rerun wrote them.
+    #[test]
+    fn a_forced_rerun_leaves_the_old_commit_whole_until_it_commits() {
+        let s = store();
+        let mut old = PendingCommit::begin(&s, "d", "x", None, None, "fp1");
+        old.write("d/a.bin", Bytes::from_static(b"old")).unwrap();
+        old.commit().unwrap();
+        let mut new = PendingCommit::begin(&s, "d", "x", None, None, "fp2");
+        assert_eq!(new.check(true).unwrap(), ManifestState::Absent);
+        new.write("d/a.bin", Bytes::from_static(b"new!")).unwrap();
+        // Computed but not committed (a failed or killed rerun stops here):
+        // the old commit is whole and still the trusted one.
+        let set = CommittedSet::open(&s, "d/_manifest.json").unwrap();
+        assert_eq!((set.manifest.fingerprint.as_str(), &set.read("d/a.bin").unwrap()[..]), ("fp1", &b"old"[..]));
+        drop(new);
+        let set = CommittedSet::open(&s, "d/_manifest.json").unwrap();
+        assert_eq!(&set.read("d/a.bin").unwrap()[..], b"old");
+        // A rerun that completes replaces it.
+        let mut new = PendingCommit::begin(&s, "d", "x", None, None, "fp2");
+        new.check(true).unwrap();
+        new.write("d/a.bin", Bytes::from_static(b"new!")).unwrap();
+        assert!(matches!(new.commit().unwrap(), CommitOutcome::Committed { .. }));
+        let set = CommittedSet::open(&s, "d/_manifest.json").unwrap();
+        assert_eq!((set.manifest.fingerprint.as_str(), &set.read("d/a.bin").unwrap()[..]), ("fp2", &b"new!"[..]));
+    }
+
     #[test]
     fn racing_commits_one_wins_other_reports_lost_race() {
         let s = store();
-        let a = PendingCommit::begin(&s, "r", "x", None, None, "fp");
-        let b = PendingCommit::begin(&s, "r", "x", None, None, "fp");
+        let mut a = PendingCommit::begin(&s, "r", "x", None, None, "fp");
+        let mut b = PendingCommit::begin(&s, "r", "x", None, None, "fp");
         assert_eq!(a.check(false).unwrap(), ManifestState::Absent);
         assert_eq!(b.check(false).unwrap(), ManifestState::Absent);
         assert!(matches!(a.commit().unwrap(), CommitOutcome::Committed { .. }));
