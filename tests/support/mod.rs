@@ -2,6 +2,8 @@
 //! a real S3-compatible server (moto) on loopback, and small helpers.
 #![allow(dead_code)]
 
+pub mod fault_proxy;
+
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
