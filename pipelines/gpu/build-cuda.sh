@@ -15,7 +15,8 @@
 #    (cuda-stubs.py); libcudart and libnvrtc are the wheels' own. The binary
 #    records only the sonames: on the GPU machine the driver's libcuda and
 #    its CUDA 13 libraries are bound instead (see the README, "GPU").
-# 3. `cargo build --release --features cuda` into target/cuda (its own
+# 3. `cargo build --profile cuda --features cuda` (the release profile with
+#    whole-program LTO: Cargo.toml says why) into target/cuda (its own
 #    target folder: RUSTFLAGS differ from the CPU build's), then a stripped
 #    copy at target/cuda/worldcompass-cuda.
 #
@@ -57,10 +58,10 @@ export CUDA_COMPUTE_CAP="$cap"
 export CUDARC_CUDA_VERSION=13000
 export RUSTFLAGS="-L native=$link"
 export CARGO_TARGET_DIR="$repo/target/cuda"
-cargo build --release --features cuda --bin worldcompass
+cargo build --profile cuda --features cuda --bin worldcompass
 
 out="$CARGO_TARGET_DIR/worldcompass-cuda"
-strip -o "$out" "$CARGO_TARGET_DIR/release/worldcompass"
+strip -o "$out" "$CARGO_TARGET_DIR/cuda/worldcompass"
 size=$(stat -c %s "$out")
 echo "build-cuda: $out ($((size / 1024 / 1024)) MiB stripped, compute capability $cap, $(( $(date +%s) - started )) s)"
 echo "build-cuda: it needs at run time (the GPU machine's, on LD_LIBRARY_PATH):"
