@@ -242,6 +242,16 @@ fn status_calls_an_unparseable_manifest_corrupt_not_committed() {
     assert!(out.lines().any(|l| l.contains("     0  optimize") && l.contains("committed")), "{out}");
 }
 
+/// Regression test for "no upper bounds on sizes" (issue 28, 7): `train
+/// --iters` at a huge value.
+#[test]
+fn train_iters_beyond_the_maximum_is_a_usage_error() {
+    let out = wc(&["train", "--run", "memory://x", "--iters", "18446744073709551615"], &[]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{e}");
+    assert!(e.contains("--iters") && e.contains("1000000"), "{e}");
+}
+
 #[test]
 fn bad_config_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
