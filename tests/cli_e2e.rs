@@ -330,63 +330,64 @@ fn parquet_with_value(src: &[u8], column: &str, value: f64) -> Vec<u8> {
     out
 }
 
+/// A linear run under `tmp` with the stages of iteration 0 before `stage`
+/// committed; then, once per (column, value, message), `file` (committed by
+/// `manifest`) holds that value in row 0 and `stage` must fail with the
+/// message and commit nothing; restored, `stage` commits.
+fn refuses_each_poisoned_value(stage: &str, manifest: &str, file: &str, cases: &[(&str, f64, &str)]) {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = file_uri(tmp.path(), "run");
+    let dir = tmp.path().join("run");
+    wc_ok(&["init", "--run", &run, "--pipeline", &pipeline()], &[]);
+    for before in ["prefix", "rollout", "reward", "select"].into_iter().take_while(|s| *s != stage) {
+        wc_ok(&["stage", before, "--run", &run, "--iter", "0"], &[]);
+    }
+    let original = std::fs::read(dir.join(file)).unwrap();
+    for (column, value, says) in cases {
+        tamper(&dir, manifest, file, &parquet_with_value(&original, column, *value), true);
+        let e = wc_err(&["stage", stage, "--run", &run, "--iter", "0"], &[]);
+        assert!(e.contains(says), "{column} = {value}: {e}");
+        assert!(!dir.join(format!("iters/000000/{stage}/_manifest.json")).exists(), "{column} = {value}: nothing committed");
+    }
+    tamper(&dir, manifest, file, &original, true);
+    wc_ok(&["stage", stage, "--run", &run, "--iter", "0"], &[]);
+}
+
 /// Regression test for "selection rows are not validated" (issue 28, 6): a
 /// candidate index out of range in `selection.parquet` panicked optimize;
 /// NaN or huge r was accepted.
 #[test]
 fn out_of_range_selection_rows_are_clear_errors_not_panics() {
-    let tmp = tempfile::tempdir().unwrap();
-    let run = file_uri(tmp.path(), "run");
-    let dir = tmp.path().join("run");
-    wc_ok(&["init", "--run", &run, "--pipeline", &pipeline()], &[]);
-    for stage in ["prefix", "rollout", "reward", "select"] {
-        wc_ok(&["stage", stage, "--run", &run, "--iter", "0"], &[]);
-    }
-    let (manifest, file) = ("iters/000000/select/_manifest.json", "iters/000000/select/selection.parquet");
-    let original = std::fs::read(dir.join(file)).unwrap();
-    for (column, value, says) in [
-        ("candidate", 99.0, "candidate 99 is out of range"),
-        ("candidate", -1.0, "candidate -1 is out of range"),
-        ("group_id", 1e6, "group 1000000 is out of range"),
-        ("r", f64::NAN, "r = NaN is not a probability"),
-        ("r", 1e300, "is not a probability"),
-        ("if_score", 7.0, "if_score = 7 is outside [0, 1]"),
-    ] {
-        tamper(&dir, manifest, file, &parquet_with_value(&original, column, value), true);
-        let e = wc_err(&["stage", "optimize", "--run", &run, "--iter", "0"], &[]);
-        assert!(e.contains("selection.parquet") && e.contains(says) && !e.contains("panicked"), "{column} = {value}: {e}");
-        assert!(!dir.join("iters/000000/optimize/_manifest.json").exists());
-    }
-    tamper(&dir, manifest, file, &original, true);
-    wc_ok(&["stage", "optimize", "--run", &run, "--iter", "0"], &[]);
+    refuses_each_poisoned_value(
+        "optimize",
+        "iters/000000/select/_manifest.json",
+        "iters/000000/select/selection.parquet",
+        &[
+            ("candidate", 99.0, "selection.parquet: row 0 (group 0, candidate 99): candidate 99 is out of range"),
+            ("candidate", -1.0, "candidate -1 is out of range"),
+            ("group_id", 1e6, "group 1000000 is out of range"),
+            ("r", f64::NAN, "r = NaN is not a probability"),
+            ("r", 1e300, "is not a probability"),
+            ("if_score", 7.0, "if_score = 7 is outside [0, 1]"),
+        ],
+    );
 }
 
 /// Regression test for "one score of 1e308 zeroes its group's VQ
 /// advantages; scores outside their range are accepted" (issue 28, 9).
 #[test]
 fn select_refuses_scores_outside_their_ranges() {
-    let tmp = tempfile::tempdir().unwrap();
-    let run = file_uri(tmp.path(), "run");
-    let dir = tmp.path().join("run");
-    wc_ok(&["init", "--run", &run, "--pipeline", &pipeline()], &[]);
-    for stage in ["prefix", "rollout", "reward"] {
-        wc_ok(&["stage", stage, "--run", &run, "--iter", "0"], &[]);
-    }
-    let (manifest, file) = ("iters/000000/reward/shard-000-of-001/_manifest.json", "iters/000000/reward/shard-000-of-001/scores.parquet");
-    let original = std::fs::read(dir.join(file)).unwrap();
-    for (column, value, says) in [
-        ("vq_score", 1e308, "is not a finite score within"),
-        ("vq_score", f64::NEG_INFINITY, "vq_score is -inf"),
-        ("if_score", 1.5, "if_score = 1.5 is outside [0, 1]"),
-        ("rot_acc", -0.1, "rot_acc = -0.1 is outside [0, 1]"),
-    ] {
-        tamper(&dir, manifest, file, &parquet_with_value(&original, column, value), true);
-        let e = wc_err(&["stage", "select", "--run", &run, "--iter", "0"], &[]);
-        assert!(e.contains(says) && (e.contains("group 0, candidate 0") || e.contains("row 0")), "{column} = {value}: {e}");
-        assert!(!dir.join("iters/000000/select/_manifest.json").exists());
-    }
-    tamper(&dir, manifest, file, &original, true);
-    wc_ok(&["stage", "select", "--run", &run, "--iter", "0"], &[]);
+    refuses_each_poisoned_value(
+        "select",
+        "iters/000000/reward/shard-000-of-001/_manifest.json",
+        "iters/000000/reward/shard-000-of-001/scores.parquet",
+        &[
+            ("vq_score", 1e308, "group 0, candidate 0: vq_score = 1e308 is not a finite score within"),
+            ("vq_score", f64::NEG_INFINITY, "row 0: vq_score is -inf"),
+            ("if_score", 1.5, "if_score = 1.5 is outside [0, 1]"),
+            ("rot_acc", -0.1, "rot_acc = -0.1 is outside [0, 1]"),
+        ],
+    );
 }
 
 #[test]

@@ -115,7 +115,7 @@ pub fn check_score_ranges(r: &ScoreRow) -> Result<(), String> {
         }
     }
     if !(r.vq_score.abs() <= MAX_ABS_VQ) {
-        return Err(format!("vq_score = {} is not a finite score within ±{MAX_ABS_VQ:e} (a scorer bug?)", r.vq_score));
+        return Err(format!("vq_score = {:e} is not a finite score within ±{MAX_ABS_VQ:e} (a scorer bug?)", r.vq_score));
     }
     Ok(())
 }
