@@ -412,8 +412,8 @@ impl PipelineConfig {
             ModelKind::World if self.model.base.is_empty() && !["tiny", "default"].contains(&self.model.preset.as_str()) => {
                 return bad("model.preset", self.model.preset.clone(), "must be \"tiny\" or \"default\" (or set model.base)");
             }
-            ModelKind::World if self.reward.pose_model.is_empty() && self.reward.external_command.is_empty() => {
-                return bad("reward.pose_model", "\"\"".into(), "the world backend needs a pose estimator (or reward.external_command)");
+            ModelKind::World if self.reward.pose_model.is_empty() && self.reward.external_command.is_empty() && self.reward.if_instrument != IfInstrument::Probe => {
+                return bad("reward.pose_model", "\"\"".into(), "the world backend needs a pose estimator (or reward.external_command, or if_instrument = \"probe\")");
             }
             _ if self.reward.if_signal == IfSignal::Expected && (self.model.kind == ModelKind::Linear || !self.reward.external_command.is_empty()) => {
                 return bad("reward.if_signal", "\"expected\"".into(), "the expected accuracy is the built-in pose estimator's: it needs model.kind = \"world\" and no reward.external_command");

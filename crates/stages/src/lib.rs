@@ -1,14 +1,16 @@
 //! The five training stages and the runner that commits them.
 //!
 //! Each stage is a thin shell: it opens the committed artifacts it depends on
-//! ([`inputs`]), calls pure logic (the model backend in [`linear`], the RL
-//! maths in `wc-rl`), and commits its outputs through the store's commit
-//! protocol. [`runner`] decides whether a stage must run (skipping what is
+//! ([`inputs`]), calls the model through the [`backend::Backend`] trait (the
+//! registry in [`backend`] is the one place that names architectures) and
+//! pure logic (the RL maths in `wc-rl`), and commits its outputs through the
+//! store's commit protocol. [`runner`] decides whether a stage must run (skipping what is
 //! already committed, refusing a different config), and [`train`] runs the
 //! stages of each iteration in order, resuming whatever is committed.
 //!
 //! Where a run's files live is in one place, [`layout`].
 
+pub mod backend;
 mod error;
 pub mod init;
 pub mod inputs;

@@ -7,6 +7,7 @@ use candle_core::Device;
 use wc_config::{DeviceSpec, PipelineConfig};
 use wc_store::{CommitOutcome, ManifestState, PendingCommit, RunStore, ShardSpec};
 
+use crate::backend::{self, Backend, WithBackend};
 use crate::error::StageError;
 use crate::{inputs, layout, stages};
 
@@ -175,16 +176,37 @@ pub fn run_stage(ctx: &RunContext, req: StageRequest) -> Result<StageOutcome, St
     }
     tracing::info!(stage = req.stage.name(), iter = req.iter, shard = %req.shard, device = %ctx.device_spec, "running");
     let files = match req.stage {
-        Stage::Prefix => stages::prefix(ctx, req.iter, req.shard, &dir, &mut pending)?,
-        Stage::Rollout => stages::rollout(ctx, req.iter, req.shard, &dir, &mut pending)?,
-        Stage::Reward => stages::reward(ctx, req.iter, req.shard, &dir, &mut pending)?,
+        // Select runs no model.
         Stage::Select => stages::select(ctx, req.iter, &dir, &mut pending)?,
-        Stage::Optimize => stages::optimize(ctx, req.iter, &dir, &mut pending)?,
+        _ => backend::with_backend(ctx, StageBody { ctx, req, dir: &dir, pending: &mut pending })?,
     };
     Ok(match pending.commit()? {
         CommitOutcome::Committed { manifest, .. } => StageOutcome::Committed { manifest, files },
         CommitOutcome::LostRace { manifest } => StageOutcome::LostRace { manifest },
     })
+}
+
+/// A model stage's body, run with the run's backend.
+struct StageBody<'a> {
+    ctx: &'a RunContext,
+    req: StageRequest,
+    dir: &'a str,
+    pending: &'a mut PendingCommit,
+}
+
+impl WithBackend for StageBody<'_> {
+    type Output = usize;
+
+    fn run<B: Backend>(self, b: &B) -> Result<usize, StageError> {
+        let StageBody { ctx, req, dir, pending } = self;
+        match req.stage {
+            Stage::Prefix => stages::prefix(b, ctx, req.iter, req.shard, dir, pending),
+            Stage::Rollout => stages::rollout(b, ctx, req.iter, req.shard, dir, pending),
+            Stage::Reward => stages::reward(b, ctx, req.iter, req.shard, dir, pending),
+            Stage::Optimize => stages::optimize(b, ctx, req.iter, dir, pending),
+            Stage::Select => stages::select(ctx, req.iter, dir, pending),
+        }
+    }
 }
 
 /// Run iterations `0..iters` locally, stage after stage, skipping every

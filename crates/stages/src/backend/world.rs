@@ -1,0 +1,245 @@
+//! The candle world model as a [`Backend`] (`crate::world` holds its
+//! tensor plumbing): clips are latent frames of the pixel codec, each clip
+//! sampled from the prompt's first frame and the most recent frames, the
+//! NFT loss trains it, Muon/AdamW step it.
+
+use std::cell::RefCell;
+
+use candle_core::Device;
+use wc_config::PipelineConfig;
+use wc_model::optim::Optimizer;
+use wc_model::ModelConfig;
+use wc_rl::schedule::{sampler_times, timestep_subset};
+use wc_rl::seeds::{derive_seed, SeedDomain};
+use wc_schemas::{tensors, DimBindings, TensorSet};
+use wc_store::{CommittedSet, PendingCommit, RunStore};
+use wc_world::Frame;
+
+use super::{Backend, Decoded, GroupFrames, Role, Sampled, SequenceRequest, Selected, StepReport};
+use crate::error::StageError;
+use crate::runner::RunContext;
+use crate::world::{self, NftSample, WorldPolicy};
+use crate::world_stages::{FIRST_FRAMES, POSE_MODEL, POSE_SETTINGS};
+use crate::{inputs, layout};
+
+/// The world backend of a run: its model config and the first frames of
+/// its prompts, from the init commit.
+pub struct WorldBackend<'a> {
+    ctx: &'a RunContext,
+    pub cfg: ModelConfig,
+    init: CommittedSet,
+    firsts: Vec<Vec<u8>>,
+    /// The reference model of the optional KL term, loaded on first use.
+    reference: RefCell<Option<WorldPolicy>>,
+}
+
+impl<'a> WorldBackend<'a> {
+    pub fn open(ctx: &'a RunContext) -> Result<Self, StageError> {
+        let init = inputs::init_set(ctx)?;
+        let cfg = world::model_config(ctx, &init)?;
+        let firsts = crate::world_stages::first_frames(ctx, &init, cfg.frame_size)?;
+        Ok(WorldBackend { ctx, cfg, init, firsts, reference: RefCell::new(None) })
+    }
+
+    fn device(&self) -> Result<&Device, StageError> {
+        self.ctx.device()
+    }
+
+    /// The latent frame of prompt `prompt`'s first frame.
+    fn first_latent(&self, prompt: i64) -> Result<Vec<f32>, StageError> {
+        let f = self.firsts.get(prompt as usize).ok_or_else(|| StageError::invalid(FIRST_FRAMES, format!("no first frame for prompt {prompt}")))?;
+        Ok(world::encode_frame(&self.cfg, f))
+    }
+
+    fn frames_of(&self, latents: &[f32]) -> Vec<Frame> {
+        let s = self.cfg.frame_size;
+        world::decode_frames(&self.cfg, latents).chunks_exact(s * s * 3).map(|f| Frame::from_u8(s, s, f)).collect()
+    }
+
+    fn clip_len(&self) -> usize {
+        world::clip_shape(&self.cfg).iter().product()
+    }
+}
+
+impl Backend for WorldBackend<'_> {
+    type Policy = WorldPolicy;
+    type Optimizer = Optimizer;
+
+    fn clip_shape(&self) -> Vec<usize> {
+        world::clip_shape(&self.cfg)
+    }
+
+    fn load_policy(&self, set: &CommittedSet, k: u64, role: Role) -> Result<WorldPolicy, StageError> {
+        world::load_policy(self.ctx, &self.cfg, set, k, role.file_stem())
+    }
+
+    fn load_optimizer(&self, set: &CommittedSet, k: u64, policy: &WorldPolicy) -> Result<Optimizer, StageError> {
+        world::load_optimizer(self.ctx, set, k, &policy.params)
+    }
+
+    fn save_checkpoint(&self, pending: &mut PendingCommit, k: u64, policy: &WorldPolicy, old: &WorldPolicy, opt: &Optimizer) -> Result<(), StageError> {
+        let dir = layout::checkpoint_dir(k);
+        for (name, t) in [("policy", policy.params.to_tensor_set()?), ("old_policy", old.params.to_tensor_set()?), ("optimizer", opt.to_tensor_set()?)] {
+            let p = format!("{dir}/{name}.safetensors");
+            pending.write(&p, wc_schemas::write_any(&self.ctx.store.uri_of(&p), &t)?)?;
+        }
+        Ok(())
+    }
+
+    fn sequences(&self, old: &WorldPolicy, requests: &[SequenceRequest], on_clip: &dyn Fn()) -> Result<Vec<Sampled>, StageError> {
+        let sampler = world::sampler_config(self.ctx);
+        let firsts: Vec<Vec<f32>> = requests.iter().map(|r| self.first_latent(r.prompt_id)).collect::<Result<_, _>>()?;
+        let mut out = vec![Sampled::default(); requests.len()];
+        let clips = requests.iter().map(|r| r.clips.len()).max().unwrap_or(0);
+        for c in 0..clips {
+            if requests.iter().any(|r| r.clips.len() != clips) {
+                return Err(StageError::invalid("sequences", "every sequence of one call must have the same number of clips"));
+            }
+            let contexts: Vec<Vec<f32>> = firsts.iter().zip(&out).map(|(f, s)| world::context_tokens(&self.cfg, f, &s.latents)).collect();
+            let masks: Vec<Vec<u8>> = requests.iter().map(|r| world::frame_masks(&self.cfg, &r.clips[c].windows)).collect();
+            let noises: Vec<Vec<f32>> = requests.iter().map(|r| world::clip_noise(&self.cfg, r.clips[c].noise_seed)).collect();
+            let sampled = world::sample_clips(old, &sampler, &contexts, &masks, &noises)?;
+            for ((s, clip), noise) in out.iter_mut().zip(sampled.chunks_exact(self.clip_len())).zip(noises) {
+                s.latents.extend_from_slice(clip);
+                s.noise.extend(noise);
+            }
+            on_clip();
+        }
+        Ok(out)
+    }
+
+    fn candidates(&self, old: &WorldPolicy, prompt_id: i64, prefix: &[f32], windows: &[u8], seeds: &[u64]) -> Result<Sampled, StageError> {
+        let sampler = world::sampler_config(self.ctx);
+        let cache = world::encode_context(old, &world::context_tokens(&self.cfg, &self.first_latent(prompt_id)?, prefix))?;
+        let masks = vec![world::frame_masks(&self.cfg, windows); seeds.len()];
+        let noises: Vec<Vec<f32>> = seeds.iter().map(|s| world::clip_noise(&self.cfg, *s)).collect();
+        let latents = world::candidates_from_cache(old, &sampler, &cache, &masks, &noises)?;
+        Ok(Sampled { latents, noise: noises.concat() })
+    }
+
+    fn decode(&self, prompt_id: i64, prefix: &[f32], candidates: &[f32], clips_per_candidate: usize) -> Result<Decoded, StageError> {
+        let first = self.frames_of(&self.first_latent(prompt_id)?).remove(0);
+        let prefix = self.frames_of(prefix);
+        let before = prefix.last().unwrap_or(&first).clone();
+        let clip_len = self.clip_len() * clips_per_candidate;
+        let candidates = candidates.chunks_exact(clip_len).map(|lat| std::iter::once(before.clone()).chain(self.frames_of(lat)).collect()).collect();
+        Ok(Decoded::Frames(GroupFrames { first, prefix, candidates }))
+    }
+
+    fn frame_size(&self) -> Option<usize> {
+        Some(self.cfg.frame_size)
+    }
+
+    fn optimize(&self, policy: &mut WorldPolicy, old: &WorldPolicy, opt: &mut Optimizer, selected: &[Selected], iter: u64) -> Result<Vec<StepReport>, StageError> {
+        let ctx = self.ctx;
+        let o_cfg = &ctx.cfg.optimize;
+        if o_cfg.kl_weight > 0.0 && self.reference.borrow().is_none() {
+            *self.reference.borrow_mut() = Some(world::load_policy(ctx, &self.cfg, &self.init, 0, "policy")?);
+        }
+        let reference = self.reference.borrow();
+        let sample_level = crate::stages::sample_level(ctx);
+        let steps = ctx.cfg.rollout.sampler_steps as usize;
+        let times = sampler_times(steps, ctx.cfg.rollout.timestep_shift);
+        let subset = timestep_subset(steps, o_cfg.timestep_fraction, derive_seed(ctx.cfg.run.seed, iter, SeedDomain::Optimize, 0, 0));
+        let g_count = ctx.cfg.rollout.candidates as usize;
+        let mut samples = Vec::new();
+        for s in selected {
+            let first = self.first_latent(s.row.prompt_id)?;
+            for (c, history, clip) in crate::stages::trained_clips(ctx, iter, s.prefix, s.latents, self.clip_len()) {
+                let context = world::context_tokens(&self.cfg, &first, history);
+                let masks = world::frame_masks(&self.cfg, &inputs::clip_windows(ctx, s.row, c));
+                let x = world::clip_tokens(&self.cfg, clip);
+                // Noise id of (clip, candidate): clip-level keeps its
+                // historical id j; sample-level numbers the pairs clip-major.
+                let id = if sample_level { (c as usize - 1) * g_count + s.candidate } else { s.candidate };
+                for &ti in &subset {
+                    let seed = derive_seed(ctx.cfg.run.seed, iter, SeedDomain::Optimize, s.group, (id * steps + ti) as u64 + 1);
+                    let eps = world::clip_tokens(&self.cfg, &world::clip_noise(&self.cfg, seed));
+                    samples.push(NftSample { context: context.clone(), x: x.clone(), eps, t: times[ti] as f32, masks: masks.clone(), r: s.r as f32 });
+                }
+            }
+        }
+        let settings = world::NftSettings { beta: o_cfg.beta, lr: o_cfg.lr, guidance: o_cfg.guidance };
+        let pb = crate::stages::progress(samples.len().div_ceil(o_cfg.minibatch as usize), "optimize");
+        let mut reports = Vec::new();
+        for batch in samples.chunks(o_cfg.minibatch as usize) {
+            let r = reference.as_ref().map(|r| (r, o_cfg.kl_weight));
+            let s = world::nft_step(policy, old, r, opt, &world::nft_batch(&self.cfg, batch, self.device()?)?, &settings)?;
+            reports.push(StepReport { loss: s.loss, grad_norm: s.grad_norm, samples: batch.len(), applied: s.applied });
+            pb.inc(1);
+        }
+        pb.finish_and_clear();
+        Ok(reports)
+    }
+
+    fn ema(&self, old: &mut WorldPolicy, policy: &WorldPolicy, eta: f64) -> Result<(), StageError> {
+        old.params.ema_toward(&policy.params, eta)?;
+        if !old.params.all_finite()? {
+            return Err(StageError::invalid("old policy", "the EMA update gave non-finite weights; nothing was committed"));
+        }
+        Ok(())
+    }
+}
+
+/// Checkpoint 0 of a world run: the base model's weights (or a seeded fresh
+/// model), the model config, the prompts' first frames at the model's size,
+/// and the run's copy of the pose estimator.
+pub fn write_initial_checkpoint(store: &RunStore, cfg: &PipelineConfig, prompts: &[wc_data::rows::PromptRow], files: &mut crate::init::InitFiles) -> Result<(), StageError> {
+    use bytes::Bytes;
+    // Init only copies weights into the run (or seeds a fresh model): the
+    // CPU does it, whatever device the stages run on later.
+    let device = Device::Cpu;
+    let policy = if cfg.model.base.is_empty() {
+        let mc = if cfg.model.preset == "default" { ModelConfig::default() } else { ModelConfig::tiny() };
+        WorldPolicy::fresh(&mc, derive_seed(cfg.run.seed, 0, SeedDomain::Init, 0, 0), &device)?
+    } else {
+        let base = crate::init::resolve_store(&cfg.model.base)?;
+        let m = crate::evaluate::load_checkpoint(&base, cfg.model.base_step, &device)?;
+        tracing::info!(base = %m.path, step = m.step, "initialising the policy from the base model");
+        WorldPolicy { model: m.model, params: m.params }
+    };
+    let mc = policy.model.cfg.clone();
+    if cfg.rollout.windows_per_clip as usize * 4 != mc.frames_per_clip {
+        return Err(StageError::invalid(
+            "rollout.windows_per_clip",
+            format!("{} windows of 4 frames per clip, but the model makes {}-frame clips", cfg.rollout.windows_per_clip, mc.frames_per_clip),
+        ));
+    }
+    let uri = |p: &str| store.uri_of(p);
+    let dir = layout::checkpoint_dir(0);
+    let weights = policy.params.to_tensor_set()?;
+    for name in ["policy", "old_policy"] {
+        let path = format!("{dir}/{name}.safetensors");
+        files.write(&path, wc_schemas::write_any(&uri(&path), &weights)?)?;
+    }
+    let opt = Optimizer::new(wc_model::optim::OptimConfig::default(), &policy.params)?;
+    let path = format!("{dir}/optimizer.safetensors");
+    files.write(&path, wc_schemas::write_any(&uri(&path), &opt.to_tensor_set()?)?)?;
+    let path = format!("{dir}/{}", world::MODEL_CONFIG_FILE);
+    files.write(&path, Bytes::from(serde_json::to_vec_pretty(&mc).expect("serialises")))?;
+    // First frames at the model's size.
+    let spec = wc_data::DatasetSpec {
+        render: wc_world::RenderConfig { width: mc.frame_size, height: mc.frame_size, ..Default::default() },
+        ..Default::default()
+    };
+    let frames = wc_data::build::first_frames(&spec, prompts);
+    let mut t = TensorSet::new();
+    t.insert("frames".into(), wc_schemas::Tensor::from_u8(&[prompts.len(), mc.frame_size, mc.frame_size, 3], &frames));
+    let b = DimBindings::new().dim("prompts", prompts.len()).dim("height", mc.frame_size).dim("width", mc.frame_size);
+    files.write(FIRST_FRAMES, wc_schemas::write_tensors(&tensors::first_frames(), &b, &uri(FIRST_FRAMES), &t)?)?;
+    // The pose estimator, copied so that the run is self-contained.
+    if !cfg.reward.pose_model.is_empty() {
+        let pose_store = crate::init::resolve_store(&cfg.reward.pose_model)?;
+        let pose = crate::scorer_models::load_pose(&pose_store, &device)?;
+        if pose.net.cfg.frame_size != mc.frame_size {
+            return Err(StageError::invalid(
+                pose.path,
+                format!("the pose estimator reads {0}x{0} frames, the model makes {1}x{1}", pose.net.cfg.frame_size, mc.frame_size),
+            ));
+        }
+        let settings = crate::scorer_models::read_settings(&pose_store, pose.step)?;
+        files.write(POSE_MODEL, wc_schemas::write_any(&uri(POSE_MODEL), &pose.params.to_tensor_set()?)?)?;
+        files.write(POSE_SETTINGS, Bytes::from(serde_json::to_vec_pretty(&settings).expect("serialises")))?;
+    }
+    Ok(())
+}
