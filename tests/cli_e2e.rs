@@ -277,6 +277,15 @@ fn run_uri_with_dotdot_and_uninitialised_runs_are_refused() {
     assert!(err.contains("'..'"), "{err}");
     let err = wc_err(&["status", "--run", &file_uri(tmp.path(), "none")], &[]);
     assert!(err.contains("not initialised") && err.contains("worldcompass init"), "{err}");
+    // Regression test for "read-only commands create directories for a
+    // mistyped URI" (issue 28, 4).
+    for args in [vec!["status", "--run"], vec!["stage", "prefix", "--iter", "0", "--run"], vec!["report", "--run"], vec!["train", "--run"]] {
+        let mut args = args.clone();
+        let typo = file_uri(tmp.path(), "typo");
+        args.push(&typo);
+        wc_err(&args, &[]);
+        assert!(!tmp.path().join("typo").exists(), "{args:?} created the mistyped folder");
+    }
 }
 
 #[test]

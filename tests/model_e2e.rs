@@ -105,5 +105,8 @@ print("ok")
     assert!(out.contains("9 frames, generated left, ground truth right"), "{out}");
     assert!(std::fs::metadata(format!("{p}.gif")).unwrap().len() > 100);
     let err = wc_err(&["eval", "--data", &data, "--model", &file_uri(tmp.path(), "nothing")], &[]);
+    assert!(err.contains("does not exist") && !tmp.path().join("nothing").exists(), "{err}");
+    std::fs::create_dir_all(tmp.path().join("nothing")).unwrap();
+    let err = wc_err(&["eval", "--data", &data, "--model", &file_uri(tmp.path(), "nothing")], &[]);
     assert!(err.contains("no committed checkpoint"), "{err}");
 }

@@ -430,6 +430,7 @@ print(total)
     let settings: serde_json::Value = serde_json::from_slice(&std::fs::read(tmp.path().join("mixed/pose_estimator/step-0000002/settings.json")).unwrap()).unwrap();
     assert_eq!((settings["generated"]["windows"].as_u64(), settings["generated"]["share"].as_f64()), (Some(total as u64), Some(0.25)));
     // A store with nothing labelled is a clear error, naming the command that labels.
+    std::fs::create_dir_all(tmp.path().join("empty")).unwrap();
     let err = wc_err(&["scorers", "train-pose", "--out", &file_uri(tmp.path(), "none"), "--generated", &file_uri(tmp.path(), "empty"), "--steps", "1", "--frame-size", "16"], &[]);
     assert!(err.contains("label-windows"), "{err}");
 

@@ -79,7 +79,8 @@ fn run(cli: Cli) -> Result<()> {
             println!("{stats}");
         }
         Command::Train { run, pipeline, iters, seed, device } => {
-            let store = RunStore::open(&run)?;
+            // Only a train that may initialise the run creates its folder.
+            let store = if pipeline.is_some() { RunStore::open(&run)? } else { RunStore::open_existing(&run)? };
             if let Some(p) = &pipeline {
                 let cfg = with_seed(PipelineConfig::load(p)?, seed);
                 if init_run(&store, &cfg, false)? == InitOutcome::Created {
@@ -157,7 +158,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Pretrain { data, out, steps, batch, lr, warmup, checkpoint_every, seed, d_model, layers, heads, patch, context_frames, mlp_ratio, device } => {
-            let data = RunStore::open(&data)?;
+            let data = RunStore::open_existing(&data)?;
             let out = RunStore::open(&out)?;
             anyhow::ensure!(checkpoint_every > 0, "--checkpoint-every must be at least 1");
             let model = wc_model::ModelConfig {
@@ -205,7 +206,7 @@ fn run(cli: Cli) -> Result<()> {
             use wc_stages::evaluate::{self, ContextSource};
             let lengths = evaluate::parse_lengths(&lengths).map_err(|e| anyhow::anyhow!("--lengths: {e}"))?;
             let source = if teacher_forced { ContextSource::GroundTruth } else { ContextSource::Generated };
-            let seqs = evaluate::held_out(&RunStore::open(&data)?, sequences)?;
+            let seqs = evaluate::held_out(&RunStore::open_existing(&data)?, sequences)?;
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
             println!(
                 "{} held-out sequences per kind, context: {}, T={}, shift={}, guidance={}, seed {}",
@@ -244,7 +245,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Sample { model, step, scene, actions, sampler, truth, out, device } => {
-            let store = RunStore::open(&model)?;
+            let store = RunStore::open_existing(&model)?;
             let m = wc_stages::evaluate::load_checkpoint(&store, step, &wc_model::device::open(device.or_cpu())?)?;
             let size = m.model.cfg.frame_size;
             let (acts, world, gt) = ground_truth(scene, &actions, size)?;
@@ -316,7 +317,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("wrote {out}.gif and {out}.png ({} frames: A left, B middle, ground truth right)", frames.len());
         }
         Command::Report { run, out } => {
-            let store = RunStore::open(&run)?;
+            let store = RunStore::open_existing(&run)?;
             let log = wc_report::reward_log(&store)?;
             let summary = wc_report::iteration_summary(&log)?;
             println!("run {}: {} reward-log rows", store.uri(), log.height());
@@ -466,7 +467,7 @@ fn scorers(what: worldcompass::ScorersWhat, device: wc_config::DeviceSpec) -> an
         ScorersWhat::TrainPose { out, steps, batch, lr, checkpoint_every, hidden, frame_size, derotate, fine_halves, seed, init_from, generated, generated_share } => {
             anyhow::ensure!(checkpoint_every > 0, "--checkpoint-every must be at least 1");
             let out = RunStore::open(&out)?;
-            let source = init_from.as_deref().map(RunStore::open).transpose()?;
+            let source = init_from.as_deref().map(RunStore::open_existing).transpose()?;
             let warm_start = match &source {
                 Some(src) => {
                     let w = wc_stages::scorer_models::WarmStart::newest(src).with_context(|| format!("--init-from {}", src.uri()))?;
@@ -479,7 +480,7 @@ fn scorers(what: worldcompass::ScorersWhat, device: wc_config::DeviceSpec) -> an
             };
             let labelled = generated
                 .iter()
-                .map(|uri| wc_stages::scorer_models::load_labelled(&RunStore::open(uri)?).with_context(|| format!("--generated {uri}")))
+                .map(|uri| wc_stages::scorer_models::load_labelled(&RunStore::open_existing(uri)?).with_context(|| format!("--generated {uri}")))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             for (uri, set) in generated.iter().zip(&labelled) {
                 if let Some(w) = set.windows.first().filter(|w| w.frames.first.width != frame_size) {
@@ -516,7 +517,7 @@ fn scorers(what: worldcompass::ScorersWhat, device: wc_config::DeviceSpec) -> an
             println!("pose estimator at step {done} under {}", out.uri_of(wc_stages::scorer_models::POSE_DIR));
         }
         ScorersWhat::EvalPose { model, windows, seed, per_action, misreads, generated } => {
-            let store = RunStore::open(&model)?;
+            let store = RunStore::open_existing(&model)?;
             let m = wc_stages::scorer_models::load_pose(&store, &dev()?)?;
             let metric = wc_world::metric::MetricConfig::default();
             println!("pose estimator {} (step {}), held-out scenes, clean ground-truth renders", m.path, m.step);
@@ -536,7 +537,7 @@ fn scorers(what: worldcompass::ScorersWhat, device: wc_config::DeviceSpec) -> an
                 }
             }
             if let Some(uri) = generated {
-                let set = wc_stages::scorer_models::load_labelled(&RunStore::open(&uri)?).with_context(|| format!("--generated {uri}"))?;
+                let set = wc_stages::scorer_models::load_labelled(&RunStore::open_existing(&uri)?).with_context(|| format!("--generated {uri}"))?;
                 println!("\ngenerated windows under {uri}: how often the estimator reads the probe's class (by the command's kind)");
                 println!("{}", accuracy_header("command"));
                 let pred = wc_scorers::labelled::predictions(&m.net, &set.windows, m.params.device())?;
@@ -549,7 +550,7 @@ fn scorers(what: worldcompass::ScorersWhat, device: wc_config::DeviceSpec) -> an
         ScorersWhat::Agreement { run, from, to, pose_model } => {
             anyhow::ensure!(from < to, "--from {from} must be below --to {to}");
             let ctx = RunContext::open(&run)?.on_device(Some(device));
-            let other = pose_model.as_deref().map(|uri| wc_stages::scorer_models::load_pose(&RunStore::open(uri)?, &dev()?).with_context(|| format!("--pose-model {uri}"))).transpose()?;
+            let other = pose_model.as_deref().map(|uri| wc_stages::scorer_models::load_pose(&RunStore::open_existing(uri)?, &dev()?).with_context(|| format!("--pose-model {uri}"))).transpose()?;
             if let Some(m) = &other {
                 println!("pose estimator under test: {} (step {})", m.path, m.step);
             }
@@ -717,7 +718,7 @@ fn seed_note(seed: Option<u64>) -> String {
 /// `step`, default the newest).
 fn load_model_spec(spec: &str, step: Option<u64>, device: wc_config::DeviceSpec) -> anyhow::Result<wc_stages::evaluate::LoadedModel> {
     match spec.rsplit_once('@') {
-        Some((uri, k)) if k.parse::<u64>().is_ok() => Ok(wc_stages::evaluate::load_run_checkpoint(&RunStore::open(uri)?, k.parse()?, "policy", device)?),
-        _ => Ok(wc_stages::evaluate::load_checkpoint(&RunStore::open(spec)?, step, &wc_model::device::open(device)?)?),
+        Some((uri, k)) if k.parse::<u64>().is_ok() => Ok(wc_stages::evaluate::load_run_checkpoint(&RunStore::open_existing(uri)?, k.parse()?, "policy", device)?),
+        _ => Ok(wc_stages::evaluate::load_checkpoint(&RunStore::open_existing(spec)?, step, &wc_model::device::open(device)?)?),
     }
 }

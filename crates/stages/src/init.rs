@@ -122,10 +122,10 @@ pub fn init_run(store: &RunStore, cfg: &PipelineConfig, force: bool) -> Result<I
 /// against the working directory.
 pub fn resolve_store(value: &str) -> Result<RunStore, StageError> {
     if value.contains("://") {
-        return Ok(RunStore::open(value)?);
+        return Ok(RunStore::open_existing(value)?);
     }
     let abs = std::path::absolute(value).map_err(|e| StageError::invalid(value, format!("cannot resolve the path: {e}")))?;
-    Ok(RunStore::open(&format!("file://{}", abs.display()))?)
+    Ok(RunStore::open_existing(&format!("file://{}", abs.display()))?)
 }
 
 #[cfg(test)]

@@ -224,6 +224,11 @@ pub fn sequence_pool(ctx: &RunContext, init: &CommittedSet) -> Result<Vec<GroupR
                 format!("group {} has {} action windows, the config needs {windows}", r.group_id, r.actions.len()),
             ));
         }
+        for (w, m) in r.actions.iter().enumerate() {
+            if let Some((a, b)) = wc_world::ActionMask(*m).opposite_pair() {
+                return Err(StageError::invalid(&artifact, format!("group {} window {w}: action mask {m} holds opposite actions ({a} and {b})", r.group_id)));
+            }
+        }
     }
     if rows.is_empty() {
         return Err(StageError::invalid(artifact, "the sequence pool is empty"));

@@ -63,7 +63,10 @@ pub struct RunContext {
 impl RunContext {
     /// Open an initialised run (reads its `run.toml`).
     pub fn open(uri: &str) -> Result<Self, StageError> {
-        let store = RunStore::open(uri)?;
+        let store = RunStore::open_existing(uri).map_err(|e| match e {
+            wc_store::StoreError::NoSuchStore { uri } => StageError::NotInitialised { uri },
+            other => other.into(),
+        })?;
         Self::from_store(store)
     }
 

@@ -12,6 +12,9 @@ pub enum StoreError {
     #[error("invalid run URI '{uri}': {reason}")]
     InvalidUri { uri: String, reason: String },
 
+    #[error("nothing at {uri}: the folder does not exist (a typo? commands that read a store do not create it)")]
+    NoSuchStore { uri: String },
+
     #[error("invalid artifact path '{path}': {reason}")]
     InvalidPath { path: String, reason: String },
 

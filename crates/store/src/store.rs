@@ -285,6 +285,19 @@ impl RunStore {
         })
     }
 
+    /// Open a store that must exist already: for commands that only read
+    /// (or continue) one. A `file://` folder that does not exist is
+    /// [`StoreError::NoSuchStore`] and is not created (a mistyped path must
+    /// not leave folders behind); cloud stores are opened as by
+    /// [`RunStore::open`].
+    pub fn open_existing(uri: &str) -> Result<Self, StoreError> {
+        let parsed = RunUri::parse(uri)?;
+        if parsed.scheme == Scheme::File && !std::path::Path::new(&parsed.path).is_dir() {
+            return Err(StoreError::NoSuchStore { uri: parsed.uri });
+        }
+        Self::open(uri)
+    }
+
     /// Storage time and bytes so far (shared by clones of this store).
     pub fn io_stats(&self) -> IoStats {
         IoStats {
@@ -458,6 +471,21 @@ mod tests {
             assert!(err.contains("without '//'"), "{bad}: {err}");
         }
         assert!(RunUri::parse("runs/a:b").is_ok(), "a colon later in a relative path is a path");
+    }
+
+    /// Regression test for "read-only commands create directories for a
+    /// mistyped URI" (issue 28, 4).
+    #[test]
+    fn opening_an_existing_store_never_creates_a_folder() {
+        let tmp = tempfile::tempdir().unwrap();
+        let missing = tmp.path().join("typo/run");
+        let err = RunStore::open_existing(&format!("file://{}", missing.display())).unwrap_err();
+        assert!(matches!(err, StoreError::NoSuchStore { .. }) && err.to_string().contains("does not exist"), "{err}");
+        assert!(!tmp.path().join("typo").exists(), "nothing created");
+        RunStore::open(&format!("file://{}", missing.display())).unwrap();
+        assert!(missing.is_dir(), "open (for writers) creates it");
+        assert!(RunStore::open_existing(&format!("file://{}", missing.display())).is_ok());
+        assert!(RunStore::open_existing("memory://x").is_ok());
     }
 
     #[test]

@@ -47,6 +47,15 @@ impl ActionMask {
         ActionMask(self.0 | other.0)
     }
 
+    /// The pair of opposite actions it holds together (forward and
+    /// backward, left and right, up and down, turn left and turn right),
+    /// if any: such a mask names no motion of the 81-class action space.
+    pub fn opposite_pair(&self) -> Option<(ActionMask, ActionMask)> {
+        [(Self::FORWARD, Self::BACKWARD), (Self::LEFT, Self::RIGHT), (Self::TURN_UP, Self::TURN_DOWN), (Self::TURN_LEFT, Self::TURN_RIGHT)]
+            .into_iter()
+            .find(|(a, b)| self.has(*a) && self.has(*b))
+    }
+
     /// Whether it is a combined action (two or more basic actions).
     pub fn is_combined(&self) -> bool {
         self.0.count_ones() >= 2
@@ -249,6 +258,17 @@ pub fn mixed_sequence(seed: u64, windows: usize, hold: usize, combined_rate: f64
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn opposite_actions_held_together_are_found() {
+        assert_eq!(ActionMask(0b0000_0011).opposite_pair(), Some((ActionMask::FORWARD, ActionMask::BACKWARD)));
+        assert_eq!(ActionMask(0b1100_0001).opposite_pair(), Some((ActionMask::TURN_LEFT, ActionMask::TURN_RIGHT)));
+        assert_eq!(ActionMask::FORWARD.union(ActionMask::LEFT).union(ActionMask::TURN_UP).opposite_pair(), None);
+        assert_eq!(ActionMask(0).opposite_pair(), None);
+        // Every mask an action sequence of the embedded world holds has none.
+        let seq = action_sequence(3, SequenceKind::Combined, 64, 4, &Kinematics::default());
+        assert!(seq.iter().all(|m| m.opposite_pair().is_none()));
+    }
 
     #[test]
     fn from_intent_inverts_translation_and_rotation() {
