@@ -3,8 +3,6 @@
 //! sampled from the prompt's first frame and the most recent frames, the
 //! NFT loss trains it, Muon/AdamW step it.
 
-use std::cell::RefCell;
-
 use candle_core::Device;
 use wc_config::PipelineConfig;
 use wc_model::optim::Optimizer;
@@ -29,8 +27,6 @@ pub struct WorldBackend<'a> {
     pub cfg: ModelConfig,
     init: CommittedSet,
     firsts: Vec<Vec<u8>>,
-    /// The reference model of the optional KL term, loaded on first use.
-    reference: RefCell<Option<WorldPolicy>>,
 }
 
 impl<'a> WorldBackend<'a> {
@@ -38,7 +34,7 @@ impl<'a> WorldBackend<'a> {
         let init = inputs::init_set(ctx)?;
         let cfg = world::model_config(ctx, &init)?;
         let firsts = crate::world_stages::first_frames(ctx, &init, cfg.frame_size)?;
-        Ok(WorldBackend { ctx, cfg, init, firsts, reference: RefCell::new(None) })
+        Ok(WorldBackend { ctx, cfg, init, firsts })
     }
 
     fn device(&self) -> Result<&Device, StageError> {
@@ -133,10 +129,8 @@ impl Backend for WorldBackend<'_> {
     fn optimize(&self, policy: &mut WorldPolicy, old: &WorldPolicy, opt: &mut Optimizer, selected: &[Selected], iter: u64) -> Result<Vec<StepReport>, StageError> {
         let ctx = self.ctx;
         let o_cfg = &ctx.cfg.optimize;
-        if o_cfg.kl_weight > 0.0 && self.reference.borrow().is_none() {
-            *self.reference.borrow_mut() = Some(world::load_policy(ctx, &self.cfg, &self.init, 0, "policy")?);
-        }
-        let reference = self.reference.borrow();
+        // The reference model of the optional KL term: the run's first policy.
+        let reference = if o_cfg.kl_weight > 0.0 { Some(world::load_policy(ctx, &self.cfg, &self.init, 0, "policy")?) } else { None };
         let sample_level = crate::stages::sample_level(ctx);
         let steps = ctx.cfg.rollout.sampler_steps as usize;
         let times = sampler_times(steps, ctx.cfg.rollout.timestep_shift);
