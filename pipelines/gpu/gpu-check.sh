@@ -12,10 +12,16 @@
 #
 # Usage: pipelines/gpu/gpu-check.sh [BIN]    (`just gpu-check` runs it)
 # Writes the run and gpu-check.log under $OUT (default runs/gpu-check).
-# Finishes in a few minutes on an H200.
+# Finishes in a few minutes on an H200. WC_GPU_CHECK_DEVICE=cpu runs the
+# same flow on the CPU, without nvidia-smi (a dry run of the script).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bin=${1:-target/cuda/worldcompass-cuda}
+device=${WC_GPU_CHECK_DEVICE:-cuda:0}
+# GPU memory in use now, MiB (0 on the CPU).
+gpu_mib() {
+  if [ "$device" = cpu ]; then echo 0; else nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 | head -n 1; fi
+}
 out=${OUT:-runs/gpu-check}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
@@ -34,38 +40,38 @@ print(":".join(dirs))
 EOF
 )
 export LD_LIBRARY_PATH="${libdirs:+$libdirs:}/usr/local/nvidia/lib64:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
-echo "gpu-check: $(date -u +%FT%TZ) on $(hostname)"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+echo "gpu-check: $(date -u +%FT%TZ) on $(hostname), device $device"
+[ "$device" = cpu ] || nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 if ldd "$bin" | grep "not found"; then
   echo "gpu-check: $bin misses the libraries above; put their folders on LD_LIBRARY_PATH" >&2
   exit 1
 fi
 
 echo
-echo "== 1. cpu and cuda:0 agree (f32) =="
-"$bin" bench devices --device cuda:0 --preset tiny
-"$bin" bench devices --device cuda:0 --preset default
+echo "== 1. cpu and $device agree (f32) =="
+"$bin" bench devices --device "$device" --preset tiny
+"$bin" bench devices --device "$device" --preset default
 
 echo
-echo "== 2. two iterations of the embedded default on cuda:0 =="
+echo "== 2. two iterations of the embedded default on $device =="
 run="file://$out/run"
 rm -rf "$out/run"
 "$bin" init --run "$run" --pipeline pipelines/embedded.toml
 printf '%-5s %-9s %8s %14s\n' iter stage wall_s peak_gpu_MiB
-base=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 | head -n 1)
+base=$(gpu_mib)
 for iter in 0 1; do
   for stage in prefix rollout reward select optimize; do
     peak_file=$(mktemp)
     echo "$base" > "$peak_file"
     (
       while true; do
-        m=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 | head -n 1)
+        m=$(gpu_mib)
         [ "$m" -gt "$(cat "$peak_file")" ] && echo "$m" > "$peak_file"
         sleep 0.1
       done
     ) &
     poller=$!
-    stats=$("$bin" stage "$stage" --run "$run" --iter "$iter" --device cuda:0 | tee -a "$out/stages.log" | grep -o 'wall_s=[0-9.]*' | cut -d= -f2)
+    stats=$("$bin" stage "$stage" --run "$run" --iter "$iter" --device "$device" | tee -a "$out/stages.log" | grep -o 'wall_s=[0-9.]*' | cut -d= -f2)
     kill "$poller" 2>/dev/null || true
     wait "$poller" 2>/dev/null || true
     printf '%-5s %-9s %8s %14s\n' "$iter" "$stage" "${stats:-?}" "$(( $(cat "$peak_file") - base ))"
