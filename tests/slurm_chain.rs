@@ -67,7 +67,14 @@ fn final_checkpoint(moto: &MotoServer, run: &str) -> Vec<u8> {
 fn slurm_array_chain_over_s3_matches_local_train_also_after_a_requeue() {
     let tmp = tempfile::tempdir().unwrap();
     let pose = tiny_pose_model(tmp.path());
-    let pipeline = tiny_world_pipeline(tmp.path(), &pose);
+    // 40 sampler steps, not the tiny pipeline's 4: a rollout task must last
+    // long enough for the requeue below to catch it running (with 4, CI saw
+    // every requeue land after its task had ended).
+    let tiny = std::fs::read_to_string(tiny_world_pipeline(tmp.path(), &pose)).unwrap();
+    assert!(tiny.contains("sampler_steps = 4 "), "the tiny pipeline's sampler steps moved");
+    let pipeline = tmp.path().join("slurm-pipeline.toml");
+    std::fs::write(&pipeline, tiny.replacen("sampler_steps = 4 ", "sampler_steps = 40 ", 1)).unwrap();
+    let pipeline = pipeline.to_str().unwrap().to_string();
 
     // The reference: the same config trained locally in one process.
     let local = format!("file://{}", tmp.path().join("local").display());
