@@ -42,7 +42,6 @@ use crate::runner::RunContext;
 /// The model config of a run (`checkpoints/000000/model.json`, written by init).
 pub const MODEL_CONFIG_FILE: &str = "model.json";
 
-
 /// A policy (or old policy) of the world backend.
 pub type WorldPolicy = wc_model::Policy<WorldModel>;
 

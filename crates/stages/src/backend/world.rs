@@ -87,10 +87,10 @@ impl Backend for WorldBackend<'_> {
         let firsts: Vec<Vec<f32>> = requests.iter().map(|r| self.first_latent(r.prompt_id)).collect::<Result<_, _>>()?;
         let mut out = vec![Sampled::default(); requests.len()];
         let clips = requests.iter().map(|r| r.clips.len()).max().unwrap_or(0);
+        if requests.iter().any(|r| r.clips.len() != clips) {
+            return Err(StageError::invalid("sequences", "every sequence of one call must have the same number of clips"));
+        }
         for c in 0..clips {
-            if requests.iter().any(|r| r.clips.len() != clips) {
-                return Err(StageError::invalid("sequences", "every sequence of one call must have the same number of clips"));
-            }
             let contexts: Vec<Vec<f32>> = firsts.iter().zip(&out).map(|(f, s)| world::context_tokens(&self.cfg, f, &s.latents)).collect();
             let masks: Vec<Vec<u8>> = requests.iter().map(|r| world::frame_masks(&self.cfg, &r.clips[c].windows)).collect();
             let noises: Vec<Vec<f32>> = requests.iter().map(|r| world::clip_noise(&self.cfg, r.clips[c].noise_seed)).collect();
