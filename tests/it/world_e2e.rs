@@ -1,11 +1,9 @@
 //! End-to-end tests of the world backend: the candle world model in the
 //! five stages, driven through the real `worldcompass` binary.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 use wc_store::RunStore;
 
 fn file_uri(dir: &std::path::Path, name: &str) -> String {

@@ -2,10 +2,8 @@
 //! (moto, on loopback), beside memory:// and file://: one conformance suite
 //! for every backend, SIGKILL resume, racing workers, credential hygiene.
 
-mod support;
-
 use bytes::Bytes;
-use support::*;
+use crate::support::*;
 use wc_store::{CommitOutcome, CommittedSet, ManifestState, PendingCommit, RunStore, StoreError};
 
 /// What every backend must do; run on memory://, file:// and s3://.
@@ -132,7 +130,7 @@ fn an_iteration_through_a_faulty_network_commits_the_same_checkpoint_as_file() {
     let moto = MotoServer::start();
     moto.create_bucket("wc-faults");
     let seed: u64 = std::env::var("WC_FAULT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(28);
-    let proxy = support::fault_proxy::FaultProxy::start(moto.port, share, seed);
+    let proxy = crate::support::fault_proxy::FaultProxy::start(moto.port, share, seed);
     let env: Vec<(&str, String)> = moto.env().into_iter().map(|(k, v)| if k == "AWS_ENDPOINT_URL" { (k, proxy.endpoint.clone()) } else { (k, v) }).collect();
     let tmp = tempfile::tempdir().unwrap();
     let local = format!("file://{}/run", tmp.path().display());

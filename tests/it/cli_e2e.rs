@@ -1,12 +1,9 @@
 //! End-to-end tests of the `worldcompass` binary on file:// runs: commit once,
 //! resume after SIGKILL, refuse bad input with clear errors.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-
-use support::*;
+use crate::support::*;
 use wc_store::RunStore;
 
 fn file_uri(dir: &std::path::Path, name: &str) -> String {

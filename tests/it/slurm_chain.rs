@@ -4,16 +4,12 @@
 //! `worldcompass train` run locally, also when an array task is cancelled
 //! mid-run and requeued.
 
-mod support;
-#[path = "support/slurm.rs"]
-mod slurm;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use slurm::SlurmCluster;
-use support::*;
+use crate::support::slurm::SlurmCluster;
+use crate::support::*;
 use wc_store::RunStore;
 
 const ITERS: &str = "2";

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fault_proxy;
+pub mod slurm;
 
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};

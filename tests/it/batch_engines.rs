@@ -4,13 +4,11 @@
 //! manifest sets). Each chain must commit every shard and end with the same
 //! checkpoint bytes as `worldcompass train`.
 
-mod support;
-
 use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
-use support::*;
+use crate::support::*;
 use wc_store::RunStore;
 
 const ITERS: u64 = 2;

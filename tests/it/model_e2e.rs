@@ -1,9 +1,7 @@
 //! End-to-end tests of the model commands on tiny configs: pretrain (and its
 //! resume), eval, sample; the checkpoint read by Python's safetensors.
 
-mod support;
-
-use support::*;
+use crate::support::*;
 use wc_store::RunStore;
 
 fn file_uri(dir: &std::path::Path, name: &str) -> String {
