@@ -1,52 +1,14 @@
 //! The camera pose estimator: pixels in, relative camera motion out.
 //!
-//! It sees a window's first frame (the frame before the window) and last
-//! frame, and classifies each motion axis (yaw, pitch, forward, right) as
-//! negative, none or positive. The motion it returns per axis is the most
-//! probable class times the nominal window motion, scaled by that class's
-//! probability (for a right turn: `turn * p(+)`); "none" is exactly zero,
-//! so doubt between classes cannot leak past the metric's 1 degree / 0.01
-//! unit thresholds (an expectation over the classes did: rotation-only
-//! windows read as translation). The action-accuracy metric maps these
-//! motions to labels exactly as it maps ground-truth poses. The class
-//! probabilities themselves are there too ([`PoseNet::window_probs`],
-//! [`expected_correct`]): the reward's graded interaction-following signal.
+//! It reads a window's first frame (the frame before the window) and its
+//! last frame, and classifies each motion axis (yaw, pitch, forward, right)
+//! as negative, none or positive; a second network reads the translation
+//! after the turn is undone ([`crate::derotate`]). The class probabilities
+//! ([`PoseNet::window_probs`], [`expected_correct`]) give the graded
+//! interaction-following reward.
 //!
-//! The network is a small residual MLP over a cost volume, the correlation layer of
-//! optical-flow networks: for each block of a grid over the first frame,
-//! the mean squared difference to the last frame at every shift of a
-//! search window, normalised by the block's mean over shifts. Rotation
-//! moves every block alike, sideways translation moves near blocks (the
-//! ground) more than far ones, forward motion spreads blocks outward: the
-//! volume holds that geometry and not the scene's appearance, so the
-//! estimator carries over to scenes it never saw.
-//!
-//! A combined window (turn and move at once) is where one volume is not
-//! enough: a 20 degree turn shifts the view by a quarter of the frame and
-//! swamps the translation's few pixels of parallax. With
-//! [`PoseConfig::derotate`] a second network reads the translation: the
-//! first network's turn is undone by its rotation homography (see
-//! [`crate::derotate`]). It reads both halves of the window (first to
-//! middle frame, middle to last), each de-rotated by half the turn, so each
-//! pair differs by translation alone; its input is their cost volumes
-//! beside the whole window's. Halves, because a turn up or down takes the
-//! near ground, where the parallax is, out of the last frame's view but not
-//! yet out of the middle one's. With [`PoseConfig::fine_halves`] the halves'
-//! volumes hold every whole-pixel shift within a few pixels of zero instead
-//! of the whole window's coarse grid (a 3-pixel step for 32 pixels): once
-//! the turn is undone, a half window's parallax is a few pixels, and the
-//! coarse grid saw only whether it was there, not its pattern. It is trained
-//! on windows de-rotated by the true turn. The translation the estimator
-//! returns pools both networks: the mean of their class probabilities.
-//!
-//! Both networks are trained on
-//! simulator renders with exact poses: every batch is rendered fresh from
-//! training scenes (seeds disjoint from the
-//! held-out scenes), random start poses, and window motions drawn from all
-//! 81 (translation x rotation) classes and the basic and combined actions,
-//! half of them mildly blurred or noised so the estimator also reads
-//! imperfect generated frames. Batches derive from (seed, step): training
-//! is deterministic and resumable.
+//! See docs/scorers.md for the design and
+//! docs/results/2026-11-27-pose-estimator-tuning.md for the tuning history.
 
 use candle_core::{DType, Device, Tensor, D};
 use rand::{Rng, SeedableRng};
