@@ -470,6 +470,11 @@ fn status_shows_committed_partial_and_interrupted_work() {
     let p = line("     1  prefix");
     assert!(p.contains("3 shards") && p.contains("partial") && p.contains("[1]"), "{p}");
     assert!(line("     1  rollout").contains("uncommitted files"), "{out}");
+    // The printout as the user reads it, the temporary folder and the
+    // config's fingerprint (it follows every pipeline key) masked.
+    let fingerprint = out.lines().next().and_then(|l| l.split("(config ").nth(1)).unwrap().trim_end_matches(')').to_string();
+    let shown = out.replace(&run, "file://[RUN]").replace(&fingerprint, "[CONFIG]");
+    insta::assert_snapshot!("status_committed_partial_and_interrupted", shown);
 }
 
 #[test]

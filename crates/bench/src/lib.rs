@@ -2,7 +2,7 @@
 //! side in one process run, each row naming the config it ran and the anchor
 //! it is compared with (the paper's figure or the machine's limit).
 //!
-//! Sections, one module each:
+//! [`all`] runs every section. Sections, one module each:
 //! - [`rollout`]: clip-level vs sample-level rollout (paper section 3.2);
 //! - [`compute`]: the prefix cache, and GFLOP/s against the matmul peak;
 //! - [`pytorch`]: the same model in PyTorch, checked equal, then timed;
@@ -13,6 +13,7 @@
 //! Results print as a table and are written as Parquet (schema
 //! `bench_results`) so runs can be compared over time.
 
+pub mod all;
 pub mod compute;
 pub mod pytorch;
 pub mod rollout;

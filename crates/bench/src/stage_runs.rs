@@ -37,6 +37,14 @@ pub struct StageStats {
     pub peak_rss_bytes: u64,
 }
 
+impl StageStats {
+    /// The stats of the stage this process ran: its wall time and storage
+    /// I/O as measured by the caller, and this process's peak memory.
+    pub fn of_this_process(wall_s: f64, io_s: f64, io_calls: u64, read_bytes: u64, written_bytes: u64) -> StageStats {
+        StageStats { wall_s, io_s, io_calls, read_bytes, written_bytes, peak_rss_bytes: own_peak_rss_bytes() }
+    }
+}
+
 impl std::fmt::Display for StageStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(

@@ -90,6 +90,18 @@ pub fn compare_with_cpu(cfg: &ModelConfig, other: &Device) -> Result<Vec<Agreeme
     ])
 }
 
+/// The comparison as the `bench devices` table: one line per quantity with
+/// its difference, scale, tolerance and verdict.
+pub fn comparison_table(rows: &[Agreement]) -> String {
+    use std::fmt::Write;
+    let mut out = format!("{:<28} {:>14} {:>12} {:>10}  result\n", "quantity", "max |diff|", "max |cpu|", "tolerance");
+    for r in rows {
+        let verdict = if r.passes() { "ok" } else { "OUTSIDE THE TOLERANCE" };
+        let _ = writeln!(out, "{:<28} {:>14.3e} {:>12.3e} {:>10.0e}  {verdict}", r.name, r.max_abs_diff, r.scale, r.tolerance);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -52,6 +52,13 @@ pub struct SamplerConfig {
     pub guidance: f64,
 }
 
+impl Default for SamplerConfig {
+    /// The command line's defaults: 10 steps, shift 3, no guidance.
+    fn default() -> Self {
+        SamplerConfig { steps: 10, shift: 3.0, guidance: 1.0 }
+    }
+}
+
 /// Classifier-free guidance: v_u + g (v_c - v_u).
 pub fn guide(v_cond: &Tensor, v_uncond: &Tensor, g: f64) -> Result<Tensor> {
     Ok((v_uncond + ((v_cond - v_uncond)? * g)?)?)

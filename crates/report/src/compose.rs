@@ -41,6 +41,35 @@ pub fn side_by_side(columns: &[Vec<Vec<u8>>], size: usize, scale: usize, headers
         .collect()
 }
 
+/// u8 RGB HWC frames of `size` x `size` as [`Frame`]s.
+pub fn frames(rgb: &[Vec<u8>], size: usize) -> Vec<Frame> {
+    rgb.iter().map(|f| Frame::from_u8(size, size, f)).collect()
+}
+
+/// Two sequences of u8 RGB HWC frames of `size` x `size`, frame t of
+/// `left` beside frame t of `right`, with no border: frames `2 size` wide.
+pub fn beside(left: &[Vec<u8>], right: &[Vec<u8>], size: usize) -> Vec<Frame> {
+    let row = size * 3;
+    left.iter()
+        .zip(right)
+        .map(|(l, r)| {
+            let mut rgb = Vec::with_capacity(2 * l.len());
+            for y in 0..size {
+                rgb.extend_from_slice(&l[y * row..(y + 1) * row]);
+                rgb.extend_from_slice(&r[y * row..(y + 1) * row]);
+            }
+            Frame::from_u8(2 * size, size, &rgb)
+        })
+        .collect()
+}
+
+/// The label under each of `frames` frames of a sequence: "prompt" under
+/// the first frame, then the action of the window each frame belongs to
+/// (4 frames per window).
+pub fn window_labels(actions: &[wc_world::ActionMask], frames: usize) -> Vec<String> {
+    (0..frames).map(|t| if t == 0 { "prompt".to_string() } else { actions[(t - 1) / 4].to_string() }).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,5 +87,24 @@ mod tests {
         assert_eq!(px(4 + 16 + 4 + 8, 14 + 8), &[0.0, 0.0, 1.0], "right column is the second");
         // The label is written under the frames.
         assert!((0..f.width).any(|x| (14 + 16 + 4..f.height).any(|y| px(x, y)[0] < 0.5)));
+    }
+
+    #[test]
+    fn beside_puts_each_row_of_the_left_frame_before_the_right_ones() {
+        // 2x2 frames: left pixels 10, 20, 30, 40 (grey), right 50..80.
+        let grey = |v: &[u8]| v.iter().flat_map(|&g| [g, g, g]).collect::<Vec<u8>>();
+        let out = beside(&[grey(&[10, 20, 30, 40])], &[grey(&[50, 60, 70, 80])], 2);
+        assert_eq!((out[0].width, out[0].height), (4, 2));
+        let reds: Vec<u8> = out[0].to_u8().chunks(3).map(|p| p[0]).collect();
+        assert_eq!(reds, [10, 20, 50, 60, 30, 40, 70, 80]);
+    }
+
+    #[test]
+    fn window_labels_name_the_prompt_then_each_windows_action_four_times() {
+        let acts = [wc_world::ActionMask::parse("forward").unwrap(), wc_world::ActionMask::parse("turn_left").unwrap()];
+        let labels = window_labels(&acts, 9);
+        assert_eq!(labels[0], "prompt");
+        assert_eq!(labels[1..5], vec![acts[0].to_string(); 4][..]);
+        assert_eq!(labels[5..9], vec![acts[1].to_string(); 4][..]);
     }
 }

@@ -459,6 +459,21 @@ pub fn mean_and_standard_error(xs: &[f64]) -> (f64, f64) {
     (mean, (var / n).sqrt())
 }
 
+/// Write evaluation rows as `eval/eval-<run_unix_s>.parquet` under `store`,
+/// create-only: a second evaluation in the same second takes the next
+/// suffix (`eval-<s>-1.parquet`, ...), never overwrites. Returns the path.
+pub fn write_eval_rows(store: &RunStore, run_unix_s: i64, rows: &[crate::tables::EvalRow]) -> Result<String, StageError> {
+    let first = format!("eval/eval-{run_unix_s}.parquet");
+    let bytes = wc_schemas::write_table(&wc_schemas::tables::eval_results(), &store.uri_of(&first), &crate::tables::eval_to_batch(rows))?;
+    for n in 0.. {
+        let path = if n == 0 { first.clone() } else { format!("eval/eval-{run_unix_s}-{n}.parquet") };
+        if store.put_if_absent(&path, bytes.clone())? {
+            return Ok(path);
+        }
+    }
+    unreachable!("some suffix is free")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -618,5 +633,24 @@ mod tests {
         // A single replicate has no spread to report.
         let two: Vec<_> = rows.iter().filter(|r| r.model == "base" || r.model == "s1@24").cloned().collect();
         assert!(!table1(&two, true).contains("mean delta"));
+    }
+
+    /// What `worldcompass eval` prints, as the user reads it: one snapshot
+    /// of two models, one of a base and three replicates.
+    #[test]
+    fn table1_printouts_match_their_snapshots() {
+        let rows = |models: &[(&str, f64)]| -> Vec<EvalRow> {
+            let mut rows = Vec::new();
+            for (m, v) in models {
+                for l in ["short", "long"] {
+                    for k in ["basic", "combined"] {
+                        rows.push(row(m, l, k, if k == "basic" { *v } else { v / 2.0 }));
+                    }
+                }
+            }
+            rows
+        };
+        insta::assert_snapshot!("table1_two_models", table1(&rows(&[("base", 0.5), ("run@24", 0.9)]), false));
+        insta::assert_snapshot!("table1_replicates", table1(&rows(&[("base", 0.5), ("s1@24", 0.6), ("s2@24", 0.7), ("s3@24", 0.9)]), true));
     }
 }

@@ -30,4 +30,4 @@ pub mod world_stages;
 pub use error::StageError;
 pub use init::{init_run, InitOutcome};
 pub use runner::{run_stage, train, RunContext, Stage, StageOutcome, StageRequest};
-pub use status::{run_status, StatusRow};
+pub use status::{run_status, status_table, StatusRow};

@@ -34,6 +34,23 @@ pub struct PretrainSettings {
     pub dataset: String,
 }
 
+impl Default for PretrainSettings {
+    /// The embedded base model's settings (`just pretrain`), the dataset
+    /// digest left empty.
+    fn default() -> Self {
+        PretrainSettings {
+            model: ModelConfig::default(),
+            seed: 0,
+            batch: 24,
+            lr: 2e-3,
+            warmup_steps: 100,
+            action_dropout: 0.1,
+            checkpoint_every: 200,
+            dataset: String::new(),
+        }
+    }
+}
+
 impl PretrainSettings {
     pub fn fingerprint(&self) -> String {
         hex::encode(Sha256::digest(serde_json::to_vec(self).expect("serialises")))

@@ -116,3 +116,20 @@ pub fn run_status(ctx: &RunContext) -> Result<Vec<StatusRow>, StageError> {
     }
     Ok(rows)
 }
+
+/// The status printout: a header naming the run and its config, then one
+/// line per stage (or "no stage has run yet").
+pub fn status_table(uri: &str, fingerprint: &str, rows: &[StatusRow]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "run {uri} (config {})", &fingerprint[..fingerprint.len().min(12)]);
+    if rows.is_empty() {
+        let _ = writeln!(out, "no stage has run yet");
+    }
+    let _ = writeln!(out, "{:>6}  {:<9} {:<10} {:<18} committed shards", "iter", "stage", "shards", "state");
+    for r in rows {
+        let idx = if r.committed.is_empty() { "-".to_string() } else { format!("{:?}", r.committed) };
+        let _ = writeln!(out, "{:>6}  {:<9} {:<10} {:<18} {idx}", r.iter, r.stage, r.shards, r.state);
+    }
+    out
+}

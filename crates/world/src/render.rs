@@ -190,6 +190,17 @@ pub fn render(scene: &Scene, pose: &Pose, cfg: &RenderConfig) -> Frame {
     Frame { width: w, height: h, rgb }
 }
 
+/// The ground truth of scene `scene_seed` under `actions` (one per
+/// window) from the start pose, as u8 RGB HWC frames of `size` x `size`:
+/// the first frame, then 4 per window. Returns the scene too (its caption).
+pub fn ground_truth_u8(scene_seed: u64, actions: &[crate::ActionMask], size: usize) -> (Scene, Vec<Vec<u8>>) {
+    let cfg = RenderConfig { width: size, height: size, ..Default::default() };
+    let scene = Scene::generate(scene_seed);
+    let poses = crate::Kinematics::default().trajectory(Pose::START, actions);
+    let frames = poses.iter().map(|p| render(&scene, p, &cfg).to_u8()).collect();
+    (scene, frames)
+}
+
 /// Render every pose of a trajectory.
 pub fn render_trajectory(scene: &Scene, poses: &[Pose], cfg: &RenderConfig) -> Vec<Frame> {
     poses.iter().map(|p| render(scene, p, cfg)).collect()

@@ -1,0 +1,102 @@
+//! `worldcompass pretrain`: see [`crate::Command::Pretrain`].
+
+use clap::Args;
+use wc_model::ModelConfig;
+use wc_stages::pretrain::{run_pretrain, step_dir, PretrainSettings};
+use wc_store::RunStore;
+
+use crate::args::DeviceArgs;
+
+/// The arguments of `worldcompass pretrain`.
+#[derive(Debug, Args)]
+pub struct PretrainArgs {
+    /// Store URI holding the dataset (written by `worldcompass data`).
+    #[arg(long)]
+    pub data: String,
+    /// Store URI the checkpoints are committed under.
+    #[arg(long)]
+    pub out: String,
+    /// Train up to this many steps in total.
+    #[arg(long, default_value_t = 3000)]
+    pub steps: u64,
+    #[arg(long, default_value_t = PretrainSettings::default().batch)]
+    pub batch: usize,
+    #[arg(long, default_value_t = PretrainSettings::default().lr)]
+    pub lr: f64,
+    #[arg(long, default_value_t = PretrainSettings::default().warmup_steps)]
+    pub warmup: u64,
+    #[arg(long, default_value_t = PretrainSettings::default().checkpoint_every)]
+    pub checkpoint_every: u64,
+    #[arg(long, default_value_t = PretrainSettings::default().seed)]
+    pub seed: u64,
+    /// Model width.
+    #[arg(long, default_value_t = ModelConfig::default().d_model)]
+    pub d_model: usize,
+    #[arg(long, default_value_t = ModelConfig::default().layers)]
+    pub layers: usize,
+    #[arg(long, default_value_t = ModelConfig::default().heads)]
+    pub heads: usize,
+    /// Patch size in pixels (a token is one patch of one frame).
+    #[arg(long, default_value_t = ModelConfig::default().patch)]
+    pub patch: usize,
+    /// Recent frames in the context besides the first frame.
+    #[arg(long, default_value_t = ModelConfig::default().context_frames)]
+    pub context_frames: usize,
+    /// MLP width as a multiple of the model width.
+    #[arg(long, default_value_t = ModelConfig::default().mlp_ratio)]
+    pub mlp_ratio: usize,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+impl PretrainArgs {
+    /// The library's pre-training settings (the dataset digest is filled
+    /// in by `run_pretrain`).
+    pub fn settings(&self) -> anyhow::Result<PretrainSettings> {
+        anyhow::ensure!(self.checkpoint_every > 0, "--checkpoint-every must be at least 1");
+        let d = PretrainSettings::default();
+        Ok(PretrainSettings {
+            model: ModelConfig {
+                d_model: self.d_model,
+                layers: self.layers,
+                heads: self.heads,
+                patch: self.patch,
+                context_frames: self.context_frames,
+                mlp_ratio: self.mlp_ratio,
+                ..d.model
+            },
+            seed: self.seed,
+            batch: self.batch,
+            lr: self.lr,
+            warmup_steps: self.warmup,
+            checkpoint_every: self.checkpoint_every,
+            ..d
+        })
+    }
+}
+
+pub fn run(a: PretrainArgs) -> anyhow::Result<()> {
+    let settings = a.settings()?;
+    let data = RunStore::open_existing(&a.data)?;
+    let out = RunStore::open(&a.out)?;
+    let bar = super::step_bar(a.steps, "pretrain");
+    let mut ema_loss: Option<f64> = None;
+    let mut first = true;
+    let done = run_pretrain(&data, &out, settings, a.steps, &wc_model::device::open(a.device.or_cpu())?, |step, r| {
+        if first {
+            bar.set_position(step);
+            first = false;
+        }
+        let l = ema_loss.map_or(r.loss, |e| 0.98 * e + 0.02 * r.loss);
+        ema_loss = Some(l);
+        bar.set_message(format!("loss {l:.4} lr {:.1e}", r.lr));
+        bar.inc(1);
+        // Without a terminal (a batch log), a line every 50 steps instead.
+        if bar.is_hidden() && (step + 1) % 50 == 0 {
+            eprintln!("step {} loss {l:.4} grad_norm {:.3}", step + 1, r.grad_norm);
+        }
+    })?;
+    bar.finish_and_clear();
+    println!("pre-trained to step {done}; checkpoint: {}/{}", out.uri(), step_dir(done));
+    Ok(())
+}
