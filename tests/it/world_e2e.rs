@@ -327,7 +327,7 @@ import sys
 from PIL import Image
 g = Image.open(sys.argv[1] + ".gif"); assert g.n_frames == 9, g.n_frames
 w, h = g.size
-assert w == 3 * 64 + 4 * 4 and h == 14 + 64 + 14, g.size
+assert w == 3 * 64 + 4 * 4 and h == 16 + 64 + 16, g.size
 p = Image.open(sys.argv[1] + ".png"); p.load()
 assert p.size[0] >= 4 * w and p.size[1] >= 3 * h, p.size  # 9 frames, 4 per row
 print("ok")

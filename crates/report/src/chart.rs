@@ -1,21 +1,28 @@
-//! Line charts as PNG, drawn pixel by pixel: axes with tick labels, one
-//! polyline with markers per series, a legend and a title, in the bitmap
-//! font of [`crate::font`]. No system fonts, no display.
+//! Line charts over iterations as PNG, drawn with plotters' bitmap backend
+//! and the DejaVu Sans font embedded in the binary: no system fonts, no
+//! display. The x axis is the iteration, an integer, and its ticks are
+//! whole iterations ([`iteration_ticks`]).
 
-use crate::font::{glyph, ADVANCE, HEIGHT};
+use std::sync::OnceLock;
+
+use plotters::prelude::*;
+use plotters::style::{register_font, FontStyle};
 
 /// An RGB colour.
 pub type Rgb = [u8; 3];
 
-/// One line of a chart.
+/// The font family charts and composed media write in.
+pub const FONT: &str = "sans-serif";
+
+/// One line of a chart: (iteration, value) points, drawn in order.
 #[derive(Debug, Clone)]
 pub struct Series {
     pub name: String,
     pub color: Rgb,
-    pub points: Vec<(f64, f64)>,
+    pub points: Vec<(i64, f64)>,
 }
 
-/// A chart of one or more series over a shared x axis.
+/// A chart of one or more series over iterations.
 #[derive(Debug, Clone)]
 pub struct LineChart {
     pub title: String,
@@ -23,96 +30,60 @@ pub struct LineChart {
     pub series: Vec<Series>,
 }
 
-/// An RGB canvas.
-pub struct Canvas {
-    pub width: usize,
-    pub height: usize,
+/// A chart drawn into an RGB buffer, with where its points landed.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    pub width: u32,
+    pub height: u32,
+    /// RGB, row-major.
     pub rgb: Vec<u8>,
+    /// Per series, the pixel of each finite point.
+    pub points_px: Vec<Vec<(i32, i32)>>,
 }
 
-impl Canvas {
-    pub fn new(width: usize, height: usize) -> Self {
-        Canvas { width, height, rgb: vec![255; width * height * 3] }
-    }
-
-    pub fn pixel(&self, x: usize, y: usize) -> Rgb {
-        let i = (y * self.width + x) * 3;
-        [self.rgb[i], self.rgb[i + 1], self.rgb[i + 2]]
-    }
-
-    pub fn set(&mut self, x: isize, y: isize, c: Rgb) {
-        if x >= 0 && y >= 0 && (x as usize) < self.width && (y as usize) < self.height {
-            let i = (y as usize * self.width + x as usize) * 3;
-            self.rgb[i..i + 3].copy_from_slice(&c);
-        }
-    }
-
-    pub fn rect(&mut self, x0: isize, y0: isize, w: isize, h: isize, c: Rgb) {
-        for y in y0..y0 + h {
-            for x in x0..x0 + w {
-                self.set(x, y, c);
-            }
-        }
-    }
-
-    /// A line of thickness ~2 (Bresenham, doubled).
-    pub fn line(&mut self, (x0, y0): (isize, isize), (x1, y1): (isize, isize), c: Rgb) {
-        let (dx, dy) = ((x1 - x0).abs(), -(y1 - y0).abs());
-        let (sx, sy) = (if x0 < x1 { 1 } else { -1 }, if y0 < y1 { 1 } else { -1 });
-        let (mut x, mut y, mut err) = (x0, y0, dx + dy);
-        loop {
-            self.set(x, y, c);
-            self.set(x + 1, y, c);
-            self.set(x, y + 1, c);
-            if x == x1 && y == y1 {
-                break;
-            }
-            let e2 = 2 * err;
-            if e2 >= dy {
-                err += dy;
-                x += sx;
-            }
-            if e2 <= dx {
-                err += dx;
-                y += sy;
-            }
-        }
-    }
-
-    /// Text at (x, y) (top-left), glyphs scaled by `scale`.
-    pub fn text(&mut self, x: isize, y: isize, s: &str, scale: usize, c: Rgb) {
-        for (i, ch) in s.chars().enumerate() {
-            let g = glyph(ch);
-            for (r, row) in g.iter().enumerate() {
-                for col in 0..5 {
-                    if row & (0x10 >> col) != 0 {
-                        let px = x + ((i * ADVANCE + col) * scale) as isize;
-                        self.rect(px, y + (r * scale) as isize, scale as isize, scale as isize, c);
-                    }
-                }
-            }
-        }
-    }
-
-    pub fn text_width(s: &str, scale: usize) -> usize {
-        s.chars().count() * ADVANCE * scale
-    }
-
-    /// PNG bytes of the canvas.
-    pub fn png(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        {
-            let mut enc = png::Encoder::new(&mut out, self.width as u32, self.height as u32);
-            enc.set_color(png::ColorType::Rgb);
-            enc.set_depth(png::BitDepth::Eight);
-            let mut w = enc.write_header().expect("in-memory PNG header");
-            w.write_image_data(&self.rgb).expect("in-memory PNG data");
-        }
-        out
-    }
+/// Errors of drawing a chart.
+#[derive(Debug, thiserror::Error)]
+pub enum ChartError {
+    #[error("drawing a chart: {0}")]
+    Draw(String),
+    #[error("encoding a chart as PNG: {0}")]
+    Png(#[from] png::EncodingError),
 }
 
-/// A number for a tick label: at most 4 significant characters.
+fn draw_err(e: impl std::fmt::Display) -> ChartError {
+    ChartError::Draw(e.to_string())
+}
+
+/// Register the embedded font once per process (plotters keeps a global
+/// font table).
+pub(crate) fn ensure_font() -> Result<(), ChartError> {
+    static REGISTERED: OnceLock<Result<(), String>> = OnceLock::new();
+    REGISTERED
+        .get_or_init(|| register_font(FONT, FontStyle::Normal, dejavu::sans::regular()).map_err(|_| "the embedded DejaVu Sans font does not parse".to_string()))
+        .clone()
+        .map_err(ChartError::Draw)
+}
+
+/// Whole-iteration ticks for an axis from `lo` to `hi`: a step of 1, 2 or
+/// 5 times a power of ten, the smallest that gives at most `max_ticks`
+/// ticks, starting at the first multiple of the step not below `lo`.
+pub fn iteration_ticks(lo: i64, hi: i64, max_ticks: usize) -> Vec<i64> {
+    let (lo, hi) = (lo.min(hi), lo.max(hi));
+    let max_ticks = max_ticks.max(2) as i64;
+    let mut step = 1i64;
+    'search: for pow in 0..18 {
+        for m in [1, 2, 5] {
+            step = m * 10i64.pow(pow);
+            if (hi - lo) / step < max_ticks {
+                break 'search;
+            }
+        }
+    }
+    let first = lo.div_euclid(step) * step + if lo.rem_euclid(step) == 0 { 0 } else { step };
+    (0..).map(|i| first + i * step).take_while(|&t| t <= hi).collect()
+}
+
+/// A number for a value tick label: at most 4 significant characters.
 pub fn tick_label(v: f64) -> String {
     if v == 0.0 {
         "0".into()
@@ -125,90 +96,107 @@ pub fn tick_label(v: f64) -> String {
     }
 }
 
-/// Plot area margins: left, right, top, bottom.
-const MARGIN: (usize, usize, usize, usize) = (64, 16, 40, 56);
-
-/// Where a chart's plot area is and how data maps into it.
-#[derive(Debug, Clone, Copy)]
-pub struct Frame {
-    pub x0: f64,
-    pub x1: f64,
-    pub y0: f64,
-    pub y1: f64,
-    pub left: usize,
-    pub top: usize,
-    pub w: usize,
-    pub h: usize,
-}
-
-impl Frame {
-    pub fn to_px(&self, x: f64, y: f64) -> (isize, isize) {
-        let fx = if self.x1 > self.x0 { (x - self.x0) / (self.x1 - self.x0) } else { 0.5 };
-        let fy = if self.y1 > self.y0 { (y - self.y0) / (self.y1 - self.y0) } else { 0.5 };
-        ((self.left as f64 + fx * self.w as f64).round() as isize, (self.top as f64 + (1.0 - fy) * self.h as f64).round() as isize)
-    }
-}
-
 impl LineChart {
-    /// The data range, padded by 5% (a flat series gets +-0.5).
-    pub fn frame(&self, width: usize, height: usize) -> Frame {
-        let pts = self.series.iter().flat_map(|s| s.points.iter());
-        let (mut x0, mut x1, mut y0, mut y1) = (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY);
-        for (x, y) in pts.filter(|(x, y)| x.is_finite() && y.is_finite()) {
-            (x0, x1, y0, y1) = (x0.min(*x), x1.max(*x), y0.min(*y), y1.max(*y));
+    /// The iterations and values shown: the data's range, values padded by
+    /// 5% (a flat series by 0.5), a single iteration by one on each side.
+    fn ranges(&self) -> ((i64, i64), (f64, f64)) {
+        let pts = self.series.iter().flat_map(|s| s.points.iter()).filter(|(_, y)| y.is_finite());
+        let (mut x0, mut x1, mut y0, mut y1) = (i64::MAX, i64::MIN, f64::INFINITY, f64::NEG_INFINITY);
+        for &(x, y) in pts {
+            (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
         }
-        if !x0.is_finite() {
-            (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
+        if x0 > x1 {
+            (x0, x1, y0, y1) = (0, 1, 0.0, 1.0);
+        }
+        if x0 == x1 {
+            (x0, x1) = (x0 - 1, x1 + 1);
         }
         if y1 - y0 < 1e-12 {
             (y0, y1) = (y0 - 0.5, y1 + 0.5);
         }
         let pad = 0.05 * (y1 - y0);
-        let (l, r, t, b) = MARGIN;
-        Frame { x0, x1, y0: y0 - pad, y1: y1 + pad, left: l, top: t, w: width - l - r, h: height - t - b }
+        ((x0, x1), (y0 - pad, y1 + pad))
     }
 
-    /// Render to a canvas.
-    pub fn render(&self, width: usize, height: usize) -> Canvas {
-        let mut c = Canvas::new(width, height);
-        let f = self.frame(width, height);
-        let (ink, grid) = ([30, 30, 30], [225, 225, 225]);
-        c.text(f.left as isize, 12, &self.title, 2, ink);
-        // Grid, ticks and labels: 5 on each axis.
-        for i in 0..=4 {
-            let fy = i as f64 / 4.0;
-            let y = f.y0 + fy * (f.y1 - f.y0);
-            let (_, py) = f.to_px(f.x0, y);
-            c.rect(f.left as isize, py, f.w as isize, 1, grid);
-            let label = tick_label(y);
-            c.text(f.left as isize - 6 - Canvas::text_width(&label, 1) as isize, py - 3, &label, 1, ink);
-            let x = f.x0 + fy * (f.x1 - f.x0);
-            let (px, _) = f.to_px(x, f.y0);
-            c.rect(px, (f.top + f.h) as isize, 1, 5, ink);
-            let label = tick_label(x);
-            c.text(px - Canvas::text_width(&label, 1) as isize / 2, (f.top + f.h + 8) as isize, &label, 1, ink);
-        }
-        c.rect(f.left as isize, f.top as isize, 1, f.h as isize + 1, ink);
-        c.rect(f.left as isize, (f.top + f.h) as isize, f.w as isize + 1, 1, ink);
-        c.text((f.left + f.w / 2) as isize - Canvas::text_width(&self.x_label, 1) as isize / 2, (f.top + f.h + 22) as isize, &self.x_label, 1, ink);
-        // Series and legend.
-        let mut lx = f.left as isize;
-        for s in &self.series {
-            let pts: Vec<(isize, isize)> = s.points.iter().filter(|(x, y)| x.is_finite() && y.is_finite()).map(|(x, y)| f.to_px(*x, *y)).collect();
-            for w in pts.windows(2) {
-                c.line(w[0], w[1], s.color);
+    /// Draw the chart into an RGB buffer of `width` x `height`.
+    pub fn render(&self, width: u32, height: u32) -> Result<Rendered, ChartError> {
+        ensure_font()?;
+        let ((x0, x1), (y0, y1)) = self.ranges();
+        let ticks = iteration_ticks(x0, x1, 12);
+        let mut rgb = vec![255u8; (width * height * 3) as usize];
+        let mut points_px = Vec::new();
+        {
+            let root = BitMapBackend::with_buffer(&mut rgb, (width, height)).into_drawing_area();
+            let mut chart = ChartBuilder::on(&root)
+                .caption(&self.title, (FONT, 18))
+                .margin(12)
+                .x_label_area_size(40)
+                .y_label_area_size(56)
+                .build_cartesian_2d((x0..x1).with_key_points(ticks), y0..y1)
+                .map_err(draw_err)?;
+            chart
+                .configure_mesh()
+                .x_desc(self.x_label.as_str())
+                .x_label_formatter(&|x| x.to_string())
+                .y_label_formatter(&|y| tick_label(*y))
+                .label_style((FONT, 12))
+                .light_line_style(RGBColor(235, 235, 235))
+                .draw()
+                .map_err(draw_err)?;
+            for s in &self.series {
+                let color = RGBColor(s.color[0], s.color[1], s.color[2]);
+                let pts: Vec<(i64, f64)> = s.points.iter().copied().filter(|(_, y)| y.is_finite()).collect();
+                chart
+                    .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
+                    .map_err(draw_err)?
+                    .label(s.name.as_str())
+                    .legend(move |(x, y)| Rectangle::new([(x, y - 4), (x + 14, y + 4)], color.filled()));
+                chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(draw_err)?;
+                points_px.push(pts.iter().map(|p| chart.backend_coord(p)).collect());
             }
-            for p in &pts {
-                c.rect(p.0 - 2, p.1 - 2, 5, 5, s.color);
-            }
-            let ly = (height - 14) as isize;
-            c.rect(lx, ly, 14, 7, s.color);
-            c.text(lx + 18, ly, &s.name, 1, ink);
-            lx += 18 + Canvas::text_width(&s.name, 1) as isize + 20;
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::LowerRight)
+                .label_font((FONT, 12))
+                .background_style(WHITE.mix(0.85))
+                .border_style(RGBColor(180, 180, 180))
+                .draw()
+                .map_err(draw_err)?;
+            root.present().map_err(draw_err)?;
         }
-        let _ = HEIGHT;
-        c
+        Ok(Rendered { width, height, rgb, points_px })
     }
+
+    /// The chart as PNG bytes.
+    pub fn png(&self, width: u32, height: u32) -> Result<Vec<u8>, ChartError> {
+        self.render(width, height)?.png()
+    }
+}
+
+impl Rendered {
+    /// The pixel at (x, y).
+    pub fn pixel(&self, x: i32, y: i32) -> Rgb {
+        let i = (y as usize * self.width as usize + x as usize) * 3;
+        [self.rgb[i], self.rgb[i + 1], self.rgb[i + 2]]
+    }
+
+    /// PNG bytes of the buffer.
+    pub fn png(&self) -> Result<Vec<u8>, ChartError> {
+        encode_png(self.width, self.height, &self.rgb)
+    }
+}
+
+/// PNG bytes of an RGB buffer.
+pub(crate) fn encode_png(width: u32, height: u32, rgb: &[u8]) -> Result<Vec<u8>, ChartError> {
+    let mut out = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut out, width, height);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut w = enc.write_header()?;
+        w.write_image_data(rgb)?;
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -229,23 +217,37 @@ mod tests {
         let chart = LineChart {
             title: "t".into(),
             x_label: "iteration".into(),
-            series: vec![Series { name: "a".into(), color: red, points: vec![(0.0, 0.0), (4.0, 1.0), (8.0, 0.5)] }],
+            series: vec![Series { name: "a".into(), color: red, points: vec![(0, 0.0), (4, 1.0), (8, 0.5)] }],
         };
-        let canvas = chart.render(320, 200);
-        let f = chart.frame(320, 200);
-        // Each data point is drawn (its marker) at its mapped position.
-        for (x, y) in [(0.0, 0.0), (4.0, 1.0), (8.0, 0.5)] {
-            let (px, py) = f.to_px(x, y);
-            assert_eq!(canvas.pixel(px as usize, py as usize), red, "point ({x}, {y})");
+        let r = chart.render(320, 200).unwrap();
+        let px = &r.points_px[0];
+        assert_eq!(px.len(), 3);
+        // Each point's marker is drawn at its pixel.
+        for &(x, y) in px {
+            assert_eq!(r.pixel(x, y), red, "point at ({x}, {y})");
         }
-        // The highest point is above the lowest, and inside the plot area.
-        let (top, bottom) = (f.to_px(4.0, 1.0), f.to_px(0.0, 0.0));
-        assert!(top.1 < bottom.1 && top.1 > f.top as isize && bottom.1 < (f.top + f.h) as isize);
-        let (w, h, buf) = decode(&canvas.png());
+        // Left to right in iteration order; the highest value highest up.
+        assert!(px[0].0 < px[1].0 && px[1].0 < px[2].0);
+        assert!(px[1].1 < px[2].1 && px[2].1 < px[0].1);
+        let (w, h, buf) = decode(&r.png().unwrap());
         assert_eq!((w, h), (320, 200));
-        assert_eq!(buf, canvas.rgb, "the PNG holds the canvas");
-        // The title was drawn: dark pixels in the title band.
-        assert!((0..320).any(|x| (12..26).any(|y| canvas.pixel(x, y) == [30, 30, 30])));
+        assert_eq!(buf, r.rgb, "the PNG holds the buffer");
+        // Text was drawn: dark pixels outside the plotted series.
+        assert!(r.rgb.chunks(3).any(|p| p[0] < 80 && p[1] < 80 && p[2] < 80));
+    }
+
+    #[test]
+    fn iteration_ticks_are_whole_and_round() {
+        // 24 iterations (0..=23): every 2nd, not 5.75, 11.5, 17.25.
+        assert_eq!(iteration_ticks(0, 23, 12), vec![0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22]);
+        assert_eq!(iteration_ticks(0, 5, 12), vec![0, 1, 2, 3, 4, 5]);
+        assert_eq!(iteration_ticks(3, 120, 12), vec![10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110, 120]);
+        assert_eq!(iteration_ticks(-1, 1, 12), vec![-1, 0, 1]);
+        for (lo, hi) in [(0, 1), (0, 7), (1, 24), (0, 999), (5, 5)] {
+            let t = iteration_ticks(lo, hi, 12);
+            assert!(!t.is_empty() && t.len() <= 12, "{lo}..{hi}: {t:?}");
+            assert!(t.iter().all(|&x| x >= lo && x <= hi), "{lo}..{hi}: {t:?}");
+        }
     }
 
     #[test]

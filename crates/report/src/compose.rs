@@ -1,42 +1,53 @@
 //! Side-by-side videos: several frame sequences of the same prompt and
 //! actions (two checkpoints, the ground truth) in columns, each frame
 //! upscaled, with a header naming the columns and the window's action
-//! written under it (as the paper's Figures 3 and 4).
+//! written under it (as the paper's Figures 3 and 4), in the charts' font.
 
+use plotters::prelude::*;
 use wc_world::Frame;
 
-use crate::chart::Canvas;
+use crate::chart::{ensure_font, ChartError, FONT};
 
 /// Compose `columns` (each a list of u8 RGB HWC frames of `size` x `size`,
-/// all the same length) into one frame per time step. `labels[t]` is
-/// written under frame t; `headers` name the columns.
-pub fn side_by_side(columns: &[Vec<Vec<u8>>], size: usize, scale: usize, headers: &[&str], labels: &[String]) -> Vec<Frame> {
+/// all the same length) into one frame per time step, each frame upscaled
+/// `scale` times. `labels[t]` is written under frame t; `headers` name the
+/// columns.
+pub fn side_by_side(columns: &[Vec<Vec<u8>>], size: usize, scale: usize, headers: &[&str], labels: &[String]) -> Result<Vec<Frame>, ChartError> {
+    ensure_font()?;
     let steps = columns.iter().map(|c| c.len()).min().unwrap_or(0);
     let cell = size * scale;
     let gap = 4;
-    let (top, bottom) = (14, 14);
+    let (top, bottom) = (16, 16);
     let width = columns.len() * cell + (columns.len() + 1) * gap;
     let height = top + cell + bottom;
+    let ink = RGBColor(30, 30, 30);
     (0..steps)
         .map(|t| {
-            let mut c = Canvas::new(width, height);
+            let mut rgb = vec![255u8; width * height * 3];
             for (k, col) in columns.iter().enumerate() {
                 let x0 = gap + k * (cell + gap);
-                if let Some(h) = headers.get(k) {
-                    c.text(x0 as isize, 3, h, 1, [30, 30, 30]);
-                }
                 let f = &col[t];
                 for y in 0..cell {
                     for x in 0..cell {
-                        let i = ((y / scale) * size + x / scale) * 3;
-                        c.set((x0 + x) as isize, (top + y) as isize, [f[i], f[i + 1], f[i + 2]]);
+                        let src = ((y / scale) * size + x / scale) * 3;
+                        let dst = ((top + y) * width + x0 + x) * 3;
+                        rgb[dst..dst + 3].copy_from_slice(&f[src..src + 3]);
                     }
                 }
             }
-            if let Some(l) = labels.get(t) {
-                c.text(gap as isize, (top + cell + 4) as isize, l, 1, [30, 30, 30]);
+            {
+                let root = BitMapBackend::with_buffer(&mut rgb, (width as u32, height as u32)).into_drawing_area();
+                let style = TextStyle::from((FONT, 12).into_font()).color(&ink);
+                let err = |e: DrawingAreaErrorKind<_>| ChartError::Draw(e.to_string());
+                for (k, h) in headers.iter().enumerate().take(columns.len()) {
+                    root.draw_text(h, &style, ((gap + k * (cell + gap)) as i32, 2)).map_err(err)?;
+                }
+                if let Some(l) = labels.get(t) {
+                    root.draw_text(l, &style, (gap as i32, (top + cell + 2) as i32)).map_err(err)?;
+                }
+                root.present().map_err(err)?;
             }
-            Frame::from_u8(width, height, &c.rgb)
+            Ok(Frame::from_u8(width, height, &rgb))
         })
         .collect()
 }
@@ -78,15 +89,16 @@ mod tests {
     fn columns_are_placed_side_by_side_and_upscaled() {
         let red = vec![vec![255u8, 0, 0].repeat(4)]; // one 2x2 red frame
         let blue = vec![vec![0u8, 0, 255].repeat(4)];
-        let out = side_by_side(&[red, blue], 2, 8, &["A", "B"], &["FORWARD".to_string()]);
+        let out = side_by_side(&[red, blue], 2, 8, &["A", "B"], &["FORWARD".to_string()]).unwrap();
         assert_eq!(out.len(), 1);
         let f = &out[0];
-        assert_eq!((f.width, f.height), (2 * 16 + 3 * 4, 14 + 16 + 14));
+        assert_eq!((f.width, f.height), (2 * 16 + 3 * 4, 16 + 16 + 16));
         let px = |x: usize, y: usize| &f.rgb[(y * f.width + x) * 3..(y * f.width + x) * 3 + 3];
-        assert_eq!(px(4 + 8, 14 + 8), &[1.0, 0.0, 0.0], "left column is the first sequence");
-        assert_eq!(px(4 + 16 + 4 + 8, 14 + 8), &[0.0, 0.0, 1.0], "right column is the second");
-        // The label is written under the frames.
-        assert!((0..f.width).any(|x| (14 + 16 + 4..f.height).any(|y| px(x, y)[0] < 0.5)));
+        assert_eq!(px(4 + 8, 16 + 8), &[1.0, 0.0, 0.0], "left column is the first sequence");
+        assert_eq!(px(4 + 16 + 4 + 8, 16 + 8), &[0.0, 0.0, 1.0], "right column is the second");
+        // The headers are written above the frames, the label under them.
+        assert!((0..f.width).any(|x| (0..16).any(|y| px(x, y)[0] < 0.5)), "a header");
+        assert!((0..f.width).any(|x| (16 + 16..f.height).any(|y| px(x, y)[0] < 0.5)), "the label");
     }
 
     #[test]

@@ -7,11 +7,12 @@
 //!   translation, VQ), the selection statistics (mean r of the selected
 //!   candidates, spread of the combined advantage) and counts: the same
 //!   numbers a user gets from `polars.scan_parquet("<run>/reward_log/**")`;
-//! - [`chart`]: PNG line charts drawn without system fonts ([`font`]).
+//! - [`reward_charts`] and [`chart`]: PNG line charts of the reward curves
+//!   (plotters, with an embedded font), per iteration and per target clip;
+//! - [`compose`]: several frame sequences side by side, labelled.
 
 pub mod chart;
 pub mod compose;
-pub mod font;
 
 use polars::prelude::*;
 use wc_store::RunStore;
@@ -27,6 +28,8 @@ pub enum ReportError {
         #[source]
         source: PolarsError,
     },
+    #[error(transparent)]
+    Chart(#[from] chart::ChartError),
     #[error("run {0} has no reward log yet (reward_log/ is empty): run at least one iteration's select stage")]
     Empty(String),
 }
@@ -101,27 +104,66 @@ pub fn summary_table(summary: &DataFrame) -> Result<String, ReportError> {
     Ok(out)
 }
 
-/// The reward-curve charts of a summary (IF and VQ, as the paper's Figure
-/// 2, and the IF components): PNG bytes of (name, chart).
+/// Split a per-iteration curve by target clip: for each clip index in
+/// ascending order, its (iteration, value) points in iteration order.
+pub fn per_clip_points(iters: &[i64], clips: &[i64], values: &[f64]) -> Vec<(i64, Vec<(i64, f64)>)> {
+    let mut distinct = clips.to_vec();
+    distinct.sort_unstable();
+    distinct.dedup();
+    distinct
+        .into_iter()
+        .map(|c| {
+            let mut pts: Vec<(i64, f64)> = (0..iters.len()).filter(|&i| clips[i] == c).map(|i| (iters[i], values[i])).collect();
+            pts.sort_by_key(|p| p.0);
+            (c, pts)
+        })
+        .collect()
+}
+
+/// Colours of the series, in order (matplotlib's tab10).
+const PALETTE: [chart::Rgb; 8] =
+    [[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189], [140, 86, 75], [227, 119, 194], [127, 127, 127]];
+
+/// The reward-curve charts of a summary, as PNG bytes of (file name,
+/// chart): IF and its components, and VQ, per iteration (the paper's
+/// Figure 2); and IF and VQ per iteration with one line per target clip
+/// index. The curriculum trains clip n = (k mod N) + 1 in iteration k, so
+/// the overall curves are periodic; the per-clip lines show each clip's
+/// own trend.
 pub fn reward_charts(summary: &DataFrame) -> Result<Vec<(&'static str, Vec<u8>)>, ReportError> {
     use chart::{LineChart, Series};
-    let it = column_f64(summary, "iter")?;
-    let pts = |name: &str| -> Result<Vec<(f64, f64)>, ReportError> { Ok(it.iter().copied().zip(column_f64(summary, name)?).collect()) };
+    let it: Vec<i64> = column_f64(summary, "iter")?.into_iter().map(|v| v as i64).collect();
+    let clip: Vec<i64> = column_f64(summary, "clip")?.into_iter().map(|v| v as i64).collect();
+    let pts = |name: &str| -> Result<Vec<(i64, f64)>, ReportError> { Ok(it.iter().copied().zip(column_f64(summary, name)?).collect()) };
+    let by_clip = |name: &str, what: &str| -> Result<LineChart, ReportError> {
+        let series = per_clip_points(&it, &clip, &column_f64(summary, name)?)
+            .into_iter()
+            .enumerate()
+            .map(|(k, (c, points))| Series { name: format!("clip {c}"), color: PALETTE[k % PALETTE.len()], points })
+            .collect();
+        Ok(LineChart { title: format!("{what} per iteration, by target clip"), x_label: "iteration".into(), series })
+    };
     let if_chart = LineChart {
         title: "Interaction following (IF) per iteration".into(),
         x_label: "iteration".into(),
         series: vec![
-            Series { name: "IF".into(), color: [31, 119, 180], points: pts("if_mean")? },
-            Series { name: "rotation acc".into(), color: [44, 160, 44], points: pts("rot_mean")? },
-            Series { name: "translation acc".into(), color: [214, 39, 40], points: pts("trans_mean")? },
+            Series { name: "IF".into(), color: PALETTE[0], points: pts("if_mean")? },
+            Series { name: "rotation acc".into(), color: PALETTE[2], points: pts("rot_mean")? },
+            Series { name: "translation acc".into(), color: PALETTE[3], points: pts("trans_mean")? },
         ],
     };
     let vq_chart = LineChart {
         title: "Visual quality (VQ) per iteration".into(),
         x_label: "iteration".into(),
-        series: vec![Series { name: "VQ".into(), color: [255, 127, 14], points: pts("vq_mean")? }],
+        series: vec![Series { name: "VQ".into(), color: PALETTE[1], points: pts("vq_mean")? }],
     };
-    Ok(vec![("reward_if.png", if_chart.render(640, 360).png()), ("reward_vq.png", vq_chart.render(640, 360).png())])
+    let charts = [
+        ("reward_if.png", if_chart),
+        ("reward_vq.png", vq_chart),
+        ("reward_if_by_clip.png", by_clip("if_mean", "IF")?),
+        ("reward_vq_by_clip.png", by_clip("vq_mean", "VQ")?),
+    ];
+    charts.into_iter().map(|(name, c)| Ok((name, c.png(720, 400)?))).collect()
 }
 
 #[cfg(test)]
@@ -155,7 +197,19 @@ mod tests {
         assert_eq!(table.lines().count(), 3, "{table}");
         assert!(table.lines().nth(1).unwrap().contains("0.5000"), "{table}");
         let charts = reward_charts(&s).unwrap();
-        assert_eq!(charts.len(), 2);
+        assert_eq!(charts.len(), 4);
         assert!(charts.iter().all(|(_, png)| png.starts_with(&[0x89, b'P', b'N', b'G'])));
+    }
+
+    #[test]
+    fn per_clip_points_follow_each_clip_through_the_curriculum() {
+        // N = 3 clips: iteration k trains clip (k mod 3) + 1.
+        let iters = [0, 1, 2, 3, 4, 5, 6];
+        let clips = [1, 2, 3, 1, 2, 3, 1];
+        let values = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6];
+        let by = per_clip_points(&iters, &clips, &values);
+        assert_eq!(by.iter().map(|(c, _)| *c).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(by[0].1, vec![(0, 0.0), (3, 0.3), (6, 0.6)]);
+        assert_eq!(by[2].1, vec![(2, 0.2), (5, 0.5)]);
     }
 }

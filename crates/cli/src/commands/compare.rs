@@ -39,7 +39,7 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
     let ga = wc_stages::evaluate::rollout_sequence(&ma, &truth[0], &acts, &a.sampler.config(), a.sampler.seed)?;
     let gb = wc_stages::evaluate::rollout_sequence(&mb, &truth[0], &acts, &a.sampler.config(), a.sampler.seed)?;
     let labels = wc_report::compose::window_labels(&acts, truth.len());
-    let frames = wc_report::compose::side_by_side(&[ga, gb, truth], size, 4, &["A", "B", "TRUTH"], &labels);
+    let frames = wc_report::compose::side_by_side(&[ga, gb, truth], size, 4, &["A", "B", "TRUTH"], &labels)?;
     let out = &a.out;
     std::fs::write(format!("{out}.gif"), wc_world::media::gif_bytes(&frames, 1, 12)?).with_context(|| format!("writing {out}.gif"))?;
     std::fs::write(format!("{out}.png"), wc_world::media::png_strip_bytes(&frames, 1, 4)?).with_context(|| format!("writing {out}.png"))?;

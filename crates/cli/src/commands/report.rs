@@ -10,7 +10,8 @@ pub struct ReportArgs {
     /// Run URI, e.g. file:///data/runs/exp1 or s3://bucket/runs/exp1.
     #[arg(long, env = "WORLDCOMPASS_RUN", hide_env_values = true)]
     pub run: String,
-    /// Local folder for the charts (reward_if.png, reward_vq.png).
+    /// Local folder for the charts: reward_if.png and reward_vq.png, and
+    /// the same per target clip (reward_if_by_clip.png, reward_vq_by_clip.png).
     #[arg(long)]
     pub out: Option<String>,
 }
