@@ -110,9 +110,9 @@ from PIL import Image
 log = pl.scan_parquet(sys.argv[1] + "/reward_log/**/*.parquet")
 s = log.group_by("iter").agg(pl.col("if_score").mean(), pl.col("vq_score").mean(),
                              pl.col("r").filter(pl.col("selected")).mean()).sort("iter").collect()
-for name in ["reward_if.png", "reward_vq.png"]:
+for name in ["reward_if.png", "reward_vq.png", "reward_if_by_clip.png", "reward_vq_by_clip.png"]:
     im = Image.open(sys.argv[2] + "/" + name); im.load()
-    assert im.size == (640, 360) and len(set(im.getdata())) > 3
+    assert im.size == (720, 400) and len(set(im.getdata())) > 3, (name, im.size)
 print(json.dumps(s.rows()))
 "#;
     let out = std::process::Command::new("python3").args(["-c", py, dir.to_str().unwrap(), charts.to_str().unwrap()]).output().unwrap();
