@@ -1,7 +1,8 @@
 //! A single-node Slurm cluster on loopback for tests: munged, slurmctld and
 //! slurmd started in the foreground with their own config, keys, state and
-//! logs in a temporary folder, stopped by PID on drop. Installs Slurm and
-//! munge from Debian packages when they are missing.
+//! logs in a temporary folder, stopped by PID on drop, run as the current
+//! user (root or not). Installs Slurm and munge from Debian packages when
+//! they are missing (that needs root).
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -40,6 +41,13 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// The user the daemons run as: this process's (Slurm runs as an ordinary
+/// user when its config names that user as SlurmUser and SlurmdUser).
+fn current_user() -> String {
+    let out = Command::new("id").arg("-un").output().expect("id -un");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 fn short_hostname() -> String {
     let out = Command::new("hostname").arg("-s").output().expect("hostname");
     String::from_utf8(out.stdout).unwrap().trim().to_string()
@@ -71,13 +79,14 @@ impl SlurmCluster {
         set_mode(&key, 0o400);
         let socket = dir.join("munge/munge.sock");
         let host = short_hostname();
+        let user = current_user();
         let d = dir.display();
         let conf = dir.join("slurm.conf");
         std::fs::write(
             &conf,
             format!(
                 "ClusterName=wctest\nSlurmctldHost={host}(127.0.0.1)\nSlurmctldPort={}\nSlurmdPort={}\n\
-                 SlurmUser=root\nSlurmdUser=root\nAuthType=auth/munge\nCredType=cred/munge\nAuthInfo=socket={}\n\
+                 SlurmUser={user}\nSlurmdUser={user}\nAuthType=auth/munge\nCredType=cred/munge\nAuthInfo=socket={}\n\
                  StateSaveLocation={d}/state\nSlurmdSpoolDir={d}/spool\n\
                  SlurmctldPidFile={d}/slurmctld.pid\nSlurmdPidFile={d}/slurmd.pid\n\
                  SlurmctldLogFile={d}/log/slurmctld.log\nSlurmdLogFile={d}/log/slurmd.log\n\
