@@ -11,7 +11,7 @@ use candle_core::Tensor;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::codec::{patchify, Codec};
+use crate::codec::{encode_frames, patchify, VideoCodec};
 use crate::config::ModelConfig;
 use crate::flow::{flow_matching_loss, seeded_noise};
 use crate::model::{action_input, WorldModel};
@@ -44,7 +44,7 @@ pub fn clips_in(video: &Video, cfg: &ModelConfig) -> usize {
 }
 
 /// The example for clip `n` (1-based) of a video.
-pub fn example(video: &Video, n: usize, cfg: &ModelConfig, codec: &dyn Codec) -> Example {
+pub fn example(video: &Video, n: usize, cfg: &ModelConfig, codec: &dyn VideoCodec) -> Result<Example> {
     let s = cfg.frame_size;
     let fsize = s * s * 3;
     let frame = |i: usize| &video.frames[i * fsize..(i + 1) * fsize];
@@ -55,14 +55,14 @@ pub fn example(video: &Video, n: usize, cfg: &ModelConfig, codec: &dyn Codec) ->
         ctx_frames.extend_from_slice(frame(if i >= 0 { i as usize } else { 0 }));
     }
     let target: Vec<u8> = (first_target..first_target + cfg.frames_per_clip).flat_map(|i| frame(i).to_vec()).collect();
-    let tok = |rgb: &[u8]| patchify(&codec.encode(rgb, s), codec.channels(), s, cfg.patch);
-    Example {
-        context: tok(&ctx_frames),
-        target: tok(&target),
+    let tok = |rgb: &[u8]| -> Result<Vec<f32>> { Ok(patchify(&encode_frames(codec, rgb, s)?, codec.geometry().channels, s, cfg.patch)) };
+    Ok(Example {
+        context: tok(&ctx_frames)?,
+        target: tok(&target)?,
         masks: (0..cfg.frames_per_clip)
             .map(|j| video.actions[(first_target - 1 + j) / FRAMES_PER_WINDOW])
             .collect(),
-    }
+    })
 }
 
 /// Pre-training settings.
@@ -100,7 +100,7 @@ pub fn pretrain_step(
     params: &Params,
     opt: &mut Optimizer,
     videos: &[Video],
-    codec: &dyn Codec,
+    codec: &dyn VideoCodec,
     cfg: &PretrainConfig,
     step: u64,
 ) -> Result<StepReport> {
@@ -115,7 +115,7 @@ pub fn pretrain_step(
     for _ in 0..cfg.batch {
         let v = &videos[rng.random_range(0..videos.len())];
         let n = rng.random_range(1..=clips_in(v, mc));
-        let ex = example(v, n, mc, codec);
+        let ex = example(v, n, mc, codec)?;
         ctx.extend(ex.context);
         tgt.extend(ex.target);
         masks.push(ex.masks);
@@ -161,7 +161,7 @@ mod tests {
         let cfg = ModelConfig::tiny(); // 2 context frames, 4 frames per clip
         let v = video(&cfg, 2, 0);
         let codec = PixelCodec;
-        let ex = example(&v, 1, &cfg, &codec);
+        let ex = example(&v, 1, &cfg, &codec).unwrap();
         let per_frame = cfg.tokens_per_frame() * cfg.token_dim();
         let value_of = |tokens: &[f32], f: usize| tokens[f * per_frame];
         // frame i has every byte = 20 i; latent = 20 i / 127.5 - 1
@@ -169,7 +169,7 @@ mod tests {
         assert_eq!([value_of(&ex.context, 0), value_of(&ex.context, 1), value_of(&ex.context, 2)], [lat(0), lat(0), lat(0)]);
         assert_eq!(value_of(&ex.target, 0), lat(1));
         assert_eq!(ex.masks, vec![1, 1, 1, 1]);
-        let ex2 = example(&v, 2, &cfg, &codec);
+        let ex2 = example(&v, 2, &cfg, &codec).unwrap();
         assert_eq!([value_of(&ex2.context, 0), value_of(&ex2.context, 1), value_of(&ex2.context, 2)], [lat(0), lat(3), lat(4)]);
         assert_eq!(value_of(&ex2.target, 3), lat(8));
         assert_eq!(ex2.masks, vec![2, 2, 2, 2]);

@@ -15,7 +15,7 @@
 
 use arrow::array::{Array, Int64Array, ListArray, StringArray, UInt8Array};
 use candle_core::Tensor;
-use wc_model::codec::{patchify, Codec, PixelCodec};
+use wc_model::codec::{decode_frames, encode_frames, patchify, PixelCodec};
 use wc_model::flow::{seeded_noise, SamplerConfig};
 use wc_model::params::Params;
 use wc_model::{ModelConfig, WorldModel};
@@ -46,7 +46,7 @@ pub fn load_checkpoint(store: &RunStore, step: Option<u64>, device: &candle_core
     })?;
     let dir = crate::pretrain::step_dir(s);
     let settings: PretrainSettings = serde_json::from_slice(&set.read(&format!("{dir}/settings.json"))?)
-        .map_err(|e| StageError::invalid(store.uri_of(&format!("{dir}/settings.json")), e.to_string()))?;
+        .map_err(|e| StageError::artifact(store.uri_of(&format!("{dir}/settings.json")), e))?;
     let mut params = Params::new(0, device);
     let model = WorldModel::new(&settings.model, &mut params)?;
     load_params(store, &set, &format!("{dir}/model.safetensors"), &params)?;
@@ -72,10 +72,10 @@ pub fn generate_clip(m: &LoadedModel, context_rgb: &[u8], masks: &[u8], sampler:
     let (size, tpf, tok) = (cfg.frame_size, cfg.tokens_per_frame(), cfg.token_dim());
     let codec = PixelCodec;
     let dev = m.params.device().clone();
-    let context = Tensor::from_vec(patchify(&codec.encode(context_rgb, size), 3, size, cfg.patch), (1, cfg.context_slots() * tpf, tok), &dev)?;
+    let context = Tensor::from_vec(patchify(&encode_frames(&codec, context_rgb, size)?, 3, size, cfg.patch), (1, cfg.context_slots() * tpf, tok), &dev)?;
     let noise = seeded_noise(noise_seed, &[1, cfg.frames_per_clip * tpf, tok], &dev)?;
     let cache = m.model.encode_context(&context)?;
-    Ok(codec.decode(&crate::world::sample_latents(&m.model, sampler, &cache, &[masks.to_vec()], &noise)?, size))
+    Ok(decode_frames(&codec, &crate::world::sample_latents(&m.model, sampler, &cache, &[masks.to_vec()], &noise)?, size)?)
 }
 
 /// The context of the clip whose first frame is `first_target`: the first
@@ -100,7 +100,7 @@ pub struct HeldOut {
 
 /// Held-out sequences of a dataset: `per_kind` of each kind.
 pub fn held_out(store: &RunStore, per_kind: usize) -> Result<Vec<HeldOut>, StageError> {
-    let set = wc_data::read::open_dataset(store).map_err(|e| StageError::invalid(store.uri(), e.to_string()))?;
+    let set = wc_data::read::open_dataset(store).map_err(|e| StageError::artifact(format!("the dataset under {}", store.uri()), e))?;
     let read = |name: &str, schema: wc_schemas::TableSchema| -> Result<arrow::array::RecordBatch, StageError> {
         let p = format!("{}/{name}", wc_data::DATASET_DIR);
         Ok(wc_schemas::read_table(&schema, &store.uri_of(&p), set.read(&p)?)?)

@@ -64,11 +64,11 @@ pub struct JobManifest {
 pub fn run_scorer(command: &[String], timeout: Duration, work: &Path, job: &JobManifest) -> Result<(Vec<ScoreRow>, Vec<u8>), StageError> {
     let job_path = work.join("job.json");
     let what = format!("external scorer `{}`", command.join(" "));
-    std::fs::write(&job_path, serde_json::to_vec_pretty(job).expect("serialises")).map_err(|e| StageError::invalid(job_path.display().to_string(), e.to_string()))?;
+    std::fs::write(&job_path, serde_json::to_vec_pretty(job).expect("serialises")).map_err(StageError::io(format!("writing {}", job_path.display())))?;
     let (prog, args) = command.split_first().ok_or_else(|| StageError::invalid("reward.external_command", "empty command"))?;
     let log = |name: &str| -> Result<(PathBuf, std::fs::File), StageError> {
         let path = work.join(name);
-        let file = std::fs::File::create(&path).map_err(|e| StageError::invalid(path.display().to_string(), e.to_string()))?;
+        let file = std::fs::File::create(&path).map_err(StageError::io(format!("creating {}", path.display())))?;
         Ok((path, file))
     };
     let ((out_path, out_file), (err_path, err_file)) = (log("scorer.stdout")?, log("scorer.stderr")?);
@@ -81,11 +81,11 @@ pub fn run_scorer(command: &[String], timeout: Duration, work: &Path, job: &JobM
         .stderr(err_file)
         .process_group(0)
         .spawn()
-        .map_err(|e| StageError::invalid(&what, format!("cannot start: {e}")))?;
+        .map_err(StageError::io(format!("{what}: cannot start")))?;
     let group = child.id() as i32;
     let deadline = Instant::now().checked_add(timeout).ok_or_else(|| StageError::invalid(&what, format!("a timeout of {} s is out of range", timeout.as_secs())))?;
     let status = loop {
-        if let Some(st) = child.try_wait().map_err(|e| StageError::invalid(&what, e.to_string()))? {
+        if let Some(st) = child.try_wait().map_err(StageError::io(format!("{what}: waiting for it")))? {
             break st;
         }
         if Instant::now() >= deadline {
@@ -109,7 +109,7 @@ pub fn run_scorer(command: &[String], timeout: Duration, work: &Path, job: &JobM
         return Err(StageError::invalid(&what, format!("exited with {status}; its stderr ends with:\n{tail}")));
     }
     let output = PathBuf::from(&job.output);
-    let bytes = std::fs::read(&output).map_err(|e| StageError::invalid(&what, format!("did not write {}: {e}", output.display())))?;
+    let bytes = std::fs::read(&output).map_err(StageError::io(format!("{what} did not write {}", output.display())))?;
     let artifact = format!("{} (written by {what})", output.display());
     let batch = wc_schemas::read_table(&wc_schemas::tables::reward_scores(), &artifact, bytes::Bytes::from(bytes.clone()))?;
     let rows = scores_from_batch(&batch, &artifact)?;

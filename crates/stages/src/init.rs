@@ -124,7 +124,7 @@ pub fn resolve_store(value: &str) -> Result<RunStore, StageError> {
     if value.contains("://") {
         return Ok(RunStore::open_existing(value)?);
     }
-    let abs = std::path::absolute(value).map_err(|e| StageError::invalid(value, format!("cannot resolve the path: {e}")))?;
+    let abs = std::path::absolute(value).map_err(StageError::io(format!("resolving the path {value}")))?;
     Ok(RunStore::open_existing(&format!("file://{}", abs.display()))?)
 }
 

@@ -91,7 +91,7 @@ pub fn newest_step(store: &RunStore, root: &str, fingerprint: Option<&str>, at: 
 pub fn load_params(store: &RunStore, set: &CommittedSet, path: &str, params: &Params) -> Result<(), StageError> {
     let bytes = set.read(path)?;
     let t = wc_schemas::read_any(&store.uri_of(path), &bytes)?;
-    params.load(&t).map_err(|e| StageError::invalid(store.uri_of(path), e.to_string()))
+    params.load(&t).map_err(|e| StageError::artifact(store.uri_of(path), e))
 }
 
 /// Run (or resume) pre-training up to `steps`. `on_step` sees each step's report.
@@ -103,8 +103,8 @@ pub fn run_pretrain(
     device: &candle_core::Device,
     mut on_step: impl FnMut(u64, &StepReport),
 ) -> Result<u64, StageError> {
-    let dataset = wc_data::read::open_dataset(data).map_err(|e| StageError::invalid(data.uri(), e.to_string()))?;
-    let (gt, size) = wc_data::read::pretrain_videos(data).map_err(|e| StageError::invalid(data.uri(), e.to_string()))?;
+    let dataset = wc_data::read::open_dataset(data).map_err(|e| StageError::artifact(format!("the dataset under {}", data.uri()), e))?;
+    let (gt, size) = wc_data::read::pretrain_videos(data).map_err(|e| StageError::artifact(format!("the pre-training clips under {}", data.uri()), e))?;
     // The dataset decides the frame size.
     let model = ModelConfig { frame_size: size, ..settings_in.model.clone() };
     let settings = PretrainSettings { dataset: dataset.digest.clone(), model, ..settings_in };

@@ -89,8 +89,9 @@ fn step_dir(step: u64) -> String {
     format!("{POSE_DIR}/step-{step:07}")
 }
 
-fn err(e: impl std::fmt::Display) -> StageError {
-    StageError::invalid("pose estimator", e.to_string())
+/// A failure of the pose estimator's own code, kept as the cause.
+fn err(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StageError {
+    StageError::artifact("the pose estimator", e)
 }
 
 /// Train (or resume) up to `steps`; `on_step(step, loss)` sees every step.
@@ -238,7 +239,7 @@ pub fn load_labelled(store: &RunStore) -> Result<LabelledSet, StageError> {
         hasher.update(set.manifest.fingerprint.as_bytes());
         let p = m.replace(wc_store::MANIFEST_FILE, "windows.safetensors");
         let tensors = wc_schemas::read_tensors(&tensors::probe_labelled_windows(), &DimBindings::new(), &store.uri_of(&p), &set.read(&p)?)?;
-        windows.extend(labelled::from_tensors(&tensors).map_err(|e| StageError::invalid(store.uri_of(&p), e.to_string()))?);
+        windows.extend(labelled::from_tensors(&tensors).map_err(|e| StageError::artifact(store.uri_of(&p), e))?);
     }
     Ok(LabelledSet { identity: hex::encode(hasher.finalize()), windows })
 }
@@ -247,7 +248,7 @@ pub fn load_labelled(store: &RunStore) -> Result<LabelledSet, StageError> {
 pub fn read_settings(store: &RunStore, step: u64) -> Result<PoseSettings, StageError> {
     let (_, set) = newest_step(store, POSE_DIR, None, Some(step))?.ok_or_else(|| StageError::invalid(store.uri(), format!("no pose estimator at step {step}")))?;
     let p = format!("{}/settings.json", step_dir(step));
-    serde_json::from_slice(&set.read(&p)?).map_err(|e| StageError::invalid(store.uri_of(&p), e.to_string()))
+    serde_json::from_slice(&set.read(&p)?).map_err(|e| StageError::artifact(store.uri_of(&p), e))
 }
 
 /// A loaded pose estimator.
@@ -264,7 +265,7 @@ pub fn load_pose(store: &RunStore, device: &candle_core::Device) -> Result<Loade
         .ok_or_else(|| StageError::invalid(store.uri(), format!("no committed pose estimator under {POSE_DIR}/ (train one with `worldcompass scorers train-pose`)")))?;
     let dir = step_dir(step);
     let settings: PoseSettings = serde_json::from_slice(&set.read(&format!("{dir}/settings.json"))?)
-        .map_err(|e| StageError::invalid(store.uri_of(&format!("{dir}/settings.json")), e.to_string()))?;
+        .map_err(|e| StageError::artifact(store.uri_of(&format!("{dir}/settings.json")), e))?;
     let mut params = Params::new(0, device);
     let net = PoseNet::new(&settings.model, &mut params).map_err(err)?;
     load_params(store, &set, &format!("{dir}/model.safetensors"), &params)?;

@@ -27,7 +27,7 @@
 //!   gradient skipped and reported; then the EMA update of the old policy.
 
 use candle_core::{Device, Tensor};
-use wc_model::codec::{patchify, unpatchify, Codec, PixelCodec};
+use wc_model::codec::{patchify, unpatchify, PixelCodec, VideoCodec};
 use wc_model::flow::{sample, SamplerConfig};
 pub use wc_model::nft::{nft_step, nft_velocities, NftBatch, NftSettings, NftStep};
 use wc_model::optim::{OptimConfig, Optimizer};
@@ -48,7 +48,7 @@ pub type WorldPolicy = wc_model::Policy<WorldModel>;
 /// The run's model config, from the init commit.
 pub fn model_config(ctx: &RunContext, init: &CommittedSet) -> Result<ModelConfig, StageError> {
     let path = format!("{}/{MODEL_CONFIG_FILE}", layout::checkpoint_dir(0));
-    serde_json::from_slice(&init.read(&path)?).map_err(|e| StageError::invalid(ctx.store.uri_of(&path), e.to_string()))
+    serde_json::from_slice(&init.read(&path)?).map_err(|e| StageError::artifact(ctx.store.uri_of(&path), e))
 }
 
 /// Load `policy` / `old_policy` of checkpoint `k` (listed in `set`).
@@ -56,7 +56,7 @@ pub fn load_policy(ctx: &RunContext, cfg: &ModelConfig, set: &CommittedSet, k: u
     let path = format!("{}/{name}.safetensors", layout::checkpoint_dir(k));
     let t = wc_schemas::read_any(&ctx.store.uri_of(&path), &set.read(&path)?)?;
     WorldPolicy::from_tensors(cfg, &t, ctx.device()?)
-        .map_err(|e| StageError::invalid(ctx.store.uri_of(&path), e.to_string()))
+        .map_err(|e| StageError::artifact(ctx.store.uri_of(&path), e))
 }
 
 /// The optimizer of checkpoint `k`, over `params`.
@@ -64,7 +64,7 @@ pub fn load_optimizer(ctx: &RunContext, set: &CommittedSet, k: u64, params: &Par
     let path = format!("{}/optimizer.safetensors", layout::checkpoint_dir(k));
     let mut opt = Optimizer::new(optim_config(ctx), params)?;
     let t = wc_schemas::read_any(&ctx.store.uri_of(&path), &set.read(&path)?)?;
-    opt.load(&t).map_err(|e| StageError::invalid(ctx.store.uri_of(&path), e.to_string()))?;
+    opt.load(&t).map_err(|e| StageError::artifact(ctx.store.uri_of(&path), e))?;
     Ok(opt)
 }
 
@@ -81,27 +81,27 @@ pub fn sampler_config(ctx: &RunContext) -> SamplerConfig {
 
 /// Values in one latent frame.
 pub fn frame_len(cfg: &ModelConfig) -> usize {
-    PixelCodec.channels() * cfg.frame_size * cfg.frame_size
+    PixelCodec.geometry().channels * cfg.frame_size * cfg.frame_size
 }
 
 /// The latent shape of one clip: [F, C, H, W].
 pub fn clip_shape(cfg: &ModelConfig) -> Vec<usize> {
-    vec![cfg.frames_per_clip, PixelCodec.channels(), cfg.frame_size, cfg.frame_size]
+    vec![cfg.frames_per_clip, PixelCodec.geometry().channels, cfg.frame_size, cfg.frame_size]
 }
 
 /// Encode a u8 HWC frame into a latent frame.
-pub fn encode_frame(cfg: &ModelConfig, rgb: &[u8]) -> Vec<f32> {
-    PixelCodec.encode(rgb, cfg.frame_size)
+pub fn encode_frame(cfg: &ModelConfig, rgb: &[u8]) -> Result<Vec<f32>, StageError> {
+    Ok(wc_model::codec::encode_frames(&PixelCodec, rgb, cfg.frame_size)?)
 }
 
 /// Decode latent frames into u8 HWC frames (concatenated).
-pub fn decode_frames(cfg: &ModelConfig, latents: &[f32]) -> Vec<u8> {
-    PixelCodec.decode(latents, cfg.frame_size)
+pub fn decode_frames(cfg: &ModelConfig, latents: &[f32]) -> Result<Vec<u8>, StageError> {
+    Ok(wc_model::codec::decode_frames(&PixelCodec, latents, cfg.frame_size)?)
 }
 
 /// Tokens (patches) of latent frames.
 pub fn clip_tokens(cfg: &ModelConfig, latents: &[f32]) -> Vec<f32> {
-    patchify(latents, PixelCodec.channels(), cfg.frame_size, cfg.patch)
+    patchify(latents, PixelCodec.geometry().channels, cfg.frame_size, cfg.patch)
 }
 
 /// Context tokens of the clip that follows `prefix` (latent frames, any
@@ -175,7 +175,7 @@ pub fn sample_latents(
     let per = cfg.frames_per_clip * cfg.tokens_per_frame() * cfg.token_dim();
     Ok(flat
         .chunks_exact(per)
-        .flat_map(|c| unpatchify(c, PixelCodec.channels(), cfg.frame_size, cfg.patch))
+        .flat_map(|c| unpatchify(c, PixelCodec.geometry().channels, cfg.frame_size, cfg.patch))
         .collect())
 }
 

@@ -41,10 +41,10 @@ pub fn first_frames(ctx: &RunContext, init: &CommittedSet, size: usize) -> Resul
 /// The run's pose estimator (copied into the run by init).
 pub fn load_pose(ctx: &RunContext, init: &CommittedSet) -> Result<(PoseNet, wc_model::params::Params), StageError> {
     let settings: crate::scorer_models::PoseSettings =
-        serde_json::from_slice(&init.read(POSE_SETTINGS)?).map_err(|e| StageError::invalid(ctx.store.uri_of(POSE_SETTINGS), e.to_string()))?;
+        serde_json::from_slice(&init.read(POSE_SETTINGS)?).map_err(|e| StageError::artifact(ctx.store.uri_of(POSE_SETTINGS), e))?;
     let cfg: PoseConfig = settings.model;
     let mut params = wc_model::params::Params::new(0, ctx.device()?);
-    let net = PoseNet::new(&cfg, &mut params).map_err(|e| StageError::invalid(ctx.store.uri_of(POSE_MODEL), e.to_string()))?;
+    let net = PoseNet::new(&cfg, &mut params).map_err(|e| StageError::artifact(ctx.store.uri_of(POSE_MODEL), e))?;
     crate::pretrain::load_params(&ctx.store, init, POSE_MODEL, &params)?;
     Ok((net, params))
 }
@@ -71,7 +71,7 @@ impl WindowReader<'_> {
     fn read(&self, frames: &[Frame], kin: &Kinematics) -> Result<Vec<WindowReading>, StageError> {
         match self {
             WindowReader::Estimator { net, device } => {
-                let probs = estimate_probs(net, frames, kin, device).map_err(|e| StageError::invalid("pose estimator", e.to_string()))?;
+                let probs = estimate_probs(net, frames, kin, device).map_err(|e| StageError::artifact("the pose estimator", e))?;
                 Ok(probs.into_iter().map(|p| (motion_of(&p, kin), Some(p))).collect())
             }
             WindowReader::Probe { scene, start } => Ok(track_windows(scene, *start, &frames[1..], kin).0.into_iter().map(|(_, m)| (m, None)).collect()),
@@ -372,7 +372,7 @@ pub fn external_reward(
     frames: Vec<(u64, GroupRow, GroupFrames)>,
 ) -> Result<usize, StageError> {
     use crate::external::{run_scorer, JobGroup, JobManifest};
-    let work = tempfile::Builder::new().prefix("wc-external-").tempdir().map_err(|e| StageError::invalid("external scorer work folder", e.to_string()))?;
+    let work = tempfile::Builder::new().prefix("wc-external-").tempdir().map_err(StageError::io("creating the external scorer's work folder"))?;
     let g_count = ctx.cfg.rollout.candidates as usize;
     let mut groups = Vec::new();
     for (g, row, decoded) in frames {
@@ -385,7 +385,7 @@ pub fn external_reward(
         let mut t = TensorSet::new();
         t.insert("frames".into(), Tensor::from_u8(&[g_count, per_candidate, frame_size, frame_size, 3], &bytes));
         let path = work.path().join(&name);
-        std::fs::write(&path, wc_schemas::write_any(&path.display().to_string(), &t)?).map_err(|e| StageError::invalid(path.display().to_string(), e.to_string()))?;
+        std::fs::write(&path, wc_schemas::write_any(&path.display().to_string(), &t)?).map_err(StageError::io(format!("writing {}", path.display())))?;
         groups.push(JobGroup { group_id: g, prompt_id: row.prompt_id, actions: scored_windows(ctx, &row, iter), frames: name });
     }
     let job = JobManifest {

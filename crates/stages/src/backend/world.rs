@@ -4,7 +4,7 @@
 //! NFT loss trains it, Muon/AdamW step it.
 
 use candle_core::Device;
-use wc_config::PipelineConfig;
+use wc_config::{PipelineConfig, WorldModelConfig};
 use wc_model::optim::Optimizer;
 use wc_model::ModelConfig;
 use wc_rl::schedule::{sampler_times, timestep_subset};
@@ -44,12 +44,12 @@ impl<'a> WorldBackend<'a> {
     /// The latent frame of prompt `prompt`'s first frame.
     fn first_latent(&self, prompt: i64) -> Result<Vec<f32>, StageError> {
         let f = self.firsts.get(prompt as usize).ok_or_else(|| StageError::invalid(FIRST_FRAMES, format!("no first frame for prompt {prompt}")))?;
-        Ok(world::encode_frame(&self.cfg, f))
+        world::encode_frame(&self.cfg, f)
     }
 
-    fn frames_of(&self, latents: &[f32]) -> Vec<Frame> {
+    fn frames_of(&self, latents: &[f32]) -> Result<Vec<Frame>, StageError> {
         let s = self.cfg.frame_size;
-        world::decode_frames(&self.cfg, latents).chunks_exact(s * s * 3).map(|f| Frame::from_u8(s, s, f)).collect()
+        Ok(world::decode_frames(&self.cfg, latents)?.chunks_exact(s * s * 3).map(|f| Frame::from_u8(s, s, f)).collect())
     }
 
     fn clip_len(&self) -> usize {
@@ -114,11 +114,14 @@ impl Backend for WorldBackend<'_> {
     }
 
     fn decode(&self, prompt_id: i64, prefix: &[f32], candidates: &[f32], clips_per_candidate: usize) -> Result<Decoded, StageError> {
-        let first = self.frames_of(&self.first_latent(prompt_id)?).remove(0);
-        let prefix = self.frames_of(prefix);
+        let first = self.frames_of(&self.first_latent(prompt_id)?)?.remove(0);
+        let prefix = self.frames_of(prefix)?;
         let before = prefix.last().unwrap_or(&first).clone();
         let clip_len = self.clip_len() * clips_per_candidate;
-        let candidates = candidates.chunks_exact(clip_len).map(|lat| std::iter::once(before.clone()).chain(self.frames_of(lat)).collect()).collect();
+        let candidates = candidates
+            .chunks_exact(clip_len)
+            .map(|lat| Ok(std::iter::once(before.clone()).chain(self.frames_of(lat)?).collect()))
+            .collect::<Result<_, StageError>>()?;
         Ok(Decoded::Frames(GroupFrames { first, prefix, candidates }))
     }
 
@@ -178,17 +181,23 @@ impl Backend for WorldBackend<'_> {
 /// Checkpoint 0 of a world run: the base model's weights (or a seeded fresh
 /// model), the model config, the prompts' first frames at the model's size,
 /// and the run's copy of the pose estimator.
-pub fn write_initial_checkpoint(store: &RunStore, cfg: &PipelineConfig, prompts: &[wc_data::rows::PromptRow], files: &mut crate::init::InitFiles) -> Result<(), StageError> {
+pub fn write_initial_checkpoint(
+    store: &RunStore,
+    cfg: &PipelineConfig,
+    model: &WorldModelConfig,
+    prompts: &[wc_data::rows::PromptRow],
+    files: &mut crate::init::InitFiles,
+) -> Result<(), StageError> {
     use bytes::Bytes;
     // Init only copies weights into the run (or seeds a fresh model): the
     // CPU does it, whatever device the stages run on later.
     let device = Device::Cpu;
-    let policy = if cfg.model.base.is_empty() {
-        let mc = if cfg.model.preset == "default" { ModelConfig::default() } else { ModelConfig::tiny() };
+    let policy = if model.base.is_empty() {
+        let mc = if model.preset == "default" { ModelConfig::default() } else { ModelConfig::tiny() };
         WorldPolicy::fresh(&mc, derive_seed(cfg.run.seed, 0, SeedDomain::Init, 0, 0), &device)?
     } else {
-        let base = crate::init::resolve_store(&cfg.model.base)?;
-        let m = crate::evaluate::load_checkpoint(&base, cfg.model.base_step, &device)?;
+        let base = crate::init::resolve_store(&model.base)?;
+        let m = crate::evaluate::load_checkpoint(&base, model.base_step, &device)?;
         tracing::info!(base = %m.path, step = m.step, "initialising the policy from the base model");
         WorldPolicy { model: m.model, params: m.params }
     };
