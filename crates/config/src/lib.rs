@@ -132,19 +132,33 @@ pub enum IfInstrument {
     Probe,
 }
 
-/// `[model]`: the policy.
+/// `[model]`: the policy's architecture, a choice tagged by `kind`. Each
+/// kind takes only its own keys: `linear` takes `latent_dim`; `world`
+/// takes `base`, `base_step` and `preset`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", try_from = "RawModelSection")]
+pub enum ModelSection {
+    Linear(LinearModelConfig),
+    World(WorldModelConfig),
+}
+
+/// `[model] kind = "linear"`: the mechanics backend of the tests.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ModelSection {
-    pub kind: ModelKind,
-    /// Size of one clip's latent vector (linear backend only).
-    #[serde(default)]
+pub struct LinearModelConfig {
+    /// Size of one clip's latent vector.
     pub latent_dim: usize,
-    /// World backend: the store holding the base model's pre-training
-    /// checkpoints (`<base>/pretrain/step-*/`), a URI or a local path
-    /// (relative to the directory `init` runs in). `init` copies its weights
-    /// into checkpoint 0, so later stages never read it. Empty: a fresh,
-    /// seeded model of `preset` (for tests).
+}
+
+/// `[model] kind = "world"`: the candle world model of `wc-model`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorldModelConfig {
+    /// The store holding the base model's pre-training checkpoints
+    /// (`<base>/pretrain/step-*/`), a URI or a local path (relative to the
+    /// directory `init` runs in). `init` copies its weights into checkpoint
+    /// 0, so later stages never read it. Empty: a fresh, seeded model of
+    /// `preset` (for tests).
     #[serde(default)]
     pub base: String,
     /// Base checkpoint step (default: the newest).
@@ -153,6 +167,95 @@ pub struct ModelSection {
     /// Architecture of a fresh model when `base` is empty: "tiny" or "default".
     #[serde(default = "default_preset")]
     pub preset: String,
+}
+
+impl ModelSection {
+    /// Which kind of model this is.
+    pub fn kind(&self) -> ModelKind {
+        match self {
+            ModelSection::Linear(_) => ModelKind::Linear,
+            ModelSection::World(_) => ModelKind::World,
+        }
+    }
+}
+
+/// `[model]` as written: every key of every kind, so that each kind can
+/// name a key that belongs to another. Runs made before `[model]` became a
+/// tagged choice stored every key in their run.toml; a key of another kind
+/// is accepted at the value those runs stored (`latent_dim = 0`, `base =
+/// ""`, `preset = "tiny"`) and refused otherwise.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModelSection {
+    kind: ModelKind,
+    latent_dim: Option<usize>,
+    base: Option<String>,
+    base_step: Option<u64>,
+    preset: Option<String>,
+}
+
+impl TryFrom<RawModelSection> for ModelSection {
+    type Error = String;
+
+    fn try_from(r: RawModelSection) -> Result<Self, String> {
+        let foreign = |key: &str, kind: &str, own: &str| format!("`{key}` is a key of kind = \"{kind}\"; this kind takes {own}");
+        match r.kind {
+            ModelKind::Linear => {
+                let own = "latent_dim";
+                if r.base.as_deref().is_some_and(|b| !b.is_empty()) {
+                    return Err(foreign("base", "world", own));
+                }
+                if r.base_step.is_some() {
+                    return Err(foreign("base_step", "world", own));
+                }
+                if r.preset.as_deref().is_some_and(|p| p != "tiny") {
+                    return Err(foreign("preset", "world", own));
+                }
+                let latent_dim = r.latent_dim.ok_or("kind = \"linear\" needs latent_dim (the size of a clip's latent vector, at least 8)")?;
+                Ok(ModelSection::Linear(LinearModelConfig { latent_dim }))
+            }
+            ModelKind::World => {
+                if r.latent_dim.is_some_and(|d| d != 0) {
+                    return Err(foreign("latent_dim", "linear", "base, base_step and preset"));
+                }
+                Ok(ModelSection::World(WorldModelConfig { base: r.base.unwrap_or_default(), base_step: r.base_step, preset: r.preset.unwrap_or_else(default_preset) }))
+            }
+        }
+    }
+}
+
+/// `[model]` in the flat layout the fingerprint hashes: every key of every
+/// kind, as before `[model]` became a tagged choice, so that runs made
+/// before it keep their fingerprint.
+#[derive(Serialize)]
+struct FingerprintModel<'a> {
+    kind: ModelKind,
+    latent_dim: usize,
+    base: &'a str,
+    base_step: Option<u64>,
+    preset: &'a str,
+}
+
+impl<'a> From<&'a ModelSection> for FingerprintModel<'a> {
+    fn from(m: &'a ModelSection) -> Self {
+        match m {
+            ModelSection::Linear(l) => FingerprintModel { kind: ModelKind::Linear, latent_dim: l.latent_dim, base: "", base_step: None, preset: "tiny" },
+            ModelSection::World(w) => FingerprintModel { kind: ModelKind::World, latent_dim: 0, base: &w.base, base_step: w.base_step, preset: &w.preset },
+        }
+    }
+}
+
+/// What the fingerprint hashes: the config, `[model]` in its flat layout.
+/// The fields are those of [`PipelineConfig`], in its order.
+#[derive(Serialize)]
+struct FingerprintView<'a> {
+    run: &'a RunSection,
+    data: &'a DataSection,
+    model: FingerprintModel<'a>,
+    rollout: &'a RolloutSection,
+    reward: &'a RewardSection,
+    select: &'a SelectSection,
+    optimize: &'a OptimizeSection,
 }
 
 fn default_preset() -> String {
@@ -345,9 +448,18 @@ impl PipelineConfig {
     /// SHA-256 of the canonical JSON of the config, without `run.device`
     /// (where a stage runs is not what it computes).
     pub fn fingerprint(&self) -> String {
-        let mut computed = self.clone();
-        computed.run.device = DeviceSpec::Cpu;
-        let json = serde_json::to_vec(&computed).expect("config serialises");
+        let mut run = self.run.clone();
+        run.device = DeviceSpec::Cpu;
+        let view = FingerprintView {
+            run: &run,
+            data: &self.data,
+            model: FingerprintModel::from(&self.model),
+            rollout: &self.rollout,
+            reward: &self.reward,
+            select: &self.select,
+            optimize: &self.optimize,
+        };
+        let json = serde_json::to_vec(&view).expect("config serialises");
         hex::encode(Sha256::digest(&json))
     }
 
@@ -372,7 +484,7 @@ impl PipelineConfig {
             ("run.iterations", self.run.iterations, 1_000_000),
             ("data.prompts", self.data.prompts, 10_000_000),
             ("data.groups", self.data.groups, 1_000_000),
-            ("model.latent_dim", self.model.latent_dim as u64, 1 << 20),
+            ("model.latent_dim", if let ModelSection::Linear(m) = &self.model { m.latent_dim as u64 } else { 0 }, 1 << 20),
             ("rollout.clips", r.clips, 1024),
             ("rollout.windows_per_clip", r.windows_per_clip, 256),
             ("rollout.candidates", r.candidates, 4096),
@@ -402,32 +514,33 @@ impl PipelineConfig {
         if !unit(self.data.combined_fraction) {
             return bad("data.combined_fraction", self.data.combined_fraction.to_string(), "must be in [0, 1]");
         }
-        match self.model.kind {
-            ModelKind::Linear if !self.reward.external_command.is_empty() => {
+        let linear = self.model.kind() == ModelKind::Linear;
+        match &self.model {
+            ModelSection::Linear(_) if !self.reward.external_command.is_empty() => {
                 return bad("reward.external_command", format!("{:?}", self.reward.external_command), "external scorers read frames: they need model.kind = \"world\"");
             }
-            ModelKind::Linear if self.model.latent_dim < 8 => {
-                return bad("model.latent_dim", self.model.latent_dim.to_string(), "the linear backend needs at least 8 (one per basic action)");
+            ModelSection::Linear(m) if m.latent_dim < 8 => {
+                return bad("model.latent_dim", m.latent_dim.to_string(), "the linear backend needs at least 8 (one per basic action)");
             }
-            ModelKind::World if self.model.base.is_empty() && !["tiny", "default"].contains(&self.model.preset.as_str()) => {
-                return bad("model.preset", self.model.preset.clone(), "must be \"tiny\" or \"default\" (or set model.base)");
+            ModelSection::World(m) if m.base.is_empty() && !["tiny", "default"].contains(&m.preset.as_str()) => {
+                return bad("model.preset", m.preset.clone(), "must be \"tiny\" or \"default\" (or set model.base)");
             }
-            ModelKind::World if self.reward.pose_model.is_empty() && self.reward.external_command.is_empty() && self.reward.if_instrument != IfInstrument::Probe => {
+            ModelSection::World(_) if self.reward.pose_model.is_empty() && self.reward.external_command.is_empty() && self.reward.if_instrument != IfInstrument::Probe => {
                 return bad("reward.pose_model", "\"\"".into(), "the world backend needs a pose estimator (or reward.external_command, or if_instrument = \"probe\")");
             }
-            _ if self.reward.if_signal == IfSignal::Expected && (self.model.kind == ModelKind::Linear || !self.reward.external_command.is_empty()) => {
+            _ if self.reward.if_signal == IfSignal::Expected && (linear || !self.reward.external_command.is_empty()) => {
                 return bad("reward.if_signal", "\"expected\"".into(), "the expected accuracy is the built-in pose estimator's: it needs model.kind = \"world\" and no reward.external_command");
             }
-            ModelKind::Linear if self.optimize.guidance != 1.0 => {
+            ModelSection::Linear(_) if self.optimize.guidance != 1.0 => {
                 return bad("optimize.guidance", self.optimize.guidance.to_string(), "a guided policy needs model.kind = \"world\" (the linear backend has no guidance)");
             }
-            ModelKind::Linear if self.rollout.mode == RolloutMode::Sample => {
+            ModelSection::Linear(_) if self.rollout.mode == RolloutMode::Sample => {
                 return bad("rollout.mode", "\"sample\"".into(), "sample-level rollout needs model.kind = \"world\" (the linear backend is clip-level only)");
             }
             _ => {}
         }
         if self.reward.if_instrument == IfInstrument::Probe {
-            let why = if self.model.kind == ModelKind::Linear {
+            let why = if linear {
                 "the probe re-renders the simulator's scenes: it needs model.kind = \"world\""
             } else if !self.reward.external_command.is_empty() {
                 "the probe is a built-in scorer: it cannot be combined with reward.external_command"
@@ -715,5 +828,44 @@ mod tests {
         assert_eq!(gpu.fingerprint(), cfg.fingerprint(), "where a stage runs is not what it computes");
         let err = PipelineConfig::parse("x.toml", &embedded().replace("[run]", "[run]\ndevice = \"tpu\"")).unwrap_err().to_string();
         assert!(err.contains("x.toml") && err.contains("'tpu' is not a device"), "{err}");
+    }
+
+    fn shipped(name: &str) -> String {
+        std::fs::read_to_string(format!("{}/../../pipelines/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    }
+
+    #[test]
+    fn each_model_kind_takes_only_its_own_keys() {
+        let linear = embedded();
+        let err = PipelineConfig::parse("x.toml", &linear.replacen("latent_dim = 16", "latent_dim = 16\nbase = \"models/base\"", 1)).unwrap_err().to_string();
+        assert!(err.contains("`base` is a key of kind = \"world\"") && err.contains("takes latent_dim"), "{err}");
+        let err = PipelineConfig::parse("x.toml", &linear.replacen("latent_dim = 16", "", 1)).unwrap_err().to_string();
+        assert!(err.contains("needs latent_dim"), "{err}");
+        let world = shipped("embedded.toml");
+        let err = PipelineConfig::parse("x.toml", &world.replacen("base = \"models/base\"", "base = \"models/base\"\nlatent_dim = 16", 1)).unwrap_err().to_string();
+        assert!(err.contains("`latent_dim` is a key of kind = \"linear\"") && err.contains("base, base_step and preset"), "{err}");
+        let err = PipelineConfig::parse("x.toml", &world.replacen("base = \"models/base\"", "base = \"models/base\"\nlayers = 4", 1)).unwrap_err().to_string();
+        assert!(err.contains("layers"), "an unknown key is named: {err}");
+        let cfg = PipelineConfig::parse("x.toml", &world).unwrap();
+        assert_eq!(cfg.model, ModelSection::World(WorldModelConfig { base: "models/base".into(), base_step: None, preset: "tiny".into() }));
+    }
+
+    /// Runs made before `[model]` became a tagged choice stored every key of
+    /// every kind in their run.toml, and their manifests carry the
+    /// fingerprint of that layout: both still open.
+    #[test]
+    fn runs_made_before_the_tagged_model_section_keep_their_config_and_fingerprint() {
+        // Fingerprints in the manifests of runs made by the previous release
+        // (`worldcompass train` on the shipped pipelines, 2026-11-29).
+        let cases = [("embedded.toml", "f55c8f49181af7f08e7e8ce6c6477183ff1d87ce5792944b781dc8e87f6ccf41"), ("linear.toml", "dab821a8de35720d4317127ee78646ffc0c97c90bc8181ff7c7af145c838fb9e")];
+        for (name, before) in cases {
+            let cfg = PipelineConfig::parse(name, &shipped(name)).unwrap();
+            assert_eq!(cfg.fingerprint(), before, "{name}");
+        }
+        // The flat layout those runs stored parses to the same config.
+        let flat_world = shipped("embedded.toml").replacen("base = \"models/base\"", "latent_dim = 0\nbase = \"models/base\"\npreset = \"tiny\"", 1);
+        assert_eq!(PipelineConfig::parse("run.toml", &flat_world).unwrap(), PipelineConfig::parse("e", &shipped("embedded.toml")).unwrap());
+        let flat_linear = embedded().replacen("latent_dim = 16", "latent_dim = 16\nbase = \"\"\npreset = \"tiny\"", 1);
+        assert_eq!(PipelineConfig::parse("run.toml", &flat_linear).unwrap(), PipelineConfig::parse("l", &embedded()).unwrap());
     }
 }

@@ -331,6 +331,7 @@ mod tests {
         let base = include_str!("../../../pipelines/linear.toml");
         let mut t = base
             .replace("kind = \"linear\"", "kind = \"world\"\npreset = \"tiny\"")
+            .replace("latent_dim = 16\n", "")
             .replace("vq_frame_stride = 4", "vq_frame_stride = 4\npose_model = \"models/pose\"");
         for line in text.lines().filter(|l| !l.is_empty()) {
             let key = line.split('=').next().unwrap().trim();

@@ -122,9 +122,6 @@ pub fn checkpoint_set(ctx: &RunContext, k: u64) -> Result<CommittedSet, StageErr
     }
 }
 
-fn policy_bindings(ctx: &RunContext) -> DimBindings {
-    DimBindings::new().splice("latent", &[ctx.cfg.model.latent_dim])
-}
 
 /// Read a tensor file listed in `set`, validated against `layout`.
 pub fn read_tensor_file(
@@ -138,15 +135,16 @@ pub fn read_tensor_file(
     Ok(wc_schemas::read_tensors(file_layout, bindings, &ctx.store.uri_of(path), &bytes)?)
 }
 
-/// Load a policy file (`policy`, `old_policy`, `optimizer`) of checkpoint `k`.
-pub fn load_policy(ctx: &RunContext, set: &CommittedSet, k: u64, name: &str) -> Result<LinearPolicy, StageError> {
+/// Load a linear policy file (`policy`, `old_policy`, `optimizer`) of
+/// checkpoint `k`, of latent size `dim`.
+pub fn load_policy(ctx: &RunContext, dim: usize, set: &CommittedSet, k: u64, name: &str) -> Result<LinearPolicy, StageError> {
     let path = format!("{}/{name}.safetensors", layout::checkpoint_dir(k));
     let file_layout = if name == "optimizer" {
         wc_schemas::tensors::linear_optimizer()
     } else {
         wc_schemas::tensors::linear_policy()
     };
-    let mut t = read_tensor_file(ctx, set, &path, &file_layout, &policy_bindings(ctx))?;
+    let mut t = read_tensor_file(ctx, set, &path, &file_layout, &DimBindings::new().splice("latent", &[dim]))?;
     if name == "optimizer" {
         // Stored under momentum.* names; same shapes as the policy.
         let theta = t.remove("momentum.theta").expect("validated");
@@ -154,7 +152,7 @@ pub fn load_policy(ctx: &RunContext, set: &CommittedSet, k: u64, name: &str) -> 
         t.insert("theta".into(), theta);
         t.insert("bias".into(), bias);
     }
-    let policy = LinearPolicy::from_tensors(ctx.cfg.model.latent_dim, &t);
+    let policy = LinearPolicy::from_tensors(dim, &t);
     if !policy.is_finite() {
         return Err(StageError::invalid(
             ctx.store.uri_of(&path),

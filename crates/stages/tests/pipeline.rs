@@ -175,9 +175,7 @@ fn file_run_survives_reopen_and_status_reports_it() {
 /// seeded tiny model, the probe as the IF instrument.
 fn tiny_world() -> PipelineConfig {
     let mut cfg = embedded();
-    cfg.model.kind = wc_config::ModelKind::World;
-    cfg.model.preset = "tiny".into();
-    cfg.model.latent_dim = 0;
+    cfg.model = wc_config::ModelSection::World(wc_config::WorldModelConfig { base: String::new(), base_step: None, preset: "tiny".into() });
     cfg.reward.if_instrument = wc_config::IfInstrument::Probe;
     cfg.data.prompts = 6;
     cfg.data.groups = 3;
@@ -220,11 +218,21 @@ fn both_backends_train_through_the_same_stage_functions() {
 /// one place that does.
 #[test]
 fn stage_bodies_name_no_model_kind() {
-    for (file, text) in [("stages.rs", include_str!("../src/stages.rs")), ("runner.rs", include_str!("../src/runner.rs")), ("init.rs", include_str!("../src/init.rs"))] {
+    let files = [
+        ("stages/mod.rs", include_str!("../src/stages/mod.rs")),
+        ("stages/prefix.rs", include_str!("../src/stages/prefix.rs")),
+        ("stages/rollout.rs", include_str!("../src/stages/rollout.rs")),
+        ("stages/reward.rs", include_str!("../src/stages/reward.rs")),
+        ("stages/select.rs", include_str!("../src/stages/select.rs")),
+        ("stages/optimize.rs", include_str!("../src/stages/optimize.rs")),
+        ("runner.rs", include_str!("../src/runner.rs")),
+        ("init.rs", include_str!("../src/init.rs")),
+    ];
+    for (file, text) in files {
         for name in ["ModelKind", "model.kind", "WorldModel", "LinearPolicy", "WorldPolicy", "PixelCodec"] {
             assert!(!text.contains(name), "{file} names {name}: stage code goes through the Backend trait");
         }
     }
     let registry = include_str!("../src/backend/mod.rs");
-    assert!(registry.contains("ModelKind::Linear") && registry.contains("ModelKind::World"));
+    assert!(registry.contains("ModelSection::Linear") && registry.contains("ModelSection::World"));
 }

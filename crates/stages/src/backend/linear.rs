@@ -2,7 +2,7 @@
 //! vectors, clip n = clip n-1 + the policy's mean motion for the clip's
 //! actions + noise (`crate::linear`). It runs every stage in milliseconds.
 
-use wc_config::PipelineConfig;
+use wc_config::{LinearModelConfig, PipelineConfig};
 use wc_rl::seeds::{derive_seed, SeedDomain};
 use wc_schemas::{tensors, DimBindings, TensorSet};
 use wc_store::{CommittedSet, PendingCommit, RunStore};
@@ -20,8 +20,8 @@ pub struct LinearBackend<'a> {
 }
 
 impl<'a> LinearBackend<'a> {
-    pub fn open(ctx: &'a RunContext) -> Result<Self, StageError> {
-        Ok(LinearBackend { ctx, dim: ctx.cfg.model.latent_dim })
+    pub fn open(ctx: &'a RunContext, model: &LinearModelConfig) -> Result<Self, StageError> {
+        Ok(LinearBackend { ctx, dim: model.latent_dim })
     }
 
     fn bindings(&self) -> DimBindings {
@@ -50,11 +50,11 @@ impl Backend for LinearBackend<'_> {
     }
 
     fn load_policy(&self, set: &CommittedSet, k: u64, role: Role) -> Result<LinearPolicy, StageError> {
-        inputs::load_policy(self.ctx, set, k, role.file_stem())
+        inputs::load_policy(self.ctx, self.dim, set, k, role.file_stem())
     }
 
     fn load_optimizer(&self, set: &CommittedSet, k: u64, _policy: &LinearPolicy) -> Result<LinearPolicy, StageError> {
-        inputs::load_policy(self.ctx, set, k, "optimizer")
+        inputs::load_policy(self.ctx, self.dim, set, k, "optimizer")
     }
 
     fn save_checkpoint(&self, pending: &mut PendingCommit, k: u64, policy: &LinearPolicy, old: &LinearPolicy, opt: &LinearPolicy) -> Result<(), StageError> {
@@ -138,9 +138,9 @@ fn momentum_tensors(momentum: &LinearPolicy) -> TensorSet {
 
 /// Checkpoint 0 of a linear run: a seeded policy, the same old policy, zero
 /// momentum.
-pub fn write_initial_checkpoint(store: &RunStore, cfg: &PipelineConfig, files: &mut crate::init::InitFiles) -> Result<(), StageError> {
+pub fn write_initial_checkpoint(store: &RunStore, cfg: &PipelineConfig, model: &LinearModelConfig, files: &mut crate::init::InitFiles) -> Result<(), StageError> {
     let uri = |p: &str| store.uri_of(p);
-    let d = cfg.model.latent_dim;
+    let d = model.latent_dim;
     let policy = LinearPolicy::init(d, derive_seed(cfg.run.seed, 0, SeedDomain::Init, 0, 0));
     let zeros = LinearPolicy { dim: d, theta: vec![0.0; policy.theta.len()], bias: vec![0.0; d] };
     let b = DimBindings::new().splice("latent", &[d]);

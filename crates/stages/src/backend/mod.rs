@@ -12,6 +12,7 @@
 pub mod linear;
 pub mod world;
 
+use wc_config::ModelSection;
 use wc_store::{CommittedSet, PendingCommit, RunStore};
 use wc_world::Frame;
 
@@ -157,9 +158,9 @@ pub trait WithBackend {
 
 /// Run `body` with the backend the run's `[model]` names: the registry.
 pub fn with_backend<W: WithBackend>(ctx: &RunContext, body: W) -> Result<W::Output, StageError> {
-    match ctx.cfg.model.kind {
-        wc_config::ModelKind::Linear => body.run(&linear::LinearBackend::open(ctx)?),
-        wc_config::ModelKind::World => body.run(&world::WorldBackend::open(ctx)?),
+    match &ctx.cfg.model {
+        ModelSection::Linear(m) => body.run(&linear::LinearBackend::open(ctx, m)?),
+        ModelSection::World(_) => body.run(&world::WorldBackend::open(ctx)?),
     }
 }
 
@@ -171,8 +172,8 @@ pub fn write_initial_checkpoint(
     prompts: &[wc_data::rows::PromptRow],
     files: &mut crate::init::InitFiles,
 ) -> Result<(), StageError> {
-    match cfg.model.kind {
-        wc_config::ModelKind::Linear => linear::write_initial_checkpoint(store, cfg, files),
-        wc_config::ModelKind::World => world::write_initial_checkpoint(store, cfg, prompts, files),
+    match &cfg.model {
+        ModelSection::Linear(m) => linear::write_initial_checkpoint(store, cfg, m, files),
+        ModelSection::World(m) => world::write_initial_checkpoint(store, cfg, m, prompts, files),
     }
 }
