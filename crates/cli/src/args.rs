@@ -120,6 +120,24 @@ pub(crate) fn share_in_0_1(s: &str) -> Result<f64, String> {
 }
 
 
+/// A world prompt and an action sequence to generate from.
+#[derive(Debug, Clone, Args)]
+pub struct PromptArgs {
+    /// Scene seed of the world prompt.
+    #[arg(long, default_value_t = 0)]
+    pub scene: u64,
+    /// Comma-separated actions, one per 4-frame window.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub actions: Vec<String>,
+}
+
+impl PromptArgs {
+    /// The actions, parsed.
+    pub fn actions(&self) -> anyhow::Result<Vec<wc_world::ActionMask>> {
+        parse_actions(&self.actions)
+    }
+}
+
 /// Parse comma-separated actions (`forward,turn_left+right`), one per
 /// 4-frame window.
 pub fn parse_actions(actions: &[String]) -> anyhow::Result<Vec<wc_world::ActionMask>> {

@@ -3,7 +3,7 @@
 use clap::Args;
 use anyhow::Context;
 
-use crate::args::{parse_actions, DeviceArgs, SamplerArgs};
+use crate::args::{DeviceArgs, PromptArgs, SamplerArgs};
 
 /// The arguments of `worldcompass compare`.
 #[derive(Debug, Args)]
@@ -14,12 +14,8 @@ pub struct CompareArgs {
     /// Second model (middle column).
     #[arg(long)]
     pub b: String,
-    /// Scene seed of the world prompt.
-    #[arg(long, default_value_t = 0)]
-    pub scene: u64,
-    /// Comma-separated actions, one per 4-frame window.
-    #[arg(long, value_delimiter = ',', required = true)]
-    pub actions: Vec<String>,
+    #[command(flatten)]
+    pub prompt: PromptArgs,
     #[command(flatten)]
     pub sampler: SamplerArgs,
     /// Output path prefix: writes PREFIX.gif and PREFIX.png.
@@ -34,8 +30,8 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
     let (ma, mb) = (super::load_model_spec(&a.a, None, device)?, super::load_model_spec(&a.b, None, device)?);
     anyhow::ensure!(ma.model.cfg.frame_size == mb.model.cfg.frame_size, "the two models make frames of different sizes");
     let size = ma.model.cfg.frame_size;
-    let acts = parse_actions(&a.actions)?;
-    let (world, truth) = wc_world::render::ground_truth_u8(a.scene, &acts, size);
+    let acts = a.prompt.actions()?;
+    let (world, truth) = wc_world::render::ground_truth_u8(a.prompt.scene, &acts, size);
     let ga = wc_stages::evaluate::rollout_sequence(&ma, &truth[0], &acts, &a.sampler.config(), a.sampler.seed)?;
     let gb = wc_stages::evaluate::rollout_sequence(&mb, &truth[0], &acts, &a.sampler.config(), a.sampler.seed)?;
     let labels = wc_report::compose::window_labels(&acts, truth.len());
@@ -43,7 +39,7 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
     let out = &a.out;
     std::fs::write(format!("{out}.gif"), wc_world::media::gif_bytes(&frames, 1, 12)?).with_context(|| format!("writing {out}.gif"))?;
     std::fs::write(format!("{out}.png"), wc_world::media::png_strip_bytes(&frames, 1, 4)?).with_context(|| format!("writing {out}.png"))?;
-    println!("A = {} ; B = {} ; scene {}: {}", ma.path, mb.path, a.scene, world.caption);
+    println!("A = {} ; B = {} ; scene {}: {}", ma.path, mb.path, a.prompt.scene, world.caption);
     println!("wrote {out}.gif and {out}.png ({} frames: A left, B middle, ground truth right)", frames.len());
     Ok(())
 }

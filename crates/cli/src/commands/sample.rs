@@ -4,7 +4,7 @@ use clap::Args;
 use anyhow::Context;
 use wc_store::RunStore;
 
-use crate::args::{parse_actions, DeviceArgs, SamplerArgs};
+use crate::args::{DeviceArgs, PromptArgs, SamplerArgs};
 
 /// The arguments of `worldcompass sample`.
 #[derive(Debug, Args)]
@@ -14,12 +14,8 @@ pub struct SampleArgs {
     pub model: String,
     #[arg(long)]
     pub step: Option<u64>,
-    /// Scene seed of the world prompt.
-    #[arg(long, default_value_t = 0)]
-    pub scene: u64,
-    /// Comma-separated actions, one per 4-frame window.
-    #[arg(long, value_delimiter = ',', required = true)]
-    pub actions: Vec<String>,
+    #[command(flatten)]
+    pub prompt: PromptArgs,
     #[command(flatten)]
     pub sampler: SamplerArgs,
     /// Also render the ground truth beside the generated frames.
@@ -36,8 +32,8 @@ pub fn run(a: SampleArgs) -> anyhow::Result<()> {
     let store = RunStore::open_existing(&a.model)?;
     let m = wc_stages::evaluate::load_checkpoint(&store, a.step, &wc_model::device::open(a.device.or_cpu())?)?;
     let size = m.model.cfg.frame_size;
-    let acts = parse_actions(&a.actions)?;
-    let (world, truth) = wc_world::render::ground_truth_u8(a.scene, &acts, size);
+    let acts = a.prompt.actions()?;
+    let (world, truth) = wc_world::render::ground_truth_u8(a.prompt.scene, &acts, size);
     let generated = wc_stages::evaluate::rollout_sequence(&m, &truth[0], &acts, &a.sampler.config(), a.sampler.seed)?;
     let frames = if a.truth { wc_report::compose::beside(&generated, &truth, size) } else { wc_report::compose::frames(&generated, size) };
     let out = &a.out;
@@ -45,7 +41,7 @@ pub fn run(a: SampleArgs) -> anyhow::Result<()> {
     std::fs::write(format!("{out}.gif"), wc_world::media::gif_bytes(&frames, scale, 12)?).with_context(|| format!("writing {out}.gif"))?;
     std::fs::write(format!("{out}.png"), wc_world::media::png_strip_bytes(&frames, scale.min(4), 4 * acts.len().min(4) + 1)?)
         .with_context(|| format!("writing {out}.png"))?;
-    println!("model {} (step {}); scene {}: {}", m.path, m.step, a.scene, world.caption);
+    println!("model {} (step {}); scene {}: {}", m.path, m.step, a.prompt.scene, world.caption);
     println!("wrote {out}.gif and {out}.png ({} frames{})", frames.len(), if a.truth { ", generated left, ground truth right" } else { "" });
     Ok(())
 }
