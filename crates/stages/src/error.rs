@@ -59,17 +59,17 @@ pub enum StageError {
 
 impl StageError {
     /// `artifact` cannot be used because of `source` (kept as the cause).
-    pub(crate) fn artifact(artifact: impl Into<String>, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+    pub fn artifact(artifact: impl Into<String>, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
         StageError::Artifact { artifact: artifact.into(), source: source.into() }
     }
 
     /// An I/O failure while doing `what`.
-    pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+    pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
         let what = what.into();
         move |source| StageError::Io { what, source }
     }
 
-    pub(crate) fn invalid(artifact: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub fn invalid(artifact: impl Into<String>, reason: impl Into<String>) -> Self {
         StageError::InvalidInput {
             artifact: artifact.into(),
             reason: reason.into(),

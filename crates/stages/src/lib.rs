@@ -8,19 +8,20 @@
 //! already committed, refusing a different config), and [`train`] runs the
 //! stages of each iteration in order, resuming whatever is committed.
 //!
-//! Where a run's files live is in one place, [`layout`].
+//! Where a run's files live is in one place, [`layout`]; how checkpoint
+//! stores are read, in [`checkpoints`]. What is not a stage (pre-training,
+//! evaluation, training the pose estimator, the scorer diagnostics) is in
+//! the `wc-jobs` crate.
 
 pub mod backend;
+pub mod checkpoints;
 mod error;
 pub mod init;
 pub mod inputs;
 pub mod layout;
-pub mod evaluate;
 pub mod external;
 pub mod linear;
-pub mod pretrain;
 pub mod runner;
-pub mod scorer_models;
 pub mod stages;
 pub mod status;
 pub mod tables;

@@ -32,8 +32,8 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
     let size = ma.model.cfg.frame_size;
     let acts = a.prompt.actions()?;
     let (world, truth) = wc_world::render::ground_truth_u8(a.prompt.scene, &acts, size);
-    let ga = wc_stages::evaluate::rollout_sequence(&ma, &truth[0], &acts, &a.sampler.config(), a.sampler.seed)?;
-    let gb = wc_stages::evaluate::rollout_sequence(&mb, &truth[0], &acts, &a.sampler.config(), a.sampler.seed)?;
+    let ga = wc_jobs::evaluate::rollout_sequence(&ma, &truth[0], &acts, &a.sampler.config(), a.sampler.seed)?;
+    let gb = wc_jobs::evaluate::rollout_sequence(&mb, &truth[0], &acts, &a.sampler.config(), a.sampler.seed)?;
     let labels = wc_report::compose::window_labels(&acts, truth.len());
     let frames = wc_report::compose::side_by_side(&[ga, gb, truth], size, 4, &["A", "B", "TRUTH"], &labels)?;
     let out = &a.out;

@@ -2,7 +2,7 @@
 
 use clap::Args;
 use anyhow::Context;
-use wc_stages::evaluate::{self, ContextSource};
+use wc_jobs::evaluate::{self, ContextSource};
 use wc_store::RunStore;
 
 use crate::args::{DeviceArgs, SamplerArgs};

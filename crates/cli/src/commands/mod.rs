@@ -62,9 +62,9 @@ pub(crate) fn seed_note(seed: Option<u64>) -> String {
 /// Load a model named on the command line: RUN@K (checkpoint K of a
 /// training run, its policy) or STORE (a pre-training store: checkpoint
 /// `step`, default the newest).
-pub(crate) fn load_model_spec(spec: &str, step: Option<u64>, device: DeviceSpec) -> anyhow::Result<wc_stages::evaluate::LoadedModel> {
+pub(crate) fn load_model_spec(spec: &str, step: Option<u64>, device: DeviceSpec) -> anyhow::Result<wc_stages::checkpoints::LoadedModel> {
     match spec.rsplit_once('@') {
-        Some((uri, k)) if k.parse::<u64>().is_ok() => Ok(wc_stages::evaluate::load_run_checkpoint(&RunStore::open_existing(uri)?, k.parse()?, "policy", device)?),
-        _ => Ok(wc_stages::evaluate::load_checkpoint(&RunStore::open_existing(spec)?, step, &wc_model::device::open(device)?)?),
+        Some((uri, k)) if k.parse::<u64>().is_ok() => Ok(wc_stages::checkpoints::load_run_checkpoint(&RunStore::open_existing(uri)?, k.parse()?, "policy", device)?),
+        _ => Ok(wc_stages::checkpoints::load_checkpoint(&RunStore::open_existing(spec)?, step, &wc_model::device::open(device)?)?),
     }
 }

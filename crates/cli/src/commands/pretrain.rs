@@ -2,7 +2,8 @@
 
 use clap::Args;
 use wc_model::ModelConfig;
-use wc_stages::pretrain::{run_pretrain, step_dir, PretrainSettings};
+use wc_jobs::pretrain::run_pretrain;
+use wc_stages::checkpoints::{step_dir, PretrainSettings};
 use wc_store::RunStore;
 
 use crate::args::DeviceArgs;

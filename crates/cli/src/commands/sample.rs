@@ -30,11 +30,11 @@ pub struct SampleArgs {
 
 pub fn run(a: SampleArgs) -> anyhow::Result<()> {
     let store = RunStore::open_existing(&a.model)?;
-    let m = wc_stages::evaluate::load_checkpoint(&store, a.step, &wc_model::device::open(a.device.or_cpu())?)?;
+    let m = wc_stages::checkpoints::load_checkpoint(&store, a.step, &wc_model::device::open(a.device.or_cpu())?)?;
     let size = m.model.cfg.frame_size;
     let acts = a.prompt.actions()?;
     let (world, truth) = wc_world::render::ground_truth_u8(a.prompt.scene, &acts, size);
-    let generated = wc_stages::evaluate::rollout_sequence(&m, &truth[0], &acts, &a.sampler.config(), a.sampler.seed)?;
+    let generated = wc_jobs::evaluate::rollout_sequence(&m, &truth[0], &acts, &a.sampler.config(), a.sampler.seed)?;
     let frames = if a.truth { wc_report::compose::beside(&generated, &truth, size) } else { wc_report::compose::frames(&generated, size) };
     let out = &a.out;
     let scale = (256 / size).max(1);

@@ -2,7 +2,8 @@
 
 use clap::{Args, Subcommand};
 use anyhow::Context;
-use wc_stages::scorer_models;
+use wc_jobs::pose_training;
+use wc_stages::checkpoints;
 use wc_stages::RunContext;
 use wc_store::RunStore;
 
@@ -167,8 +168,8 @@ pub fn run(a: ScorersArgs) -> anyhow::Result<()> {
             let source = init_from.as_deref().map(RunStore::open_existing).transpose()?;
             let warm_start = match &source {
                 Some(src) => {
-                    let w = scorer_models::WarmStart::newest(src).with_context(|| format!("--init-from {}", src.uri()))?;
-                    if scorer_models::read_settings(src, w.step)?.seed == seed {
+                    let w = checkpoints::WarmStart::newest(src).with_context(|| format!("--init-from {}", src.uri()))?;
+                    if checkpoints::read_settings(src, w.step)?.seed == seed {
                         eprintln!("note: --seed {seed} is the seed {} was trained with: the run sees the same windows again", src.uri());
                     }
                     Some(w)
@@ -177,14 +178,14 @@ pub fn run(a: ScorersArgs) -> anyhow::Result<()> {
             };
             let labelled = generated
                 .iter()
-                .map(|uri| scorer_models::load_labelled(&RunStore::open_existing(uri)?).with_context(|| format!("--generated {uri}")))
+                .map(|uri| pose_training::load_labelled(&RunStore::open_existing(uri)?).with_context(|| format!("--generated {uri}")))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             for (uri, set) in generated.iter().zip(&labelled) {
                 if let Some(w) = set.windows.first().filter(|w| w.frames.first.width != frame_size) {
                     anyhow::bail!("--generated {uri}: its windows are {0}x{0}, the estimator reads {frame_size}x{frame_size}", w.frames.first.width);
                 }
             }
-            let mix = (!labelled.is_empty()).then(|| scorer_models::GeneratedMix {
+            let mix = (!labelled.is_empty()).then(|| checkpoints::GeneratedMix {
                 sets: labelled.iter().map(|l| l.identity.clone()).collect(),
                 windows: labelled.iter().map(|l| l.windows.len()).sum(),
                 share: generated_share,
@@ -192,7 +193,7 @@ pub fn run(a: ScorersArgs) -> anyhow::Result<()> {
             if let Some(m) = &mix {
                 eprintln!("mixing {} labelled generated windows into {:.0}% of every batch", m.windows, 100.0 * m.share);
             }
-            let settings = scorer_models::PoseSettings {
+            let settings = checkpoints::PoseSettings {
                 model: PoseConfig { frame_size, hidden, derotate, fine_halves },
                 seed,
                 batch,
@@ -204,18 +205,18 @@ pub fn run(a: ScorersArgs) -> anyhow::Result<()> {
             };
             let bar = super::step_bar(steps, "pose");
             let mut ema: Option<f64> = None;
-            let done = scorer_models::train_pose(&out, &settings, steps, source.as_ref(), &labelled, &dev()?, |step, loss| {
+            let done = pose_training::train_pose(&out, &settings, steps, source.as_ref(), &labelled, &dev()?, |step, loss| {
                 let e = ema.map_or(loss, |e| 0.98 * e + 0.02 * loss);
                 ema = Some(e);
                 bar.set_position(step + 1);
                 bar.set_message(format!("loss {e:.4}"));
             })?;
             bar.finish_and_clear();
-            println!("pose estimator at step {done} under {}", out.uri_of(scorer_models::POSE_DIR));
+            println!("pose estimator at step {done} under {}", out.uri_of(checkpoints::POSE_DIR));
         }
         ScorersWhat::EvalPose { model, windows, seed, per_action, misreads, generated } => {
             let store = RunStore::open_existing(&model)?;
-            let m = scorer_models::load_pose(&store, &dev()?)?;
+            let m = checkpoints::load_pose(&store, &dev()?)?;
             let metric = wc_world::metric::MetricConfig::default();
             println!("pose estimator {} (step {}), held-out scenes, clean ground-truth renders", m.path, m.step);
             println!("{}", accuracy_header("kind"));
@@ -234,7 +235,7 @@ pub fn run(a: ScorersArgs) -> anyhow::Result<()> {
                 }
             }
             if let Some(uri) = generated {
-                let set = scorer_models::load_labelled(&RunStore::open_existing(&uri)?).with_context(|| format!("--generated {uri}"))?;
+                let set = pose_training::load_labelled(&RunStore::open_existing(&uri)?).with_context(|| format!("--generated {uri}"))?;
                 println!("\ngenerated windows under {uri}: how often the estimator reads the probe's class (by the command's kind)");
                 println!("{}", accuracy_header("command"));
                 let pred = wc_scorers::labelled::predictions(&m.net, &set.windows, m.params.device())?;
@@ -247,7 +248,7 @@ pub fn run(a: ScorersArgs) -> anyhow::Result<()> {
         ScorersWhat::Agreement { run, from, to, pose_model } => {
             anyhow::ensure!(from < to, "--from {from} must be below --to {to}");
             let ctx = RunContext::open(&run)?.on_device(Some(device));
-            let other = pose_model.as_deref().map(|uri| scorer_models::load_pose(&RunStore::open_existing(uri)?, &dev()?).with_context(|| format!("--pose-model {uri}"))).transpose()?;
+            let other = pose_model.as_deref().map(|uri| checkpoints::load_pose(&RunStore::open_existing(uri)?, &dev()?).with_context(|| format!("--pose-model {uri}"))).transpose()?;
             if let Some(m) = &other {
                 println!("pose estimator under test: {} (step {})", m.path, m.step);
             }
@@ -255,11 +256,11 @@ pub fn run(a: ScorersArgs) -> anyhow::Result<()> {
             let mut rows = Vec::new();
             for iter in from..to {
                 let under_test = other.as_ref().map(|m| (&m.net, m.params.device()));
-                rows.extend(wc_stages::world_stages::instrument_agreement(&ctx, iter, under_test).with_context(|| format!("iteration {iter} of {run}"))?);
+                rows.extend(wc_jobs::diagnostics::instrument_agreement(&ctx, iter, under_test).with_context(|| format!("iteration {iter} of {run}"))?);
                 bar.inc(1);
             }
             bar.finish_and_clear();
-            print!("{}", wc_stages::world_stages::agreement_table(&rows));
+            print!("{}", wc_jobs::diagnostics::agreement_table(&rows));
         }
         ScorersWhat::LabelWindows { run, from, to, out } => {
             anyhow::ensure!(from < to, "--from {from} must be below --to {to}");
@@ -268,18 +269,18 @@ pub fn run(a: ScorersArgs) -> anyhow::Result<()> {
             let bar = super::step_bar(to - from, "label");
             let (mut labelled, mut found) = (0usize, 0usize);
             for iter in from..to {
-                let source = scorer_models::LabelledSource { run: ctx.store.uri().to_string(), iter };
-                if scorer_models::labelled_is_committed(&store, &source)? {
+                let source = pose_training::LabelledSource { run: ctx.store.uri().to_string(), iter };
+                if pose_training::labelled_is_committed(&store, &source)? {
                     found += 1;
                 } else {
-                    let windows = wc_stages::world_stages::probe_labelled_windows(&ctx, iter).with_context(|| format!("iteration {iter} of {run}"))?;
+                    let windows = wc_jobs::diagnostics::probe_labelled_windows(&ctx, iter).with_context(|| format!("iteration {iter} of {run}"))?;
                     labelled += windows.len();
-                    scorer_models::commit_labelled(&store, &source, &windows)?;
+                    pose_training::commit_labelled(&store, &source, &windows)?;
                 }
                 bar.inc(1);
             }
             bar.finish_and_clear();
-            println!("labelled {labelled} windows of {} iterations ({found} already committed) under {}", to - from - found as u64, store.uri_of(scorer_models::LABELLED_DIR));
+            println!("labelled {labelled} windows of {} iterations ({found} already committed) under {}", to - from - found as u64, store.uri_of(pose_training::LABELLED_DIR));
         }
         ScorersWhat::EvalVq { frames, size } => {
             println!("VQ scorer on {frames} held-out frames: share of frames whose clean version scores higher, per level; mean score clean -> level 1..3");

@@ -197,7 +197,7 @@ pub fn write_initial_checkpoint(
         WorldPolicy::fresh(&mc, derive_seed(cfg.run.seed, 0, SeedDomain::Init, 0, 0), &device)?
     } else {
         let base = crate::init::resolve_store(&model.base)?;
-        let m = crate::evaluate::load_checkpoint(&base, model.base_step, &device)?;
+        let m = crate::checkpoints::load_checkpoint(&base, model.base_step, &device)?;
         tracing::info!(base = %m.path, step = m.step, "initialising the policy from the base model");
         WorldPolicy { model: m.model, params: m.params }
     };
@@ -233,14 +233,14 @@ pub fn write_initial_checkpoint(
     // The pose estimator, copied so that the run is self-contained.
     if !cfg.reward.pose_model.is_empty() {
         let pose_store = crate::init::resolve_store(&cfg.reward.pose_model)?;
-        let pose = crate::scorer_models::load_pose(&pose_store, &device)?;
+        let pose = crate::checkpoints::load_pose(&pose_store, &device)?;
         if pose.net.cfg.frame_size != mc.frame_size {
             return Err(StageError::invalid(
                 pose.path,
                 format!("the pose estimator reads {0}x{0} frames, the model makes {1}x{1}", pose.net.cfg.frame_size, mc.frame_size),
             ));
         }
-        let settings = crate::scorer_models::read_settings(&pose_store, pose.step)?;
+        let settings = crate::checkpoints::read_settings(&pose_store, pose.step)?;
         files.write(POSE_MODEL, wc_schemas::write_any(&uri(POSE_MODEL), &pose.params.to_tensor_set()?)?)?;
         files.write(POSE_SETTINGS, Bytes::from(serde_json::to_vec_pretty(&settings).expect("serialises")))?;
     }

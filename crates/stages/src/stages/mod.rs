@@ -63,7 +63,7 @@ pub(crate) fn write_table(
 }
 
 /// Map group id -> (shard manifest, file) over a complete set of shards.
-pub(crate) fn group_files(sets: &[CommittedSet]) -> BTreeMap<u64, (&CommittedSet, String)> {
+pub fn group_files(sets: &[CommittedSet]) -> BTreeMap<u64, (&CommittedSet, String)> {
     let mut out = BTreeMap::new();
     for set in sets {
         for path in set.paths() {
@@ -108,19 +108,19 @@ pub fn sample_level(ctx: &RunContext) -> bool {
 
 /// Clips in one candidate: 1 (clip-level) or N (sample-level, the whole
 /// sequence).
-pub(crate) fn clips_per_candidate(ctx: &RunContext) -> usize {
+pub fn clips_per_candidate(ctx: &RunContext) -> usize {
     if sample_level(ctx) { ctx.cfg.rollout.clips as usize } else { 1 }
 }
 
 /// The clip index a candidate of iteration `iter` is recorded under in the
 /// score table: clip n (clip-level), or N for a whole sequence.
-pub(crate) fn scored_clip_index(ctx: &RunContext, iter: u64) -> u64 {
+pub fn scored_clip_index(ctx: &RunContext, iter: u64) -> u64 {
     if sample_level(ctx) { ctx.cfg.rollout.clips } else { target_clip(iter, ctx.cfg.rollout.clips) }
 }
 
 /// The action windows a candidate of group `row` is judged on: clip n's
 /// (clip-level), or every window of the sequence (sample-level).
-pub(crate) fn scored_windows(ctx: &RunContext, row: &GroupRow, iter: u64) -> Vec<u8> {
+pub fn scored_windows(ctx: &RunContext, row: &GroupRow, iter: u64) -> Vec<u8> {
     if sample_level(ctx) {
         (1..=ctx.cfg.rollout.clips).flat_map(|c| clip_windows(ctx, row, c)).collect()
     } else {
@@ -147,7 +147,7 @@ fn latent_bindings(ctx: &RunContext, clip_shape: &[usize]) -> DimBindings {
 
 /// The committed prefix latents of group `g` (P clips, flattened; none at
 /// sample level).
-pub(crate) fn prefix_of(ctx: &RunContext, clip_shape: &[usize], files: &BTreeMap<u64, (&CommittedSet, String)>, iter: u64, g: u64) -> Result<Vec<f32>, StageError> {
+pub fn prefix_of(ctx: &RunContext, clip_shape: &[usize], files: &BTreeMap<u64, (&CommittedSet, String)>, iter: u64, g: u64) -> Result<Vec<f32>, StageError> {
     if sample_level(ctx) {
         return Ok(Vec::new());
     }
@@ -157,7 +157,7 @@ pub(crate) fn prefix_of(ctx: &RunContext, clip_shape: &[usize], files: &BTreeMap
 
 /// The committed rollout latents of group `g`: G candidates of one clip
 /// (clip-level) or of N clips each (sample-level), flattened.
-pub(crate) fn candidates_of(ctx: &RunContext, clip_shape: &[usize], files: &BTreeMap<u64, (&CommittedSet, String)>, iter: u64, g: u64) -> Result<Vec<f32>, StageError> {
+pub fn candidates_of(ctx: &RunContext, clip_shape: &[usize], files: &BTreeMap<u64, (&CommittedSet, String)>, iter: u64, g: u64) -> Result<Vec<f32>, StageError> {
     if sample_level(ctx) {
         let b = latent_bindings(ctx, clip_shape).dim("N", ctx.cfg.rollout.clips as usize);
         group_latents(ctx, files, "rollout", iter, g, &tensors::candidate_sequences(), &b)

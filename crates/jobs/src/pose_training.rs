@@ -1,4 +1,5 @@
-//! Training, storing and loading the learned pose estimator.
+//! Training the learned pose estimator, and the labelled generated windows
+//! it can also train on.
 //!
 //! `worldcompass scorers train-pose` trains it on fresh simulator renders
 //! (see `wc_scorers::pose`) and commits a checkpoint every
@@ -17,82 +18,12 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use wc_model::params::Params;
 use wc_schemas::{tensors, DimBindings};
 use wc_scorers::labelled::{self, LabelledWindow};
-use wc_scorers::pose::{PoseConfig, PoseNet, PoseTrainer};
+use wc_scorers::pose::PoseTrainer;
+use wc_stages::checkpoints::{load_params, newest_step, pose_err as err, pose_step_dir as step_dir, read_settings, PoseSettings, POSE_DIR};
+use wc_stages::StageError;
 use wc_store::{ManifestState, PendingCommit, RunStore};
-
-use crate::error::StageError;
-use crate::pretrain::{load_params, newest_step};
-
-/// Where pose estimator checkpoints live under their store.
-pub const POSE_DIR: &str = "pose_estimator";
-
-/// Everything a pose-estimator training run depends on.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PoseSettings {
-    pub model: PoseConfig,
-    pub seed: u64,
-    pub batch: usize,
-    pub lr: f64,
-    /// Steps of the cosine learning-rate schedule.
-    pub schedule_steps: u64,
-    pub checkpoint_every: u64,
-    /// Start from these weights instead of random ones (absent from the
-    /// settings of a run from scratch, so their fingerprint is unchanged).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub warm_start: Option<WarmStart>,
-    /// Generated windows labelled by the probe mixed into every batch
-    /// (absent from renders-only settings, so their fingerprint is
-    /// unchanged).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub generated: Option<GeneratedMix>,
-}
-
-/// The labelled generated windows a run mixes in, by identity: the
-/// fingerprint of each labelled store's content ([`LabelledSet::identity`])
-/// and the share of every batch they fill.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct GeneratedMix {
-    pub sets: Vec<String>,
-    pub windows: usize,
-    pub share: f64,
-}
-
-/// The trained estimator a run starts from, by identity rather than
-/// location: the fingerprint of its settings and its step. (A location would
-/// make the settings, and so the resume, depend on where the source lay.)
-/// Its optimizer state is not carried over.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct WarmStart {
-    pub fingerprint: String,
-    pub step: u64,
-}
-
-impl WarmStart {
-    /// The newest estimator under `source`.
-    pub fn newest(source: &RunStore) -> Result<WarmStart, StageError> {
-        let (step, _) = newest_step(source, POSE_DIR, None, None)?
-            .ok_or_else(|| StageError::invalid(source.uri(), format!("no committed pose estimator under {POSE_DIR}/ to start from")))?;
-        Ok(WarmStart { fingerprint: read_settings(source, step)?.fingerprint(), step })
-    }
-}
-
-impl PoseSettings {
-    pub fn fingerprint(&self) -> String {
-        hex::encode(Sha256::digest(serde_json::to_vec(self).expect("serialises")))
-    }
-}
-
-fn step_dir(step: u64) -> String {
-    format!("{POSE_DIR}/step-{step:07}")
-}
-
-/// A failure of the pose estimator's own code, kept as the cause.
-fn err(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StageError {
-    StageError::artifact("the pose estimator", e)
-}
 
 /// Train (or resume) up to `steps`; `on_step(step, loss)` sees every step.
 /// A run whose settings have a warm start reads its first weights from
@@ -242,60 +173,4 @@ pub fn load_labelled(store: &RunStore) -> Result<LabelledSet, StageError> {
         windows.extend(labelled::from_tensors(&tensors).map_err(|e| StageError::artifact(store.uri_of(&p), e))?);
     }
     Ok(LabelledSet { identity: hex::encode(hasher.finalize()), windows })
-}
-
-/// The settings of the checkpoint at `step`.
-pub fn read_settings(store: &RunStore, step: u64) -> Result<PoseSettings, StageError> {
-    let (_, set) = newest_step(store, POSE_DIR, None, Some(step))?.ok_or_else(|| StageError::invalid(store.uri(), format!("no pose estimator at step {step}")))?;
-    let p = format!("{}/settings.json", step_dir(step));
-    serde_json::from_slice(&set.read(&p)?).map_err(|e| StageError::artifact(store.uri_of(&p), e))
-}
-
-/// A loaded pose estimator.
-pub struct LoadedPose {
-    pub net: PoseNet,
-    pub params: Params,
-    pub step: u64,
-    pub path: String,
-}
-
-/// Load the newest committed pose estimator under `store` onto `device`.
-pub fn load_pose(store: &RunStore, device: &candle_core::Device) -> Result<LoadedPose, StageError> {
-    let (step, set) = newest_step(store, POSE_DIR, None, None)?
-        .ok_or_else(|| StageError::invalid(store.uri(), format!("no committed pose estimator under {POSE_DIR}/ (train one with `worldcompass scorers train-pose`)")))?;
-    let dir = step_dir(step);
-    let settings: PoseSettings = serde_json::from_slice(&set.read(&format!("{dir}/settings.json"))?)
-        .map_err(|e| StageError::artifact(store.uri_of(&format!("{dir}/settings.json")), e))?;
-    let mut params = Params::new(0, device);
-    let net = PoseNet::new(&settings.model, &mut params).map_err(err)?;
-    load_params(store, &set, &format!("{dir}/model.safetensors"), &params)?;
-    Ok(LoadedPose { net, params, step, path: store.uri_of(&dir) })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_shipped_estimators_settings_keep_their_fingerprint() {
-        // The shipped estimator's settings (a warm start) must parse and
-        // fingerprint to what its manifest records, or `just pose` would
-        // retrain it instead of resuming; a different source step is a
-        // different run.
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/pose/pose_estimator");
-        let steps: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
-        assert_eq!(steps.len(), 1, "models/pose ships one checkpoint: {steps:?}");
-        let root = steps[0].display().to_string();
-        let settings: PoseSettings = serde_json::from_slice(&std::fs::read(format!("{root}/settings.json")).unwrap()).unwrap();
-        let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(format!("{root}/_manifest.json")).unwrap()).unwrap();
-        assert_eq!(manifest["fingerprint"].as_str().unwrap(), settings.fingerprint());
-        let w = settings.warm_start.clone().expect("the shipped estimator is warm-started");
-        let other = PoseSettings { warm_start: Some(WarmStart { step: w.step + 1, ..w }), ..settings.clone() };
-        assert_ne!(other.fingerprint(), settings.fingerprint());
-        // Settings without a warm start serialise as before warm starts
-        // existed (no key): the first stage's fingerprint is unchanged.
-        let scratch = PoseSettings { warm_start: None, ..settings.clone() };
-        assert!(!serde_json::to_string(&settings).unwrap().contains("generated"));
-        assert!(!serde_json::to_string(&scratch).unwrap().contains("warm_start"));
-    }
 }

@@ -9,90 +9,14 @@
 //! as an uninterrupted run.
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use wc_model::codec::PixelCodec;
 use wc_model::optim::{OptimConfig, Optimizer};
 use wc_model::params::Params;
 use wc_model::train::{pretrain_step, PretrainConfig, StepReport, Video};
 use wc_model::{ModelConfig, WorldModel};
-use wc_store::{CommittedSet, ManifestState, PendingCommit, RunStore, MANIFEST_FILE};
-
-use crate::error::StageError;
-
-/// Everything a pre-training run depends on (its fingerprint).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PretrainSettings {
-    pub model: ModelConfig,
-    pub seed: u64,
-    pub batch: usize,
-    pub lr: f64,
-    pub warmup_steps: u64,
-    pub action_dropout: f64,
-    pub checkpoint_every: u64,
-    /// Digest of the dataset manifest trained on.
-    pub dataset: String,
-}
-
-impl Default for PretrainSettings {
-    /// The embedded base model's settings (`just pretrain`), the dataset
-    /// digest left empty.
-    fn default() -> Self {
-        PretrainSettings {
-            model: ModelConfig::default(),
-            seed: 0,
-            batch: 24,
-            lr: 2e-3,
-            warmup_steps: 100,
-            action_dropout: 0.1,
-            checkpoint_every: 200,
-            dataset: String::new(),
-        }
-    }
-}
-
-impl PretrainSettings {
-    pub fn fingerprint(&self) -> String {
-        hex::encode(Sha256::digest(serde_json::to_vec(self).expect("serialises")))
-    }
-}
-
-pub const PRETRAIN_DIR: &str = "pretrain";
-
-pub fn step_dir(step: u64) -> String {
-    format!("{PRETRAIN_DIR}/step-{step:07}")
-}
-
-/// The newest committed checkpoint with this fingerprint, as (step, set).
-pub fn latest_checkpoint(store: &RunStore, fingerprint: &str) -> Result<Option<(u64, CommittedSet)>, StageError> {
-    newest_step(store, PRETRAIN_DIR, Some(fingerprint), None)
-}
-
-/// The newest committed `<root>/step-NNNNNNN/` checkpoint (with this
-/// fingerprint, or at this step, when given), as (step, set).
-pub fn newest_step(store: &RunStore, root: &str, fingerprint: Option<&str>, at: Option<u64>) -> Result<Option<(u64, CommittedSet)>, StageError> {
-    let mut best = None;
-    for path in store.list(root)? {
-        let Some(dir) = path.strip_suffix(&format!("/{MANIFEST_FILE}")) else { continue };
-        let Some(step) = dir.strip_prefix(&format!("{root}/step-")).and_then(|s| s.parse::<u64>().ok()) else { continue };
-        if at.is_some_and(|a| a != step) || best.as_ref().is_some_and(|(s, _)| step <= *s) {
-            continue;
-        }
-        let set = CommittedSet::open(store, &path)?;
-        if fingerprint.is_none_or(|f| set.manifest.fingerprint == f) {
-            best = Some((step, set));
-        }
-    }
-    Ok(best)
-}
-
-
-/// Load model parameters from a checkpoint file listed in `set`.
-pub fn load_params(store: &RunStore, set: &CommittedSet, path: &str, params: &Params) -> Result<(), StageError> {
-    let bytes = set.read(path)?;
-    let t = wc_schemas::read_any(&store.uri_of(path), &bytes)?;
-    params.load(&t).map_err(|e| StageError::artifact(store.uri_of(path), e))
-}
+use wc_stages::checkpoints::{latest_checkpoint, load_params, step_dir, PretrainSettings};
+use wc_stages::StageError;
+use wc_store::{ManifestState, PendingCommit, RunStore};
 
 /// Run (or resume) pre-training up to `steps`. `on_step` sees each step's report.
 pub fn run_pretrain(
@@ -170,7 +94,7 @@ fn commit_checkpoint(
     pending.write(&p, wc_schemas::write_any(&out.uri_of(&p), &opt.to_tensor_set()?)?)?;
     let p = format!("{dir}/settings.json");
     pending.write(&p, Bytes::from(serde_json::to_vec_pretty(settings).expect("serialises")))?;
-    let batch = crate::tables::pretrain_metrics_to_batch(log);
+    let batch = wc_stages::tables::pretrain_metrics_to_batch(log);
     let p = format!("{dir}/metrics.parquet");
     pending.write(&p, wc_schemas::write_table(&wc_schemas::tables::pretrain_metrics(), &out.uri_of(&p), &batch)?)?;
     pending.commit()?;

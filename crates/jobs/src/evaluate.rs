@@ -17,52 +17,15 @@ use arrow::array::{Array, Int64Array, ListArray, StringArray, UInt8Array};
 use candle_core::Tensor;
 use wc_model::codec::{decode_frames, encode_frames, patchify, PixelCodec};
 use wc_model::flow::{seeded_noise, SamplerConfig};
-use wc_model::params::Params;
-use wc_model::{ModelConfig, WorldModel};
+use wc_model::ModelConfig;
 use wc_rl::seeds::{derive_seed, SeedDomain};
 use wc_store::RunStore;
 use wc_world::metric::{Accuracy, AccuracyTally};
 use wc_world::probe::{judge, track_window};
 use wc_world::render::render;
 use wc_world::{ActionMask, Kinematics, Pose, RenderConfig, Scene};
-
-use crate::error::StageError;
-use crate::pretrain::{load_params, PretrainSettings, PRETRAIN_DIR};
-
-/// A loaded checkpoint.
-pub struct LoadedModel {
-    pub model: WorldModel,
-    pub params: Params,
-    pub step: u64,
-    pub path: String,
-}
-
-
-/// Load the newest pre-training checkpoint under `store` (or `step`).
-/// on `device`.
-pub fn load_checkpoint(store: &RunStore, step: Option<u64>, device: &candle_core::Device) -> Result<LoadedModel, StageError> {
-    let (s, set) = crate::pretrain::newest_step(store, PRETRAIN_DIR, None, step)?.ok_or_else(|| {
-        StageError::invalid(store.uri(), format!("no committed checkpoint{} under {PRETRAIN_DIR}/", step.map(|s| format!(" at step {s}")).unwrap_or_default()))
-    })?;
-    let dir = crate::pretrain::step_dir(s);
-    let settings: PretrainSettings = serde_json::from_slice(&set.read(&format!("{dir}/settings.json"))?)
-        .map_err(|e| StageError::artifact(store.uri_of(&format!("{dir}/settings.json")), e))?;
-    let mut params = Params::new(0, device);
-    let model = WorldModel::new(&settings.model, &mut params)?;
-    load_params(store, &set, &format!("{dir}/model.safetensors"), &params)?;
-    Ok(LoadedModel { model, params, step: s, path: store.uri_of(&dir) })
-}
-
-/// Load checkpoint `k` of a world-backend run (`which`: "policy" or
-/// "old_policy") on `device`.
-pub fn load_run_checkpoint(run: &RunStore, k: u64, which: &str, device: wc_config::DeviceSpec) -> Result<LoadedModel, StageError> {
-    let ctx = crate::runner::RunContext::from_store(run.clone())?.on_device(Some(device));
-    let init = crate::inputs::init_set(&ctx)?;
-    let cfg = crate::world::model_config(&ctx, &init)?;
-    let set = crate::inputs::checkpoint_set(&ctx, k)?;
-    let p = crate::world::load_policy(&ctx, &cfg, &set, k, which)?;
-    Ok(LoadedModel { model: p.model, params: p.params, step: k, path: run.uri_of(&format!("{}/{which}.safetensors", crate::layout::checkpoint_dir(k))) })
-}
+use wc_stages::checkpoints::LoadedModel;
+use wc_stages::StageError;
 
 /// Generate one clip from context frames (u8 HWC: the first frame, then the
 /// recent ones) and one action mask per target frame. Returns the clip's
@@ -75,7 +38,7 @@ pub fn generate_clip(m: &LoadedModel, context_rgb: &[u8], masks: &[u8], sampler:
     let context = Tensor::from_vec(patchify(&encode_frames(&codec, context_rgb, size)?, 3, size, cfg.patch), (1, cfg.context_slots() * tpf, tok), &dev)?;
     let noise = seeded_noise(noise_seed, &[1, cfg.frames_per_clip * tpf, tok], &dev)?;
     let cache = m.model.encode_context(&context)?;
-    Ok(decode_frames(&codec, &crate::world::sample_latents(&m.model, sampler, &cache, &[masks.to_vec()], &noise)?, size)?)
+    Ok(decode_frames(&codec, &wc_stages::world::sample_latents(&m.model, sampler, &cache, &[masks.to_vec()], &noise)?, size)?)
 }
 
 /// The context of the clip whose first frame is `first_target`: the first
@@ -329,10 +292,10 @@ pub fn rollout_sequence(
 }
 
 /// The rows of `eval_results` for one model's results.
-pub fn eval_rows(run_unix_s: i64, label: &str, m: &LoadedModel, source: ContextSource, results: &[ProtocolResult]) -> Vec<crate::tables::EvalRow> {
+pub fn eval_rows(run_unix_s: i64, label: &str, m: &LoadedModel, source: ContextSource, results: &[ProtocolResult]) -> Vec<wc_stages::tables::EvalRow> {
     results
         .iter()
-        .map(|r| crate::tables::EvalRow {
+        .map(|r| wc_stages::tables::EvalRow {
             run_unix_s,
             model: label.to_string(),
             checkpoint: m.path.clone(),
@@ -364,7 +327,7 @@ pub fn eval_rows(run_unix_s: i64, label: &str, m: &LoadedModel, source: ContextS
 /// ends with their mean delta and its standard error
 /// ([`mean_and_standard_error`]): the effect of the setting with the run-to-
 /// run spread taken into account, not one seed's draw.
-pub fn table1(rows: &[crate::tables::EvalRow], replicates: bool) -> String {
+pub fn table1(rows: &[wc_stages::tables::EvalRow], replicates: bool) -> String {
     use std::fmt::Write;
     let mut models: Vec<&str> = Vec::new();
     let mut lengths: Vec<(&str, i64)> = Vec::new();
@@ -377,7 +340,7 @@ pub fn table1(rows: &[crate::tables::EvalRow], replicates: bool) -> String {
         }
     }
     let cell = |model: &str, length: &str, kind: &str| rows.iter().find(|r| r.model == model && r.length == length && r.kind == kind);
-    let metrics = |r: &crate::tables::EvalRow| [r.rot_acc, r.trans_acc, r.if_score, r.both_right, r.vq_score];
+    let metrics = |r: &wc_stages::tables::EvalRow| [r.rot_acc, r.trans_acc, r.if_score, r.both_right, r.vq_score];
     let summary_width = if replicates && models.len() > 2 { format!("mean delta of {}", models.len() - 1).len() } else { 0 };
     let width = models.iter().map(|m| m.len() + if models.len() > 2 { 6 } else { 0 }).max().unwrap_or(5).max(12).max(summary_width);
     let mut out = String::new();
@@ -462,9 +425,9 @@ pub fn mean_and_standard_error(xs: &[f64]) -> (f64, f64) {
 /// Write evaluation rows as `eval/eval-<run_unix_s>.parquet` under `store`,
 /// create-only: a second evaluation in the same second takes the next
 /// suffix (`eval-<s>-1.parquet`, ...), never overwrites. Returns the path.
-pub fn write_eval_rows(store: &RunStore, run_unix_s: i64, rows: &[crate::tables::EvalRow]) -> Result<String, StageError> {
+pub fn write_eval_rows(store: &RunStore, run_unix_s: i64, rows: &[wc_stages::tables::EvalRow]) -> Result<String, StageError> {
     let first = format!("eval/eval-{run_unix_s}.parquet");
-    let bytes = wc_schemas::write_table(&wc_schemas::tables::eval_results(), &store.uri_of(&first), &crate::tables::eval_to_batch(rows))?;
+    let bytes = wc_schemas::write_table(&wc_schemas::tables::eval_results(), &store.uri_of(&first), &wc_stages::tables::eval_to_batch(rows))?;
     for n in 0.. {
         let path = if n == 0 { first.clone() } else { format!("eval/eval-{run_unix_s}-{n}.parquet") };
         if store.put_if_absent(&path, bytes.clone())? {
@@ -477,7 +440,7 @@ pub fn write_eval_rows(store: &RunStore, run_unix_s: i64, rows: &[crate::tables:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tables::EvalRow;
+    use wc_stages::tables::EvalRow;
 
     fn held_out_sequence(kind: &str, actions: &[u8]) -> HeldOut {
         HeldOut { kind: kind.into(), scene_seed: 5, actions: actions.iter().map(|a| ActionMask(*a)).collect() }
