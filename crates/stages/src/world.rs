@@ -130,16 +130,53 @@ pub fn clip_noise(cfg: &ModelConfig, seed: u64) -> Vec<f32> {
     crate::linear::gaussian_noise(seed, cfg.frames_per_clip * frame_len(cfg))
 }
 
-/// Sample one clip for each of B contexts (one action list and one noise
-/// each); returns the clips' latents, concatenated.
-pub fn sample_clips(p: &WorldPolicy, sampler: &SamplerConfig, contexts: &[Vec<f32>], masks: &[Vec<u8>], noises: &[Vec<f32>]) -> Result<Vec<f32>, StageError> {
+/// Generate B sequences clip after clip, each clip from its sequence's
+/// first frame and most recent frames (the context of [`context_tokens`]).
+/// The tokens stay on the model's device between clips: the host sends
+/// each clip's noise and gets back only the finished sequences' latent
+/// frames, one `Vec` per sequence. `firsts[b]` is sequence b's first latent
+/// frame; `masks[c][b]` and `noises[c][b]` are clip c's per-frame action
+/// masks and latent noise. `on_clip` is called after each clip.
+pub fn sample_sequences(
+    p: &WorldPolicy,
+    sampler: &SamplerConfig,
+    firsts: &[Vec<f32>],
+    masks: &[Vec<Vec<u8>>],
+    noises: &[Vec<Vec<f32>>],
+    on_clip: &dyn Fn(),
+) -> Result<Vec<Vec<f32>>, StageError> {
     let cfg = &p.model.cfg;
-    let dev = p.params.device().clone();
-    let b = contexts.len();
-    let (tpf, tok) = (cfg.tokens_per_frame(), cfg.token_dim());
-    let ctx = Tensor::from_vec(contexts.concat(), (b, cfg.context_slots() * tpf, tok), &dev)?;
-    let cache = p.model.encode_context(&ctx)?;
-    candidates_from_cache(p, sampler, &cache, masks, noises)
+    let dev = p.params.device();
+    let (b, tpf, tok) = (firsts.len(), cfg.tokens_per_frame(), cfg.token_dim());
+    let first_tokens: Vec<f32> = firsts.iter().flat_map(|f| clip_tokens(cfg, f)).collect();
+    // Every frame so far, as (B, tokens per frame, token dim) on the device.
+    let mut frames = vec![Tensor::from_vec(first_tokens, (b, tpf, tok), dev)?];
+    let mut clips = Vec::with_capacity(masks.len());
+    for (clip_masks, clip_noises) in masks.iter().zip(noises) {
+        let have = frames.len();
+        let mut context = vec![frames[0].clone()];
+        for k in (1..=cfg.context_frames).rev() {
+            context.push(frames[have.saturating_sub(k)].clone());
+        }
+        let cache = p.model.encode_context(&Tensor::cat(&context, 1)?)?;
+        let noise_tokens: Vec<f32> = clip_noises.iter().flat_map(|n| clip_tokens(cfg, n)).collect();
+        let noise = Tensor::from_vec(noise_tokens, (b, cfg.frames_per_clip * tpf, tok), dev)?;
+        let x = sample(&p.model, &cache, &noise, clip_masks, sampler)?;
+        for j in 0..cfg.frames_per_clip {
+            frames.push(x.narrow(1, j * tpf, tpf)?);
+        }
+        clips.push(x);
+        on_clip();
+    }
+    if clips.is_empty() {
+        return Ok(vec![Vec::new(); b]);
+    }
+    let all = Tensor::cat(&clips, 1)?.flatten_all()?.to_vec1::<f32>()?;
+    let per_clip = cfg.frames_per_clip * tpf * tok;
+    Ok(all
+        .chunks_exact(clips.len() * per_clip)
+        .map(|seq| seq.chunks_exact(per_clip).flat_map(|c| unpatchify(c, PixelCodec.geometry().channels, cfg.frame_size, cfg.patch)).collect())
+        .collect())
 }
 
 /// Sample G clips that share one encoded context (batch 1 or G).
@@ -242,6 +279,33 @@ mod tests {
 
     fn batch(cfg: &ModelConfig, n: usize) -> NftBatch {
         nft_batch(cfg, &samples(cfg, n), &Device::Cpu).unwrap()
+    }
+
+    /// The device-resident sequence sampler equals sampling clip after
+    /// clip through the host: each clip's context built from the host
+    /// latents of the clips before it.
+    #[test]
+    fn sequences_sampled_on_the_device_equal_clip_after_clip_through_the_host() {
+        let (p, _) = tiny_pair();
+        let cfg = p.model.cfg.clone();
+        let sampler = SamplerConfig { steps: 3, shift: 3.0, guidance: 2.0 };
+        let fl = frame_len(&cfg);
+        let firsts: Vec<Vec<f32>> = (0..2).map(|b| clip_noise(&cfg, 100 + b)[..fl].to_vec()).collect();
+        let clips = 3;
+        let masks: Vec<Vec<Vec<u8>>> = (0..clips).map(|c| (0..2).map(|b| vec![1u8 << ((c + b) % 8); cfg.frames_per_clip]).collect()).collect();
+        let noises: Vec<Vec<Vec<f32>>> = (0..clips).map(|c| (0..2).map(|b| clip_noise(&cfg, (10 * c + b) as u64)).collect()).collect();
+        let calls = std::cell::Cell::new(0);
+        let on_device = sample_sequences(&p, &sampler, &firsts, &masks, &noises, &|| calls.set(calls.get() + 1)).unwrap();
+        assert_eq!(calls.get(), clips);
+        for b in 0..2 {
+            let mut host: Vec<f32> = Vec::new();
+            for c in 0..clips {
+                let cache = encode_context(&p, &context_tokens(&cfg, &firsts[b], &host)).unwrap();
+                host.extend(candidates_from_cache(&p, &sampler, &cache, &[masks[c][b].clone()], &[noises[c][b].clone()]).unwrap());
+            }
+            assert_eq!(on_device[b].len(), clips * cfg.frames_per_clip * fl);
+            assert_eq!(on_device[b], host, "sequence {b}");
+        }
     }
 
     #[test]

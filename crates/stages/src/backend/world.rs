@@ -90,16 +90,12 @@ impl Backend for WorldBackend<'_> {
         if requests.iter().any(|r| r.clips.len() != clips) {
             return Err(StageError::invalid("sequences", "every sequence of one call must have the same number of clips"));
         }
-        for c in 0..clips {
-            let contexts: Vec<Vec<f32>> = firsts.iter().zip(&out).map(|(f, s)| world::context_tokens(&self.cfg, f, &s.latents)).collect();
-            let masks: Vec<Vec<u8>> = requests.iter().map(|r| world::frame_masks(&self.cfg, &r.clips[c].windows)).collect();
-            let noises: Vec<Vec<f32>> = requests.iter().map(|r| world::clip_noise(&self.cfg, r.clips[c].noise_seed)).collect();
-            let sampled = world::sample_clips(old, &sampler, &contexts, &masks, &noises)?;
-            for ((s, clip), noise) in out.iter_mut().zip(sampled.chunks_exact(self.clip_len())).zip(noises) {
-                s.latents.extend_from_slice(clip);
-                s.noise.extend(noise);
-            }
-            on_clip();
+        let masks: Vec<Vec<Vec<u8>>> = (0..clips).map(|c| requests.iter().map(|r| world::frame_masks(&self.cfg, &r.clips[c].windows)).collect()).collect();
+        let noises: Vec<Vec<Vec<f32>>> = (0..clips).map(|c| requests.iter().map(|r| world::clip_noise(&self.cfg, r.clips[c].noise_seed)).collect()).collect();
+        let latents = world::sample_sequences(old, &sampler, &firsts, &masks, &noises, on_clip)?;
+        for (b, (s, lat)) in out.iter_mut().zip(latents).enumerate() {
+            s.latents = lat;
+            s.noise = noises.iter().flat_map(|clip| clip[b].iter().copied()).collect();
         }
         Ok(out)
     }
