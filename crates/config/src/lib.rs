@@ -64,6 +64,36 @@ pub struct RunSection {
     /// next on a CPU node.
     #[serde(default, skip_serializing_if = "DeviceSpec::is_cpu")]
     pub device: DeviceSpec,
+    /// The dtype the world model samples in (prefix and rollout): "f32"
+    /// (default) or "bf16" (CUDA devices only). Weights stay f32 in the
+    /// checkpoints and the optimizer step runs in f32; bf16 is a cast of
+    /// the old policy for sampling. Part of the fingerprint: it changes
+    /// the samples.
+    #[serde(default, skip_serializing_if = "SamplingDtype::is_f32")]
+    pub dtype: SamplingDtype,
+}
+
+/// The dtype a model samples in (`[run] dtype`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SamplingDtype {
+    #[default]
+    F32,
+    Bf16,
+}
+
+impl SamplingDtype {
+    pub fn is_f32(&self) -> bool {
+        *self == SamplingDtype::F32
+    }
+
+    /// The name as the config writes it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SamplingDtype::F32 => "f32",
+            SamplingDtype::Bf16 => "bf16",
+        }
+    }
 }
 
 /// `[data]`: the prompts and action sequences trained on.
@@ -534,6 +564,9 @@ impl PipelineConfig {
             ModelSection::Linear(_) if self.optimize.guidance != 1.0 => {
                 return bad("optimize.guidance", self.optimize.guidance.to_string(), "a guided policy needs model.kind = \"world\" (the linear backend has no guidance)");
             }
+            ModelSection::Linear(_) if !self.run.dtype.is_f32() => {
+                return bad("run.dtype", format!("\"{}\"", self.run.dtype.name()), "the linear backend computes in f32 only (the dtype is the world model's)");
+            }
             ModelSection::Linear(_) if self.rollout.mode == RolloutMode::Sample => {
                 return bad("rollout.mode", "\"sample\"".into(), "sample-level rollout needs model.kind = \"world\" (the linear backend is clip-level only)");
             }
@@ -867,5 +900,21 @@ mod tests {
         assert_eq!(PipelineConfig::parse("run.toml", &flat_world).unwrap(), PipelineConfig::parse("e", &shipped("embedded.toml")).unwrap());
         let flat_linear = embedded().replacen("latent_dim = 16", "latent_dim = 16\nbase = \"\"\npreset = \"tiny\"", 1);
         assert_eq!(PipelineConfig::parse("run.toml", &flat_linear).unwrap(), PipelineConfig::parse("l", &embedded()).unwrap());
+    }
+
+    #[test]
+    fn the_sampling_dtype_is_read_written_and_fingerprinted_and_the_linear_backend_refuses_bf16() {
+        let world = shipped("embedded.toml");
+        let f32_cfg = PipelineConfig::parse("e", &world).unwrap();
+        assert_eq!(f32_cfg.run.dtype, SamplingDtype::F32);
+        assert!(!f32_cfg.to_toml().contains("dtype"), "the default is not written (old fingerprints hold)");
+        let bf16 = PipelineConfig::parse("e", &world.replacen("[run]\n", "[run]\ndtype = \"bf16\"\n", 1)).unwrap();
+        assert_eq!(bf16.run.dtype, SamplingDtype::Bf16);
+        assert_eq!(PipelineConfig::parse("roundtrip", &bf16.to_toml()).unwrap(), bf16);
+        assert_ne!(bf16.fingerprint(), f32_cfg.fingerprint(), "bf16 samples differ: another config");
+        let err = PipelineConfig::parse("x.toml", &embedded().replacen("[run]\n", "[run]\ndtype = \"bf16\"\n", 1)).unwrap_err().to_string();
+        assert!(err.contains("run.dtype") && err.contains("linear backend"), "{err}");
+        let err = PipelineConfig::parse("x.toml", &world.replacen("[run]\n", "[run]\ndtype = \"fp8\"\n", 1)).unwrap_err().to_string();
+        assert!(err.contains("fp8"), "{err}");
     }
 }

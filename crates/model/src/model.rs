@@ -12,7 +12,7 @@
 //! Because context tokens never attend to target tokens, the cache computed
 //! once per prefix is exact for every candidate and every sampler step.
 
-use candle_core::{Tensor, D};
+use candle_core::{DType, Tensor, D};
 
 use crate::config::{ModelConfig, Prediction, ACTION_INPUTS};
 use crate::nn::{modulate, rms_norm, timestep_embedding, Linear};
@@ -120,6 +120,9 @@ pub struct WorldModel {
     blocks: Vec<Block>,
     final_ada: Linear,
     patch_out: Linear,
+    /// The dtype of the parameters: inputs are cast to it, outputs come
+    /// back as f32.
+    dtype: DType,
 }
 
 impl WorldModel {
@@ -140,6 +143,7 @@ impl WorldModel {
             blocks: (0..cfg.layers).map(|i| Block::new(cfg, p, &format!("blocks.{i}"))).collect::<Result<_>>()?,
             final_ada: Linear::new(p, "final.ada", d, 2 * d, Some(Init::Normal(ADA_INIT_STD)), true)?,
             patch_out: Linear::new(p, "final.proj", d, tok, Some(Init::Normal(ADA_INIT_STD)), true)?,
+            dtype: p.dtype(),
         })
     }
 
@@ -167,7 +171,7 @@ impl WorldModel {
         if context.dim(1)? != expected {
             return Err(ModelError::Config(format!("context has {} tokens, the model needs {expected}", context.dim(1)?)));
         }
-        let mut x = self.embed(context, 0)?;
+        let mut x = self.embed(&context.to_dtype(self.dtype)?, 0)?;
         let c = self.context_cond.silu()?;
         let mut kv = Vec::with_capacity(self.blocks.len());
         for block in &self.blocks {
@@ -187,10 +191,13 @@ impl WorldModel {
     pub fn velocity(&self, cache: &ContextCache, z: &Tensor, t: &Tensor, actions: &Tensor) -> Result<Tensor> {
         let b = z.dim(0)?;
         let f = self.cfg.frames_per_clip;
-        let a = self.action.forward(actions)?; // [B, F, d]
-        let temb = self.time2.forward(&self.time1.forward(&timestep_embedding(t, TIME_DIM)?)?.silu()?)?; // [B, d]
+        // The network runs in the parameters' dtype; the velocity is formed
+        // in f32 from its output (a no-op cast for an f32 model).
+        let dt = self.dtype;
+        let a = self.action.forward(&actions.to_dtype(dt)?)?; // [B, F, d]
+        let temb = self.time2.forward(&self.time1.forward(&timestep_embedding(&t.to_dtype(dt)?, TIME_DIM)?)?.silu()?)?; // [B, d]
         let cond = a.broadcast_add(&temb.unsqueeze(1)?)?.silu()?; // [B, F, d]
-        let mut x = self.embed(z, self.cfg.context_slots())?.add(&self.per_token(&a)?)?;
+        let mut x = self.embed(&z.to_dtype(dt)?, self.cfg.context_slots())?.add(&self.per_token(&a)?)?;
         for (block, kv) in self.blocks.iter().zip(&cache.kv) {
             let mods = self.per_token(&block.ada.forward(&cond)?)?;
             x = block.forward(&x, &mods, Some(kv))?.0;
@@ -198,7 +205,7 @@ impl WorldModel {
         let m = self.per_token(&self.final_ada.forward(&cond)?)?;
         let d = self.cfg.d_model;
         let x = modulate(&rms_norm(&x, NORM_EPS)?, &m.narrow(D::Minus1, 0, d)?, &m.narrow(D::Minus1, d, d)?)?;
-        let out = self.patch_out.forward(&x)?;
+        let out = self.patch_out.forward(&x)?.to_dtype(DType::F32)?;
         debug_assert_eq!(out.dims(), &[b, f * self.cfg.tokens_per_frame(), self.cfg.token_dim()]);
         match self.cfg.prediction {
             Prediction::Velocity => Ok(out),
@@ -325,5 +332,36 @@ mod tests {
         let (fw, tl) = (v(1), v(64));
         let diff = fw.iter().zip(&tl).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
         assert!(diff > 1e-3, "forward and turn-left give the same velocity ({diff})");
+    }
+
+    /// The bf16 sampling copy of a policy: its network runs in bf16 and
+    /// gives the f32 model's velocities and samples within bf16 precision;
+    /// an f32 copy computes the same bits.
+    #[test]
+    fn a_bf16_copy_samples_like_the_f32_model_within_bf16_precision() {
+        use crate::velocity::Policy;
+        let p = Policy::<WorldModel>::fresh(&ModelConfig::tiny(), 9, &Device::Cpu).unwrap();
+        let (ctx, _, _, _) = inputs(&p.model, 1);
+        let c = &p.model.cfg;
+        let g = 3;
+        let noise = seeded_noise(13, &[g, c.frames_per_clip * c.tokens_per_frame(), c.token_dim()], &Device::Cpu).unwrap();
+        let masks = vec![vec![0b0000_0101u8; c.frames_per_clip]; g];
+        let cfg = SamplerConfig { steps: 4, shift: 3.0, guidance: 2.0 };
+        let run = |q: &Policy<WorldModel>| -> Vec<f32> {
+            let cache = q.model.encode_context(&ctx).unwrap();
+            let x = sample(&q.model, &cache, &noise, &masks, &cfg).unwrap();
+            assert_eq!(x.dtype(), DType::F32, "samples come back as f32");
+            x.flatten_all().unwrap().to_vec1().unwrap()
+        };
+        let f32_run = run(&p);
+        assert_eq!(run(&p.to_dtype(DType::F32).unwrap()), f32_run, "an f32 copy is the same model");
+        let bf16 = p.to_dtype(DType::BF16).unwrap();
+        assert!(bf16.params.vars().values().all(|v| v.dtype() == DType::BF16));
+        let bf16_run = run(&bf16);
+        let scale = f32_run.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let diff = f32_run.iter().zip(&bf16_run).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        // bf16 keeps 8 bits of mantissa (relative 2^-8 = 0.4% per value).
+        assert!(diff > 0.0, "bf16 computed something else than f32");
+        assert!(diff < 0.03 * scale, "bf16 samples differ by {diff} at scale {scale}");
     }
 }

@@ -58,7 +58,7 @@ pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
 pub fn timestep_embedding(t: &Tensor, dim: usize) -> Result<Tensor> {
     let half = dim / 2;
     let freqs: Vec<f32> = (0..half).map(|i| (-(10_000f64.ln()) * i as f64 / half as f64).exp() as f32).collect();
-    let freqs = Tensor::from_vec(freqs, (1, half), t.device())?;
+    let freqs = Tensor::from_vec(freqs, (1, half), t.device())?.to_dtype(t.dtype())?;
     let args = (t.unsqueeze(1)? * 1000.0)?.broadcast_mul(&freqs)?;
     Ok(Tensor::cat(&[args.cos()?, args.sin()?], 1)?)
 }

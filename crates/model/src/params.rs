@@ -27,14 +27,24 @@ pub enum Init {
 /// The parameters of one model instance.
 pub struct Params {
     device: Device,
+    /// The dtype every parameter is held in (f32 unless a sampling copy in
+    /// bf16, see [`Params::with_dtype`]).
+    dtype: DType,
     rng: ChaCha8Rng,
     vars: BTreeMap<String, Var>,
 }
 
 impl Params {
     pub fn new(seed: u64, device: &Device) -> Self {
+        Self::with_dtype(seed, device, DType::F32)
+    }
+
+    /// Parameters held in `dtype` (initial values are drawn in f32, then
+    /// cast; loaded values are cast the same way).
+    pub fn with_dtype(seed: u64, device: &Device, dtype: DType) -> Self {
         Params {
             device: device.clone(),
+            dtype,
             rng: ChaCha8Rng::seed_from_u64(seed),
             vars: BTreeMap::new(),
         }
@@ -42,6 +52,10 @@ impl Params {
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     /// Create a parameter and return its tensor.
@@ -58,7 +72,7 @@ impl Params {
                 })
                 .collect(),
         };
-        let var = Var::from_tensor(&Tensor::from_vec(values, shape, &self.device)?)?;
+        let var = Var::from_tensor(&Tensor::from_vec(values, shape, &self.device)?.to_dtype(self.dtype)?)?;
         let t = var.as_tensor().clone();
         self.vars.insert(name.to_string(), var);
         Ok(t)
@@ -104,7 +118,7 @@ impl Params {
             if let Some(i) = values.iter().position(|v| !v.is_finite()) {
                 return Err(ModelError::NonFinite(format!("parameter '{name}' holds {} at index {i}", values[i])));
             }
-            var.set(&Tensor::from_vec(values, var.dims(), &self.device)?)?;
+            var.set(&Tensor::from_vec(values, var.dims(), &self.device)?.to_dtype(self.dtype)?)?;
         }
         if let Some(extra) = set.keys().find(|k| !self.vars.contains_key(*k)) {
             return Err(ModelError::Checkpoint(format!("checkpoint has parameter '{extra}' the model does not")));
@@ -123,10 +137,11 @@ impl Params {
         Ok(true)
     }
 
-    /// Copy every value from `other` (same layout).
+    /// Copy every value from `other` (same layout), cast to this set's
+    /// dtype on the device.
     pub fn copy_from(&self, other: &Params) -> Result<()> {
         for (name, var) in &self.vars {
-            var.set(other.vars[name].as_tensor())?;
+            var.set(&other.vars[name].as_tensor().to_dtype(self.dtype)?)?;
         }
         Ok(())
     }

@@ -105,6 +105,16 @@ impl Policy<WorldModel> {
         Ok(Policy { model, params })
     }
 
+    /// A copy of this policy whose network runs in `dtype` (for sampling in
+    /// bf16 on a GPU); the weights are cast on the device. An f32 copy of
+    /// an f32 policy computes the same bits.
+    pub fn to_dtype(&self, dtype: candle_core::DType) -> Result<Self> {
+        let mut params = Params::with_dtype(0, self.params.device(), dtype);
+        let model = WorldModel::new(&self.model.cfg, &mut params)?;
+        params.copy_from(&self.params)?;
+        Ok(Policy { model, params })
+    }
+
     /// A world model of `cfg` with the weights of a checkpoint (every name
     /// and shape checked).
     pub fn from_tensors(cfg: &ModelConfig, t: &wc_schemas::TensorSet, device: &Device) -> Result<Self> {

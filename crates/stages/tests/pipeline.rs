@@ -214,6 +214,20 @@ fn both_backends_train_through_the_same_stage_functions() {
     }
 }
 
+/// `[run] dtype = "bf16"` samples on CUDA only: on the CPU the sampling
+/// stages refuse it and commit nothing, and it is part of the fingerprint.
+#[test]
+fn bf16_sampling_on_the_cpu_is_refused_and_commits_nothing() {
+    let mut cfg = tiny_world();
+    cfg.run.dtype = wc_config::SamplingDtype::Bf16;
+    let cfg = PipelineConfig::parse("bf16", &cfg.to_toml()).unwrap();
+    assert_ne!(cfg.fingerprint(), tiny_world().fingerprint());
+    let ctx = new_run("memory://bf16", &cfg);
+    let err = run_stage(&ctx, req(Stage::Prefix, 0, ShardSpec::WHOLE)).unwrap_err().to_string();
+    assert!(err.contains("samples on CUDA devices") && err.contains("--device cuda:N"), "{err}");
+    assert!(ctx.store.list("iters").unwrap().iter().all(|p| !p.ends_with(wc_store::MANIFEST_FILE)), "nothing committed");
+}
+
 /// The stage bodies name no model: the registry (`backend/mod.rs`) is the
 /// one place that does.
 #[test]

@@ -25,8 +25,12 @@ use crate::tables::GroupRow;
 pub enum Role {
     /// The policy being trained.
     Policy,
-    /// The old (EMA) policy that samples the rollouts.
+    /// The old (EMA) policy, as the optimizer and the EMA update use it
+    /// (f32).
     OldPolicy,
+    /// The old policy as prefix and rollout sample with it: in the run's
+    /// sampling dtype (`[run] dtype`).
+    Sampler,
 }
 
 impl Role {
@@ -34,7 +38,7 @@ impl Role {
     pub fn file_stem(self) -> &'static str {
         match self {
             Role::Policy => "policy",
-            Role::OldPolicy => "old_policy",
+            Role::OldPolicy | Role::Sampler => "old_policy",
         }
     }
 }

@@ -4,7 +4,7 @@
 //! NFT loss trains it, Muon/AdamW step it.
 
 use candle_core::Device;
-use wc_config::{PipelineConfig, WorldModelConfig};
+use wc_config::{PipelineConfig, SamplingDtype, WorldModelConfig};
 use wc_model::optim::Optimizer;
 use wc_model::ModelConfig;
 use wc_rl::schedule::{sampler_times, timestep_subset};
@@ -66,7 +66,20 @@ impl Backend for WorldBackend<'_> {
     }
 
     fn load_policy(&self, set: &CommittedSet, k: u64, role: Role) -> Result<WorldPolicy, StageError> {
-        world::load_policy(self.ctx, &self.cfg, set, k, role.file_stem())
+        let policy = world::load_policy(self.ctx, &self.cfg, set, k, role.file_stem())?;
+        match (role, self.ctx.cfg.run.dtype) {
+            (Role::Sampler, SamplingDtype::Bf16) => {
+                let device = self.device()?;
+                if !device.is_cuda() {
+                    return Err(StageError::invalid(
+                        "run.dtype",
+                        format!("\"bf16\" samples on CUDA devices; this stage runs on {} (pass --device cuda:N, or set [run] dtype = \"f32\")", self.ctx.device_spec),
+                    ));
+                }
+                Ok(policy.to_dtype(candle_core::DType::BF16)?)
+            }
+            _ => Ok(policy),
+        }
     }
 
     fn load_optimizer(&self, set: &CommittedSet, k: u64, policy: &WorldPolicy) -> Result<Optimizer, StageError> {

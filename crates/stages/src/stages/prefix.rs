@@ -15,7 +15,7 @@ pub fn prefix<B: Backend>(b: &B, ctx: &RunContext, iter: u64, shard: ShardSpec, 
     let ckpt = inputs::checkpoint_set(ctx, iter)?;
     pending.add_input(&init);
     pending.add_input(&ckpt);
-    let old = b.load_policy(&ckpt, iter, Role::OldPolicy)?;
+    let old = b.load_policy(&ckpt, iter, Role::Sampler)?;
     let pool = sequence_pool(ctx, &init)?;
     let p = target_clip(iter, ctx.cfg.rollout.clips) - 1;
     let groups = shard_groups(ctx, &pool, iter, shard);

@@ -13,7 +13,7 @@ pub fn rollout<B: Backend>(b: &B, ctx: &RunContext, iter: u64, shard: ShardSpec,
     pending.add_input(&init);
     pending.add_input(&ckpt);
     prefixes.iter().for_each(|s| pending.add_input(s));
-    let old = b.load_policy(&ckpt, iter, Role::OldPolicy)?;
+    let old = b.load_policy(&ckpt, iter, Role::Sampler)?;
     let pool = sequence_pool(ctx, &init)?;
     let files = group_files(&prefixes);
     let (g_count, n) = (ctx.cfg.rollout.candidates, ctx.cfg.rollout.clips);
