@@ -1,6 +1,6 @@
 //! Line charts over iterations as PNG, drawn with plotters' bitmap backend
-//! and the DejaVu Sans font embedded in the binary: no system fonts, no
-//! display. The x axis is the iteration, an integer, and its ticks are
+//! and an ASCII subset of DejaVu Sans embedded in the binary
+//! (`fonts/README.md`): no system fonts, no display. The x axis is the iteration, an integer, and its ticks are
 //! whole iterations ([`iteration_ticks`]).
 
 use std::sync::OnceLock;
@@ -13,6 +13,9 @@ pub type Rgb = [u8; 3];
 
 /// The font family charts and composed media write in.
 pub const FONT: &str = "sans-serif";
+
+/// DejaVu Sans, printable ASCII and a few symbols (11 KB).
+const FONT_BYTES: &[u8] = include_bytes!("../fonts/DejaVuSans-subset.ttf");
 
 /// One line of a chart: (iteration, value) points, drawn in order.
 #[derive(Debug, Clone)]
@@ -59,7 +62,7 @@ fn draw_err(e: impl std::fmt::Display) -> ChartError {
 pub(crate) fn ensure_font() -> Result<(), ChartError> {
     static REGISTERED: OnceLock<Result<(), String>> = OnceLock::new();
     REGISTERED
-        .get_or_init(|| register_font(FONT, FontStyle::Normal, dejavu::sans::regular()).map_err(|_| "the embedded DejaVu Sans font does not parse".to_string()))
+        .get_or_init(|| register_font(FONT, FontStyle::Normal, FONT_BYTES).map_err(|_| "the embedded DejaVu Sans font does not parse".to_string()))
         .clone()
         .map_err(ChartError::Draw)
 }
