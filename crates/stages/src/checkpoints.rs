@@ -121,7 +121,7 @@ pub fn load_run_checkpoint(run: &RunStore, k: u64, which: &str, device: wc_confi
     let cfg = crate::world::model_config(&ctx, &init)?;
     let set = crate::inputs::checkpoint_set(&ctx, k)?;
     let p = crate::world::load_policy(&ctx, &cfg, &set, k, which)?;
-    Ok(LoadedModel { model: p.model, params: p.params, step: k, path: run.uri_of(&format!("{}/{which}.safetensors", crate::layout::checkpoint_dir(k))) })
+    Ok(LoadedModel { model: p.model, params: p.params, step: k, path: run.uri_of(&crate::layout::checkpoint_file(k, which)) })
 }
 
 /// Where pose estimator checkpoints live under their store.

@@ -138,7 +138,7 @@ pub fn read_tensor_file(
 /// Load a linear policy file (`policy`, `old_policy`, `optimizer`) of
 /// checkpoint `k`, of latent size `dim`.
 pub fn load_policy(ctx: &RunContext, dim: usize, set: &CommittedSet, k: u64, name: &str) -> Result<LinearPolicy, StageError> {
-    let path = format!("{}/{name}.safetensors", layout::checkpoint_dir(k));
+    let path = layout::checkpoint_file(k, name);
     let file_layout = if name == "optimizer" {
         wc_schemas::tensors::linear_optimizer()
     } else {
@@ -168,7 +168,7 @@ pub fn load_policy(ctx: &RunContext, dim: usize, set: &CommittedSet, k: u64, nam
 /// each (group, candidate) once, scores and r in [0, 1], finite values.
 /// Rows come sorted by (group, candidate).
 pub fn read_selection(ctx: &RunContext, iter: u64, sel: &CommittedSet) -> Result<(Vec<SelectionRow>, String), StageError> {
-    let path = format!("{}/selection.parquet", layout::stage_dir(iter, "select"));
+    let path = layout::selection_file(iter);
     let artifact = ctx.store.uri_of(&path);
     let mut rows = selection_from_batch(&wc_schemas::read_table(&wc_schemas::tables::selection(), &artifact, sel.read(&path)?)?, &artifact)?;
     check_selection(&rows, iter, ctx.cfg.data.groups, ctx.cfg.rollout.candidates).map_err(|reason| StageError::invalid(&artifact, reason))?;

@@ -16,6 +16,11 @@
 //! reward_log/iter-<k>.parquet                one table per iteration (select commits it)
 //! ```
 //!
+//! A world run's init also commits `data/first_frames.safetensors` and the
+//! run's copy of the pose estimator under `data/pose_estimator/`, and
+//! `checkpoints/000000/model.json` (the model config). Every stage
+//! reads and writes through the names here.
+//!
 //! Iterations and checkpoints are zero-padded to six digits so that listings
 //! sort in order.
 
@@ -25,6 +30,22 @@ pub const RUN_CONFIG: &str = "run.toml";
 pub const INIT_DIR: &str = "init";
 pub const PROMPTS: &str = "data/prompts.parquet";
 pub const GROUPS: &str = "data/groups.parquet";
+/// First frames of a world run's prompts at the model's frame size.
+pub const FIRST_FRAMES: &str = "data/first_frames.safetensors";
+/// The run's copy of the pose estimator (init copies it in).
+pub const POSE_MODEL: &str = "data/pose_estimator/model.safetensors";
+pub const POSE_SETTINGS: &str = "data/pose_estimator/settings.json";
+
+/// Files a stage writes into its folder (or shard folder).
+pub const SCORES_FILE: &str = "scores.parquet";
+pub const WINDOWS_FILE: &str = "windows.parquet";
+pub const SELECTION_FILE: &str = "selection.parquet";
+pub const METRICS_FILE: &str = "metrics.parquet";
+
+/// `name` inside the folder `dir`.
+pub fn in_dir(dir: &str, name: &str) -> String {
+    format!("{dir}/{name}")
+}
 
 pub fn iter_dir(iter: u64) -> String {
     format!("iters/{iter:06}")
@@ -44,6 +65,22 @@ pub fn group_file(dir: &str, group: u64) -> String {
 
 pub fn checkpoint_dir(k: u64) -> String {
     format!("checkpoints/{k:06}")
+}
+
+/// A checkpoint's weights file: `stem` is policy, old_policy or optimizer.
+pub fn checkpoint_file(k: u64, stem: &str) -> String {
+    format!("{}/{stem}.safetensors", checkpoint_dir(k))
+}
+
+/// A world run's model config (`checkpoints/000000/model.json`, written by
+/// init).
+pub fn model_config_file() -> String {
+    in_dir(&checkpoint_dir(0), "model.json")
+}
+
+/// The selection table of iteration `iter`.
+pub fn selection_file(iter: u64) -> String {
+    in_dir(&stage_dir(iter, "select"), SELECTION_FILE)
 }
 
 pub fn reward_log(iter: u64) -> String {

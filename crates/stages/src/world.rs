@@ -39,21 +39,18 @@ use crate::error::StageError;
 use crate::layout;
 use crate::runner::RunContext;
 
-/// The model config of a run (`checkpoints/000000/model.json`, written by init).
-pub const MODEL_CONFIG_FILE: &str = "model.json";
-
 /// A policy (or old policy) of the world backend.
 pub type WorldPolicy = wc_model::Policy<WorldModel>;
 
 /// The run's model config, from the init commit.
 pub fn model_config(ctx: &RunContext, init: &CommittedSet) -> Result<ModelConfig, StageError> {
-    let path = format!("{}/{MODEL_CONFIG_FILE}", layout::checkpoint_dir(0));
+    let path = layout::model_config_file();
     serde_json::from_slice(&init.read(&path)?).map_err(|e| StageError::artifact(ctx.store.uri_of(&path), e))
 }
 
 /// Load `policy` / `old_policy` of checkpoint `k` (listed in `set`).
 pub fn load_policy(ctx: &RunContext, cfg: &ModelConfig, set: &CommittedSet, k: u64, name: &str) -> Result<WorldPolicy, StageError> {
-    let path = format!("{}/{name}.safetensors", layout::checkpoint_dir(k));
+    let path = layout::checkpoint_file(k, name);
     let t = wc_schemas::read_any(&ctx.store.uri_of(&path), &set.read(&path)?)?;
     WorldPolicy::from_tensors(cfg, &t, ctx.device()?)
         .map_err(|e| StageError::artifact(ctx.store.uri_of(&path), e))
@@ -61,7 +58,7 @@ pub fn load_policy(ctx: &RunContext, cfg: &ModelConfig, set: &CommittedSet, k: u
 
 /// The optimizer of checkpoint `k`, over `params`.
 pub fn load_optimizer(ctx: &RunContext, set: &CommittedSet, k: u64, params: &Params) -> Result<Optimizer, StageError> {
-    let path = format!("{}/optimizer.safetensors", layout::checkpoint_dir(k));
+    let path = layout::checkpoint_file(k, "optimizer");
     let mut opt = Optimizer::new(optim_config(ctx), params)?;
     let t = wc_schemas::read_any(&ctx.store.uri_of(&path), &set.read(&path)?)?;
     opt.load(&t).map_err(|e| StageError::artifact(ctx.store.uri_of(&path), e))?;

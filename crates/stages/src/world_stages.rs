@@ -16,16 +16,11 @@ use wc_world::{Frame, Kinematics, Pose, Scene, WindowMotion};
 use crate::backend::GroupFrames;
 use crate::error::StageError;
 use crate::inputs;
-use crate::layout;
+use crate::layout::{self, FIRST_FRAMES, POSE_MODEL, POSE_SETTINGS};
 use crate::runner::RunContext;
 use crate::stages::{scored_clip_index, scored_windows};
 use crate::tables::{scene_seeds_from_batch, GroupRow, ScoreRow, WindowRow};
 
-/// Where init stores the run's copy of the pose estimator.
-pub const POSE_MODEL: &str = "data/pose_estimator/model.safetensors";
-pub const POSE_SETTINGS: &str = "data/pose_estimator/settings.json";
-/// First frames of the run's prompts at the model's frame size.
-pub const FIRST_FRAMES: &str = "data/first_frames.safetensors";
 
 /// The first frames of the run's prompts (u8 HWC each).
 pub fn first_frames(ctx: &RunContext, init: &CommittedSet, size: usize) -> Result<Vec<Vec<u8>>, StageError> {
@@ -270,6 +265,6 @@ pub fn external_reward(
             return Err(e);
         }
     };
-    pending.write(&format!("{dir}/scores.parquet"), bytes::Bytes::from(bytes))?;
+    pending.write(&layout::in_dir(dir, layout::SCORES_FILE), bytes::Bytes::from(bytes))?;
     Ok(1)
 }

@@ -58,10 +58,9 @@ impl Backend for LinearBackend<'_> {
     }
 
     fn save_checkpoint(&self, pending: &mut PendingCommit, k: u64, policy: &LinearPolicy, old: &LinearPolicy, opt: &LinearPolicy) -> Result<(), StageError> {
-        let dir = layout::checkpoint_dir(k);
-        self.write(pending, &format!("{dir}/policy.safetensors"), &tensors::linear_policy(), &policy.to_tensors())?;
-        self.write(pending, &format!("{dir}/old_policy.safetensors"), &tensors::linear_policy(), &old.to_tensors())?;
-        self.write(pending, &format!("{dir}/optimizer.safetensors"), &tensors::linear_optimizer(), &momentum_tensors(opt))
+        self.write(pending, &layout::checkpoint_file(k, "policy"), &tensors::linear_policy(), &policy.to_tensors())?;
+        self.write(pending, &layout::checkpoint_file(k, "old_policy"), &tensors::linear_policy(), &old.to_tensors())?;
+        self.write(pending, &layout::checkpoint_file(k, "optimizer"), &tensors::linear_optimizer(), &momentum_tensors(opt))
     }
 
     fn sequences(&self, old: &LinearPolicy, requests: &[SequenceRequest], on_clip: &dyn Fn()) -> Result<Vec<Sampled>, StageError> {
@@ -144,11 +143,10 @@ pub fn write_initial_checkpoint(store: &RunStore, cfg: &PipelineConfig, model: &
     let policy = LinearPolicy::init(d, derive_seed(cfg.run.seed, 0, SeedDomain::Init, 0, 0));
     let zeros = LinearPolicy { dim: d, theta: vec![0.0; policy.theta.len()], bias: vec![0.0; d] };
     let b = DimBindings::new().splice("latent", &[d]);
-    let dir = layout::checkpoint_dir(0);
     for name in ["policy", "old_policy"] {
-        let path = format!("{dir}/{name}.safetensors");
+        let path = layout::checkpoint_file(0, name);
         files.write(&path, wc_schemas::write_tensors(&tensors::linear_policy(), &b, &uri(&path), &policy.to_tensors())?)?;
     }
-    let path = format!("{dir}/optimizer.safetensors");
+    let path = layout::checkpoint_file(0, "optimizer");
     files.write(&path, wc_schemas::write_tensors(&tensors::linear_optimizer(), &b, &uri(&path), &momentum_tensors(&zeros))?)
 }

@@ -17,7 +17,7 @@ use super::{Backend, Decoded, GroupFrames, Role, Sampled, SequenceRequest, Selec
 use crate::error::StageError;
 use crate::runner::RunContext;
 use crate::world::{self, NftSample, WorldPolicy};
-use crate::world_stages::{FIRST_FRAMES, POSE_MODEL, POSE_SETTINGS};
+use crate::layout::{FIRST_FRAMES, POSE_MODEL, POSE_SETTINGS};
 use crate::{inputs, layout};
 
 /// The world backend of a run: its model config and the first frames of
@@ -87,9 +87,8 @@ impl Backend for WorldBackend<'_> {
     }
 
     fn save_checkpoint(&self, pending: &mut PendingCommit, k: u64, policy: &WorldPolicy, old: &WorldPolicy, opt: &Optimizer) -> Result<(), StageError> {
-        let dir = layout::checkpoint_dir(k);
         for (name, t) in [("policy", policy.params.to_tensor_set()?), ("old_policy", old.params.to_tensor_set()?), ("optimizer", opt.to_tensor_set()?)] {
-            let p = format!("{dir}/{name}.safetensors");
+            let p = layout::checkpoint_file(k, name);
             pending.write(&p, wc_schemas::write_any(&self.ctx.store.uri_of(&p), &t)?)?;
         }
         Ok(())
@@ -218,16 +217,15 @@ pub fn write_initial_checkpoint(
         ));
     }
     let uri = |p: &str| store.uri_of(p);
-    let dir = layout::checkpoint_dir(0);
     let weights = policy.params.to_tensor_set()?;
     for name in ["policy", "old_policy"] {
-        let path = format!("{dir}/{name}.safetensors");
+        let path = layout::checkpoint_file(0, name);
         files.write(&path, wc_schemas::write_any(&uri(&path), &weights)?)?;
     }
     let opt = Optimizer::new(wc_model::optim::OptimConfig::default(), &policy.params)?;
-    let path = format!("{dir}/optimizer.safetensors");
+    let path = layout::checkpoint_file(0, "optimizer");
     files.write(&path, wc_schemas::write_any(&uri(&path), &opt.to_tensor_set()?)?)?;
-    let path = format!("{dir}/{}", world::MODEL_CONFIG_FILE);
+    let path = layout::model_config_file();
     files.write(&path, Bytes::from(serde_json::to_vec_pretty(&mc).expect("serialises")))?;
     // First frames at the model's size.
     let spec = wc_data::DatasetSpec {

@@ -55,6 +55,6 @@ pub fn optimize<B: Backend>(b: &B, ctx: &RunContext, iter: u64, dir: &str, pendi
     }
     b.ema(&mut old, &policy, eta)?;
     b.save_checkpoint(pending, iter + 1, &policy, &old, &opt)?;
-    write_table(ctx, pending, &format!("{dir}/metrics.parquet"), &wc_schemas::tables::optimize_metrics(), &metrics_to_batch(&metrics))?;
+    write_table(ctx, pending, &layout::in_dir(dir, layout::METRICS_FILE), &wc_schemas::tables::optimize_metrics(), &metrics_to_batch(&metrics))?;
     Ok(4)
 }

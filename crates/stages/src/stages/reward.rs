@@ -53,11 +53,11 @@ pub fn reward<B: Backend>(b: &B, ctx: &RunContext, iter: u64, shard: ShardSpec, 
         pb.inc(1);
     }
     pb.finish_and_clear();
-    write_table(ctx, pending, &format!("{dir}/scores.parquet"), &wc_schemas::tables::reward_scores(), &scores_to_batch(&scores))?;
+    write_table(ctx, pending, &layout::in_dir(dir, layout::SCORES_FILE), &wc_schemas::tables::reward_scores(), &scores_to_batch(&scores))?;
     if scorers.is_none() {
         return Ok(1);
     }
-    write_table(ctx, pending, &format!("{dir}/windows.parquet"), &wc_schemas::tables::reward_windows(), &windows_to_batch(&windows))?;
+    write_table(ctx, pending, &layout::in_dir(dir, layout::WINDOWS_FILE), &wc_schemas::tables::reward_windows(), &windows_to_batch(&windows))?;
     Ok(2)
 }
 

@@ -44,7 +44,7 @@ pub fn select(ctx: &RunContext, iter: u64, dir: &str, pending: &mut PendingCommi
     rewards.iter().for_each(|s| pending.add_input(s));
     let mut scores = Vec::new();
     for set in &rewards {
-        for path in set.paths().filter(|p| p.ends_with("/scores.parquet")) {
+        for path in set.paths().filter(|p| p.ends_with(&format!("/{}", layout::SCORES_FILE))) {
             let artifact = ctx.store.uri_of(path);
             let batch = wc_schemas::read_table(&wc_schemas::tables::reward_scores(), &artifact, set.read(path)?)?;
             scores.extend(scores_from_batch(&batch, &artifact)?);
@@ -71,7 +71,7 @@ pub fn select(ctx: &RunContext, iter: u64, dir: &str, pending: &mut PendingCommi
     }
     let rows = select_rows(ctx, scores);
     let schema = wc_schemas::tables::selection();
-    let bytes = write_table(ctx, pending, &format!("{dir}/selection.parquet"), &schema, &selection_to_batch(&rows))?;
+    let bytes = write_table(ctx, pending, &layout::in_dir(dir, layout::SELECTION_FILE), &schema, &selection_to_batch(&rows))?;
     pending.write(&layout::reward_log(iter), bytes)?;
     Ok(2)
 }
