@@ -16,7 +16,7 @@
 #    records only the sonames: on the GPU machine the driver's libcuda and
 #    its CUDA 13 libraries are bound instead (see the README, "GPU").
 # 3. `cargo build --profile cuda --features cuda` (the release profile with
-#    whole-program LTO: Cargo.toml says why) into target/cuda (its own
+#    whole-program LTO, optimised for size: Cargo.toml says why) into target/cuda (its own
 #    target folder: RUSTFLAGS differ from the CPU build's), then a stripped
 #    copy at target/cuda/worldcompass-cuda.
 #
