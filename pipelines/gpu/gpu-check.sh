@@ -8,7 +8,9 @@
 #      (`worldcompass bench devices`, the tiny and the default model);
 #   2. two iterations of the embedded default (pipelines/embedded.toml) run
 #      on cuda:0, each stage a process, with its wall time and the GPU's
-#      peak memory while it ran.
+#      peak memory while it ran;
+#   3. one iteration with [run] dtype = "bf16" (prefix and rollout sample in
+#      bf16) on cuda:0; the CPU dry run checks that the CPU refuses it.
 #
 # Usage: pipelines/gpu/gpu-check.sh [BIN]    (`just gpu-check` runs it)
 # Writes the run and gpu-check.log under $OUT (default runs/gpu-check).
@@ -79,4 +81,22 @@ for iter in 0 1; do
   done
 done
 "$bin" status --run "$run" | tail -n 12
+
+echo
+echo "== 3. one iteration sampling in bf16 ([run] dtype = \"bf16\") on $device =="
+sed 's/^\[run\]$/[run]\ndtype = "bf16"/' pipelines/embedded.toml > "$out/embedded-bf16.toml"
+grep -q '^dtype = "bf16"' "$out/embedded-bf16.toml"
+rm -rf "$out/run-bf16"
+if [ "$device" = cpu ]; then
+  # The CPU refuses bf16: the dry run checks that it says so.
+  "$bin" init --run "file://$out/run-bf16" --pipeline "$out/embedded-bf16.toml"
+  if "$bin" stage prefix --run "file://$out/run-bf16" --iter 0 --device cpu 2> "$out/bf16-refusal.txt"; then
+    echo "gpu-check: bf16 on the cpu was not refused" >&2
+    exit 1
+  fi
+  grep -q "samples on CUDA devices" "$out/bf16-refusal.txt"
+  echo "bf16 on the cpu: refused, as it should be ($(grep -o 'samples on CUDA devices' "$out/bf16-refusal.txt"))"
+else
+  "$bin" train --run "file://$out/run-bf16" --pipeline "$out/embedded-bf16.toml" --iters 1 --device "$device"
+fi
 echo "gpu-check: passed; the log is $log"
