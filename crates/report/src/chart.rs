@@ -50,7 +50,7 @@ pub enum ChartError {
     #[error("drawing a chart: {0}")]
     Draw(String),
     #[error("encoding a chart as PNG: {0}")]
-    Png(#[from] png::EncodingError),
+    Png(#[from] wc_world::media::MediaError),
 }
 
 fn draw_err(e: impl std::fmt::Display) -> ChartError {
@@ -185,21 +185,8 @@ impl Rendered {
 
     /// PNG bytes of the buffer.
     pub fn png(&self) -> Result<Vec<u8>, ChartError> {
-        encode_png(self.width, self.height, &self.rgb)
+        Ok(wc_world::media::rgb_png_bytes(self.width, self.height, &self.rgb)?)
     }
-}
-
-/// PNG bytes of an RGB buffer.
-pub(crate) fn encode_png(width: u32, height: u32, rgb: &[u8]) -> Result<Vec<u8>, ChartError> {
-    let mut out = Vec::new();
-    {
-        let mut enc = png::Encoder::new(&mut out, width, height);
-        enc.set_color(png::ColorType::Rgb);
-        enc.set_depth(png::BitDepth::Eight);
-        let mut w = enc.write_header()?;
-        w.write_image_data(rgb)?;
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -74,14 +74,18 @@ pub fn png_strip_bytes(frames: &[Frame], scale: usize, per_row: usize) -> Result
         }
     }
     let s = scale.max(1);
-    let big = upscale(&canvas, cw, ch, s);
+    rgb_png_bytes((cw * s) as u32, (ch * s) as u32, &upscale(&canvas, cw, ch, s))
+}
+
+/// A PNG of an 8-bit RGB buffer of `width` x `height`, row-major.
+pub fn rgb_png_bytes(width: u32, height: u32, rgb: &[u8]) -> Result<Vec<u8>, MediaError> {
     let mut out = Vec::new();
     {
-        let mut enc = png::Encoder::new(&mut out, (cw * s) as u32, (ch * s) as u32);
+        let mut enc = png::Encoder::new(&mut out, width, height);
         enc.set_color(png::ColorType::Rgb);
         enc.set_depth(png::BitDepth::Eight);
         let mut wr = enc.write_header().map_err(|e| MediaError::Png(e.to_string()))?;
-        wr.write_image_data(&big).map_err(|e| MediaError::Png(e.to_string()))?;
+        wr.write_image_data(rgb).map_err(|e| MediaError::Png(e.to_string()))?;
     }
     Ok(out)
 }
