@@ -41,16 +41,10 @@ pub fn generate_clip(m: &LoadedModel, context_rgb: &[u8], masks: &[u8], sampler:
     Ok(decode_frames(&codec, &wc_stages::world::sample_latents(&m.model, sampler, &cache, &[masks.to_vec()], &noise)?, size)?)
 }
 
-/// The context of the clip whose first frame is `first_target`: the first
-/// frame, then the `context_frames` frames before the target (the first
-/// frame where there are fewer).
-pub fn context_frames(frames: &[Vec<u8>], first_target: usize, context_frames: usize) -> Vec<u8> {
-    let mut ctx = frames[0].clone();
-    for k in (1..=context_frames).rev() {
-        let i = first_target as isize - k as isize;
-        ctx.extend_from_slice(&frames[if i >= 0 { i as usize } else { 0 }]);
-    }
-    ctx
+/// The context of the clip whose first frame is `first_target`
+/// ([`ModelConfig::context_frame_indices`]), u8 HWC frames concatenated.
+pub fn context_frames(frames: &[Vec<u8>], first_target: usize, cfg: &ModelConfig) -> Vec<u8> {
+    cfg.context_frame_indices(first_target).into_iter().flat_map(|i| frames[i].iter().copied()).collect()
 }
 
 /// A held-out sequence.
@@ -163,8 +157,8 @@ fn score_sequence(cfg: &ModelConfig, s: &HeldOut, clips: usize, source: ContextS
     for n in 1..=clips {
         let first = 1 + (n - 1) * cfg.frames_per_clip;
         let ctx = match source {
-            ContextSource::Generated => context_frames(&generated, first, cfg.context_frames),
-            ContextSource::GroundTruth => context_frames(&truth, first, cfg.context_frames),
+            ContextSource::Generated => context_frames(&generated, first, cfg),
+            ContextSource::GroundTruth => context_frames(&truth, first, cfg),
         };
         let masks: Vec<u8> = (0..cfg.frames_per_clip).map(|j| actions[(first - 1 + j) / 4].0).collect();
         let clip = generate(n, &ctx, &masks)?;
@@ -279,7 +273,7 @@ pub fn rollout_sequence(
     let windows_per_clip = cfg.windows_per_clip();
     let mut frames: Vec<Vec<u8>> = vec![first_frame.to_vec()];
     for (n, clip_actions) in actions.chunks(windows_per_clip).enumerate() {
-        let ctx = context_frames(&frames, frames.len(), cfg.context_frames);
+        let ctx = context_frames(&frames, frames.len(), cfg);
         let masks: Vec<u8> = (0..cfg.frames_per_clip).map(|j| clip_actions[(j / 4).min(clip_actions.len() - 1)].0).collect();
         let rgb = generate_clip(m, &ctx, &masks, sampler, derive_seed(seed, 0, SeedDomain::Eval, n as u64, 1))?;
         let fsize = size * size * 3;
@@ -450,9 +444,7 @@ mod tests {
     /// both context modes (in the autoregressive one only if the probe's
     /// camera tracking follows the found motions).
     fn ground_truth_generator(cfg: &ModelConfig, s: &HeldOut) -> impl FnMut(usize, &[u8], &[u8]) -> Result<Vec<u8>, StageError> {
-        let rcfg = RenderConfig { width: cfg.frame_size, height: cfg.frame_size, ..Default::default() };
-        let scene = Scene::generate(s.scene_seed);
-        let truth: Vec<Vec<u8>> = Kinematics::default().trajectory(Pose::START, &s.actions).iter().map(|p| render(&scene, p, &rcfg).to_u8()).collect();
+        let (_, truth) = wc_world::render::ground_truth_u8(s.scene_seed, &s.actions, cfg.frame_size);
         let f = cfg.frames_per_clip;
         move |n, _ctx, _masks| Ok(truth[1 + (n - 1) * f..1 + n * f].concat())
     }

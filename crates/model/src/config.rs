@@ -129,6 +129,15 @@ impl ModelConfig {
         1 + self.context_frames
     }
 
+    /// Which frames a clip's context holds, as indices into the
+    /// `frames_before` frames that come before the clip (the first frame at
+    /// 0): the first frame, then the `context_frames` most recent ones, the
+    /// first frame again where there are fewer. The one rule of
+    /// pre-training, sampling and evaluation.
+    pub fn context_frame_indices(&self, frames_before: usize) -> Vec<usize> {
+        std::iter::once(0).chain((1..=self.context_frames).rev().map(|k| frames_before.saturating_sub(k))).collect()
+    }
+
     pub fn head_dim(&self) -> usize {
         self.d_model / self.heads
     }
@@ -137,6 +146,18 @@ impl ModelConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_context_is_the_first_frame_then_the_most_recent_ones() {
+        let cfg = ModelConfig { context_frames: 2, ..ModelConfig::tiny() };
+        // Before the first clip only the first frame exists.
+        assert_eq!(cfg.context_frame_indices(1), vec![0, 0, 0]);
+        // One frame after the first: it is the most recent.
+        assert_eq!(cfg.context_frame_indices(2), vec![0, 0, 1]);
+        // After two clips of 4 frames (9 frames): the first, then 7 and 8.
+        assert_eq!(cfg.context_frame_indices(9), vec![0, 7, 8]);
+        assert_eq!(ModelConfig { context_frames: 0, ..cfg }.context_frame_indices(9), vec![0]);
+    }
 
     /// Regression test for "no upper bounds on sizes" (issue 28, 7) in the
     /// model config (`pretrain --layers`, a run's model.json).

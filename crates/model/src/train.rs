@@ -49,11 +49,7 @@ pub fn example(video: &Video, n: usize, cfg: &ModelConfig, codec: &dyn VideoCode
     let fsize = s * s * 3;
     let frame = |i: usize| &video.frames[i * fsize..(i + 1) * fsize];
     let first_target = 1 + (n - 1) * cfg.frames_per_clip;
-    let mut ctx_frames: Vec<u8> = frame(0).to_vec();
-    for k in (1..=cfg.context_frames).rev() {
-        let i = first_target as isize - k as isize;
-        ctx_frames.extend_from_slice(frame(if i >= 0 { i as usize } else { 0 }));
-    }
+    let ctx_frames: Vec<u8> = cfg.context_frame_indices(first_target).into_iter().flat_map(|i| frame(i).to_vec()).collect();
     let target: Vec<u8> = (first_target..first_target + cfg.frames_per_clip).flat_map(|i| frame(i).to_vec()).collect();
     let tok = |rgb: &[u8]| -> Result<Vec<f32>> { Ok(patchify(&encode_frames(codec, rgb, s)?, codec.geometry().channels, s, cfg.patch)) };
     Ok(Example {

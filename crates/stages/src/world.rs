@@ -101,19 +101,20 @@ pub fn clip_tokens(cfg: &ModelConfig, latents: &[f32]) -> Vec<f32> {
     patchify(latents, PixelCodec.geometry().channels, cfg.frame_size, cfg.patch)
 }
 
+/// Latent frames of tokens: the inverse of [`clip_tokens`], for any number
+/// of whole frames.
+pub fn latents_of_tokens(cfg: &ModelConfig, tokens: &[f32]) -> Vec<f32> {
+    unpatchify(tokens, PixelCodec.geometry().channels, cfg.frame_size, cfg.patch)
+}
+
 /// Context tokens of the clip that follows `prefix` (latent frames, any
 /// number of whole frames): the first frame, then the `context_frames`
 /// most recent frames of [first, prefix...] (the first frame where there
 /// are fewer).
 pub fn context_tokens(cfg: &ModelConfig, first: &[f32], prefix: &[f32]) -> Vec<f32> {
     let fl = frame_len(cfg);
-    let have = 1 + prefix.len() / fl;
     let frame = |i: usize| if i == 0 { first } else { &prefix[(i - 1) * fl..i * fl] };
-    let mut lat = first.to_vec();
-    for k in (1..=cfg.context_frames).rev() {
-        let i = have as isize - k as isize;
-        lat.extend_from_slice(frame(if i >= 0 { i as usize } else { 0 }));
-    }
+    let lat: Vec<f32> = cfg.context_frame_indices(1 + prefix.len() / fl).into_iter().flat_map(|i| frame(i).to_vec()).collect();
     clip_tokens(cfg, &lat)
 }
 
@@ -150,11 +151,7 @@ pub fn sample_sequences(
     let mut frames = vec![Tensor::from_vec(first_tokens, (b, tpf, tok), dev)?];
     let mut clips = Vec::with_capacity(masks.len());
     for (clip_masks, clip_noises) in masks.iter().zip(noises) {
-        let have = frames.len();
-        let mut context = vec![frames[0].clone()];
-        for k in (1..=cfg.context_frames).rev() {
-            context.push(frames[have.saturating_sub(k)].clone());
-        }
+        let context: Vec<Tensor> = cfg.context_frame_indices(frames.len()).into_iter().map(|i| frames[i].clone()).collect();
         let cache = p.model.encode_context(&Tensor::cat(&context, 1)?)?;
         let noise_tokens: Vec<f32> = clip_noises.iter().flat_map(|n| clip_tokens(cfg, n)).collect();
         let noise = Tensor::from_vec(noise_tokens, (b, cfg.frames_per_clip * tpf, tok), dev)?;
@@ -169,11 +166,7 @@ pub fn sample_sequences(
         return Ok(vec![Vec::new(); b]);
     }
     let all = Tensor::cat(&clips, 1)?.flatten_all()?.to_vec1::<f32>()?;
-    let per_clip = cfg.frames_per_clip * tpf * tok;
-    Ok(all
-        .chunks_exact(clips.len() * per_clip)
-        .map(|seq| seq.chunks_exact(per_clip).flat_map(|c| unpatchify(c, PixelCodec.geometry().channels, cfg.frame_size, cfg.patch)).collect())
-        .collect())
+    Ok(all.chunks_exact(all.len() / b).map(|seq| latents_of_tokens(cfg, seq)).collect())
 }
 
 /// Sample G clips that share one encoded context (batch 1 or G).
@@ -203,14 +196,8 @@ pub fn sample_latents(
     masks: &[Vec<u8>],
     noise: &Tensor,
 ) -> Result<Vec<f32>, StageError> {
-    let cfg = &model.cfg;
     let x = sample(model, cache, noise, masks, sampler)?;
-    let flat = x.flatten_all()?.to_vec1::<f32>()?;
-    let per = cfg.frames_per_clip * cfg.tokens_per_frame() * cfg.token_dim();
-    Ok(flat
-        .chunks_exact(per)
-        .flat_map(|c| unpatchify(c, PixelCodec.geometry().channels, cfg.frame_size, cfg.patch))
-        .collect())
+    Ok(latents_of_tokens(&model.cfg, &x.flatten_all()?.to_vec1::<f32>()?))
 }
 
 /// Encode one context for G candidates.

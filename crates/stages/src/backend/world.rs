@@ -66,20 +66,15 @@ impl Backend for WorldBackend<'_> {
     }
 
     fn load_policy(&self, set: &CommittedSet, k: u64, role: Role) -> Result<WorldPolicy, StageError> {
-        let policy = world::load_policy(self.ctx, &self.cfg, set, k, role.file_stem())?;
-        match (role, self.ctx.cfg.run.dtype) {
-            (Role::Sampler, SamplingDtype::Bf16) => {
-                let device = self.device()?;
-                if !device.is_cuda() {
-                    return Err(StageError::invalid(
-                        "run.dtype",
-                        format!("\"bf16\" samples on CUDA devices; this stage runs on {} (pass --device cuda:N, or set [run] dtype = \"f32\")", self.ctx.device_spec),
-                    ));
-                }
-                Ok(policy.to_dtype(candle_core::DType::BF16)?)
-            }
-            _ => Ok(policy),
+        let bf16 = role == Role::Sampler && self.ctx.cfg.run.dtype == SamplingDtype::Bf16;
+        if bf16 && !self.device()?.is_cuda() {
+            return Err(StageError::invalid(
+                "run.dtype",
+                format!("\"bf16\" samples on CUDA devices; this stage runs on {} (pass --device cuda:N, or set [run] dtype = \"f32\")", self.ctx.device_spec),
+            ));
         }
+        let policy = world::load_policy(self.ctx, &self.cfg, set, k, role.file_stem())?;
+        if bf16 { Ok(policy.to_dtype(candle_core::DType::BF16)?) } else { Ok(policy) }
     }
 
     fn load_optimizer(&self, set: &CommittedSet, k: u64, policy: &WorldPolicy) -> Result<Optimizer, StageError> {
@@ -97,7 +92,6 @@ impl Backend for WorldBackend<'_> {
     fn sequences(&self, old: &WorldPolicy, requests: &[SequenceRequest], on_clip: &dyn Fn()) -> Result<Vec<Sampled>, StageError> {
         let sampler = world::sampler_config(self.ctx);
         let firsts: Vec<Vec<f32>> = requests.iter().map(|r| self.first_latent(r.prompt_id)).collect::<Result<_, _>>()?;
-        let mut out = vec![Sampled::default(); requests.len()];
         let clips = requests.iter().map(|r| r.clips.len()).max().unwrap_or(0);
         if requests.iter().any(|r| r.clips.len() != clips) {
             return Err(StageError::invalid("sequences", "every sequence of one call must have the same number of clips"));
@@ -105,11 +99,7 @@ impl Backend for WorldBackend<'_> {
         let masks: Vec<Vec<Vec<u8>>> = (0..clips).map(|c| requests.iter().map(|r| world::frame_masks(&self.cfg, &r.clips[c].windows)).collect()).collect();
         let noises: Vec<Vec<Vec<f32>>> = (0..clips).map(|c| requests.iter().map(|r| world::clip_noise(&self.cfg, r.clips[c].noise_seed)).collect()).collect();
         let latents = world::sample_sequences(old, &sampler, &firsts, &masks, &noises, on_clip)?;
-        for (b, (s, lat)) in out.iter_mut().zip(latents).enumerate() {
-            s.latents = lat;
-            s.noise = noises.iter().flat_map(|clip| clip[b].iter().copied()).collect();
-        }
-        Ok(out)
+        Ok(latents.into_iter().enumerate().map(|(b, latents)| Sampled { latents, noise: noises.iter().flat_map(|clip| clip[b].iter().copied()).collect() }).collect())
     }
 
     fn candidates(&self, old: &WorldPolicy, prompt_id: i64, prefix: &[f32], windows: &[u8], seeds: &[u64]) -> Result<Sampled, StageError> {
