@@ -9,5 +9,6 @@ mod batch_engines;
 mod cli_e2e;
 mod model_e2e;
 mod s3_store;
+mod scale_study;
 mod slurm_chain;
 mod world_e2e;

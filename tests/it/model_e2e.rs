@@ -55,6 +55,30 @@ fn pretraining_resumes_to_the_same_bytes_and_python_reads_the_checkpoint() {
 }
 
 #[test]
+fn pretraining_on_a_time_budget_stops_with_a_checkpoint_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(tmp.path());
+    let out = file_uri(tmp.path(), "budget");
+    // A zero budget: one step, then a checkpoint there, although
+    // --checkpoint-every is 3.
+    let mut args = vec!["pretrain", "--data", &data, "--out", &out, "--steps", "1000", "--checkpoint-every", "3", "--warmup", "2", "--time-limit", "0"];
+    args.extend(TINY);
+    let text = wc_ok(&args, &[]);
+    assert!(text.contains("pre-trained to step 1 (the time limit of 0 s stopped it"), "{text}");
+    let store = RunStore::open(&out).unwrap();
+    assert!(store.get("pretrain/step-0000001/_manifest.json").is_ok());
+    // The same run without the budget resumes from step 1 to the same bytes
+    // as an uninterrupted run.
+    assert!(pretrain(&data, &out, "3").contains("pre-trained to step 3;"));
+    let straight = file_uri(tmp.path(), "straight");
+    pretrain(&data, &straight, "3");
+    let ckpt = "pretrain/step-0000003/model.safetensors";
+    assert_eq!(store.get(ckpt).unwrap(), RunStore::open(&straight).unwrap().get(ckpt).unwrap());
+    let bad = wc_err(&["pretrain", "--data", &data, "--out", &out, "--time-limit=-1"], &[]);
+    assert!(bad.contains("--time-limit must be a number of seconds >= 0"), "{bad}");
+}
+
+#[test]
 fn eval_and_sample_run_on_a_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tiny_dataset(tmp.path());

@@ -711,6 +711,20 @@ mod tests {
     }
 
     #[test]
+    fn the_scale_study_pipeline_changes_only_its_scale() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../pipelines");
+        let default = PipelineConfig::load(&format!("{root}/embedded.toml")).unwrap();
+        let study = PipelineConfig::load(&format!("{root}/gpu/scale-study.toml")).unwrap();
+        let mut expected = default.clone();
+        expected.data.groups = 32;
+        expected.rollout.candidates = 16;
+        expected.optimize.minibatch = 192;
+        expected.run.iterations = 12;
+        expected.model = ModelSection::World(WorldModelConfig { base: "runs/scale-study/base".into(), base_step: None, preset: default_preset() });
+        assert_eq!(study, expected, "pipelines/gpu/scale-study.toml differs from pipelines/embedded.toml in more than its scale");
+    }
+
+    #[test]
     fn the_policy_guidance_defaults_to_one_without_changing_the_fingerprint() {
         let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../pipelines");
         let text = std::fs::read_to_string(format!("{root}/embedded.toml")).unwrap();

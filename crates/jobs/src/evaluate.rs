@@ -15,6 +15,7 @@
 
 use arrow::array::{Array, Int64Array, ListArray, StringArray, UInt8Array};
 use candle_core::Tensor;
+use rayon::prelude::*;
 use wc_model::codec::{decode_frames, encode_frames, patchify, PixelCodec};
 use wc_model::flow::{seeded_noise, SamplerConfig};
 use wc_model::ModelConfig;
@@ -31,15 +32,46 @@ use wc_stages::StageError;
 /// recent ones) and one action mask per target frame. Returns the clip's
 /// frames, u8 HWC.
 pub fn generate_clip(m: &LoadedModel, context_rgb: &[u8], masks: &[u8], sampler: &SamplerConfig, noise_seed: u64) -> Result<Vec<u8>, StageError> {
+    let mut clips = generate_clips(m, &[ClipRequest { context: context_rgb.to_vec(), masks: masks.to_vec(), noise_seed }], sampler)?;
+    Ok(clips.pop().expect("one clip per request"))
+}
+
+/// One clip to generate: its context frames (u8 HWC: the first frame, then
+/// the recent ones), one action mask per target frame and the seed of its
+/// noise.
+#[derive(Debug, Clone)]
+pub struct ClipRequest {
+    pub context: Vec<u8>,
+    pub masks: Vec<u8>,
+    pub noise_seed: u64,
+}
+
+/// Generate a batch of clips in one sampler run (each from its own context
+/// and seeded noise, as [`generate_clip`] would one by one). Returns each
+/// clip's frames, u8 HWC.
+pub fn generate_clips(m: &LoadedModel, requests: &[ClipRequest], sampler: &SamplerConfig) -> Result<Vec<Vec<u8>>, StageError> {
+    if requests.is_empty() {
+        return Ok(Vec::new());
+    }
     let cfg = &m.model.cfg;
-    let (size, tpf, tok) = (cfg.frame_size, cfg.tokens_per_frame(), cfg.token_dim());
+    let (size, tpf, tok, b) = (cfg.frame_size, cfg.tokens_per_frame(), cfg.token_dim(), requests.len());
     let codec = PixelCodec;
     let dev = m.params.device().clone();
-    let context = Tensor::from_vec(patchify(&encode_frames(&codec, context_rgb, size)?, 3, size, cfg.patch), (1, cfg.context_slots() * tpf, tok), &dev)?;
-    let noise = seeded_noise(noise_seed, &[1, cfg.frames_per_clip * tpf, tok], &dev)?;
+    let mut context = Vec::with_capacity(b * cfg.context_slots() * tpf * tok);
+    for r in requests {
+        context.extend(patchify(&encode_frames(&codec, &r.context, size)?, 3, size, cfg.patch));
+    }
+    let context = Tensor::from_vec(context, (b, cfg.context_slots() * tpf, tok), &dev)?;
+    let noise: Vec<Tensor> = requests.iter().map(|r| seeded_noise(r.noise_seed, &[1, cfg.frames_per_clip * tpf, tok], &dev)).collect::<Result<_, _>>()?;
     let cache = m.model.encode_context(&context)?;
-    Ok(decode_frames(&codec, &wc_stages::world::sample_latents(&m.model, sampler, &cache, &[masks.to_vec()], &noise)?, size)?)
+    let masks: Vec<Vec<u8>> = requests.iter().map(|r| r.masks.clone()).collect();
+    let rgb = decode_frames(&codec, &wc_stages::world::sample_latents(&m.model, sampler, &cache, &masks, &Tensor::cat(&noise, 0)?)?, size)?;
+    Ok(rgb.chunks_exact(rgb.len() / b).map(|c| c.to_vec()).collect())
 }
+
+/// Clips the evaluation generates in one sampler run (a memory bound for
+/// large models; the batch does not change the numbers).
+pub const EVAL_BATCH: usize = 64;
 
 /// The context of the clip whose first frame is `first_target`
 /// ([`ModelConfig::context_frame_indices`]), u8 HWC frames concatenated.
@@ -136,54 +168,105 @@ struct SequenceScore {
     frame_vq: Vec<f64>,
 }
 
-/// Generates clip `n` (1-based) of a sequence from context frames (u8 HWC:
-/// the first frame, then the recent ones) and per-frame action masks; returns
-/// its frames, u8 HWC.
-type ClipGenerator<'a> = dyn FnMut(usize, &[u8], &[u8]) -> Result<Vec<u8>, StageError> + 'a;
+/// Generates clip `n` (1-based) of a batch of sequences, one
+/// [`ClipRequest`] each (`seqs[i]` is request i's sequence); returns their
+/// frames, u8 HWC.
+type ClipGenerator<'a> = dyn FnMut(usize, &[&HeldOut], &[ClipRequest]) -> Result<Vec<Vec<u8>>, StageError> + 'a;
 
-fn score_sequence(cfg: &ModelConfig, s: &HeldOut, clips: usize, source: ContextSource, generate: &mut ClipGenerator) -> Result<SequenceScore, StageError> {
+/// One sequence under evaluation: its scene, true frames, the frames made
+/// so far, the camera pose the probe tracked, and the score.
+struct SequenceRun<'s> {
+    s: &'s HeldOut,
+    scene: Scene,
+    poses: Vec<Pose>,
+    truth: Vec<Vec<u8>>,
+    generated: Vec<Vec<u8>>,
+    tracked: Pose,
+    score: SequenceScore,
+}
+
+/// Score sequences clip after clip: every sequence's clip `n` is generated
+/// in batches of [`EVAL_BATCH`], then every window is judged by the probe
+/// (in parallel over sequences). `tick` is called once per sequence and
+/// clip judged.
+fn score_sequences(
+    cfg: &ModelConfig,
+    seqs: &[&HeldOut],
+    clips: usize,
+    source: ContextSource,
+    generate: &mut ClipGenerator,
+    tick: &(dyn Fn() + Sync),
+) -> Result<Vec<SequenceScore>, StageError> {
     let size = cfg.frame_size;
     let kin = Kinematics::default();
     let rcfg = RenderConfig { width: size, height: size, ..Default::default() };
     let windows_per_clip = cfg.windows_per_clip();
-    let scene = Scene::generate(s.scene_seed);
-    let actions = &s.actions[..clips * windows_per_clip];
-    let poses = kin.trajectory(Pose::START, actions);
-    let truth: Vec<Vec<u8>> = poses.iter().map(|p| render(&scene, p, &rcfg).to_u8()).collect();
-    let mut generated: Vec<Vec<u8>> = vec![truth[0].clone()];
-    let mut tracked = Pose::START;
-    let mut out = SequenceScore { windows: Vec::new(), frame_vq: Vec::new() };
     let per_frame = size * size * 3;
+    let mut runs: Vec<SequenceRun> = seqs
+        .par_iter()
+        .map(|s| {
+            let scene = Scene::generate(s.scene_seed);
+            let poses = kin.trajectory(Pose::START, &s.actions[..clips * windows_per_clip]);
+            let truth: Vec<Vec<u8>> = poses.iter().map(|p| render(&scene, p, &rcfg).to_u8()).collect();
+            let generated = vec![truth[0].clone()];
+            SequenceRun { s, scene, poses, truth, generated, tracked: Pose::START, score: SequenceScore { windows: Vec::new(), frame_vq: Vec::new() } }
+        })
+        .collect();
     for n in 1..=clips {
         let first = 1 + (n - 1) * cfg.frames_per_clip;
-        let ctx = match source {
-            ContextSource::Generated => context_frames(&generated, first, cfg),
-            ContextSource::GroundTruth => context_frames(&truth, first, cfg),
-        };
-        let masks: Vec<u8> = (0..cfg.frames_per_clip).map(|j| actions[(first - 1 + j) / 4].0).collect();
-        let clip = generate(n, &ctx, &masks)?;
-        generated.extend(clip.chunks_exact(per_frame).map(|f| f.to_vec()));
-        let clip_f32: Vec<f32> = clip.iter().map(|v| *v as f32 / 255.0).collect();
-        for w in 0..windows_per_clip {
-            let wi = (n - 1) * windows_per_clip + w;
-            let start = match source {
-                ContextSource::Generated => tracked,
-                ContextSource::GroundTruth => poses[wi * 4],
-            };
-            let (found, end) = track_window(&scene, &start, &clip_f32[w * 4 * per_frame..(w + 1) * 4 * per_frame], &kin, &rcfg);
-            tracked = end;
-            out.windows.push((judge(found, actions[wi]), judge(ActionMask(0), actions[wi])));
+        let requests: Vec<ClipRequest> = runs
+            .iter()
+            .map(|r| ClipRequest {
+                context: match source {
+                    ContextSource::Generated => context_frames(&r.generated, first, cfg),
+                    ContextSource::GroundTruth => context_frames(&r.truth, first, cfg),
+                },
+                masks: (0..cfg.frames_per_clip).map(|j| r.s.actions[(first - 1 + j) / 4].0).collect(),
+                noise_seed: 0,
+            })
+            .collect();
+        let mut made = Vec::with_capacity(runs.len());
+        for (batch, reqs) in seqs.chunks(EVAL_BATCH).zip(requests.chunks(EVAL_BATCH)) {
+            made.extend(generate(n, batch, reqs)?);
         }
+        runs.par_iter_mut().zip(made).for_each(|(r, clip)| {
+            r.generated.extend(clip.chunks_exact(per_frame).map(|f| f.to_vec()));
+            let clip_f32: Vec<f32> = clip.iter().map(|v| *v as f32 / 255.0).collect();
+            for w in 0..windows_per_clip {
+                let wi = (n - 1) * windows_per_clip + w;
+                let start = match source {
+                    ContextSource::Generated => r.tracked,
+                    ContextSource::GroundTruth => r.poses[wi * 4],
+                };
+                let (found, end) = track_window(&r.scene, &start, &clip_f32[w * 4 * per_frame..(w + 1) * 4 * per_frame], &kin, &rcfg);
+                r.tracked = end;
+                let action = r.s.actions[wi];
+                r.score.windows.push((judge(found, action), judge(ActionMask(0), action)));
+            }
+            tick();
+        });
     }
-    let frames: Vec<wc_world::Frame> = generated[1..].iter().map(|f| wc_world::Frame::from_u8(size, size, f)).collect();
-    out.frame_vq = wc_scorers::vq::clip_vq(&frames, VQ_FRAME_STRIDE, wc_scorers::vq::VqMode::Absolute, None).1;
-    Ok(out)
+    Ok(runs
+        .into_par_iter()
+        .map(|mut r| {
+            let frames: Vec<wc_world::Frame> = r.generated[1..].iter().map(|f| wc_world::Frame::from_u8(size, size, f)).collect();
+            r.score.frame_vq = wc_scorers::vq::clip_vq(&frames, VQ_FRAME_STRIDE, wc_scorers::vq::VqMode::Absolute, None).1;
+            r.score
+        })
+        .collect())
 }
 
-/// A model as a [`ClipGenerator`]: each clip from its own seeded noise.
-fn model_generator<'a>(m: &'a LoadedModel, s: &HeldOut, sampler: &'a SamplerConfig, seed: u64) -> impl FnMut(usize, &[u8], &[u8]) -> Result<Vec<u8>, StageError> + 'a {
-    let (scene_seed, len) = (s.scene_seed, s.actions.len() as u64);
-    move |n, ctx, masks| generate_clip(m, ctx, masks, sampler, derive_seed(seed, n as u64, SeedDomain::Eval, scene_seed, len))
+/// A model as a [`ClipGenerator`]: each sequence's clip from its own seeded
+/// noise.
+fn model_generator<'a>(m: &'a LoadedModel, sampler: &'a SamplerConfig, seed: u64) -> impl FnMut(usize, &[&HeldOut], &[ClipRequest]) -> Result<Vec<Vec<u8>>, StageError> + 'a {
+    move |n, seqs, requests| {
+        let seeded: Vec<ClipRequest> = seqs
+            .iter()
+            .zip(requests)
+            .map(|(s, r)| ClipRequest { noise_seed: derive_seed(seed, n as u64, SeedDomain::Eval, s.scene_seed, s.actions.len() as u64), ..r.clone() })
+            .collect();
+        generate_clips(m, &seeded, sampler)
+    }
 }
 
 /// VQ is the mean over every 4th generated frame (the paper's sampling).
@@ -211,7 +294,7 @@ pub fn evaluate(
     source: ContextSource,
     sampler: &SamplerConfig,
     seed: u64,
-    tick: &dyn Fn(),
+    tick: &(dyn Fn() + Sync),
 ) -> Result<Vec<ProtocolResult>, StageError> {
     let windows_per_clip = m.model.cfg.windows_per_clip();
     let longest = lengths.iter().map(|l| l.clips).max().unwrap_or(0);
@@ -224,14 +307,7 @@ pub fn evaluate(
     let mut out = Vec::new();
     for kind in ["basic", "combined"] {
         let of_kind: Vec<&HeldOut> = seqs.iter().filter(|s| s.kind == kind).collect();
-        let scored: Vec<SequenceScore> = of_kind
-            .iter()
-            .map(|s| {
-                let r = score_sequence(&m.model.cfg, s, longest, source, &mut model_generator(m, s, sampler, seed));
-                tick();
-                r
-            })
-            .collect::<Result<_, _>>()?;
+        let scored = score_sequences(&m.model.cfg, &of_kind, longest, source, &mut model_generator(m, sampler, seed), tick)?;
         for l in lengths {
             let (mut tally, mut still) = (AccuracyTally::default(), AccuracyTally::default());
             let (mut vq_sum, mut vq_n) = (0.0, 0usize);
@@ -443,10 +519,14 @@ mod tests {
     /// The simulator's own frames as the "model": every window is right, in
     /// both context modes (in the autoregressive one only if the probe's
     /// camera tracking follows the found motions).
-    fn ground_truth_generator(cfg: &ModelConfig, s: &HeldOut) -> impl FnMut(usize, &[u8], &[u8]) -> Result<Vec<u8>, StageError> {
-        let (_, truth) = wc_world::render::ground_truth_u8(s.scene_seed, &s.actions, cfg.frame_size);
-        let f = cfg.frames_per_clip;
-        move |n, _ctx, _masks| Ok(truth[1 + (n - 1) * f..1 + n * f].concat())
+    fn ground_truth_generator(cfg: &ModelConfig) -> impl FnMut(usize, &[&HeldOut], &[ClipRequest]) -> Result<Vec<Vec<u8>>, StageError> {
+        let (size, f) = (cfg.frame_size, cfg.frames_per_clip);
+        move |n, seqs, _requests| {
+            Ok(seqs
+                .iter()
+                .map(|s| wc_world::render::ground_truth_u8(s.scene_seed, &s.actions, size).1[1 + (n - 1) * f..1 + n * f].concat())
+                .collect())
+        }
     }
 
     #[test]
@@ -454,14 +534,17 @@ mod tests {
         let cfg = ModelConfig { frame_size: 32, ..ModelConfig::tiny() };
         // combined: one translation and one rotation bit per window
         let s = held_out_sequence("combined", &[1 | 64, 2 | 16, 4 | 32, 8 | 128]);
+        let other = HeldOut { scene_seed: 9, ..held_out_sequence("combined", &[2 | 128, 1 | 32, 8 | 16, 4 | 64]) };
         for source in [ContextSource::Generated, ContextSource::GroundTruth] {
             let clips = s.actions.len() * 4 / cfg.frames_per_clip;
-            let sc = score_sequence(&cfg, &s, clips, source, &mut ground_truth_generator(&cfg, &s)).unwrap();
-            assert_eq!(sc.windows.len(), 4);
-            assert!(sc.windows.iter().all(|((r, t), _)| *r && *t), "{source:?}: {:?}", sc.windows);
-            // A static camera gets none of these combined windows right.
-            assert!(sc.windows.iter().all(|(_, (r0, t0))| !*r0 && !*t0));
-            assert_eq!(sc.frame_vq.len(), 16 / VQ_FRAME_STRIDE);
+            let scored = score_sequences(&cfg, &[&s, &other], clips, source, &mut ground_truth_generator(&cfg), &|| {}).unwrap();
+            for sc in &scored {
+                assert_eq!(sc.windows.len(), 4);
+                assert!(sc.windows.iter().all(|((r, t), _)| *r && *t), "{source:?}: {:?}", sc.windows);
+                // A static camera gets none of these combined windows right.
+                assert!(sc.windows.iter().all(|(_, (r0, t0))| !*r0 && !*t0));
+                assert_eq!(sc.frame_vq.len(), 16 / VQ_FRAME_STRIDE);
+            }
         }
     }
 
@@ -471,12 +554,44 @@ mod tests {
         let s = held_out_sequence("basic", &[1, 0, 16, 2]);
         let size = cfg.frame_size * cfg.frame_size * 3;
         // Repeats the last context frame: no motion at all.
-        let mut frozen = |_n: usize, ctx: &[u8], _m: &[u8]| Ok(ctx[ctx.len() - size..].repeat(cfg.frames_per_clip));
-        let sc = score_sequence(&cfg, &s, s.actions.len() * 4 / cfg.frames_per_clip, ContextSource::Generated, &mut frozen).unwrap();
+        let mut frozen = |_n: usize, _s: &[&HeldOut], reqs: &[ClipRequest]| Ok(reqs.iter().map(|r| r.context[r.context.len() - size..].repeat(cfg.frames_per_clip)).collect());
+        let ticks = std::sync::atomic::AtomicUsize::new(0);
+        let tick = || {
+            ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        };
+        let clips = s.actions.len() * 4 / cfg.frames_per_clip;
+        let sc = score_sequences(&cfg, &[&s], clips, ContextSource::Generated, &mut frozen, &tick).unwrap().pop().unwrap();
+        assert_eq!(ticks.into_inner(), clips, "one tick per sequence and clip");
         let found: Vec<(bool, bool)> = sc.windows.iter().map(|(w, _)| *w).collect();
         let still: Vec<(bool, bool)> = sc.windows.iter().map(|(_, s)| *s).collect();
         assert_eq!(found, still);
         assert_eq!(found, vec![(true, false), (true, true), (false, true), (true, false)]);
+    }
+
+    /// A batch of clips is the clips generated one by one, to the bit: the
+    /// batch size (EVAL_BATCH) does not change the evaluation's numbers.
+    #[test]
+    fn a_batch_of_clips_equals_the_clips_one_by_one() {
+        let cfg = ModelConfig { frame_size: 16, ..ModelConfig::tiny() };
+        let dev = candle_core::Device::Cpu;
+        let mut params = wc_model::params::Params::new(3, &dev);
+        let model = wc_model::WorldModel::new(&cfg, &mut params).unwrap();
+        let m = LoadedModel { model, params, step: 0, path: String::new() };
+        let frame = 16 * 16 * 3;
+        let requests: Vec<ClipRequest> = (0..3u8)
+            .map(|i| ClipRequest {
+                context: (0..cfg.context_slots() * frame).map(|j| (j as u8).wrapping_mul(7).wrapping_add(40 * i)).collect(),
+                masks: vec![1 << i; cfg.frames_per_clip],
+                noise_seed: 100 + i as u64,
+            })
+            .collect();
+        let sampler = SamplerConfig { steps: 3, ..Default::default() };
+        let batch = generate_clips(&m, &requests, &sampler).unwrap();
+        assert_eq!(batch.len(), 3);
+        for (r, b) in requests.iter().zip(&batch) {
+            assert_eq!(&generate_clip(&m, &r.context, &r.masks, &sampler, r.noise_seed).unwrap(), b);
+        }
+        assert_ne!(batch[0], batch[1]);
     }
 
     #[test]

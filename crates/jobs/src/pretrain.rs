@@ -6,7 +6,11 @@
 //! since the previous checkpoint, the model config). Restarted, it resumes
 //! from the newest checkpoint committed under the same settings; batches,
 //! noise and times derive from (seed, step), so the result is the same bytes
-//! as an uninterrupted run.
+//! as an uninterrupted run. A time budget ([`TimeLimit`]) may end it early
+//! at a step boundary, with a checkpoint at the step it reached.
+
+use std::ops::ControlFlow;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use wc_model::codec::PixelCodec;
@@ -18,14 +22,43 @@ use wc_stages::checkpoints::{latest_checkpoint, load_params, step_dir, PretrainS
 use wc_stages::StageError;
 use wc_store::{ManifestState, PendingCommit, RunStore};
 
-/// Run (or resume) pre-training up to `steps`. `on_step` sees each step's report.
+/// Stops a loop of steps before a step that would end past a wall-clock
+/// budget, judging by the longest step so far (pre-training on a time
+/// budget: the learning rate is constant after warm-up, so where it stops
+/// changes how far it got, not its schedule).
+#[derive(Debug, Clone)]
+pub struct TimeLimit {
+    budget: Duration,
+    started: Instant,
+    last: Instant,
+    longest_step: Duration,
+}
+
+impl TimeLimit {
+    /// A budget of `budget` from `now`.
+    pub fn new(budget: Duration, now: Instant) -> Self {
+        TimeLimit { budget, started: now, last: now, longest_step: Duration::ZERO }
+    }
+
+    /// Call when a step ends at `now`: whether another step of the longest
+    /// length seen so far still ends within the budget.
+    pub fn another_fits(&mut self, now: Instant) -> bool {
+        self.longest_step = self.longest_step.max(now.saturating_duration_since(self.last));
+        self.last = now;
+        now.saturating_duration_since(self.started) + self.longest_step <= self.budget
+    }
+}
+
+/// Run (or resume) pre-training up to `steps`. `on_step` sees each step's
+/// report; when it returns `ControlFlow::Break`, pre-training stops there
+/// with a checkpoint of the steps done. Returns the step reached.
 pub fn run_pretrain(
     data: &RunStore,
     out: &RunStore,
     settings_in: PretrainSettings,
     steps: u64,
     device: &candle_core::Device,
-    mut on_step: impl FnMut(u64, &StepReport),
+    mut on_step: impl FnMut(u64, &StepReport) -> ControlFlow<()>,
 ) -> Result<u64, StageError> {
     let dataset = wc_data::read::open_dataset(data).map_err(|e| StageError::artifact(format!("the dataset under {}", data.uri()), e))?;
     let (gt, size) = wc_data::read::pretrain_videos(data).map_err(|e| StageError::artifact(format!("the pre-training clips under {}", data.uri()), e))?;
@@ -63,12 +96,16 @@ pub fn run_pretrain(
         if !r.applied {
             tracing::warn!(step, loss = r.loss, grad_norm = r.grad_norm, "non-finite step skipped");
         }
-        on_step(step, &r);
+        let flow = on_step(step, &r);
         log.push((step, r));
         let done = step + 1;
-        if done % settings.checkpoint_every == 0 || done == steps {
+        let stop = flow.is_break();
+        if done % settings.checkpoint_every == 0 || done == steps || stop {
             commit_checkpoint(out, &settings, &fingerprint, done, &params, &opt, &log)?;
             log.clear();
+        }
+        if stop {
+            return Ok(done);
         }
     }
     Ok(steps.max(start))
@@ -99,4 +136,29 @@ fn commit_checkpoint(
     pending.write(&p, wc_schemas::write_table(&wc_schemas::tables::pretrain_metrics(), &out.uri_of(&p), &batch)?)?;
     pending.commit()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_time_limit_stops_before_a_step_that_would_end_past_it() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut limit = TimeLimit::new(s(10), t0);
+        // Steps of 3 s: after 3 and 6 s another fits (9 <= 10), after 9 s not.
+        assert!(limit.another_fits(t0 + s(3)));
+        assert!(limit.another_fits(t0 + s(6)));
+        assert!(!limit.another_fits(t0 + s(9)));
+        // The longest step counts, not the last: one slow step of 5 s among
+        // short steps keeps the margin at 5 s: after 7.5 s a 2 s step would
+        // fit, a 5 s one not.
+        let mut limit = TimeLimit::new(s(12), t0);
+        assert!(limit.another_fits(t0 + s(5)));
+        assert!(limit.another_fits(t0 + Duration::from_millis(5500)));
+        assert!(!limit.another_fits(t0 + Duration::from_millis(7500)));
+        // A zero budget stops after the first step.
+        assert!(!TimeLimit::new(Duration::ZERO, t0).another_fits(t0 + Duration::from_millis(1)));
+    }
 }

@@ -63,7 +63,8 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for spec in &a.model {
         let m = super::load_model_spec(spec, a.step, a.device.or_cpu())?;
-        let bar = super::item_bar(seqs.len() as u64, "eval", "sequences");
+        let longest = lengths.iter().map(|l| l.clips).max().unwrap_or(0);
+        let bar = super::item_bar((seqs.len() * longest) as u64, "eval", "clips");
         let results = evaluate::evaluate(&m, &seqs, &lengths, source, &s.config(), s.seed, &|| bar.inc(1)).with_context(|| format!("evaluating {spec}"))?;
         bar.finish_and_clear();
         println!("{spec}: {} (step {})", m.path, m.step);

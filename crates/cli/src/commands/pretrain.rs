@@ -2,7 +2,10 @@
 
 use clap::Args;
 use wc_model::ModelConfig;
-use wc_jobs::pretrain::run_pretrain;
+use std::ops::ControlFlow;
+use std::time::{Duration, Instant};
+
+use wc_jobs::pretrain::{run_pretrain, TimeLimit};
 use wc_stages::checkpoints::{step_dir, PretrainSettings};
 use wc_store::RunStore;
 
@@ -20,6 +23,12 @@ pub struct PretrainArgs {
     /// Train up to this many steps in total.
     #[arg(long, default_value_t = 3000)]
     pub steps: u64,
+    /// Stop early, with a checkpoint, before a step that would end more than
+    /// this many seconds after the start (judged by the longest step so
+    /// far): pre-training on a time budget, e.g. inside a batch job's
+    /// wall-clock limit. A later run resumes from that checkpoint.
+    #[arg(long, value_name = "SECONDS")]
+    pub time_limit: Option<f64>,
     #[arg(long, default_value_t = PretrainSettings::default().batch)]
     pub batch: usize,
     #[arg(long, default_value_t = PretrainSettings::default().lr)]
@@ -78,11 +87,17 @@ impl PretrainArgs {
 
 pub fn run(a: PretrainArgs) -> anyhow::Result<()> {
     let settings = a.settings()?;
+    let budget = match a.time_limit {
+        Some(t) if !(t.is_finite() && t >= 0.0) => anyhow::bail!("--time-limit must be a number of seconds >= 0, not {t}"),
+        Some(t) => Some(Duration::from_secs_f64(t)),
+        None => None,
+    };
     let data = RunStore::open_existing(&a.data)?;
     let out = RunStore::open(&a.out)?;
     let bar = super::step_bar(a.steps, "pretrain");
     let mut ema_loss: Option<f64> = None;
     let mut first = true;
+    let mut limit = budget.map(|b| TimeLimit::new(b, Instant::now()));
     let done = run_pretrain(&data, &out, settings, a.steps, &wc_model::device::open(a.device.or_cpu())?, |step, r| {
         if first {
             bar.set_position(step);
@@ -96,8 +111,14 @@ pub fn run(a: PretrainArgs) -> anyhow::Result<()> {
         if bar.is_hidden() && (step + 1) % 50 == 0 {
             eprintln!("step {} loss {l:.4} grad_norm {:.3}", step + 1, r.grad_norm);
         }
+        if limit.as_mut().is_some_and(|l| !l.another_fits(Instant::now())) {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
     })?;
     bar.finish_and_clear();
-    println!("pre-trained to step {done}; checkpoint: {}/{}", out.uri(), step_dir(done));
+    let stopped = if done < a.steps { format!(" (the time limit of {} s stopped it; rerun to resume)", a.time_limit.unwrap_or(0.0)) } else { String::new() };
+    println!("pre-trained to step {done}{stopped}; checkpoint: {}/{}", out.uri(), step_dir(done));
     Ok(())
 }
