@@ -18,7 +18,9 @@
 # 3. `cargo build --profile cuda --features cuda` (the release profile with
 #    whole-program LTO, optimised for size: Cargo.toml says why) into target/cuda (its own
 #    target folder: RUSTFLAGS differ from the CPU build's), then a stripped
-#    copy at target/cuda/worldcompass-cuda.
+#    copy at target/cuda/worldcompass-cuda, and that compressed
+#    (worldcompass-cuda.xz, about a fifth of its size) for machines reached
+#    through a size-limited copy: `xz -d` or Python's lzma unpacks it.
 #
 # Where a CUDA 13 toolkit is installed (nvcc on PATH, CUDA_HOME set), a
 # plain `cargo build --release --features cuda` does the same without this.
@@ -66,3 +68,5 @@ size=$(stat -c %s "$out")
 echo "build-cuda: $out ($((size / 1024 / 1024)) MiB stripped, compute capability $cap, $(( $(date +%s) - started )) s)"
 echo "build-cuda: it needs at run time (the GPU machine's, on LD_LIBRARY_PATH):"
 readelf -d "$out" | awk '/NEEDED/ {gsub(/[\[\]]/, "", $5); print "  " $5}' | grep -E 'cu|nvrtc'
+xz -T0 -9 -k -f "$out"
+echo "build-cuda: $out.xz ($(( $(stat -c %s "$out.xz") / 1024 / 1024 )) MiB, xz)"

@@ -107,8 +107,8 @@ rm -rf "$work/data" "$work/base" "$work/runs" "$work/eval"
 wc data --out "file://$work/data" "${data_args[@]}" || die "data failed"
 phase_done data
 
-# 3. The base, on 40% of what is left.
-pre_budget=$(( $(left) * 2 / 5 ))
+# 3. The base, on 35% of what is left.
+pre_budget=$(( $(left) * 35 / 100 ))
 limit=()
 [ "$size" = full ] && limit=(--time-limit "$pre_budget")
 wc pretrain --data "file://$work/data" --out "file://$work/base" "${model_args[@]}" "${pretrain_args[@]}" "${limit[@]}" --device "$device" | tail -n 3 \
@@ -118,13 +118,14 @@ base_step=$(ls "$work/base/pretrain" | sed -n 's/^step-0*\([0-9][0-9]*\)$/\1/p' 
 note pretrain_steps "$base_step"
 phase_done pretrain
 
-# 4. Two seeds of the post-training side by side, on 2/3 of what is left.
+# 4. Two seeds of the post-training side by side, on 55% of what is left
+# (the evaluation gets the rest).
 pipeline="$work/scale-study.toml"
 sed -e "s|^base = \"runs/scale-study/base\"|base = \"file://$work/base\"|" "${pipeline_edit[@]}" pipelines/gpu/scale-study.toml > "$pipeline"
 [ "$dtype" = bf16 ] && sed -i 's/^\[run\]$/[run]\ndtype = "bf16"/' "$pipeline"
 grep -q "^base = \"file://$work/base\"" "$pipeline" || die "could not set the base in $pipeline"
 iterations=$(sed -n 's/^iterations = \([0-9]*\).*/\1/p' "$pipeline")
-rl_budget=$(( $(left) * 2 / 3 ))
+rl_budget=$(( $(left) * 55 / 100 ))
 pids=()
 for s in "${seeds[@]}"; do
   timeout "$rl_budget" "$bin" train --run "file://$work/runs/seed-$s" --pipeline "$pipeline" --seed "$s" --device "$device" > "$work/train-$s.log" 2>&1 &
