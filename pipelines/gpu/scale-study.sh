@@ -16,8 +16,8 @@
 #      both reached;
 #   5. evaluate: base and both seeds on the held-out prompts, the paper's
 #      Table 1 protocol, with the mean gain over the seeds and its standard
-#      error (`eval --replicates`), first on 16 sequences per kind (a
-#      calibration, and a result if time runs out), then on 128.
+#      error (`eval --replicates`), first on 16 sequences per kind (the
+#      result if time runs out), then on 128 with the rest of the budget.
 #
 # Usage: pipelines/gpu/scale-study.sh [BIN]
 #   WC_STUDY_SIZE    full (default) or tiny (every size small: a dry run of
@@ -166,20 +166,23 @@ else
   echo "scale-study: no iteration finished within the budget; only the base is evaluated"
 fi
 for n in "${eval_sequences[@]}"; do
-  if [ "$n" != "${eval_sequences[0]}" ] && [ "$size" = full ]; then
-    # Scale the calibration's time to n sequences; skip what cannot finish.
-    need=$(( eval16_s * n / ${eval_sequences[0]} + 10 ))
-    if [ "$need" -gt "$(left)" ]; then
-      note "eval_${n}_skipped_needs_s" "$need"
-      continue
-    fi
+  # The first (smallest) evaluation always runs: it is the result if time
+  # runs out. The larger one gets what is left of the budget (at least a
+  # minute); cut off, it leaves the first.
+  limit=()
+  if [ "$n" != "${eval_sequences[0]}" ]; then
+    remaining=$(left)
+    limit=(timeout "$(( remaining > 60 ? remaining : 60 ))")
   fi
   started=$SECONDS
-  wc eval --data "file://$work/data" "${models[@]}" --sequences "$n" --replicates "${eval_args[@]}" --device "$device" --out "file://$work/eval/$n" \
-    || die "eval of $n sequences failed"
-  eval16_s=$(( SECONDS - started ))
-  cp "$work/eval/$n"/eval/eval-*.parquet "$out/eval-$n.parquet"
-  note "eval_${n}_s" "$eval16_s"
+  if "${limit[@]}" "$bin" eval --data "file://$work/data" "${models[@]}" --sequences "$n" --replicates "${eval_args[@]}" --device "$device" --out "file://$work/eval/$n"; then
+    cp "$work/eval/$n"/eval/eval-*.parquet "$out/eval-$n.parquet"
+    note "eval_${n}_s" "$(( SECONDS - started ))"
+  else
+    rc=$?
+    [ ${#limit[@]} -gt 0 ] || die "eval of $n sequences failed"
+    note "eval_${n}_stopped_exit" "$rc"
+  fi
 done
 phase_done eval
 
