@@ -1,0 +1,319 @@
+//! The Wan2.1 transformer's configuration: diffusers' `WanTransformer3DModel`
+//! fields, read from either `config.json` (diffusers' or Wan's original),
+//! and the released sizes.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Result, WanError};
+
+/// The video diffusion transformer's shape (diffusers' field names).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WanTransformerConfig {
+    /// Patch size over (frames, height, width) of the latent video.
+    pub patch_size: [usize; 3],
+    pub num_attention_heads: usize,
+    pub attention_head_dim: usize,
+    /// Latent channels in and out.
+    pub in_channels: usize,
+    pub out_channels: usize,
+    /// Width of the conditioning sequence (the text encoder's, 4096 for umT5-XXL).
+    pub text_dim: usize,
+    /// Sinusoidal time embedding width.
+    pub freq_dim: usize,
+    pub ffn_dim: usize,
+    pub num_layers: usize,
+    /// An affine layer norm before cross-attention (else none).
+    pub cross_attn_norm: bool,
+    pub eps: f64,
+    /// Positions covered by the rotary tables, per axis.
+    pub rope_max_seq_len: usize,
+    pub rope_theta: f64,
+}
+
+impl WanTransformerConfig {
+    /// Wan2.1-T2V-1.3B, the backbone of Matrix-Game 2.0.
+    pub fn wan2_1_t2v_1_3b() -> Self {
+        WanTransformerConfig {
+            patch_size: [1, 2, 2],
+            num_attention_heads: 12,
+            attention_head_dim: 128,
+            in_channels: 16,
+            out_channels: 16,
+            text_dim: 4096,
+            freq_dim: 256,
+            ffn_dim: 8960,
+            num_layers: 30,
+            cross_attn_norm: true,
+            eps: 1e-6,
+            rope_max_seq_len: 1024,
+            rope_theta: 10000.0,
+        }
+    }
+
+    /// Wan2.1-T2V-14B.
+    pub fn wan2_1_t2v_14b() -> Self {
+        WanTransformerConfig {
+            num_attention_heads: 40,
+            ffn_dim: 13824,
+            num_layers: 40,
+            ..Self::wan2_1_t2v_1_3b()
+        }
+    }
+
+    /// The tiny random configuration of the test fixtures
+    /// (`tests/fixtures/wan/make_fixtures.py`).
+    pub fn tiny() -> Self {
+        WanTransformerConfig {
+            patch_size: [1, 2, 2],
+            num_attention_heads: 2,
+            attention_head_dim: 24,
+            in_channels: 4,
+            out_channels: 4,
+            text_dim: 32,
+            freq_dim: 16,
+            ffn_dim: 64,
+            num_layers: 2,
+            cross_attn_norm: true,
+            eps: 1e-6,
+            rope_max_seq_len: 64,
+            rope_theta: 10000.0,
+        }
+    }
+
+    /// The model width (heads x head width).
+    pub fn dim(&self) -> usize {
+        self.num_attention_heads * self.attention_head_dim
+    }
+
+    /// Values per patch of the latent video: channels x patch volume.
+    pub fn patch_volume(&self) -> usize {
+        self.patch_size.iter().product()
+    }
+
+    /// The head width's split over the rotary axes (frames, height,
+    /// width): height and width get 2 * (head_dim / 6) each, frames the rest.
+    pub fn rope_axes(&self) -> [usize; 3] {
+        let hw = 2 * (self.attention_head_dim / 6);
+        [self.attention_head_dim - 2 * hw, hw, hw]
+    }
+
+    /// Parameters of the model with this configuration.
+    pub fn parameter_count(&self) -> usize {
+        let (d, f) = (self.dim(), self.ffn_dim);
+        let linear = |i: usize, o: usize| i * o + o;
+        let attention = 4 * linear(d, d) + 2 * d;
+        let block = 2 * attention
+            + if self.cross_attn_norm { 2 * d } else { 0 }
+            + linear(d, f)
+            + linear(f, d)
+            + 6 * d;
+        linear(self.in_channels * self.patch_volume(), d)
+            + linear(self.text_dim, d)
+            + linear(d, d)
+            + linear(self.freq_dim, d)
+            + linear(d, d)
+            + linear(d, 6 * d)
+            + self.num_layers * block
+            + linear(d, self.out_channels * self.patch_volume())
+            + 2 * d
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(WanError::Config(m));
+        if self.patch_size.contains(&0)
+            || self.num_attention_heads == 0
+            || self.num_layers == 0
+            || self.in_channels == 0
+            || self.out_channels == 0
+        {
+            return bad(
+                "patch_size, num_attention_heads, num_layers and the channels must be at least 1"
+                    .into(),
+            );
+        }
+        if self.attention_head_dim < 6
+            || self.attention_head_dim % 2 != 0
+            || self.rope_axes()[0] == 0
+        {
+            return bad(format!(
+                "attention_head_dim {} must be even and at least 6 (it is split over 3 rotary axes)",
+                self.attention_head_dim
+            ));
+        }
+        if self.freq_dim == 0 || self.freq_dim % 2 != 0 {
+            return bad(format!(
+                "freq_dim {} must be even and positive",
+                self.freq_dim
+            ));
+        }
+        if !(self.eps > 0.0 && self.rope_theta > 0.0) {
+            return bad("eps and rope_theta must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// Read a `config.json`: diffusers' (`WanTransformer3DModel`, the
+    /// fields above) or Wan's original (`dim`, `num_heads`, `in_dim`, ...).
+    /// Image-conditioned variants (an image embedding and its
+    /// cross-attention) are not supported yet and are refused.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let v: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| WanError::Config(format!("not JSON: {e}")))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| WanError::Config("a config is a JSON object".into()))?;
+        let num = |k: &str| obj.get(k).and_then(|x| x.as_u64()).map(|x| x as usize);
+        let float = |k: &str| obj.get(k).and_then(|x| x.as_f64());
+        let set = |k: &str| obj.get(k).is_some_and(|x| !x.is_null());
+        let cfg = if obj.contains_key("dim") {
+            // Wan's original WanModel config.
+            if let Some(t) = obj.get("model_type").and_then(|x| x.as_str())
+                && t != "t2v"
+            {
+                return Err(WanError::Config(format!(
+                    "model_type {t:?}: only the text-to-video transformer (t2v) is supported so far"
+                )));
+            }
+            let need = |k: &str| {
+                num(k).ok_or_else(|| {
+                    WanError::Config(format!("Wan config: `{k}` is missing or not a number"))
+                })
+            };
+            let (dim, heads) = (need("dim")?, need("num_heads")?);
+            if heads == 0 || dim % heads != 0 {
+                return Err(WanError::Config(format!(
+                    "dim {dim} is not a multiple of num_heads {heads}"
+                )));
+            }
+            let d = Self::wan2_1_t2v_1_3b();
+            let patch = match obj.get("patch_size") {
+                Some(p) => serde_json::from_value(p.clone())
+                    .map_err(|e| WanError::Config(format!("patch_size: {e}")))?,
+                None => d.patch_size,
+            };
+            WanTransformerConfig {
+                patch_size: patch,
+                num_attention_heads: heads,
+                attention_head_dim: dim / heads,
+                in_channels: need("in_dim")?,
+                out_channels: need("out_dim")?,
+                text_dim: num("text_dim").unwrap_or(d.text_dim),
+                freq_dim: num("freq_dim").unwrap_or(d.freq_dim),
+                ffn_dim: need("ffn_dim")?,
+                num_layers: need("num_layers")?,
+                cross_attn_norm: obj
+                    .get("cross_attn_norm")
+                    .and_then(|x| x.as_bool())
+                    .unwrap_or(true),
+                eps: float("eps").unwrap_or(d.eps),
+                rope_max_seq_len: d.rope_max_seq_len,
+                rope_theta: d.rope_theta,
+            }
+        } else {
+            if set("image_dim") || set("added_kv_proj_dim") || set("pos_embed_seq_len") {
+                return Err(WanError::Config("image-conditioned Wan transformers (image_dim, added_kv_proj_dim) are not supported so far".into()));
+            }
+            if let Some(q) = obj.get("qk_norm")
+                && q.as_str() != Some("rms_norm_across_heads")
+            {
+                return Err(WanError::Config(format!(
+                    "qk_norm {q}: only \"rms_norm_across_heads\" is supported"
+                )));
+            }
+            let mut known = serde_json::Map::new();
+            let d = serde_json::to_value(Self::wan2_1_t2v_14b()).expect("serialises");
+            for (k, default) in d.as_object().expect("an object") {
+                known.insert(
+                    k.clone(),
+                    obj.get(k).cloned().unwrap_or_else(|| default.clone()),
+                );
+            }
+            serde_json::from_value(serde_json::Value::Object(known))
+                .map_err(|e| WanError::Config(format!("diffusers config: {e}")))?
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wan_and_diffusers_configs_of_the_1_3b_model_read_the_same() {
+        // Wan2.1-T2V-1.3B's config.json in Wan's repository, and diffusers'.
+        let wan = r#"{"_class_name": "WanModel", "_diffusers_version": "0.30.0", "dim": 1536, "eps": 1e-06, "ffn_dim": 8960,
+            "freq_dim": 256, "in_dim": 16, "model_type": "t2v", "num_heads": 12, "num_layers": 30, "out_dim": 16, "text_len": 512}"#;
+        let diffusers = r#"{"_class_name": "WanTransformer3DModel", "_diffusers_version": "0.33.0", "added_kv_proj_dim": null,
+            "attention_head_dim": 128, "cross_attn_norm": true, "eps": 1e-06, "ffn_dim": 8960, "freq_dim": 256, "image_dim": null,
+            "in_channels": 16, "num_attention_heads": 12, "num_layers": 30, "out_channels": 16, "patch_size": [1, 2, 2],
+            "qk_norm": "rms_norm_across_heads", "rope_max_seq_len": 1024, "text_dim": 4096}"#;
+        assert_eq!(
+            WanTransformerConfig::from_json(wan).unwrap(),
+            WanTransformerConfig::wan2_1_t2v_1_3b()
+        );
+        assert_eq!(
+            WanTransformerConfig::from_json(diffusers).unwrap(),
+            WanTransformerConfig::wan2_1_t2v_1_3b()
+        );
+    }
+
+    #[test]
+    fn image_conditioned_and_malformed_configs_are_refused_with_the_reason() {
+        let i2v = r#"{"dim": 1536, "num_heads": 12, "in_dim": 36, "out_dim": 16, "ffn_dim": 8960, "num_layers": 30, "model_type": "i2v"}"#;
+        assert!(
+            WanTransformerConfig::from_json(i2v)
+                .unwrap_err()
+                .to_string()
+                .contains("t2v")
+        );
+        let img = r#"{"num_attention_heads": 2, "image_dim": 1280}"#;
+        assert!(
+            WanTransformerConfig::from_json(img)
+                .unwrap_err()
+                .to_string()
+                .contains("image_dim")
+        );
+        let odd = r#"{"dim": 100, "num_heads": 12, "in_dim": 16, "out_dim": 16, "ffn_dim": 8, "num_layers": 1}"#;
+        assert!(
+            WanTransformerConfig::from_json(odd)
+                .unwrap_err()
+                .to_string()
+                .contains("multiple of num_heads")
+        );
+        let missing =
+            r#"{"dim": 96, "num_heads": 2, "in_dim": 16, "out_dim": 16, "num_layers": 1}"#;
+        assert!(
+            WanTransformerConfig::from_json(missing)
+                .unwrap_err()
+                .to_string()
+                .contains("ffn_dim")
+        );
+        let typo = r#"{"num_attention_head": 2}"#;
+        assert!(
+            WanTransformerConfig::from_json(typo).is_ok(),
+            "diffusers configs carry extra bookkeeping keys; unknown ones are ignored"
+        );
+    }
+
+    #[test]
+    fn the_rotary_axes_split_the_head_as_wan_does() {
+        // 128 = 44 (frames) + 42 + 42; Wan: c = 64 complex pairs, c // 3 = 21 each for height and width.
+        assert_eq!(
+            WanTransformerConfig::wan2_1_t2v_1_3b().rope_axes(),
+            [44, 42, 42]
+        );
+        assert_eq!(WanTransformerConfig::tiny().rope_axes(), [8, 8, 8]);
+    }
+
+    #[test]
+    fn the_1_3b_model_has_the_published_size() {
+        // "1.3B": 1,418,996,800 parameters without the text encoder and the VAE
+        // (30 blocks of 45.0 M, the embeddings and the head).
+        let n = WanTransformerConfig::wan2_1_t2v_1_3b().parameter_count();
+        assert_eq!(n, 1_418_996_800, "{n}");
+        assert!((n as f64 / 1.3e9 - 1.0).abs() < 0.1);
+    }
+}

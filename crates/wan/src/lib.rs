@@ -1,0 +1,55 @@
+//! The Wan2.1 family of video models in candle, with the real weight
+//! layouts: the video diffusion transformer that Wan2.1 and the world models
+//! built on it (Matrix-Game 2.0 among them) share.
+//!
+//! - [`config`]: the transformer's configuration, read from Wan's or
+//!   diffusers' `config.json`, with the released sizes as presets.
+//! - [`weights`]: checkpoints in either key layout (Wan's original names
+//!   or diffusers'), checked key by key: a missing, unexpected or mis-shaped
+//!   key is an error that names it.
+//! - [`transformer`]: the model (patch embedding, time and text embeddings,
+//!   blocks of modulated self-attention with 3-axis rotary embeddings,
+//!   cross-attention and GELU feed-forward, the modulated output head), in
+//!   f32 or bf16 on any candle device. No I/O: it is built from a
+//!   [`weights::Weights`].
+//!
+//! Checked against diffusers' `WanTransformer3DModel` by fixtures under
+//! `tests/fixtures/wan/` (made by `tests/fixtures/wan/make_fixtures.py`).
+
+pub mod config;
+mod nn;
+pub mod transformer;
+pub mod weights;
+
+pub use config::WanTransformerConfig;
+pub use transformer::WanTransformer;
+pub use weights::{KeyLayout, Weights};
+
+/// What can go wrong loading or running a Wan model.
+#[derive(Debug, thiserror::Error)]
+pub enum WanError {
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    #[error("invalid Wan config: {0}")]
+    Config(String),
+    #[error(
+        "the checkpoint has no tensor `{key}` (expected shape {expected:?}; names are read in the {layout} layout)"
+    )]
+    MissingKey {
+        key: String,
+        expected: Vec<usize>,
+        layout: KeyLayout,
+    },
+    #[error("tensor `{key}` has shape {found:?}, the model expects {expected:?}")]
+    Shape {
+        key: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    #[error("the checkpoint has {} tensor(s) the model does not use: {}", .keys.len(), .keys.join(", "))]
+    Unexpected { keys: Vec<String> },
+    #[error("{what}: {reason}")]
+    Input { what: String, reason: String },
+}
+
+pub type Result<T> = std::result::Result<T, WanError>;

@@ -1,0 +1,354 @@
+//! The Wan2.1 video diffusion transformer (diffusers'
+//! `WanTransformer3DModel`, Wan's `WanModel` for text-to-video).
+//!
+//! A latent video [B, C, F, H, W] is cut into patches (1, 2, 2) and
+//! embedded; each block modulates its self-attention and feed-forward by
+//! six vectors from the timestep (its `modulation` table plus the projected
+//! time embedding), rotates queries and keys by 3-axis rotary embeddings
+//! (frame, row, column of each patch), RMS-normalises them across heads,
+//! and cross-attends to the conditioning sequence (text embeddings, padded
+//! by the caller as Wan's pipeline pads them to 512 tokens); the head
+//! modulates a last layer norm by the time embedding and maps each token
+//! back to its patch. Norms and modulation run in f32, the rest in the
+//! model's dtype (f32 or bf16), as diffusers does.
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::config::WanTransformerConfig;
+use crate::nn::{LayerNorm, Linear, RmsNorm, attention, layer_norm, rope_pairs};
+use crate::weights::Weights;
+use crate::{Result, WanError};
+
+/// Self- or cross-attention with RMS-normalised queries and keys.
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    norm_q: RmsNorm,
+    norm_k: RmsNorm,
+    heads: usize,
+}
+
+impl Attention {
+    fn new(cfg: &WanTransformerConfig, w: &Weights, prefix: &str, dtype: DType) -> Result<Self> {
+        let d = cfg.dim();
+        let lin = |n: &str| Linear::new(w, &format!("{prefix}.{n}"), d, d, dtype);
+        Ok(Attention {
+            q: lin("q")?,
+            k: lin("k")?,
+            v: lin("v")?,
+            o: lin("o")?,
+            norm_q: RmsNorm::new(w, &format!("{prefix}.norm_q"), d, cfg.eps)?,
+            norm_k: RmsNorm::new(w, &format!("{prefix}.norm_k"), d, cfg.eps)?,
+            heads: cfg.num_attention_heads,
+        })
+    }
+
+    /// `x` [B, L, D] attends to `source` [B, S, D] (itself when `None`);
+    /// `rope` rotates queries and keys (self-attention).
+    fn forward(
+        &self,
+        x: &Tensor,
+        source: Option<&Tensor>,
+        rope: Option<&(Tensor, Tensor)>,
+    ) -> Result<Tensor> {
+        let src = source.unwrap_or(x);
+        let split = |t: Tensor| -> Result<Tensor> {
+            let (b, l, d) = t.dims3()?;
+            Ok(t.reshape((b, l, self.heads, d / self.heads))?
+                .transpose(1, 2)?)
+        };
+        let mut q = split(self.norm_q.forward(&self.q.forward(x)?)?)?;
+        let mut k = split(self.norm_k.forward(&self.k.forward(src)?)?)?;
+        let v = split(self.v.forward(src)?)?;
+        if let Some((cos, sin)) = rope {
+            q = rope_pairs(&q, cos, sin)?;
+            k = rope_pairs(&k, cos, sin)?;
+        }
+        let (b, _, l, _) = q.dims4()?;
+        let out = attention(&q, &k, &v)?
+            .transpose(1, 2)?
+            .reshape((b, l, ()))?;
+        self.o.forward(&out)
+    }
+}
+
+/// One transformer block (Wan's names: norm1, self_attn, norm3, cross_attn,
+/// norm2, ffn, modulation).
+struct Block {
+    self_attn: Attention,
+    cross_attn: Attention,
+    norm3: Option<LayerNorm>,
+    ffn_in: Linear,
+    ffn_out: Linear,
+    modulation: Tensor,
+    eps: f64,
+}
+
+impl Block {
+    fn new(cfg: &WanTransformerConfig, w: &Weights, prefix: &str, dtype: DType) -> Result<Self> {
+        let d = cfg.dim();
+        Ok(Block {
+            self_attn: Attention::new(cfg, w, &format!("{prefix}.self_attn"), dtype)?,
+            cross_attn: Attention::new(cfg, w, &format!("{prefix}.cross_attn"), dtype)?,
+            norm3: if cfg.cross_attn_norm {
+                Some(LayerNorm::new(w, &format!("{prefix}.norm3"), d, cfg.eps)?)
+            } else {
+                None
+            },
+            ffn_in: Linear::new(w, &format!("{prefix}.ffn.0"), d, cfg.ffn_dim, dtype)?,
+            ffn_out: Linear::new(w, &format!("{prefix}.ffn.2"), cfg.ffn_dim, d, dtype)?,
+            modulation: w.take(&format!("{prefix}.modulation"), &[1, 6, d], DType::F32)?,
+            eps: cfg.eps,
+        })
+    }
+
+    /// `x` [B, L, D]; `e` [B, 6, D] the projected time embedding (f32).
+    fn forward(
+        &self,
+        x: &Tensor,
+        e: &Tensor,
+        context: &Tensor,
+        rope: &(Tensor, Tensor),
+    ) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let e = self.modulation.broadcast_add(e)?;
+        let m = |i: usize| e.narrow(1, i, 1);
+        let modulate = |x: &Tensor, shift: usize, scale: usize| -> Result<Tensor> {
+            Ok(layer_norm(x, self.eps)?
+                .broadcast_mul(&(m(scale)? + 1.0)?)?
+                .broadcast_add(&m(shift)?)?
+                .to_dtype(dtype)?)
+        };
+        let gated = |x: &Tensor, y: &Tensor, gate: usize| -> Result<Tensor> {
+            Ok(
+                (x.to_dtype(DType::F32)? + y.to_dtype(DType::F32)?.broadcast_mul(&m(gate)?)?)?
+                    .to_dtype(dtype)?,
+            )
+        };
+        let y = self
+            .self_attn
+            .forward(&modulate(x, 0, 1)?, None, Some(rope))?;
+        let x = gated(x, &y, 2)?;
+        let n = match &self.norm3 {
+            Some(norm) => norm.forward(&x)?.to_dtype(dtype)?,
+            None => x.clone(),
+        };
+        let x = (&x + self.cross_attn.forward(&n, Some(context), None)?)?;
+        let y = self
+            .ffn_out
+            .forward(&self.ffn_in.forward(&modulate(&x, 3, 4)?)?.gelu()?)?;
+        gated(&x, &y, 5)
+    }
+}
+
+/// The Wan2.1 video diffusion transformer.
+pub struct WanTransformer {
+    cfg: WanTransformerConfig,
+    dtype: DType,
+    patch_embedding: Linear,
+    text_embedding: (Linear, Linear),
+    time_embedding: (Linear, Linear),
+    time_projection: Linear,
+    blocks: Vec<Block>,
+    head: Linear,
+    head_modulation: Tensor,
+}
+
+impl WanTransformer {
+    /// Build the model from `weights` (either layout), in `dtype` (F32 or
+    /// BF16; norms, modulation and the time embedding stay f32). Every
+    /// tensor of the checkpoint must be used, with the expected shape.
+    pub fn new(cfg: &WanTransformerConfig, w: &Weights, dtype: DType) -> Result<Self> {
+        cfg.validate()?;
+        if !matches!(dtype, DType::F32 | DType::BF16) {
+            return Err(WanError::Config(format!(
+                "dtype {dtype:?}: the Wan transformer runs in f32 or bf16"
+            )));
+        }
+        let d = cfg.dim();
+        let [pt, ph, pw] = cfg.patch_size;
+        let pv = cfg.patch_volume();
+        let patch = w
+            .take(
+                "patch_embedding.weight",
+                &[d, cfg.in_channels, pt, ph, pw],
+                dtype,
+            )?
+            .reshape((d, cfg.in_channels * pv))?;
+        let patch_embedding =
+            Linear::from_parts(patch, w.take("patch_embedding.bias", &[d], dtype)?);
+        let model = WanTransformer {
+            patch_embedding,
+            text_embedding: (
+                Linear::new(w, "text_embedding.0", cfg.text_dim, d, dtype)?,
+                Linear::new(w, "text_embedding.2", d, d, dtype)?,
+            ),
+            time_embedding: (
+                Linear::new(w, "time_embedding.0", cfg.freq_dim, d, DType::F32)?,
+                Linear::new(w, "time_embedding.2", d, d, DType::F32)?,
+            ),
+            time_projection: Linear::new(w, "time_projection.1", d, 6 * d, DType::F32)?,
+            blocks: (0..cfg.num_layers)
+                .map(|i| Block::new(cfg, w, &format!("blocks.{i}"), dtype))
+                .collect::<Result<_>>()?,
+            head: Linear::new(w, "head.head", d, cfg.out_channels * pv, dtype)?,
+            head_modulation: w.take("head.modulation", &[1, 2, d], DType::F32)?,
+            cfg: cfg.clone(),
+            dtype,
+        };
+        w.finish()?;
+        Ok(model)
+    }
+
+    pub fn config(&self) -> &WanTransformerConfig {
+        &self.cfg
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The sinusoidal embedding of timesteps `t` [B] (f32, 0..1000):
+    /// [cos, sin] of t times 10000^(-i / half), as diffusers' `Timesteps`
+    /// (flip_sin_to_cos) and Wan's `sinusoidal_embedding_1d`.
+    fn timestep_embedding(&self, t: &Tensor) -> Result<Tensor> {
+        let half = self.cfg.freq_dim / 2;
+        let freqs: Vec<f32> = (0..half)
+            .map(|i| (-(10000f32.ln()) * i as f32 / half as f32).exp())
+            .collect();
+        let freqs = Tensor::from_vec(freqs, (1, half), t.device())?;
+        let angles = t
+            .to_dtype(DType::F32)?
+            .unsqueeze(1)?
+            .broadcast_mul(&freqs)?;
+        Ok(Tensor::cat(&[angles.cos()?, angles.sin()?], 1)?)
+    }
+
+    /// Cosines and sines [L, Dh / 2] of the rotary angles of the L = F' H' W'
+    /// patches in (frame, row, column) order: the first pairs turn with the
+    /// frame index, the next with the row, the last with the column, each
+    /// axis at frequencies theta^(-2i / axis width).
+    pub fn rope_tables(
+        cfg: &WanTransformerConfig,
+        grid: [usize; 3],
+        device: &Device,
+    ) -> Result<(Tensor, Tensor)> {
+        let axes = cfg.rope_axes();
+        if let Some(n) = grid.iter().find(|n| **n > cfg.rope_max_seq_len) {
+            return Err(WanError::Input {
+                what: "latent video".into(),
+                reason: format!(
+                    "{n} patches along one axis; the rotary tables cover {}",
+                    cfg.rope_max_seq_len
+                ),
+            });
+        }
+        let freqs: Vec<Vec<f64>> = axes
+            .iter()
+            .map(|&a| {
+                (0..a / 2)
+                    .map(|i| cfg.rope_theta.powf(-((2 * i) as f64) / a as f64))
+                    .collect()
+            })
+            .collect();
+        let half = cfg.attention_head_dim / 2;
+        let l = grid.iter().product::<usize>();
+        let (mut cos, mut sin) = (Vec::with_capacity(l * half), Vec::with_capacity(l * half));
+        for f in 0..grid[0] {
+            for h in 0..grid[1] {
+                for w in 0..grid[2] {
+                    for (axis, pos) in [f, h, w].into_iter().enumerate() {
+                        for fr in &freqs[axis] {
+                            let a = pos as f64 * fr;
+                            cos.push(a.cos() as f32);
+                            sin.push(a.sin() as f32);
+                        }
+                    }
+                }
+            }
+        }
+        Ok((
+            Tensor::from_vec(cos, (l, half), device)?,
+            Tensor::from_vec(sin, (l, half), device)?,
+        ))
+    }
+
+    /// The predicted flow (velocity) [B, C_out, F, H, W] of the noisy
+    /// latent video `x` [B, C_in, F, H, W] at timesteps `t` [B] (0..1000),
+    /// conditioned on `context` [B, L, text_dim].
+    pub fn forward(&self, x: &Tensor, t: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let (b, c, f, h, w) = x.dims5()?;
+        let [pt, ph, pw] = cfg.patch_size;
+        if c != cfg.in_channels || f % pt != 0 || h % ph != 0 || w % pw != 0 {
+            return Err(WanError::Input {
+                what: "latent video".into(),
+                reason: format!(
+                    "shape [{b}, {c}, {f}, {h}, {w}]: needs {} channels and frames, height, width divisible by the patch {:?}",
+                    cfg.in_channels, cfg.patch_size
+                ),
+            });
+        }
+        if t.dims() != [b]
+            || context.dims().len() != 3
+            || context.dim(0)? != b
+            || context.dim(2)? != cfg.text_dim
+        {
+            return Err(WanError::Input {
+                what: "timestep or context".into(),
+                reason: format!(
+                    "timestep {:?} and context {:?}: need [{b}] and [{b}, L, {}]",
+                    t.dims(),
+                    context.dims(),
+                    cfg.text_dim
+                ),
+            });
+        }
+        let grid = [f / pt, h / ph, w / pw];
+        let l = grid.iter().product::<usize>();
+        // Patches [B, L, C pt ph pw], in the order of the Conv3d's weight.
+        let patches = x
+            .to_dtype(self.dtype)?
+            .reshape(&[b, c, grid[0], pt, grid[1], ph, grid[2], pw][..])?
+            .permute([0, 2, 4, 6, 1, 3, 5, 7])?
+            .reshape((b, l, c * pt * ph * pw))?;
+        let mut hidden = self.patch_embedding.forward(&patches)?;
+        let rope = Self::rope_tables(cfg, grid, x.device())?;
+        let temb = self.time_embedding.1.forward(
+            &self
+                .time_embedding
+                .0
+                .forward(&self.timestep_embedding(t)?)?
+                .silu()?,
+        )?;
+        let e = self
+            .time_projection
+            .forward(&temb.silu()?)?
+            .reshape((b, 6, cfg.dim()))?;
+        let ctx = self.text_embedding.1.forward(
+            &self
+                .text_embedding
+                .0
+                .forward(&context.to_dtype(self.dtype)?)?
+                .gelu()?,
+        )?;
+        for block in &self.blocks {
+            hidden = block.forward(&hidden, &e, &ctx, &rope)?;
+        }
+        let head_e = self.head_modulation.broadcast_add(&temb.unsqueeze(1)?)?;
+        let (shift, scale) = (head_e.narrow(1, 0, 1)?, head_e.narrow(1, 1, 1)?);
+        let normed = layer_norm(&hidden, cfg.eps)?
+            .broadcast_mul(&(scale + 1.0)?)?
+            .broadcast_add(&shift)?
+            .to_dtype(self.dtype)?;
+        let out = self.head.forward(&normed)?;
+        // Tokens back to patches: the last axis is (pt, ph, pw, C_out).
+        let co = cfg.out_channels;
+        Ok(out
+            .reshape(&[b, grid[0], grid[1], grid[2], pt, ph, pw, co][..])?
+            .permute([0, 7, 1, 4, 2, 5, 3, 6])?
+            .reshape((b, co, f, h, w))?)
+    }
+}

@@ -1,0 +1,272 @@
+//! Checkpoints in the two key layouts users have, checked key by key.
+//!
+//! The model's own names are Wan's original ones (`blocks.0.self_attn.q`,
+//! `blocks.0.ffn.0`, `blocks.0.modulation`, `head.head`, ...), the layout of
+//! the released Wan2.1 and Matrix-Game 2.0 checkpoints. A diffusers
+//! checkpoint (`WanTransformer3DModel`) is read through [`diffusers_to_wan`].
+//! [`Weights::take`] hands a tensor to the model once, checking its shape;
+//! [`Weights::finish`] then refuses a checkpoint with tensors the model did
+//! not take.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::{Result, WanError};
+
+/// The key layout of a checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyLayout {
+    /// Wan's original names (`self_attn`, `ffn.0`, `modulation`, `head.head`).
+    Wan,
+    /// diffusers' `WanTransformer3DModel` names (`attn1`, `ffn.net.0.proj`,
+    /// `scale_shift_table`, `proj_out`).
+    Diffusers,
+}
+
+impl std::fmt::Display for KeyLayout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KeyLayout::Wan => "Wan",
+            KeyLayout::Diffusers => "diffusers",
+        })
+    }
+}
+
+impl KeyLayout {
+    /// The layout of a set of keys: diffusers' if any key has one of its
+    /// own names, else Wan's. A `model.diffusion_model.` prefix (some
+    /// single-file exports) is accepted and dropped by [`Weights`].
+    pub fn detect<'a>(keys: impl IntoIterator<Item = &'a str>) -> KeyLayout {
+        let diffusers = [
+            "condition_embedder.",
+            ".attn1.",
+            ".attn2.",
+            "scale_shift_table",
+            "proj_out.",
+            ".ffn.net.",
+        ];
+        if keys
+            .into_iter()
+            .any(|k| diffusers.iter().any(|d| k.contains(d)))
+        {
+            KeyLayout::Diffusers
+        } else {
+            KeyLayout::Wan
+        }
+    }
+}
+
+/// Wan's original name of a diffusers `WanTransformer3DModel` key (the
+/// inverse of diffusers' `convert_wan_transformer_to_diffusers`; the
+/// fixtures check the two against each other).
+pub fn diffusers_to_wan(key: &str) -> String {
+    if key == "scale_shift_table" {
+        return "head.modulation".into();
+    }
+    const RENAMES: [(&str, &str); 14] = [
+        (
+            "condition_embedder.time_embedder.linear_1",
+            "time_embedding.0",
+        ),
+        (
+            "condition_embedder.time_embedder.linear_2",
+            "time_embedding.2",
+        ),
+        (
+            "condition_embedder.text_embedder.linear_1",
+            "text_embedding.0",
+        ),
+        (
+            "condition_embedder.text_embedder.linear_2",
+            "text_embedding.2",
+        ),
+        ("condition_embedder.time_proj", "time_projection.1"),
+        (".attn1.", ".self_attn."),
+        (".attn2.", ".cross_attn."),
+        (".to_out.0.", ".o."),
+        (".to_q.", ".q."),
+        (".to_k.", ".k."),
+        (".to_v.", ".v."),
+        (".ffn.net.0.proj.", ".ffn.0."),
+        (".ffn.net.2.", ".ffn.2."),
+        ("proj_out.", "head.head."),
+    ];
+    let mut out = key.to_string();
+    for (a, b) in RENAMES {
+        out = out.replace(a, b);
+    }
+    out = out.replace(".scale_shift_table", ".modulation");
+    // diffusers' norm2 (before cross-attention) is Wan's norm3, and back.
+    out.replace(".norm2.", ".norm_swap.")
+        .replace(".norm3.", ".norm2.")
+        .replace(".norm_swap.", ".norm3.")
+}
+
+/// The tensors of a checkpoint under the model's (Wan's) names, each
+/// handed out once.
+pub struct Weights {
+    tensors: BTreeMap<String, Tensor>,
+    taken: Mutex<BTreeSet<String>>,
+    layout: KeyLayout,
+}
+
+impl Weights {
+    /// Tensors under their checkpoint names, in either layout (detected).
+    pub fn from_tensors(tensors: impl IntoIterator<Item = (String, Tensor)>) -> Self {
+        let raw: Vec<(String, Tensor)> = tensors
+            .into_iter()
+            .map(|(k, t)| {
+                (
+                    k.strip_prefix("model.diffusion_model.")
+                        .map(str::to_string)
+                        .unwrap_or(k),
+                    t,
+                )
+            })
+            .collect();
+        let layout = KeyLayout::detect(raw.iter().map(|(k, _)| k.as_str()));
+        let tensors = raw
+            .into_iter()
+            .map(|(k, t)| match layout {
+                KeyLayout::Wan => (k, t),
+                KeyLayout::Diffusers => (diffusers_to_wan(&k), t),
+            })
+            .collect();
+        Weights {
+            tensors,
+            taken: Mutex::new(BTreeSet::new()),
+            layout,
+        }
+    }
+
+    /// A safetensors file's bytes, on `device`.
+    pub fn from_safetensors(bytes: &[u8], device: &Device) -> Result<Self> {
+        Ok(Self::from_tensors(candle_core::safetensors::load_buffer(
+            bytes, device,
+        )?))
+    }
+
+    pub fn layout(&self) -> KeyLayout {
+        self.layout
+    }
+
+    /// The tensor `key` (a Wan name) with shape `shape`, as `dtype`.
+    pub fn take(&self, key: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        let t = self.tensors.get(key).ok_or_else(|| WanError::MissingKey {
+            key: self.checkpoint_name(key),
+            expected: shape.to_vec(),
+            layout: self.layout,
+        })?;
+        if t.dims() != shape {
+            return Err(WanError::Shape {
+                key: self.checkpoint_name(key),
+                expected: shape.to_vec(),
+                found: t.dims().to_vec(),
+            });
+        }
+        self.taken
+            .lock()
+            .expect("not poisoned")
+            .insert(key.to_string());
+        Ok(t.to_dtype(dtype)?)
+    }
+
+    /// Every tensor was taken: none is left over.
+    pub fn finish(&self) -> Result<()> {
+        let taken = self.taken.lock().expect("not poisoned");
+        let left: Vec<String> = self
+            .tensors
+            .keys()
+            .filter(|k| !taken.contains(*k))
+            .map(|k| self.checkpoint_name(k))
+            .collect();
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(WanError::Unexpected { keys: left })
+        }
+    }
+
+    /// A key as the checkpoint spells it (for errors).
+    fn checkpoint_name(&self, wan_key: &str) -> String {
+        match self.layout {
+            KeyLayout::Wan => wan_key.to_string(),
+            KeyLayout::Diffusers => format!("{wan_key} (Wan's name)"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diffusers_names_map_to_wan_names() {
+        let cases = [
+            ("blocks.3.attn1.to_q.weight", "blocks.3.self_attn.q.weight"),
+            ("blocks.3.attn2.to_out.0.bias", "blocks.3.cross_attn.o.bias"),
+            (
+                "blocks.3.attn1.norm_k.weight",
+                "blocks.3.self_attn.norm_k.weight",
+            ),
+            ("blocks.3.norm2.weight", "blocks.3.norm3.weight"),
+            ("blocks.3.ffn.net.0.proj.weight", "blocks.3.ffn.0.weight"),
+            ("blocks.3.ffn.net.2.bias", "blocks.3.ffn.2.bias"),
+            ("blocks.3.scale_shift_table", "blocks.3.modulation"),
+            ("scale_shift_table", "head.modulation"),
+            ("proj_out.weight", "head.head.weight"),
+            (
+                "condition_embedder.time_proj.bias",
+                "time_projection.1.bias",
+            ),
+            (
+                "condition_embedder.text_embedder.linear_2.weight",
+                "text_embedding.2.weight",
+            ),
+            ("patch_embedding.weight", "patch_embedding.weight"),
+        ];
+        for (d, w) in cases {
+            assert_eq!(diffusers_to_wan(d), w, "{d}");
+        }
+        assert_eq!(
+            KeyLayout::detect(cases.iter().map(|c| c.0)),
+            KeyLayout::Diffusers
+        );
+        assert_eq!(KeyLayout::detect(cases.iter().map(|c| c.1)), KeyLayout::Wan);
+    }
+
+    #[test]
+    fn a_missing_misshaped_or_unexpected_key_is_named() {
+        let t = |n: usize| Tensor::zeros(n, DType::F32, &Device::Cpu).unwrap();
+        let w = Weights::from_tensors([
+            ("blocks.0.attn1.to_q.bias".to_string(), t(4)),
+            ("blocks.0.extra".to_string(), t(1)),
+        ]);
+        assert_eq!(w.layout(), KeyLayout::Diffusers);
+        let e = w
+            .take("blocks.0.self_attn.q.bias", &[8], DType::F32)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("blocks.0.self_attn.q.bias") && e.contains("[4]") && e.contains("[8]"),
+            "{e}"
+        );
+        let e = w
+            .take("blocks.0.self_attn.k.bias", &[4], DType::F32)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no tensor `blocks.0.self_attn.k.bias") && e.contains("diffusers"),
+            "{e}"
+        );
+        w.take("blocks.0.self_attn.q.bias", &[4], DType::F32)
+            .unwrap();
+        let e = w.finish().unwrap_err().to_string();
+        assert!(
+            e.contains("1 tensor(s)") && e.contains("blocks.0.extra"),
+            "{e}"
+        );
+    }
+}
