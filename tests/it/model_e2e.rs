@@ -132,3 +132,41 @@ print("ok")
     let err = wc_err(&["eval", "--data", &data, "--model", &file_uri(tmp.path(), "nothing")], &[]);
     assert!(err.contains("no committed checkpoint"), "{err}");
 }
+
+fn wan_fixture(name: &str) -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/wan/").to_string() + name
+}
+
+#[test]
+fn model_forward_reproduces_diffusers_from_both_layouts_and_names_a_bad_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let expected = candle_core::safetensors::load(wan_fixture("transformer_io.safetensors"), &candle_core::Device::Cpu).unwrap();
+    for weights in ["transformer_wan.safetensors", "transformer_diffusers.safetensors"] {
+        let out = tmp.path().join(format!("{weights}.out"));
+        let text = wc_ok(
+            &["model", "forward", "--config", &wan_fixture("transformer_config.json"), "--weights", &wan_fixture(weights), "--inputs", &wan_fixture("transformer_io.safetensors"), "--out", out.to_str().unwrap()],
+            &[],
+        );
+        assert!(text.contains("74208 parameters"), "{text}");
+        let got = candle_core::safetensors::load(&out, &candle_core::Device::Cpu).unwrap();
+        let diff = (&got["out"] - &expected["out"]).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-4, "{weights}: {diff}");
+    }
+    // The same weights without one tensor, and with one of the wrong shape.
+    let mut tensors = candle_core::safetensors::load(wan_fixture("transformer_wan.safetensors"), &candle_core::Device::Cpu).unwrap();
+    tensors.remove("blocks.1.cross_attn.norm_k.weight");
+    let missing = tmp.path().join("missing.safetensors");
+    candle_core::safetensors::save(&tensors, &missing).unwrap();
+    let args = |w: &str| -> Vec<String> {
+        ["model", "forward", "--config", &wan_fixture("transformer_config.json"), "--weights", w, "--inputs", &wan_fixture("transformer_io.safetensors"), "--out", "/dev/null"].map(String::from).to_vec()
+    };
+    let a = args(missing.to_str().unwrap());
+    let err = wc_err(&a.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+    assert!(err.contains("no tensor `blocks.1.cross_attn.norm_k.weight`") && err.contains("[48]"), "{err}");
+    tensors.insert("blocks.1.cross_attn.norm_k.weight".into(), candle_core::Tensor::zeros(47, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap());
+    let misshaped = tmp.path().join("misshaped.safetensors");
+    candle_core::safetensors::save(&tensors, &misshaped).unwrap();
+    let a = args(misshaped.to_str().unwrap());
+    let err = wc_err(&a.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+    assert!(err.contains("`blocks.1.cross_attn.norm_k.weight` has shape [47], the model expects [48]"), "{err}");
+}

@@ -144,6 +144,11 @@ pub enum Command {
     ///
     /// Example: worldcompass scorers train-pose --out file://$PWD/models/pose --steps 4000
     Scorers(commands::scorers::ScorersArgs),
+    /// Open video world models (the Wan2.1 family): one forward pass from a
+    /// file of inputs, or a released size's parameters and speed.
+    ///
+    /// Example: worldcompass model size --preset wan2.1-t2v-1.3b --latent 3x44x80
+    Model(commands::model::ModelArgs),
     /// Render a scene and an action sequence as an animated GIF and a PNG strip.
     ///
     /// Actions are one per 4-frame window: basic (forward, backward, left,
@@ -189,6 +194,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(a) => bench::run(a),
         Command::Report(a) => report::run(a),
         Command::Scorers(a) => scorers::run(a),
+        Command::Model(a) => model::run(a),
         Command::Render(a) => render::run(a),
         Command::Plan(a) => plan::run(a),
         Command::Schemas(a) => schemas::run(a),

@@ -105,11 +105,13 @@ pub fn diffusers_to_wan(key: &str) -> String {
 }
 
 /// The tensors of a checkpoint under the model's (Wan's) names, each
-/// handed out once.
+/// handed out once; or random tensors of whatever shape the model asks for
+/// ([`Weights::random`]: sizes and speed without a checkpoint).
 pub struct Weights {
     tensors: BTreeMap<String, Tensor>,
     taken: Mutex<BTreeSet<String>>,
     layout: KeyLayout,
+    random_on: Option<Device>,
 }
 
 impl Weights {
@@ -138,6 +140,19 @@ impl Weights {
             tensors,
             taken: Mutex::new(BTreeSet::new()),
             layout,
+            random_on: None,
+        }
+    }
+
+    /// Random weights on `device` (normal, standard deviation 0.02; norm
+    /// scales 1): a model of any configuration without a checkpoint, for
+    /// sizes and timings.
+    pub fn random(device: &Device) -> Self {
+        Weights {
+            tensors: BTreeMap::new(),
+            taken: Mutex::new(BTreeSet::new()),
+            layout: KeyLayout::Wan,
+            random_on: Some(device.clone()),
         }
     }
 
@@ -154,6 +169,14 @@ impl Weights {
 
     /// The tensor `key` (a Wan name) with shape `shape`, as `dtype`.
     pub fn take(&self, key: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        if let Some(device) = &self.random_on {
+            let t = if key.contains("norm") {
+                Tensor::ones(shape, DType::F32, device)?
+            } else {
+                Tensor::randn(0f32, 0.02, shape, device)?
+            };
+            return Ok(t.to_dtype(dtype)?);
+        }
         let t = self.tensors.get(key).ok_or_else(|| WanError::MissingKey {
             key: self.checkpoint_name(key),
             expected: shape.to_vec(),

@@ -8,6 +8,7 @@ pub mod data;
 pub mod eval;
 pub mod init;
 pub mod metric;
+pub mod model;
 pub mod plan;
 pub mod pretrain;
 pub mod render;
