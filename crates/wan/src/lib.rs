@@ -12,6 +12,8 @@
 //!   cross-attention and GELU feed-forward, the modulated output head), in
 //!   f32 or bf16 on any candle device. No I/O: it is built from a
 //!   [`weights::Weights`].
+//! - [`vae`]: the causal video VAE (8x in space, 4x in time, 16 latent
+//!   channels), whole clips or chunk by chunk with a cache of frames.
 //!
 //! Checked against diffusers' `WanTransformer3DModel` by fixtures under
 //! `tests/fixtures/wan/` (made by `tests/fixtures/wan/make_fixtures.py`).
@@ -19,10 +21,12 @@
 pub mod config;
 mod nn;
 pub mod transformer;
+pub mod vae;
 pub mod weights;
 
 pub use config::WanTransformerConfig;
 pub use transformer::WanTransformer;
+pub use vae::{WanVae, WanVaeConfig};
 pub use weights::{KeyLayout, Weights};
 
 /// What can go wrong loading or running a Wan model.

@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::{DType, Device, Tensor};
 
@@ -104,6 +105,59 @@ pub fn diffusers_to_wan(key: &str) -> String {
         .replace(".norm_swap.", ".norm3.")
 }
 
+/// Wan's original name of a diffusers `AutoencoderKLWan` key: the flat
+/// `encoder.downsamples.N` / `decoder.upsamples.N` lists (diffusers groups
+/// the decoder's into `up_blocks.I.resnets.J` and `up_blocks.I.upsamplers.0`,
+/// `num_res_blocks + 2` entries per level), `middle.0/1/2`, `head.0/2`,
+/// `conv1`/`conv2` for the quantisation convolutions, and the residual
+/// blocks' `residual.0/2/3/6` and `shortcut`.
+pub fn vae_diffusers_to_wan(key: &str, num_res_blocks: usize) -> String {
+    let resnet = |rest: &str| -> String {
+        let mut r = format!(".{rest}");
+        for (a, b) in [(".norm1.gamma", ".residual.0.gamma"), (".conv1.", ".residual.2."), (".norm2.gamma", ".residual.3.gamma"), (".conv2.", ".residual.6."), (".conv_shortcut.", ".shortcut.")] {
+            r = r.replace(a, b);
+        }
+        r[1..].to_string()
+    };
+    for side in ["encoder", "decoder"] {
+        let Some(rest) = key.strip_prefix(side).and_then(|r| r.strip_prefix('.')) else { continue };
+        for (a, b) in [("conv_in.", "conv1."), ("norm_out.", "head.0."), ("conv_out.", "head.2.")] {
+            if let Some(r) = rest.strip_prefix(a) {
+                return format!("{side}.{b}{r}");
+            }
+        }
+        for (a, b) in [("mid_block.resnets.0.", "middle.0."), ("mid_block.attentions.0.", "middle.1."), ("mid_block.resnets.1.", "middle.2.")] {
+            if let Some(r) = rest.strip_prefix(a) {
+                return format!("{side}.{b}{}", resnet(r));
+            }
+        }
+        if let Some(r) = rest.strip_prefix("down_blocks.") {
+            let (n, r) = r.split_once('.').unwrap_or((r, ""));
+            return format!("encoder.downsamples.{n}.{}", resnet(r));
+        }
+        if let Some(r) = rest.strip_prefix("up_blocks.") {
+            let parts: Vec<&str> = r.splitn(4, '.').collect();
+            if let [i, kind, j, r] = parts[..]
+                && let (Ok(i), Ok(j)) = (i.parse::<usize>(), j.parse::<usize>())
+            {
+                let per_level = num_res_blocks + 2;
+                match kind {
+                    "resnets" => return format!("decoder.upsamples.{}.{}", i * per_level + j, resnet(r)),
+                    "upsamplers" => return format!("decoder.upsamples.{}.{r}", i * per_level + num_res_blocks + 1),
+                    _ => {}
+                }
+            }
+        }
+    }
+    if let Some(r) = key.strip_prefix("quant_conv.") {
+        return format!("conv1.{r}");
+    }
+    if let Some(r) = key.strip_prefix("post_quant_conv.") {
+        return format!("conv2.{r}");
+    }
+    key.to_string()
+}
+
 /// The tensors of a checkpoint under the model's (Wan's) names, each
 /// handed out once; or random tensors of whatever shape the model asks for
 /// ([`Weights::random`]: sizes and speed without a checkpoint).
@@ -112,6 +166,7 @@ pub struct Weights {
     taken: Mutex<BTreeSet<String>>,
     layout: KeyLayout,
     random_on: Option<Device>,
+    elements: AtomicUsize,
 }
 
 impl Weights {
@@ -141,6 +196,7 @@ impl Weights {
             taken: Mutex::new(BTreeSet::new()),
             layout,
             random_on: None,
+            elements: AtomicUsize::new(0),
         }
     }
 
@@ -153,7 +209,25 @@ impl Weights {
             taken: Mutex::new(BTreeSet::new()),
             layout: KeyLayout::Wan,
             random_on: Some(device.clone()),
+            elements: AtomicUsize::new(0),
         }
+    }
+
+    /// A VAE's tensors under their checkpoint names, in either layout
+    /// (detected: diffusers' `AutoencoderKLWan` has `down_blocks`,
+    /// `mid_block`, `quant_conv`, ...).
+    pub fn vae_from_tensors(tensors: impl IntoIterator<Item = (String, Tensor)>, num_res_blocks: usize) -> Self {
+        let raw: Vec<(String, Tensor)> = tensors.into_iter().collect();
+        let marks = ["down_blocks.", "up_blocks.", "mid_block.", "quant_conv.", "conv_in.", "norm_out.", "conv_out."];
+        let layout = if raw.iter().any(|(k, _)| marks.iter().any(|m| k.contains(m))) { KeyLayout::Diffusers } else { KeyLayout::Wan };
+        let tensors = raw
+            .into_iter()
+            .map(|(k, t)| match layout {
+                KeyLayout::Wan => (k, t),
+                KeyLayout::Diffusers => (vae_diffusers_to_wan(&k, num_res_blocks), t),
+            })
+            .collect();
+        Weights { tensors, taken: Mutex::new(BTreeSet::new()), layout, random_on: None, elements: AtomicUsize::new(0) }
     }
 
     /// A safetensors file's bytes, on `device`.
@@ -163,12 +237,18 @@ impl Weights {
         )?))
     }
 
+    /// Values handed to the model so far: its parameter count once built.
+    pub fn elements_taken(&self) -> usize {
+        self.elements.load(Ordering::Relaxed)
+    }
+
     pub fn layout(&self) -> KeyLayout {
         self.layout
     }
 
     /// The tensor `key` (a Wan name) with shape `shape`, as `dtype`.
     pub fn take(&self, key: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        self.elements.fetch_add(shape.iter().product::<usize>(), Ordering::Relaxed);
         if let Some(device) = &self.random_on {
             let t = if key.contains("norm") {
                 Tensor::ones(shape, DType::F32, device)?
