@@ -170,3 +170,28 @@ fn model_forward_reproduces_diffusers_from_both_layouts_and_names_a_bad_key() {
     let err = wc_err(&a.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
     assert!(err.contains("`blocks.1.cross_attn.norm_k.weight` has shape [47], the model expects [48]"), "{err}");
 }
+
+#[test]
+fn model_forward_runs_the_vae_encoder_and_decoder_like_diffusers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let io = candle_core::safetensors::load(wan_fixture("vae_io.safetensors"), &candle_core::Device::Cpu).unwrap();
+    for (part, outputs) in [("vae-encode", ["mean", "logvar"].as_slice()), ("vae-decode", ["decoded"].as_slice())] {
+        let out = tmp.path().join(format!("{part}.safetensors"));
+        let text = wc_ok(
+            &["model", "forward", "--part", part, "--config", &wan_fixture("vae_config.json"), "--weights", &wan_fixture("vae_wan.safetensors"), "--inputs", &wan_fixture("vae_io.safetensors"), "--out", out.to_str().unwrap()],
+            &[],
+        );
+        assert!(text.contains("Wan2.1 VAE (Wan layout), 221647 parameters"), "{text}");
+        let got = candle_core::safetensors::load(&out, &candle_core::Device::Cpu).unwrap();
+        for name in outputs {
+            let diff = (&got[*name] - &io[*name]).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff < 1e-4, "{part} {name}: {diff}");
+        }
+    }
+    // The encoder asks for `video`; the transformer's inputs do not have it.
+    let err = wc_err(
+        &["model", "forward", "--part", "vae-encode", "--config", &wan_fixture("vae_config.json"), "--weights", &wan_fixture("vae_wan.safetensors"), "--inputs", &wan_fixture("transformer_io.safetensors"), "--out", "/dev/null"],
+        &[],
+    );
+    assert!(err.contains("has no tensor `video`"), "{err}");
+}
