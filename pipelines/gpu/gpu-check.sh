@@ -10,7 +10,12 @@
 #      on cuda:0, each stage a process, with its wall time and the GPU's
 #      peak memory while it ran;
 #   3. one iteration with [run] dtype = "bf16" (prefix and rollout sample in
-#      bf16) on cuda:0; the CPU dry run checks that the CPU refuses it.
+#      bf16) on cuda:0; the CPU dry run checks that the CPU refuses it;
+#   4. the open world model's parts at full size with random weights: one
+#      forward of the Wan2.1-T2V-1.3B transformer on a Matrix-Game 2.0
+#      chunk (3 latent frames of 352x640) in bf16 and f32, and one decode of
+#      it by the Wan2.1 VAE: time and peak memory (the CPU dry run takes the
+#      tiny transformer and skips the VAE).
 #
 # Usage: pipelines/gpu/gpu-check.sh [BIN]    (`just gpu-check` runs it)
 # Writes the run and gpu-check.log under $OUT (default runs/gpu-check).
@@ -23,6 +28,27 @@ device=${WC_GPU_CHECK_DEVICE:-cuda:0}
 # GPU memory in use now, MiB (0 on the CPU).
 gpu_mib() {
   if [ "$device" = cpu ]; then echo 0; else nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 | head -n 1; fi
+}
+# Sample the GPU's memory while a command runs: gpu_peak_start, the
+# command, then gpu_peak_stop prints the peak above the level at the start (MiB).
+gpu_peak_start() {
+  peak_base=$(gpu_mib)
+  peak_file=$(mktemp)
+  echo "$peak_base" > "$peak_file"
+  (
+    while true; do
+      m=$(gpu_mib)
+      [ "$m" -gt "$(cat "$peak_file")" ] && echo "$m" > "$peak_file"
+      sleep 0.1
+    done
+  ) &
+  peak_poller=$!
+}
+gpu_peak_stop() {
+  kill "$peak_poller" 2>/dev/null || true
+  wait "$peak_poller" 2>/dev/null || true
+  echo $(( $(cat "$peak_file") - peak_base ))
+  rm -f "$peak_file"
 }
 out=${OUT:-runs/gpu-check}
 mkdir -p "$out"
@@ -60,24 +86,11 @@ run="file://$out/run"
 rm -rf "$out/run"
 "$bin" init --run "$run" --pipeline pipelines/embedded.toml
 printf '%-5s %-9s %8s %14s\n' iter stage wall_s peak_gpu_MiB
-base=$(gpu_mib)
 for iter in 0 1; do
   for stage in prefix rollout reward select optimize; do
-    peak_file=$(mktemp)
-    echo "$base" > "$peak_file"
-    (
-      while true; do
-        m=$(gpu_mib)
-        [ "$m" -gt "$(cat "$peak_file")" ] && echo "$m" > "$peak_file"
-        sleep 0.1
-      done
-    ) &
-    poller=$!
+    gpu_peak_start
     stats=$("$bin" stage "$stage" --run "$run" --iter "$iter" --device "$device" | tee -a "$out/stages.log" | grep -o 'wall_s=[0-9.]*' | cut -d= -f2)
-    kill "$poller" 2>/dev/null || true
-    wait "$poller" 2>/dev/null || true
-    printf '%-5s %-9s %8s %14s\n' "$iter" "$stage" "${stats:-?}" "$(( $(cat "$peak_file") - base ))"
-    rm -f "$peak_file"
+    printf '%-5s %-9s %8s %14s\n' "$iter" "$stage" "${stats:-?}" "$(gpu_peak_stop)"
   done
 done
 "$bin" status --run "$run" | tail -n 12
@@ -98,5 +111,20 @@ if [ "$device" = cpu ]; then
   echo "bf16 on the cpu: refused, as it should be ($(grep -o 'samples on CUDA devices' "$out/bf16-refusal.txt"))"
 else
   "$bin" train --run "file://$out/run-bf16" --pipeline "$out/embedded-bf16.toml" --iters 1 --device "$device"
+fi
+
+echo
+echo "== 4. Wan2.1 at full size, random weights, on $device =="
+if [ "$device" = cpu ]; then
+  "$bin" model size --preset tiny --latent 3x8x8 --device cpu
+else
+  for dtype in bf16 f32; do
+    gpu_peak_start
+    "$bin" model size --preset wan2.1-t2v-1.3b --latent 3x44x80 --dtype "$dtype" --device "$device"
+    echo "peak GPU memory above idle: $(gpu_peak_stop) MiB"
+  done
+  gpu_peak_start
+  "$bin" model size --preset wan2.1-vae --latent 3x44x80 --device "$device"
+  echo "peak GPU memory above idle: $(gpu_peak_stop) MiB"
 fi
 echo "gpu-check: passed; the log is $log"
