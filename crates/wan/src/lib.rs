@@ -25,7 +25,7 @@ pub mod vae;
 pub mod weights;
 
 pub use config::WanTransformerConfig;
-pub use transformer::WanTransformer;
+pub use transformer::{CausalSpec, KvCache, WanTransformer};
 pub use vae::{WanVae, WanVaeConfig};
 pub use weights::{KeyLayout, Weights};
 

@@ -104,10 +104,14 @@ pub(crate) fn softmax_last(x: &Tensor) -> Result<Tensor> {
 }
 
 /// Scaled dot-product attention of `q` [B, H, Lq, Dh] over `k`, `v`
-/// [B, H, Lk, Dh].
-pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+/// [B, H, Lk, Dh], with an additive `mask` [Lq, Lk] (0 where a query sees a
+/// key, -inf where not).
+pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
     let scale = 1.0 / (q.dim(D::Minus1)? as f64).sqrt();
-    let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?;
+    let mut scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?;
+    if let Some(m) = mask {
+        scores = scores.to_dtype(DType::F32)?.broadcast_add(m)?;
+    }
     let p = softmax_last(&scores)?.to_dtype(v.dtype())?;
     Ok(p.matmul(&v.contiguous()?)?)
 }

@@ -46,12 +46,14 @@ impl Attention {
     }
 
     /// `x` [B, L, D] attends to `source` [B, S, D] (itself when `None`);
-    /// `rope` rotates queries and keys (self-attention).
+    /// `rope` rotates queries and keys (self-attention); `keys` says which
+    /// keys each query sees (self-attention).
     fn forward(
         &self,
         x: &Tensor,
         source: Option<&Tensor>,
         rope: Option<&(Tensor, Tensor)>,
+        keys: Keys,
     ) -> Result<Tensor> {
         let src = source.unwrap_or(x);
         let split = |t: Tensor| -> Result<Tensor> {
@@ -61,16 +63,131 @@ impl Attention {
         };
         let mut q = split(self.norm_q.forward(&self.q.forward(x)?)?)?;
         let mut k = split(self.norm_k.forward(&self.k.forward(src)?)?)?;
-        let v = split(self.v.forward(src)?)?;
+        let mut v = split(self.v.forward(src)?)?;
         if let Some((cos, sin)) = rope {
             q = rope_pairs(&q, cos, sin)?;
             k = rope_pairs(&k, cos, sin)?;
         }
+        let mut mask = None;
+        match keys {
+            Keys::All => {}
+            Keys::Masked(m) => mask = Some(m),
+            Keys::Cached { frames, visible, commit } => {
+                // The cached frames this chunk sees, then its own.
+                let seen: Vec<&CachedFrame> = frames.iter().filter(|c| visible.contains(&c.frame)).collect();
+                if !seen.is_empty() {
+                    let ks: Vec<&Tensor> = seen.iter().map(|c| &c.k).chain(std::iter::once(&k)).collect();
+                    let vs: Vec<&Tensor> = seen.iter().map(|c| &c.v).chain(std::iter::once(&v)).collect();
+                    let (k_all, v_all) = (Tensor::cat(&ks, 2)?, Tensor::cat(&vs, 2)?);
+                    if let Some(first) = commit {
+                        push_frames(frames, first, &k, &v)?;
+                    }
+                    k = k_all;
+                    v = v_all;
+                } else if let Some(first) = commit {
+                    push_frames(frames, first, &k, &v)?;
+                }
+            }
+        }
         let (b, _, l, _) = q.dims4()?;
-        let out = attention(&q, &k, &v)?
+        let out = attention(&q, &k, &v, mask)?
             .transpose(1, 2)?
             .reshape((b, l, ()))?;
         self.o.forward(&out)
+    }
+}
+
+/// Split a chunk's keys and values [B, H, L, Dh] into its frames and keep
+/// them, numbered from `first`.
+fn push_frames(frames: &mut Vec<CachedFrame>, first: FrameRange, k: &Tensor, v: &Tensor) -> Result<()> {
+    let per = k.dim(2)? / first.count;
+    for i in 0..first.count {
+        frames.push(CachedFrame { frame: first.start + i, k: k.narrow(2, i * per, per)?.contiguous()?, v: v.narrow(2, i * per, per)?.contiguous()? });
+    }
+    Ok(())
+}
+
+/// Latent frames `start..start + count`.
+#[derive(Debug, Clone, Copy)]
+struct FrameRange {
+    start: usize,
+    count: usize,
+}
+
+/// Which keys the queries of a self-attention see.
+enum Keys<'a> {
+    /// Every token of the clip (the bidirectional model).
+    All,
+    /// An additive mask [L, L] (0 or -inf): the block-causal clip.
+    Masked(&'a Tensor),
+    /// This chunk's own tokens after the cached frames in `visible`; with
+    /// `commit`, the chunk's keys and values join the cache.
+    Cached { frames: &'a mut Vec<CachedFrame>, visible: &'a [usize], commit: Option<FrameRange> },
+}
+
+/// One latent frame's self-attention keys and values [B, H, L_f, Dh] in
+/// one block.
+struct CachedFrame {
+    frame: usize,
+    k: Tensor,
+    v: Tensor,
+}
+
+/// Block-causal attention over latent frames, as causal video models built
+/// on Wan (Matrix-Game 2.0, Self-Forcing) use it: frames come in blocks of
+/// `frames_per_block`; a token sees the tokens of its own block and of
+/// earlier blocks, back to `local_window_frames` frames before its block's
+/// end (0: no limit), and the first `sink_frames` frames always.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CausalSpec {
+    pub frames_per_block: usize,
+    pub local_window_frames: usize,
+    pub sink_frames: usize,
+}
+
+impl CausalSpec {
+    /// Whether a token of frame `query` sees the tokens of frame `key`.
+    pub fn sees(&self, query: usize, key: usize) -> bool {
+        let end = (query / self.frames_per_block + 1) * self.frames_per_block;
+        key < end && (self.local_window_frames == 0 || key + self.local_window_frames >= end || key < self.sink_frames)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.frames_per_block == 0 || (self.local_window_frames != 0 && self.local_window_frames < self.frames_per_block) {
+            return Err(WanError::Config(format!("causal attention: {self:?}: blocks of at least one frame, a window of at least one block (or 0: none)")));
+        }
+        Ok(())
+    }
+}
+
+/// The self-attention keys and values of the frames generated so far, per
+/// transformer block: chunk-by-chunk generation with
+/// [`WanTransformer::forward_cached`].
+pub struct KvCache {
+    layers: Vec<Vec<CachedFrame>>,
+    next_frame: usize,
+}
+
+impl KvCache {
+    pub fn new() -> Self {
+        KvCache { layers: Vec::new(), next_frame: 0 }
+    }
+
+    /// The index of the next latent frame (the frames committed so far).
+    pub fn next_frame(&self) -> usize {
+        self.next_frame
+    }
+
+    /// Frames whose keys and values are held (after eviction of those no
+    /// later block sees).
+    pub fn frames_held(&self) -> usize {
+        self.layers.first().map_or(0, |l| l.len())
+    }
+}
+
+impl Default for KvCache {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -104,17 +221,19 @@ impl Block {
         })
     }
 
-    /// `x` [B, L, D]; `e` [B, 6, D] the projected time embedding (f32).
+    /// `x` [B, L, D]; `e` [B, 1 or L, 6, D] the projected time embedding
+    /// (f32), per clip or per token.
     fn forward(
         &self,
         x: &Tensor,
         e: &Tensor,
         context: &Tensor,
         rope: &(Tensor, Tensor),
+        keys: Keys,
     ) -> Result<Tensor> {
         let dtype = x.dtype();
-        let e = self.modulation.broadcast_add(e)?;
-        let m = |i: usize| e.narrow(1, i, 1);
+        let e = self.modulation.unsqueeze(0)?.broadcast_add(e)?;
+        let m = |i: usize| e.narrow(2, i, 1)?.squeeze(2);
         let modulate = |x: &Tensor, shift: usize, scale: usize| -> Result<Tensor> {
             Ok(layer_norm(x, self.eps)?
                 .broadcast_mul(&(m(scale)? + 1.0)?)?
@@ -129,13 +248,13 @@ impl Block {
         };
         let y = self
             .self_attn
-            .forward(&modulate(x, 0, 1)?, None, Some(rope))?;
+            .forward(&modulate(x, 0, 1)?, None, Some(rope), keys)?;
         let x = gated(x, &y, 2)?;
         let n = match &self.norm3 {
             Some(norm) => norm.forward(&x)?.to_dtype(dtype)?,
             None => x.clone(),
         };
-        let x = (&x + self.cross_attn.forward(&n, Some(context), None)?)?;
+        let x = (&x + self.cross_attn.forward(&n, Some(context), None, Keys::All)?)?;
         let y = self
             .ffn_out
             .forward(&self.ffn_in.forward(&modulate(&x, 3, 4)?)?.gelu()?)?;
@@ -235,8 +354,20 @@ impl WanTransformer {
         grid: [usize; 3],
         device: &Device,
     ) -> Result<(Tensor, Tensor)> {
+        Self::rope_tables_from(cfg, grid, 0, device)
+    }
+
+    /// [`WanTransformer::rope_tables`] of frames `first_frame..`: the frame
+    /// axis turns with the absolute latent frame index.
+    pub fn rope_tables_from(
+        cfg: &WanTransformerConfig,
+        grid: [usize; 3],
+        first_frame: usize,
+        device: &Device,
+    ) -> Result<(Tensor, Tensor)> {
         let axes = cfg.rope_axes();
-        if let Some(n) = grid.iter().find(|n| **n > cfg.rope_max_seq_len) {
+        let reach = [first_frame + grid[0], grid[1], grid[2]];
+        if let Some(n) = reach.iter().find(|n| **n > cfg.rope_max_seq_len) {
             return Err(WanError::Input {
                 what: "latent video".into(),
                 reason: format!(
@@ -256,7 +387,7 @@ impl WanTransformer {
         let half = cfg.attention_head_dim / 2;
         let l = grid.iter().product::<usize>();
         let (mut cos, mut sin) = (Vec::with_capacity(l * half), Vec::with_capacity(l * half));
-        for f in 0..grid[0] {
+        for f in first_frame..first_frame + grid[0] {
             for h in 0..grid[1] {
                 for w in 0..grid[2] {
                     for (axis, pos) in [f, h, w].into_iter().enumerate() {
@@ -277,8 +408,38 @@ impl WanTransformer {
 
     /// The predicted flow (velocity) [B, C_out, F, H, W] of the noisy
     /// latent video `x` [B, C_in, F, H, W] at timesteps `t` [B] (0..1000),
-    /// conditioned on `context` [B, L, text_dim].
+    /// conditioned on `context` [B, L, text_dim]; every token sees every
+    /// other (the bidirectional Wan2.1).
     pub fn forward(&self, x: &Tensor, t: &Tensor, context: &Tensor) -> Result<Tensor> {
+        self.run(x, t, context, Mode::Full)
+    }
+
+    /// The whole clip under block-causal attention (training, teacher
+    /// forcing): `t` is [B] or per latent frame [B, F].
+    pub fn forward_block_causal(&self, x: &Tensor, t: &Tensor, context: &Tensor, spec: &CausalSpec) -> Result<Tensor> {
+        spec.validate()?;
+        self.run(x, t, context, Mode::BlockCausal(spec))
+    }
+
+    /// One block of `spec.frames_per_block` latent frames after the frames
+    /// in `cache` (generation): its tokens see the cached frames the spec
+    /// lets them see and each other. With `commit`, the block's keys and
+    /// values join the cache (call it once per block, on the clean latents,
+    /// after the denoising steps), and frames no later block sees leave it.
+    /// Equals [`WanTransformer::forward_block_causal`] of the whole clip.
+    pub fn forward_cached(&self, x: &Tensor, t: &Tensor, context: &Tensor, spec: &CausalSpec, cache: &mut KvCache, commit: bool) -> Result<Tensor> {
+        spec.validate()?;
+        if x.dims().len() != 5 || x.dim(2)? != spec.frames_per_block * self.cfg.patch_size[0] {
+            return Err(WanError::Input { what: "latent block".into(), reason: format!("shape {:?}: one block is {} latent frames", x.dims(), spec.frames_per_block) });
+        }
+        if cache.layers.is_empty() {
+            cache.layers = (0..self.blocks.len()).map(|_| Vec::new()).collect();
+        }
+        let y = self.run(x, t, context, Mode::Cached { spec, cache, commit })?;
+        Ok(y)
+    }
+
+    fn run(&self, x: &Tensor, t: &Tensor, context: &Tensor, mut mode: Mode) -> Result<Tensor> {
         let cfg = &self.cfg;
         let (b, c, f, h, w) = x.dims5()?;
         let [pt, ph, pw] = cfg.patch_size;
@@ -291,7 +452,9 @@ impl WanTransformer {
                 ),
             });
         }
-        if t.dims() != [b]
+        let grid = [f / pt, h / ph, w / pw];
+        let per_frame = t.dims().len() == 2;
+        if !(t.dims() == [b] || t.dims() == [b, grid[0]])
             || context.dims().len() != 3
             || context.dim(0)? != b
             || context.dim(2)? != cfg.text_dim
@@ -299,15 +462,17 @@ impl WanTransformer {
             return Err(WanError::Input {
                 what: "timestep or context".into(),
                 reason: format!(
-                    "timestep {:?} and context {:?}: need [{b}] and [{b}, L, {}]",
+                    "timestep {:?} and context {:?}: need [{b}] (or [{b}, {}] per latent frame) and [{b}, L, {}]",
                     t.dims(),
                     context.dims(),
+                    grid[0],
                     cfg.text_dim
                 ),
             });
         }
-        let grid = [f / pt, h / ph, w / pw];
         let l = grid.iter().product::<usize>();
+        let lf = grid[1] * grid[2];
+        let d = cfg.dim();
         // Patches [B, L, C pt ph pw], in the order of the Conv3d's weight.
         let patches = x
             .to_dtype(self.dtype)?
@@ -315,18 +480,26 @@ impl WanTransformer {
             .permute([0, 2, 4, 6, 1, 3, 5, 7])?
             .reshape((b, l, c * pt * ph * pw))?;
         let mut hidden = self.patch_embedding.forward(&patches)?;
-        let rope = Self::rope_tables(cfg, grid, x.device())?;
+        let first_frame = match &mode {
+            Mode::Cached { cache, .. } => cache.next_frame,
+            _ => 0,
+        };
+        let rope = Self::rope_tables_from(cfg, grid, first_frame, x.device())?;
+        // The time embedding per clip [B, 1, D] or per token [B, L, D].
         let temb = self.time_embedding.1.forward(
             &self
                 .time_embedding
                 .0
-                .forward(&self.timestep_embedding(t)?)?
+                .forward(&self.timestep_embedding(&t.flatten_all()?)?)?
                 .silu()?,
         )?;
-        let e = self
-            .time_projection
-            .forward(&temb.silu()?)?
-            .reshape((b, 6, cfg.dim()))?;
+        let temb = if per_frame {
+            temb.reshape((b, grid[0], 1, d))?.broadcast_as((b, grid[0], lf, d))?.reshape((b, l, d))?
+        } else {
+            temb.reshape((b, 1, d))?
+        };
+        let e = self.time_projection.forward(&temb.silu()?)?;
+        let e = e.reshape((b, e.dim(1)?, 6, d))?;
         let ctx = self.text_embedding.1.forward(
             &self
                 .text_embedding
@@ -334,11 +507,38 @@ impl WanTransformer {
                 .forward(&context.to_dtype(self.dtype)?)?
                 .gelu()?,
         )?;
-        for block in &self.blocks {
-            hidden = block.forward(&hidden, &e, &ctx, &rope)?;
+        let mask = match &mode {
+            Mode::BlockCausal(spec) => {
+                let m: Vec<f32> = (0..l).flat_map(|q| (0..l).map(move |k| if spec.sees(q / lf, k / lf) { 0.0 } else { f32::NEG_INFINITY })).collect();
+                Some(Tensor::from_vec(m, (l, l), x.device())?)
+            }
+            _ => None,
+        };
+        let visible: Vec<usize> = match &mode {
+            Mode::Cached { spec, .. } => (0..first_frame).filter(|k| spec.sees(first_frame, *k)).collect(),
+            _ => Vec::new(),
+        };
+        for (i, block) in self.blocks.iter().enumerate() {
+            let keys = match &mut mode {
+                Mode::Full => Keys::All,
+                Mode::BlockCausal(_) => Keys::Masked(mask.as_ref().expect("built above")),
+                Mode::Cached { cache, commit, .. } => Keys::Cached {
+                    frames: &mut cache.layers[i],
+                    visible: &visible,
+                    commit: commit.then_some(FrameRange { start: first_frame, count: grid[0] }),
+                },
+            };
+            hidden = block.forward(&hidden, &e, &ctx, &rope, keys)?;
         }
-        let head_e = self.head_modulation.broadcast_add(&temb.unsqueeze(1)?)?;
-        let (shift, scale) = (head_e.narrow(1, 0, 1)?, head_e.narrow(1, 1, 1)?);
+        if let Mode::Cached { spec, cache, commit: true } = &mut mode {
+            cache.next_frame += grid[0];
+            let next = cache.next_frame;
+            for layer in &mut cache.layers {
+                layer.retain(|c| spec.sees(next, c.frame));
+            }
+        }
+        let head_e = self.head_modulation.unsqueeze(0)?.broadcast_add(&temb.unsqueeze(2)?)?;
+        let (shift, scale) = (head_e.narrow(2, 0, 1)?.squeeze(2)?, head_e.narrow(2, 1, 1)?.squeeze(2)?);
         let normed = layer_norm(&hidden, cfg.eps)?
             .broadcast_mul(&(scale + 1.0)?)?
             .broadcast_add(&shift)?
@@ -351,4 +551,11 @@ impl WanTransformer {
             .permute([0, 7, 1, 4, 2, 5, 3, 6])?
             .reshape((b, co, f, h, w))?)
     }
+}
+
+/// How the tokens of a forward pass attend to each other.
+enum Mode<'a> {
+    Full,
+    BlockCausal(&'a CausalSpec),
+    Cached { spec: &'a CausalSpec, cache: &'a mut KvCache, commit: bool },
 }
