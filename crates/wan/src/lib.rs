@@ -15,10 +15,15 @@
 //! - [`vae`]: the causal video VAE (8x in space, 4x in time, 16 latent
 //!   channels), whole clips or chunk by chunk with a cache of frames.
 //!
+//! - [`matrix_game`]: Matrix-Game 2.0's keyboard and mouse inputs mapped to
+//!   and from this project's actions (the causal, action-conditioned model
+//!   built on the transformer is next).
+//!
 //! Checked against diffusers' `WanTransformer3DModel` by fixtures under
 //! `tests/fixtures/wan/` (made by `tests/fixtures/wan/make_fixtures.py`).
 
 pub mod config;
+pub mod matrix_game;
 mod nn;
 pub mod transformer;
 pub mod vae;
