@@ -22,6 +22,7 @@
 //! Checked against diffusers' `WanTransformer3DModel` by fixtures under
 //! `tests/fixtures/wan/` (made by `tests/fixtures/wan/make_fixtures.py`).
 
+pub mod action_module;
 pub mod config;
 pub mod matrix_game;
 mod nn;
@@ -29,6 +30,7 @@ pub mod transformer;
 pub mod vae;
 pub mod weights;
 
+pub use action_module::{ActionModule, ActionModuleConfig};
 pub use config::WanTransformerConfig;
 pub use transformer::{CausalSpec, KvCache, WanTransformer};
 pub use vae::{WanVae, WanVaeConfig};

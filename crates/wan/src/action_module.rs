@@ -1,0 +1,235 @@
+//! Matrix-Game 2.0's action module (in its blocks 0-14, between
+//! cross-attention and the feed-forward): the mouse and the keyboard steer
+//! the video tokens. Written from `docs/design/matrix-game-2.md`, section 3.
+//!
+//! Actions come per pixel frame; latent frame j reads a window of
+//! `windows_size * time_compression` pixel steps, j*r - P .. j*r - 1 (steps
+//! before the first read the first). The mouse branch joins each spatial
+//! token with its frame's mouse window, maps it through an MLP and attends
+//! over latent frames at the same location; the keyboard branch embeds each
+//! step's keys, and every video token cross-attends to the keyboard windows
+//! of the frames it sees. Both attentions are block-causal over latent
+//! frames ([`CausalSpec`]), normalise queries and keys per head (RMS, no
+//! learned scale: the checkpoint's four `*_attn_*_norm` weights are never
+//! used, and are read only to be accounted for), and rotate only the first
+//! `rope_temporal_dims` dims of each head with the latent frame index.
+//! Full-sequence path (training, teacher forcing); the cached path of
+//! block-by-block generation comes with the causal model.
+
+use candle_core::{D, DType, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::nn::{attention, LayerNorm, Linear};
+use crate::transformer::CausalSpec;
+use crate::weights::Weights;
+use crate::{Result, WanError};
+
+/// The action module's shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActionModuleConfig {
+    /// The transformer's width.
+    pub dim: usize,
+    pub keyboard_dim_in: usize,
+    pub mouse_dim_in: usize,
+    /// Width of a pixel step's keyboard embedding.
+    pub keyboard_embed_dim: usize,
+    pub mouse_hidden_dim: usize,
+    pub keyboard_hidden_dim: usize,
+    pub heads: usize,
+    /// Latent frames of actions a latent frame reads.
+    pub windows_size: usize,
+    /// Pixel frames per latent frame.
+    pub time_compression: usize,
+    /// Head dims that rotate with the latent frame index.
+    pub rope_temporal_dims: usize,
+    pub rope_theta: f64,
+}
+
+impl ActionModuleConfig {
+    /// Matrix-Game 2.0's universal model.
+    pub fn matrix_game_2() -> Self {
+        ActionModuleConfig {
+            dim: 1536,
+            keyboard_dim_in: 4,
+            mouse_dim_in: 2,
+            keyboard_embed_dim: 128,
+            mouse_hidden_dim: 1024,
+            keyboard_hidden_dim: 1024,
+            heads: 16,
+            windows_size: 3,
+            time_compression: 4,
+            rope_temporal_dims: 8,
+            rope_theta: 256.0,
+        }
+    }
+
+    /// The tiny configuration of the fixtures (`make_fixtures.py`).
+    pub fn tiny() -> Self {
+        ActionModuleConfig { dim: 48, keyboard_embed_dim: 8, mouse_hidden_dim: 32, keyboard_hidden_dim: 32, heads: 4, rope_temporal_dims: 4, ..Self::matrix_game_2() }
+    }
+
+    /// Pixel steps a latent frame reads.
+    pub fn window_steps(&self) -> usize {
+        self.windows_size * self.time_compression
+    }
+
+    /// The pixel steps latent frame `j` reads (before the first step: the first).
+    pub fn window_of(&self, j: usize) -> Vec<usize> {
+        let p = self.window_steps();
+        (0..p).map(|k| (j * self.time_compression + k).saturating_sub(p)).collect()
+    }
+
+    fn validate(&self) -> Result<()> {
+        let even = |d: usize| d > 0 && d % 2 == 0;
+        if self.heads == 0
+            || self.mouse_hidden_dim % self.heads != 0
+            || self.keyboard_hidden_dim % self.heads != 0
+            || !even(self.rope_temporal_dims)
+            || self.rope_temporal_dims > self.mouse_hidden_dim / self.heads
+            || self.rope_temporal_dims > self.keyboard_hidden_dim / self.heads
+        {
+            return Err(WanError::Config(format!("action module {self:?}: hidden widths must split into the heads, the rotating dims be even and fit a head")));
+        }
+        Ok(())
+    }
+}
+
+/// Matrix-Game 2.0's action module of one block.
+pub struct ActionModule {
+    cfg: ActionModuleConfig,
+    mouse_mlp: (Linear, Linear, LayerNorm),
+    t_qkv: Tensor,
+    proj_mouse: Tensor,
+    keyboard_embed: (Linear, Linear),
+    mouse_attn_q: Tensor,
+    keyboard_attn_kv: Tensor,
+    proj_keyboard: Tensor,
+}
+
+impl ActionModule {
+    /// Its weights under `prefix` (e.g. `blocks.0.action_model`), f32.
+    pub fn new(cfg: &ActionModuleConfig, w: &Weights, prefix: &str) -> Result<Self> {
+        cfg.validate()?;
+        let p = cfg.window_steps();
+        let name = |n: &str| format!("{prefix}.{n}");
+        let bare = |n: &str, o: usize, i: usize| w.take(&name(n), &[o, i], DType::F32);
+        let (hm, hk) = (cfg.mouse_hidden_dim, cfg.keyboard_hidden_dim);
+        // Read to be accounted for; the forward never uses them (see the module doc).
+        for n in ["img_attn_q_norm", "img_attn_k_norm"] {
+            w.take(&name(&format!("{n}.weight")), &[hm / cfg.heads], DType::F32)?;
+        }
+        for n in ["key_attn_q_norm", "key_attn_k_norm"] {
+            w.take(&name(&format!("{n}.weight")), &[hk / cfg.heads], DType::F32)?;
+        }
+        Ok(ActionModule {
+            mouse_mlp: (
+                Linear::new(w, &name("mouse_mlp.0"), cfg.dim + p * cfg.mouse_dim_in, hm, DType::F32)?,
+                Linear::new(w, &name("mouse_mlp.2"), hm, hm, DType::F32)?,
+                LayerNorm::new(w, &name("mouse_mlp.3"), hm, 1e-5)?,
+            ),
+            t_qkv: bare("t_qkv.weight", 3 * hm, hm)?,
+            proj_mouse: bare("proj_mouse.weight", cfg.dim, hm)?,
+            keyboard_embed: (
+                Linear::new(w, &name("keyboard_embed.0"), cfg.keyboard_dim_in, cfg.keyboard_embed_dim, DType::F32)?,
+                Linear::new(w, &name("keyboard_embed.2"), cfg.keyboard_embed_dim, cfg.keyboard_embed_dim, DType::F32)?,
+            ),
+            mouse_attn_q: bare("mouse_attn_q.weight", hk, cfg.dim)?,
+            keyboard_attn_kv: bare("keyboard_attn_kv.weight", 2 * hk, p * cfg.keyboard_embed_dim)?,
+            proj_keyboard: bare("proj_keyboard.weight", cfg.dim, hk)?,
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// Per latent frame, its window of pixel steps: [B, N_pix, K] ->
+    /// [B, T, P * K] (step-major).
+    fn windows(&self, a: &Tensor, t: usize) -> Result<Tensor> {
+        let rows: Vec<u32> = (0..t).flat_map(|j| self.cfg.window_of(j)).map(|i| i as u32).collect();
+        let (b, _, k) = a.dims3()?;
+        let idx = Tensor::new(rows.as_slice(), a.device())?;
+        Ok(a.index_select(&idx, 1)?.reshape((b, t, self.cfg.window_steps() * k))?)
+    }
+
+    /// Rotate the first `rope_temporal_dims` dims of `x` [N, H, T, Dh] (as
+    /// consecutive pairs) by latent frame index times theta^(-2i / d).
+    fn rope(&self, x: &Tensor) -> Result<Tensor> {
+        let (n, h, t, dh) = x.dims4()?;
+        let d = self.cfg.rope_temporal_dims;
+        let mut cos = Vec::with_capacity(t * d / 2);
+        let mut sin = Vec::with_capacity(t * d / 2);
+        for pos in 0..t {
+            for i in 0..d / 2 {
+                let a = pos as f64 * self.cfg.rope_theta.powf(-((2 * i) as f64) / d as f64);
+                cos.push(a.cos() as f32);
+                sin.push(a.sin() as f32);
+            }
+        }
+        let (cos, sin) = (Tensor::from_vec(cos, (t, d / 2), x.device())?, Tensor::from_vec(sin, (t, d / 2), x.device())?);
+        let rot = crate::nn::rope_pairs(&x.narrow(3, 0, d)?.contiguous()?, &cos, &sin)?;
+        if d == dh { Ok(rot) } else { Ok(Tensor::cat(&[&rot, &x.narrow(3, d, dh - d)?], 3)?.reshape((n, h, t, dh))?) }
+    }
+
+    /// RMS normalisation over the last axis, no learned scale.
+    fn rms(x: &Tensor) -> Result<Tensor> {
+        Ok(x.broadcast_div(&(x.sqr()?.mean_keepdim(D::Minus1)? + 1e-6)?.sqrt()?)?)
+    }
+
+    /// `x` [B, T*S, D] (frame-major tokens of a latent grid [T, H', W']),
+    /// `keyboard` [B, 1 + r(T-1), keys] and `mouse` [B, 1 + r(T-1), 2] per
+    /// pixel frame: x plus the mouse's and the keyboard's contributions.
+    pub fn forward(&self, x: &Tensor, grid: [usize; 3], keyboard: &Tensor, mouse: &Tensor, spec: &CausalSpec) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let (b, l, c) = x.dims3()?;
+        let [t, hh, ww] = grid;
+        let s = hh * ww;
+        let n_pix = 1 + cfg.time_compression * (t.max(1) - 1);
+        if l != t * s || c != cfg.dim || keyboard.dims() != [b, n_pix, cfg.keyboard_dim_in] || mouse.dims() != [b, n_pix, cfg.mouse_dim_in] {
+            return Err(WanError::Input {
+                what: "action module inputs".into(),
+                reason: format!(
+                    "tokens {:?} of grid {grid:?}, keyboard {:?}, mouse {:?}: need [{b}, {}, {}], [{b}, {n_pix}, {}] and [{b}, {n_pix}, {}] (1 + {} (T - 1) pixel frames)",
+                    x.dims(),
+                    keyboard.dims(),
+                    mouse.dims(),
+                    t * s,
+                    cfg.dim,
+                    cfg.keyboard_dim_in,
+                    cfg.mouse_dim_in,
+                    cfg.time_compression
+                ),
+            });
+        }
+        let heads = cfg.heads;
+        let m: Vec<f32> = (0..t).flat_map(|q| (0..t).map(move |k| if spec.sees(q, k) { 0.0 } else { f32::NEG_INFINITY })).collect();
+        let mask = Tensor::from_vec(m, (t, t), x.device())?;
+        let x = x.to_dtype(DType::F32)?;
+        // Mouse: each location's tokens over the latent frames.
+        let hm = cfg.mouse_hidden_dim;
+        let at_location = x.reshape((b, t, s, c))?.permute([0, 2, 1, 3])?.reshape((b * s, t, c))?;
+        let mw = self.windows(&mouse.to_dtype(DType::F32)?, t)?;
+        let mw = mw.unsqueeze(1)?.broadcast_as((b, s, t, mw.dim(2)?))?.reshape((b * s, t, ()))?;
+        let (l0, l2, ln) = &self.mouse_mlp;
+        let h = ln.forward(&l2.forward(&l0.forward(&Tensor::cat(&[&at_location, &mw], 2)?)?.gelu()?)?)?;
+        let qkv = h.broadcast_matmul(&self.t_qkv.t()?)?;
+        let split = |z: Tensor| -> Result<Tensor> { Ok(z.reshape((b * s, t, heads, ()))?.transpose(1, 2)?.contiguous()?) };
+        let q = self.rope(&Self::rms(&split(qkv.narrow(2, 0, hm)?)?)?)?;
+        let k = self.rope(&Self::rms(&split(qkv.narrow(2, hm, hm)?)?)?)?;
+        let v = split(qkv.narrow(2, 2 * hm, hm)?)?;
+        let o = attention(&q, &k, &v, Some(&mask))?.transpose(1, 2)?.reshape((b, s, t, hm))?.permute([0, 2, 1, 3])?.reshape((b, l, hm))?;
+        let x = (&x + o.broadcast_matmul(&self.proj_mouse.t()?)?)?;
+        // Keyboard: every video token attends to the keyboard windows of the frames it sees.
+        let hk = cfg.keyboard_hidden_dim;
+        let steps = self.keyboard_embed.1.forward(&self.keyboard_embed.0.forward(&keyboard.to_dtype(DType::F32)?)?.silu()?)?;
+        let kv = self.windows(&steps, t)?.broadcast_matmul(&self.keyboard_attn_kv.t()?)?;
+        let per_location = |z: Tensor| -> Result<Tensor> {
+            let z = z.reshape((b, t, heads, ()))?.transpose(1, 2)?;
+            let dh = z.dim(3)?;
+            Ok(z.unsqueeze(1)?.broadcast_as((b, s, heads, t, dh))?.reshape((b * s, heads, t, dh))?)
+        };
+        let k = self.rope(&Self::rms(&per_location(kv.narrow(2, 0, hk)?)?)?)?;
+        let v = per_location(kv.narrow(2, hk, hk)?)?;
+        let q = x.broadcast_matmul(&self.mouse_attn_q.t()?)?.reshape((b, t, s, heads, ()))?.permute([0, 2, 3, 1, 4])?.reshape((b * s, heads, t, ()))?;
+        let q = self.rope(&Self::rms(&q)?)?;
+        let o = attention(&q, &k, &v, Some(&mask))?.reshape((b, s, heads, t, ()))?.permute([0, 3, 1, 2, 4])?.reshape((b, l, hk))?;
+        Ok((&x + o.broadcast_matmul(&self.proj_keyboard.t()?)?)?)
+    }
+}
