@@ -140,23 +140,24 @@ impl ActionModule {
         })
     }
 
-    /// Per latent frame, its window of pixel steps: [B, N_pix, K] ->
-    /// [B, T, P * K] (step-major).
-    fn windows(&self, a: &Tensor, t: usize) -> Result<Tensor> {
-        let rows: Vec<u32> = (0..t).flat_map(|j| self.cfg.window_of(j)).map(|i| i as u32).collect();
+    /// For latent frames `first..first + t`, their windows of pixel steps:
+    /// [B, N_pix, K] -> [B, t, P * K] (step-major).
+    fn windows(&self, a: &Tensor, first: usize, t: usize) -> Result<Tensor> {
+        let rows: Vec<u32> = (first..first + t).flat_map(|j| self.cfg.window_of(j)).map(|i| i as u32).collect();
         let (b, _, k) = a.dims3()?;
         let idx = Tensor::new(rows.as_slice(), a.device())?;
         Ok(a.index_select(&idx, 1)?.reshape((b, t, self.cfg.window_steps() * k))?)
     }
 
     /// Rotate the first `rope_temporal_dims` dims of `x` [N, H, T, Dh] (as
-    /// consecutive pairs) by latent frame index times theta^(-2i / d).
-    fn rope(&self, x: &Tensor) -> Result<Tensor> {
+    /// consecutive pairs) by latent frame index (from `first`) times
+    /// theta^(-2i / d).
+    fn rope(&self, x: &Tensor, first: usize) -> Result<Tensor> {
         let (n, h, t, dh) = x.dims4()?;
         let d = self.cfg.rope_temporal_dims;
         let mut cos = Vec::with_capacity(t * d / 2);
         let mut sin = Vec::with_capacity(t * d / 2);
-        for pos in 0..t {
+        for pos in first..first + t {
             for i in 0..d / 2 {
                 let a = pos as f64 * self.cfg.rope_theta.powf(-((2 * i) as f64) / d as f64);
                 cos.push(a.cos() as f32);
@@ -175,61 +176,167 @@ impl ActionModule {
 
     /// `x` [B, T*S, D] (frame-major tokens of a latent grid [T, H', W']),
     /// `keyboard` [B, 1 + r(T-1), keys] and `mouse` [B, 1 + r(T-1), 2] per
-    /// pixel frame: x plus the mouse's and the keyboard's contributions.
+    /// pixel frame: x plus the mouse's and the keyboard's contributions,
+    /// block-causal over the T latent frames.
     pub fn forward(&self, x: &Tensor, grid: [usize; 3], keyboard: &Tensor, mouse: &Tensor, spec: &CausalSpec) -> Result<Tensor> {
+        self.check(x, grid, keyboard, mouse, grid[0])?;
+        let t = grid[0];
+        let m: Vec<f32> = (0..t).flat_map(|q| (0..t).map(move |k| if spec.sees(q, k) { 0.0 } else { f32::NEG_INFINITY })).collect();
+        let mask = Tensor::from_vec(m, (t, t), x.device())?;
+        self.run(x, grid, keyboard, mouse, 0, Seen::Masked(&mask))
+    }
+
+    /// One block of latent frames after those in `cache` (generation): `x`
+    /// [B, T_block * S, D]; `keyboard` and `mouse` the actions from the
+    /// first pixel frame through this block's (at least 1 + r(F - 1) for F
+    /// frames so far). With `commit`, the block's keys and values join the
+    /// cache and frames no later block sees leave it. A stream of blocks
+    /// equals [`ActionModule::forward`] of the whole clip.
+    pub fn forward_cached(&self, x: &Tensor, grid: [usize; 3], keyboard: &Tensor, mouse: &Tensor, spec: &CausalSpec, cache: &mut ActionCache, commit: bool) -> Result<Tensor> {
+        let first = cache.next_frame;
+        self.check(x, grid, keyboard, mouse, first + grid[0])?;
+        if grid[0] != spec.frames_per_block || first % spec.frames_per_block != 0 {
+            return Err(WanError::Input { what: "action block".into(), reason: format!("{} latent frames at frame {first}: one block is {}", grid[0], spec.frames_per_block) });
+        }
+        let visible: Vec<usize> = (0..first).filter(|k| spec.sees(first, *k)).collect();
+        let y = self.run(x, grid, keyboard, mouse, first, Seen::Cached { cache: &mut *cache, visible: &visible, commit })?;
+        if commit {
+            cache.next_frame += grid[0];
+            let next = cache.next_frame;
+            cache.mouse.retain(|f| spec.sees(next, f.0));
+            cache.keyboard.retain(|f| spec.sees(next, f.0));
+        }
+        Ok(y)
+    }
+
+    fn check(&self, x: &Tensor, grid: [usize; 3], keyboard: &Tensor, mouse: &Tensor, frames: usize) -> Result<()> {
+        let cfg = &self.cfg;
+        let (b, l, c) = x.dims3()?;
+        let [t, hh, ww] = grid;
+        let n_pix = 1 + cfg.time_compression * (frames.max(1) - 1);
+        let enough = |a: &Tensor, k: usize| a.dims().len() == 3 && a.dim(0).ok() == Some(b) && a.dim(1).is_ok_and(|n| n >= n_pix) && a.dim(2).ok() == Some(k);
+        if l != t * hh * ww || c != cfg.dim || !enough(keyboard, cfg.keyboard_dim_in) || !enough(mouse, cfg.mouse_dim_in) {
+            return Err(WanError::Input {
+                what: "action module inputs".into(),
+                reason: format!(
+                    "tokens {:?} of grid {grid:?}, keyboard {:?}, mouse {:?}: need [{b}, {}, {}], and at least 1 + {} ({frames} - 1) = {n_pix} pixel frames of {} keys and {} mouse axes",
+                    x.dims(),
+                    keyboard.dims(),
+                    mouse.dims(),
+                    t * hh * ww,
+                    cfg.dim,
+                    cfg.time_compression,
+                    cfg.keyboard_dim_in,
+                    cfg.mouse_dim_in
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn run(&self, x: &Tensor, grid: [usize; 3], keyboard: &Tensor, mouse: &Tensor, first: usize, mut seen: Seen) -> Result<Tensor> {
         let cfg = &self.cfg;
         let (b, l, c) = x.dims3()?;
         let [t, hh, ww] = grid;
         let s = hh * ww;
-        let n_pix = 1 + cfg.time_compression * (t.max(1) - 1);
-        if l != t * s || c != cfg.dim || keyboard.dims() != [b, n_pix, cfg.keyboard_dim_in] || mouse.dims() != [b, n_pix, cfg.mouse_dim_in] {
-            return Err(WanError::Input {
-                what: "action module inputs".into(),
-                reason: format!(
-                    "tokens {:?} of grid {grid:?}, keyboard {:?}, mouse {:?}: need [{b}, {}, {}], [{b}, {n_pix}, {}] and [{b}, {n_pix}, {}] (1 + {} (T - 1) pixel frames)",
-                    x.dims(),
-                    keyboard.dims(),
-                    mouse.dims(),
-                    t * s,
-                    cfg.dim,
-                    cfg.keyboard_dim_in,
-                    cfg.mouse_dim_in,
-                    cfg.time_compression
-                ),
-            });
-        }
         let heads = cfg.heads;
-        let m: Vec<f32> = (0..t).flat_map(|q| (0..t).map(move |k| if spec.sees(q, k) { 0.0 } else { f32::NEG_INFINITY })).collect();
-        let mask = Tensor::from_vec(m, (t, t), x.device())?;
         let x = x.to_dtype(DType::F32)?;
         // Mouse: each location's tokens over the latent frames.
         let hm = cfg.mouse_hidden_dim;
         let at_location = x.reshape((b, t, s, c))?.permute([0, 2, 1, 3])?.reshape((b * s, t, c))?;
-        let mw = self.windows(&mouse.to_dtype(DType::F32)?, t)?;
+        let mw = self.windows(&mouse.to_dtype(DType::F32)?, first, t)?;
         let mw = mw.unsqueeze(1)?.broadcast_as((b, s, t, mw.dim(2)?))?.reshape((b * s, t, ()))?;
         let (l0, l2, ln) = &self.mouse_mlp;
         let h = ln.forward(&l2.forward(&l0.forward(&Tensor::cat(&[&at_location, &mw], 2)?)?.gelu()?)?)?;
         let qkv = h.broadcast_matmul(&self.t_qkv.t()?)?;
         let split = |z: Tensor| -> Result<Tensor> { Ok(z.reshape((b * s, t, heads, ()))?.transpose(1, 2)?.contiguous()?) };
-        let q = self.rope(&Self::rms(&split(qkv.narrow(2, 0, hm)?)?)?)?;
-        let k = self.rope(&Self::rms(&split(qkv.narrow(2, hm, hm)?)?)?)?;
+        let q = self.rope(&Self::rms(&split(qkv.narrow(2, 0, hm)?)?)?, first)?;
+        let k = self.rope(&Self::rms(&split(qkv.narrow(2, hm, hm)?)?)?, first)?;
         let v = split(qkv.narrow(2, 2 * hm, hm)?)?;
-        let o = attention(&q, &k, &v, Some(&mask))?.transpose(1, 2)?.reshape((b, s, t, hm))?.permute([0, 2, 1, 3])?.reshape((b, l, hm))?;
+        let (k, v, mask) = seen.keys(Branch::Mouse, first, k, v)?;
+        let o = attention(&q, &k, &v, mask.as_ref())?.transpose(1, 2)?.reshape((b, s, t, hm))?.permute([0, 2, 1, 3])?.reshape((b, l, hm))?;
         let x = (&x + o.broadcast_matmul(&self.proj_mouse.t()?)?)?;
         // Keyboard: every video token attends to the keyboard windows of the frames it sees.
         let hk = cfg.keyboard_hidden_dim;
         let steps = self.keyboard_embed.1.forward(&self.keyboard_embed.0.forward(&keyboard.to_dtype(DType::F32)?)?.silu()?)?;
-        let kv = self.windows(&steps, t)?.broadcast_matmul(&self.keyboard_attn_kv.t()?)?;
+        let kv = self.windows(&steps, first, t)?.broadcast_matmul(&self.keyboard_attn_kv.t()?)?;
         let per_location = |z: Tensor| -> Result<Tensor> {
             let z = z.reshape((b, t, heads, ()))?.transpose(1, 2)?;
             let dh = z.dim(3)?;
-            Ok(z.unsqueeze(1)?.broadcast_as((b, s, heads, t, dh))?.reshape((b * s, heads, t, dh))?)
+            Ok(z.unsqueeze(1)?.broadcast_as((b, s, heads, t, dh))?.reshape((b * s, heads, t, dh))?.contiguous()?)
         };
-        let k = self.rope(&Self::rms(&per_location(kv.narrow(2, 0, hk)?)?)?)?;
+        let k = self.rope(&Self::rms(&per_location(kv.narrow(2, 0, hk)?)?)?, first)?;
         let v = per_location(kv.narrow(2, hk, hk)?)?;
+        let (k, v, mask) = seen.keys(Branch::Keyboard, first, k, v)?;
         let q = x.broadcast_matmul(&self.mouse_attn_q.t()?)?.reshape((b, t, s, heads, ()))?.permute([0, 2, 3, 1, 4])?.reshape((b * s, heads, t, ()))?;
-        let q = self.rope(&Self::rms(&q)?)?;
-        let o = attention(&q, &k, &v, Some(&mask))?.reshape((b, s, heads, t, ()))?.permute([0, 3, 1, 2, 4])?.reshape((b, l, hk))?;
+        let q = self.rope(&Self::rms(&q)?, first)?;
+        let o = attention(&q, &k, &v, mask.as_ref())?.reshape((b, s, heads, t, ()))?.permute([0, 3, 1, 2, 4])?.reshape((b, l, hk))?;
         Ok((&x + o.broadcast_matmul(&self.proj_keyboard.t()?)?)?)
+    }
+}
+
+/// Which attention of the module.
+#[derive(Clone, Copy)]
+enum Branch {
+    Mouse,
+    Keyboard,
+}
+
+/// What the queries of a chunk see: the whole clip under a mask, or the
+/// cached frames and the chunk's own.
+enum Seen<'a> {
+    Masked(&'a Tensor),
+    Cached { cache: &'a mut ActionCache, visible: &'a [usize], commit: bool },
+}
+
+impl Seen<'_> {
+    /// The keys and values [N, H, T, Dh] the queries see, and their mask.
+    fn keys(&mut self, branch: Branch, first: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+        match self {
+            Seen::Masked(m) => Ok((k, v, Some((*m).clone()))),
+            Seen::Cached { cache, visible, commit } => {
+                let frames = match branch {
+                    Branch::Mouse => &mut cache.mouse,
+                    Branch::Keyboard => &mut cache.keyboard,
+                };
+                let old: Vec<(Tensor, Tensor)> = frames.iter().filter(|f| visible.contains(&f.0)).map(|f| (f.1.clone(), f.2.clone())).collect();
+                if *commit {
+                    for i in 0..k.dim(2)? {
+                        frames.push((first + i, k.narrow(2, i, 1)?.contiguous()?, v.narrow(2, i, 1)?.contiguous()?));
+                    }
+                }
+                if old.is_empty() {
+                    return Ok((k, v, None));
+                }
+                let ks: Vec<&Tensor> = old.iter().map(|o| &o.0).chain(std::iter::once(&k)).collect();
+                let vs: Vec<&Tensor> = old.iter().map(|o| &o.1).chain(std::iter::once(&v)).collect();
+                Ok((Tensor::cat(&ks, 2)?, Tensor::cat(&vs, 2)?, None))
+            }
+        }
+    }
+}
+
+/// The mouse and keyboard keys and values of the latent frames generated
+/// so far, per frame, for one action module.
+#[derive(Default)]
+pub struct ActionCache {
+    mouse: Vec<(usize, Tensor, Tensor)>,
+    keyboard: Vec<(usize, Tensor, Tensor)>,
+    next_frame: usize,
+}
+
+impl ActionCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The index of the next latent frame.
+    pub fn next_frame(&self) -> usize {
+        self.next_frame
+    }
+
+    /// Frames held (after eviction).
+    pub fn frames_held(&self) -> usize {
+        self.mouse.len()
     }
 }

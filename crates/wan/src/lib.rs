@@ -30,7 +30,7 @@ pub mod transformer;
 pub mod vae;
 pub mod weights;
 
-pub use action_module::{ActionModule, ActionModuleConfig};
+pub use action_module::{ActionCache, ActionModule, ActionModuleConfig};
 pub use config::WanTransformerConfig;
 pub use transformer::{CausalSpec, KvCache, WanTransformer};
 pub use vae::{WanVae, WanVaeConfig};

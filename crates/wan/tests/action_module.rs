@@ -63,3 +63,28 @@ fn later_actions_never_change_an_earlier_block() {
     assert_eq!(max_abs_diff(&a.narrow(1, 0, first_block).unwrap(), &b.narrow(1, 0, first_block).unwrap()), 0.0);
     assert!(max_abs_diff(&a.narrow(1, first_block, first_block).unwrap(), &b.narrow(1, first_block, first_block).unwrap()) > 1e-4);
 }
+
+#[test]
+fn a_stream_of_blocks_through_the_action_cache_equals_the_whole_clip() {
+    let io = load("action_module_io.safetensors");
+    let m = module();
+    // Blocks of 2 latent frames, a window of 4: the third block no longer sees the first.
+    let spec = CausalSpec { frames_per_block: 2, local_window_frames: 4, sink_frames: 0 };
+    let whole = m.forward(&io["x"], GRID, &io["keyboard"], &io["mouse"], &spec).unwrap();
+    let mut cache = wc_wan::ActionCache::new();
+    let mut parts = Vec::new();
+    for i in 0..3 {
+        let xb = io["x"].narrow(1, i * 2 * 4, 2 * 4).unwrap();
+        // The actions through this block's last latent frame.
+        let n = 1 + 4 * (2 * i + 1);
+        let (kb, mb) = (io["keyboard"].narrow(1, 0, n).unwrap(), io["mouse"].narrow(1, 0, n).unwrap());
+        let probe = m.forward_cached(&xb, [2, 2, 2], &kb, &mb, &spec, &mut cache, false).unwrap();
+        let y = m.forward_cached(&xb, [2, 2, 2], &kb, &mb, &spec, &mut cache, true).unwrap();
+        assert_eq!(max_abs_diff(&probe, &y), 0.0);
+        parts.push(y);
+    }
+    let diff = max_abs_diff(&Tensor::cat(&parts, 1).unwrap(), &whole);
+    eprintln!("streamed action blocks against the whole clip: max |diff| {diff:.2e}");
+    assert!(diff < 1e-4, "{diff}");
+    assert_eq!((cache.next_frame(), cache.frames_held()), (6, 2));
+}
