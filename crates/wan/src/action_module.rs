@@ -68,6 +68,16 @@ impl ActionModuleConfig {
         ActionModuleConfig { dim: 48, keyboard_embed_dim: 8, mouse_hidden_dim: 32, keyboard_hidden_dim: 32, heads: 4, rope_temporal_dims: 4, ..Self::matrix_game_2() }
     }
 
+    /// Parameters of one module (the four unused norm scales included, as
+    /// the checkpoint holds them).
+    pub fn parameter_count(&self) -> usize {
+        let p = self.window_steps();
+        let (hm, hk, e) = (self.mouse_hidden_dim, self.keyboard_hidden_dim, self.keyboard_embed_dim);
+        let linear = |i: usize, o: usize| i * o + o;
+        linear(self.dim + p * self.mouse_dim_in, hm) + linear(hm, hm) + 2 * hm + 3 * hm * hm + 2 * (hm / self.heads) + self.dim * hm
+            + linear(self.keyboard_dim_in, e) + linear(e, e) + hk * self.dim + 2 * hk * p * e + 2 * (hk / self.heads) + self.dim * hk
+    }
+
     /// Pixel steps a latent frame reads.
     pub fn window_steps(&self) -> usize {
         self.windows_size * self.time_compression

@@ -4,7 +4,21 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::action_module::ActionModuleConfig;
 use crate::{Result, WanError};
+
+/// What the cross-attention reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContextKind {
+    /// Text embeddings through `text_embedding` (Linear, GELU(tanh),
+    /// Linear): Wan2.1 text-to-video.
+    #[default]
+    Text,
+    /// CLIP image tokens through `img_emb` (LayerNorm, Linear, GELU,
+    /// Linear, LayerNorm): Matrix-Game 2.0, which reads no text.
+    ClipImage,
+}
 
 /// The video diffusion transformer's shape (diffusers' field names).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -17,7 +31,8 @@ pub struct WanTransformerConfig {
     /// Latent channels in and out.
     pub in_channels: usize,
     pub out_channels: usize,
-    /// Width of the conditioning sequence (the text encoder's, 4096 for umT5-XXL).
+    /// Width of the conditioning tokens: the text encoder's (4096 for
+    /// umT5-XXL), or CLIP's (1280) with `context = "clip_image"`.
     pub text_dim: usize,
     /// Sinusoidal time embedding width.
     pub freq_dim: usize,
@@ -29,6 +44,15 @@ pub struct WanTransformerConfig {
     /// Positions covered by the rotary tables, per axis.
     pub rope_max_seq_len: usize,
     pub rope_theta: f64,
+    /// What the cross-attention reads.
+    #[serde(default)]
+    pub context: ContextKind,
+    /// Matrix-Game 2.0's action module, in blocks `0..action_blocks`
+    /// (after cross-attention).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<ActionModuleConfig>,
+    #[serde(default)]
+    pub action_blocks: usize,
 }
 
 impl WanTransformerConfig {
@@ -48,6 +72,36 @@ impl WanTransformerConfig {
             eps: 1e-6,
             rope_max_seq_len: 1024,
             rope_theta: 10000.0,
+            context: ContextKind::Text,
+            action: None,
+            action_blocks: 0,
+        }
+    }
+
+    /// Matrix-Game 2.0 (the universal model): the 1.3B transformer reading
+    /// 36 channels (noisy latent, mask, image latent), cross-attending to
+    /// 257 CLIP image tokens, with the action module in blocks 0-14
+    /// (docs/design/matrix-game-2.md).
+    pub fn matrix_game_2() -> Self {
+        WanTransformerConfig {
+            in_channels: 36,
+            text_dim: 1280,
+            context: ContextKind::ClipImage,
+            action: Some(ActionModuleConfig::matrix_game_2()),
+            action_blocks: 15,
+            ..Self::wan2_1_t2v_1_3b()
+        }
+    }
+
+    /// A tiny model of Matrix-Game 2.0's architecture (tests).
+    pub fn tiny_matrix_game() -> Self {
+        WanTransformerConfig {
+            in_channels: 4 + 4 + 4,
+            text_dim: 16,
+            context: ContextKind::ClipImage,
+            action: Some(ActionModuleConfig::tiny()),
+            action_blocks: 1,
+            ..Self::tiny()
         }
     }
 
@@ -78,6 +132,9 @@ impl WanTransformerConfig {
             eps: 1e-6,
             rope_max_seq_len: 64,
             rope_theta: 10000.0,
+            context: ContextKind::Text,
+            action: None,
+            action_blocks: 0,
         }
     }
 
@@ -108,9 +165,14 @@ impl WanTransformerConfig {
             + linear(d, f)
             + linear(f, d)
             + 6 * d;
+        let context = match self.context {
+            ContextKind::Text => linear(self.text_dim, d) + linear(d, d),
+            ContextKind::ClipImage => 2 * self.text_dim + linear(self.text_dim, self.text_dim) + linear(self.text_dim, d) + 2 * d,
+        };
+        let actions = self.action.as_ref().map_or(0, |a| self.action_blocks * a.parameter_count());
         linear(self.in_channels * self.patch_volume(), d)
-            + linear(self.text_dim, d)
-            + linear(d, d)
+            + context
+            + actions
             + linear(self.freq_dim, d)
             + linear(d, d)
             + linear(d, 6 * d)
@@ -149,6 +211,13 @@ impl WanTransformerConfig {
         }
         if !(self.eps > 0.0 && self.rope_theta > 0.0) {
             return bad("eps and rope_theta must be positive".into());
+        }
+        match &self.action {
+            Some(a) if a.dim != self.dim() || self.action_blocks > self.num_layers => {
+                return bad(format!("the action module's width {} must be the model's {} and action_blocks {} at most num_layers {}", a.dim, self.dim(), self.action_blocks, self.num_layers));
+            }
+            None if self.action_blocks > 0 => return bad("action_blocks without an action module".into()),
+            _ => {}
         }
         Ok(())
     }
@@ -209,6 +278,9 @@ impl WanTransformerConfig {
                 eps: float("eps").unwrap_or(d.eps),
                 rope_max_seq_len: d.rope_max_seq_len,
                 rope_theta: d.rope_theta,
+                context: ContextKind::Text,
+                action: None,
+                action_blocks: 0,
             }
         } else {
             if set("image_dim") || set("added_kv_proj_dim") || set("pos_embed_seq_len") {

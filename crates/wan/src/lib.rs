@@ -31,8 +31,8 @@ pub mod vae;
 pub mod weights;
 
 pub use action_module::{ActionCache, ActionModule, ActionModuleConfig};
-pub use config::WanTransformerConfig;
-pub use transformer::{CausalSpec, KvCache, WanTransformer};
+pub use config::{ContextKind, WanTransformerConfig};
+pub use transformer::{Actions, CausalSpec, KvCache, WanTransformer};
 pub use vae::{WanVae, WanVaeConfig};
 pub use weights::{KeyLayout, Weights};
 

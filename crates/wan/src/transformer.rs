@@ -14,7 +14,8 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::config::WanTransformerConfig;
+use crate::action_module::{ActionCache, ActionModule};
+use crate::config::{ContextKind, WanTransformerConfig};
 use crate::nn::{LayerNorm, Linear, RmsNorm, attention, layer_norm, rope_pairs};
 use crate::weights::Weights;
 use crate::{Result, WanError};
@@ -165,12 +166,14 @@ impl CausalSpec {
 /// [`WanTransformer::forward_cached`].
 pub struct KvCache {
     layers: Vec<Vec<CachedFrame>>,
+    /// The action modules' own caches (blocks without one keep an empty one).
+    actions: Vec<ActionCache>,
     next_frame: usize,
 }
 
 impl KvCache {
     pub fn new() -> Self {
-        KvCache { layers: Vec::new(), next_frame: 0 }
+        KvCache { layers: Vec::new(), actions: Vec::new(), next_frame: 0 }
     }
 
     /// The index of the next latent frame (the frames committed so far).
@@ -201,11 +204,13 @@ struct Block {
     ffn_out: Linear,
     modulation: Tensor,
     eps: f64,
+    action: Option<ActionModule>,
 }
 
 impl Block {
-    fn new(cfg: &WanTransformerConfig, w: &Weights, prefix: &str, dtype: DType) -> Result<Self> {
+    fn new(cfg: &WanTransformerConfig, w: &Weights, index: usize, dtype: DType) -> Result<Self> {
         let d = cfg.dim();
+        let prefix = &format!("blocks.{index}");
         Ok(Block {
             self_attn: Attention::new(cfg, w, &format!("{prefix}.self_attn"), dtype)?,
             cross_attn: Attention::new(cfg, w, &format!("{prefix}.cross_attn"), dtype)?,
@@ -218,6 +223,10 @@ impl Block {
             ffn_out: Linear::new(w, &format!("{prefix}.ffn.2"), cfg.ffn_dim, d, dtype)?,
             modulation: w.take(&format!("{prefix}.modulation"), &[1, 6, d], DType::F32)?,
             eps: cfg.eps,
+            action: match &cfg.action {
+                Some(a) if index < cfg.action_blocks => Some(ActionModule::new(a, w, &format!("{prefix}.action_model"))?),
+                _ => None,
+            },
         })
     }
 
@@ -230,6 +239,7 @@ impl Block {
         context: &Tensor,
         rope: &(Tensor, Tensor),
         keys: Keys,
+        act: ActionStep,
     ) -> Result<Tensor> {
         let dtype = x.dtype();
         let e = self.modulation.unsqueeze(0)?.broadcast_add(e)?;
@@ -254,7 +264,15 @@ impl Block {
             Some(norm) => norm.forward(&x)?.to_dtype(dtype)?,
             None => x.clone(),
         };
-        let x = (&x + self.cross_attn.forward(&n, Some(context), None, Keys::All)?)?;
+        let mut x = (&x + self.cross_attn.forward(&n, Some(context), None, Keys::All)?)?;
+        if let Some(module) = &self.action {
+            x = match act {
+                ActionStep::Full { grid, actions, spec } => module.forward(&x, grid, actions.keyboard, actions.mouse, spec)?,
+                ActionStep::Cached { grid, actions, spec, cache, commit } => module.forward_cached(&x, grid, actions.keyboard, actions.mouse, spec, cache, commit)?,
+                ActionStep::None => return Err(WanError::Input { what: "actions".into(), reason: "this model has action modules: pass the keyboard and mouse inputs, block-causally".into() }),
+            }
+            .to_dtype(dtype)?;
+        }
         let y = self
             .ffn_out
             .forward(&self.ffn_in.forward(&modulate(&x, 3, 4)?)?.gelu()?)?;
@@ -267,7 +285,7 @@ pub struct WanTransformer {
     cfg: WanTransformerConfig,
     dtype: DType,
     patch_embedding: Linear,
-    text_embedding: (Linear, Linear),
+    context_embedding: ContextEmbedding,
     time_embedding: (Linear, Linear),
     time_projection: Linear,
     blocks: Vec<Block>,
@@ -300,17 +318,22 @@ impl WanTransformer {
             Linear::from_parts(patch, w.take("patch_embedding.bias", &[d], dtype)?);
         let model = WanTransformer {
             patch_embedding,
-            text_embedding: (
-                Linear::new(w, "text_embedding.0", cfg.text_dim, d, dtype)?,
-                Linear::new(w, "text_embedding.2", d, d, dtype)?,
-            ),
+            context_embedding: match cfg.context {
+                ContextKind::Text => ContextEmbedding::Text(Linear::new(w, "text_embedding.0", cfg.text_dim, d, dtype)?, Linear::new(w, "text_embedding.2", d, d, dtype)?),
+                ContextKind::ClipImage => ContextEmbedding::ClipImage(
+                    LayerNorm::new(w, "img_emb.proj.0", cfg.text_dim, 1e-5)?,
+                    Linear::new(w, "img_emb.proj.1", cfg.text_dim, cfg.text_dim, dtype)?,
+                    Linear::new(w, "img_emb.proj.3", cfg.text_dim, d, dtype)?,
+                    LayerNorm::new(w, "img_emb.proj.4", d, 1e-5)?,
+                ),
+            },
             time_embedding: (
                 Linear::new(w, "time_embedding.0", cfg.freq_dim, d, DType::F32)?,
                 Linear::new(w, "time_embedding.2", d, d, DType::F32)?,
             ),
             time_projection: Linear::new(w, "time_projection.1", d, 6 * d, DType::F32)?,
             blocks: (0..cfg.num_layers)
-                .map(|i| Block::new(cfg, w, &format!("blocks.{i}"), dtype))
+                .map(|i| Block::new(cfg, w, i, dtype))
                 .collect::<Result<_>>()?,
             head: Linear::new(w, "head.head", d, cfg.out_channels * pv, dtype)?,
             head_modulation: w.take("head.modulation", &[1, 2, d], DType::F32)?,
@@ -411,14 +434,16 @@ impl WanTransformer {
     /// conditioned on `context` [B, L, text_dim]; every token sees every
     /// other (the bidirectional Wan2.1).
     pub fn forward(&self, x: &Tensor, t: &Tensor, context: &Tensor) -> Result<Tensor> {
-        self.run(x, t, context, Mode::Full)
+        self.run(x, t, context, None, Mode::Full)
     }
 
     /// The whole clip under block-causal attention (training, teacher
     /// forcing): `t` is [B] or per latent frame [B, F].
-    pub fn forward_block_causal(&self, x: &Tensor, t: &Tensor, context: &Tensor, spec: &CausalSpec) -> Result<Tensor> {
+    /// `actions`: the keyboard and mouse per pixel frame, for a model with
+    /// action modules (Matrix-Game 2.0).
+    pub fn forward_block_causal(&self, x: &Tensor, t: &Tensor, context: &Tensor, actions: Option<Actions>, spec: &CausalSpec) -> Result<Tensor> {
         spec.validate()?;
-        self.run(x, t, context, Mode::BlockCausal(spec))
+        self.run(x, t, context, actions, Mode::BlockCausal(spec))
     }
 
     /// One block of `spec.frames_per_block` latent frames after the frames
@@ -427,19 +452,21 @@ impl WanTransformer {
     /// values join the cache (call it once per block, on the clean latents,
     /// after the denoising steps), and frames no later block sees leave it.
     /// Equals [`WanTransformer::forward_block_causal`] of the whole clip.
-    pub fn forward_cached(&self, x: &Tensor, t: &Tensor, context: &Tensor, spec: &CausalSpec, cache: &mut KvCache, commit: bool) -> Result<Tensor> {
+    /// `actions` run from the first pixel frame through this block's.
+    pub fn forward_cached(&self, x: &Tensor, t: &Tensor, context: &Tensor, actions: Option<Actions>, spec: &CausalSpec, cache: &mut KvCache, commit: bool) -> Result<Tensor> {
         spec.validate()?;
         if x.dims().len() != 5 || x.dim(2)? != spec.frames_per_block * self.cfg.patch_size[0] {
             return Err(WanError::Input { what: "latent block".into(), reason: format!("shape {:?}: one block is {} latent frames", x.dims(), spec.frames_per_block) });
         }
         if cache.layers.is_empty() {
             cache.layers = (0..self.blocks.len()).map(|_| Vec::new()).collect();
+            cache.actions = (0..self.blocks.len()).map(|_| ActionCache::new()).collect();
         }
-        let y = self.run(x, t, context, Mode::Cached { spec, cache, commit })?;
+        let y = self.run(x, t, context, actions, Mode::Cached { spec, cache, commit })?;
         Ok(y)
     }
 
-    fn run(&self, x: &Tensor, t: &Tensor, context: &Tensor, mut mode: Mode) -> Result<Tensor> {
+    fn run(&self, x: &Tensor, t: &Tensor, context: &Tensor, actions: Option<Actions>, mut mode: Mode) -> Result<Tensor> {
         let cfg = &self.cfg;
         let (b, c, f, h, w) = x.dims5()?;
         let [pt, ph, pw] = cfg.patch_size;
@@ -500,13 +527,13 @@ impl WanTransformer {
         };
         let e = self.time_projection.forward(&temb.silu()?)?;
         let e = e.reshape((b, e.dim(1)?, 6, d))?;
-        let ctx = self.text_embedding.1.forward(
-            &self
-                .text_embedding
-                .0
-                .forward(&context.to_dtype(self.dtype)?)?
-                .gelu()?,
-        )?;
+        let ctx = match &self.context_embedding {
+            ContextEmbedding::Text(l0, l2) => l2.forward(&l0.forward(&context.to_dtype(self.dtype)?)?.gelu()?)?,
+            ContextEmbedding::ClipImage(n0, l1, l3, n4) => {
+                let h = l1.forward(&n0.forward(context)?.to_dtype(self.dtype)?)?.gelu_erf()?;
+                n4.forward(&l3.forward(&h)?)?.to_dtype(self.dtype)?
+            }
+        };
         let mask = match &mode {
             Mode::BlockCausal(spec) => {
                 let m: Vec<f32> = (0..l).flat_map(|q| (0..l).map(move |k| if spec.sees(q / lf, k / lf) { 0.0 } else { f32::NEG_INFINITY })).collect();
@@ -519,16 +546,23 @@ impl WanTransformer {
             _ => Vec::new(),
         };
         for (i, block) in self.blocks.iter().enumerate() {
-            let keys = match &mut mode {
-                Mode::Full => Keys::All,
-                Mode::BlockCausal(_) => Keys::Masked(mask.as_ref().expect("built above")),
-                Mode::Cached { cache, commit, .. } => Keys::Cached {
-                    frames: &mut cache.layers[i],
-                    visible: &visible,
-                    commit: commit.then_some(FrameRange { start: first_frame, count: grid[0] }),
-                },
+            let (keys, act) = match &mut mode {
+                Mode::Full => (Keys::All, ActionStep::None),
+                Mode::BlockCausal(spec) => (
+                    Keys::Masked(mask.as_ref().expect("built above")),
+                    actions.as_ref().map_or(ActionStep::None, |a| ActionStep::Full { grid, actions: a, spec }),
+                ),
+                Mode::Cached { cache, commit, spec } => {
+                    let KvCache { layers, actions: action_caches, .. } = &mut **cache;
+                    let keys = Keys::Cached { frames: &mut layers[i], visible: &visible, commit: commit.then_some(FrameRange { start: first_frame, count: grid[0] }) };
+                    let act = match &actions {
+                        Some(a) => ActionStep::Cached { grid, actions: a, spec, cache: &mut action_caches[i], commit: *commit },
+                        None => ActionStep::None,
+                    };
+                    (keys, act)
+                }
             };
-            hidden = block.forward(&hidden, &e, &ctx, &rope, keys)?;
+            hidden = block.forward(&hidden, &e, &ctx, &rope, keys, act)?;
         }
         if let Mode::Cached { spec, cache, commit: true } = &mut mode {
             cache.next_frame += grid[0];
@@ -551,6 +585,29 @@ impl WanTransformer {
             .permute([0, 7, 1, 4, 2, 5, 3, 6])?
             .reshape((b, co, f, h, w))?)
     }
+}
+
+/// The actions of a clip, per pixel frame: `keyboard` [B, N_pix, keys] and
+/// `mouse` [B, N_pix, 2], N_pix = 1 + 4 (F - 1) for F latent frames.
+#[derive(Clone, Copy)]
+pub struct Actions<'a> {
+    pub keyboard: &'a Tensor,
+    pub mouse: &'a Tensor,
+}
+
+/// What a block's action module does in a forward pass.
+enum ActionStep<'a> {
+    None,
+    Full { grid: [usize; 3], actions: &'a Actions<'a>, spec: &'a CausalSpec },
+    Cached { grid: [usize; 3], actions: &'a Actions<'a>, spec: &'a CausalSpec, cache: &'a mut ActionCache, commit: bool },
+}
+
+/// The cross-attention's context embedding.
+enum ContextEmbedding {
+    /// Linear, GELU(tanh), Linear (`text_embedding.0/2`).
+    Text(Linear, Linear),
+    /// LayerNorm, Linear, GELU, Linear, LayerNorm (`img_emb.proj.0/1/3/4`).
+    ClipImage(LayerNorm, Linear, Linear, LayerNorm),
 }
 
 /// How the tokens of a forward pass attend to each other.

@@ -44,7 +44,7 @@ fn per_frame_timesteps_that_agree_equal_one_timestep_per_clip() {
     let m = model();
     let (x, _, ctx) = inputs();
     let one = m.forward(&x, &Tensor::new(&[300f32], &Device::Cpu).unwrap(), &ctx).unwrap();
-    let per_frame = m.forward_block_causal(&x, &Tensor::full(300f32, (1, 6), &Device::Cpu).unwrap(), &ctx, &CausalSpec { frames_per_block: 6, local_window_frames: 0, sink_frames: 0 }).unwrap();
+    let per_frame = m.forward_block_causal(&x, &Tensor::full(300f32, (1, 6), &Device::Cpu).unwrap(), &ctx, None, &CausalSpec { frames_per_block: 6, local_window_frames: 0, sink_frames: 0 }).unwrap();
     assert!(max_abs_diff(&one, &per_frame) < 1e-5, "{}", max_abs_diff(&one, &per_frame));
 }
 
@@ -54,17 +54,17 @@ fn a_stream_of_blocks_through_the_cache_equals_the_block_causal_clip() {
     let (x, t, ctx) = inputs();
     // Blocks of 2 frames, a window of 4: the third block no longer sees the first.
     let spec = CausalSpec { frames_per_block: 2, local_window_frames: 4, sink_frames: 0 };
-    let whole = m.forward_block_causal(&x, &t, &ctx, &spec).unwrap();
+    let whole = m.forward_block_causal(&x, &t, &ctx, None, &spec).unwrap();
     let mut cache = KvCache::new();
     let mut blocks = Vec::new();
     for i in 0..3 {
         let (xb, tb) = (x.narrow(2, 2 * i, 2).unwrap(), t.narrow(1, 2 * i, 2).unwrap());
         // A denoising step without commit leaves the cache as it was...
         let before = (cache.next_frame(), cache.frames_held());
-        let probe = m.forward_cached(&xb, &tb, &ctx, &spec, &mut cache, false).unwrap();
+        let probe = m.forward_cached(&xb, &tb, &ctx, None, &spec, &mut cache, false).unwrap();
         assert_eq!((cache.next_frame(), cache.frames_held()), before);
         // ...and gives what the committing call gives.
-        let y = m.forward_cached(&xb, &tb, &ctx, &spec, &mut cache, true).unwrap();
+        let y = m.forward_cached(&xb, &tb, &ctx, None, &spec, &mut cache, true).unwrap();
         assert_eq!(max_abs_diff(&probe, &y), 0.0);
         blocks.push(y);
     }
@@ -75,7 +75,7 @@ fn a_stream_of_blocks_through_the_cache_equals_the_block_causal_clip() {
     // After block 3 (frames 4-5) the next block (6-7) sees frames 4.. only.
     assert_eq!((cache.next_frame(), cache.frames_held()), (6, 2));
     // Without the window the third block would see the first: other outputs.
-    let unlimited = m.forward_block_causal(&x, &t, &ctx, &CausalSpec { local_window_frames: 0, ..spec }).unwrap();
+    let unlimited = m.forward_block_causal(&x, &t, &ctx, None, &CausalSpec { local_window_frames: 0, ..spec }).unwrap();
     assert!(max_abs_diff(&unlimited.narrow(2, 4, 2).unwrap(), &whole.narrow(2, 4, 2).unwrap()) > 1e-3);
     assert_eq!(max_abs_diff(&unlimited.narrow(2, 0, 4).unwrap(), &whole.narrow(2, 0, 4).unwrap()), 0.0);
 }
@@ -85,13 +85,67 @@ fn a_later_frame_never_changes_an_earlier_output() {
     let m = model();
     let (x, t, ctx) = inputs();
     let spec = CausalSpec { frames_per_block: 2, local_window_frames: 0, sink_frames: 0 };
-    let a = m.forward_block_causal(&x, &t, &ctx, &spec).unwrap();
+    let a = m.forward_block_causal(&x, &t, &ctx, None, &spec).unwrap();
     // Change the last block's frames.
     let later = Tensor::cat(&[x.narrow(2, 0, 4).unwrap(), (x.narrow(2, 4, 2).unwrap() * -3.0).unwrap()], 2).unwrap();
-    let b = m.forward_block_causal(&later, &t, &ctx, &spec).unwrap();
+    let b = m.forward_block_causal(&later, &t, &ctx, None, &spec).unwrap();
     assert_eq!(max_abs_diff(&a.narrow(2, 0, 4).unwrap(), &b.narrow(2, 0, 4).unwrap()), 0.0);
     assert!(max_abs_diff(&a.narrow(2, 4, 2).unwrap(), &b.narrow(2, 4, 2).unwrap()) > 1e-3);
     // The bidirectional model is not causal: the same change reaches frame 0.
     let (fa, fb) = (m.forward(&x, &Tensor::new(&[300f32], &Device::Cpu).unwrap(), &ctx).unwrap(), m.forward(&later, &Tensor::new(&[300f32], &Device::Cpu).unwrap(), &ctx).unwrap());
     assert!(max_abs_diff(&fa.narrow(2, 0, 1).unwrap(), &fb.narrow(2, 0, 1).unwrap()) > 1e-4);
+}
+
+/// Matrix-Game 2.0's architecture at a tiny size, random weights: 12 input
+/// channels (noisy latent, mask, image latent), CLIP-like image tokens as
+/// the context, the action module in block 0.
+fn matrix_game() -> (WanTransformer, WanTransformerConfig) {
+    let cfg = WanTransformerConfig::tiny_matrix_game();
+    let w = Weights::random(&Device::Cpu);
+    let m = WanTransformer::new(&cfg, &w, DType::F32).unwrap();
+    assert_eq!(w.elements_taken(), cfg.parameter_count(), "the analytic count is the built model's");
+    (m, cfg)
+}
+
+fn actions(n_pix: usize, seed: f32) -> (Tensor, Tensor) {
+    let dev = Device::Cpu;
+    let k: Vec<f32> = (0..n_pix * 4).map(|i| (((i as f32 + seed) * 0.37).sin() > 0.3) as u8 as f32).collect();
+    let m: Vec<f32> = (0..n_pix * 2).map(|i| (((i as f32 + seed) * 0.71).cos() * 1.5).round() * 0.1).collect();
+    (Tensor::from_vec(k, (1, n_pix, 4), &dev).unwrap(), Tensor::from_vec(m, (1, n_pix, 2), &dev).unwrap())
+}
+
+#[test]
+fn matrix_game_blocks_streamed_with_their_actions_equal_the_whole_clip() {
+    let (m, cfg) = matrix_game();
+    let dev = Device::Cpu;
+    let x = Tensor::randn(0f32, 1.0, (1, cfg.in_channels, 6, 4, 4), &dev).unwrap();
+    let t = Tensor::new(&[[0f32, 0., 0., 500., 500., 500.]], &dev).unwrap();
+    let ctx = Tensor::randn(0f32, 1.0, (1, 9, cfg.text_dim), &dev).unwrap();
+    let (kb, mo) = actions(1 + 4 * 5, 0.0);
+    let spec = CausalSpec { frames_per_block: 3, local_window_frames: 6, sink_frames: 0 };
+    let all = wc_wan::Actions { keyboard: &kb, mouse: &mo };
+    let whole = m.forward_block_causal(&x, &t, &ctx, Some(all), &spec).unwrap();
+    let mut cache = KvCache::new();
+    let mut parts = Vec::new();
+    for i in 0..2 {
+        let n = 1 + 4 * (3 * i + 2);
+        let (kbi, moi) = (kb.narrow(1, 0, n).unwrap(), mo.narrow(1, 0, n).unwrap());
+        let acts = wc_wan::Actions { keyboard: &kbi, mouse: &moi };
+        parts.push(m.forward_cached(&x.narrow(2, 3 * i, 3).unwrap(), &t.narrow(1, 3 * i, 3).unwrap(), &ctx, Some(acts), &spec, &mut cache, true).unwrap());
+    }
+    let diff = max_abs_diff(&Tensor::cat(&parts, 2).unwrap(), &whole);
+    eprintln!("Matrix-Game blocks streamed against the whole clip: max |diff| {diff:.2e}");
+    assert!(diff < 1e-4, "{diff}");
+    // The actions matter, and only from the block that reads them on.
+    let (kb2, mo2) = actions(1 + 4 * 5, 7.0);
+    let late = |a: &Tensor, b: &Tensor| Tensor::cat(&[a.narrow(1, 0, 12).unwrap(), b.narrow(1, 12, 9).unwrap()], 1).unwrap();
+    let (kb3, mo3) = (late(&kb, &kb2), late(&mo, &mo2));
+    let other = m.forward_block_causal(&x, &t, &ctx, Some(wc_wan::Actions { keyboard: &kb3, mouse: &mo3 }), &spec).unwrap();
+    assert_eq!(max_abs_diff(&whole.narrow(2, 0, 3).unwrap(), &other.narrow(2, 0, 3).unwrap()), 0.0);
+    // (Random weights of scale 0.02 make the actions' effect small, not nil.)
+    let effect = max_abs_diff(&whole.narrow(2, 3, 3).unwrap(), &other.narrow(2, 3, 3).unwrap());
+    eprintln!("the second block's change with its actions: {effect:.2e}");
+    assert!(effect > 0.0);
+    // A model with action modules refuses to run without actions.
+    assert!(m.forward_block_causal(&x, &t, &ctx, None, &spec).unwrap_err().to_string().contains("keyboard and mouse"));
 }

@@ -51,6 +51,11 @@ pub enum Preset {
     Wan21T2v1_3b,
     #[value(name = "wan2.1-t2v-14b")]
     Wan21T2v14b,
+    /// Matrix-Game 2.0's transformer (36 input channels, CLIP image
+    /// context, action modules in blocks 0-14); its forward reads idle
+    /// actions and 257 context tokens.
+    #[value(name = "matrix-game-2")]
+    MatrixGame2,
     /// The Wan2.1 VAE; --latent FxHxW decodes a latent clip of that size.
     #[value(name = "wan2.1-vae")]
     Wan21Vae,
@@ -198,6 +203,7 @@ pub fn run(a: ModelArgs) -> anyhow::Result<()> {
         ModelWhat::Size { preset, latent, dtype } => {
             let cfg = match preset {
                 Preset::Wan21T2v14b => WanTransformerConfig::wan2_1_t2v_14b(),
+                Preset::MatrixGame2 => WanTransformerConfig::matrix_game_2(),
                 Preset::Tiny => WanTransformerConfig::tiny(),
                 _ => WanTransformerConfig::wan2_1_t2v_1_3b(),
             };
@@ -209,9 +215,19 @@ pub fn run(a: ModelArgs) -> anyhow::Result<()> {
             let init = started.elapsed().as_secs_f64();
             let x = Tensor::randn(0f32, 1.0, (1, cfg.in_channels, f, h, w), &device)?;
             let t = Tensor::new(&[500f32], &device)?;
-            let ctx = Tensor::randn(0f32, 1.0, (1, 512, cfg.text_dim), &device)?;
             let started = Instant::now();
-            let y = model.forward(&x, &t, &ctx)?;
+            let y = match &cfg.action {
+                None => model.forward(&x, &t, &Tensor::randn(0f32, 1.0, (1, 512, cfg.text_dim), &device)?)?,
+                Some(a) => {
+                    // One block of f latent frames with idle actions.
+                    let n_pix = 1 + a.time_compression * (f - 1);
+                    let keyboard = Tensor::zeros((1, n_pix, a.keyboard_dim_in), DType::F32, &device)?;
+                    let mouse = Tensor::zeros((1, n_pix, a.mouse_dim_in), DType::F32, &device)?;
+                    let spec = wc_wan::CausalSpec { frames_per_block: f, local_window_frames: 0, sink_frames: 0 };
+                    let ctx = Tensor::randn(0f32, 1.0, (1, 257, cfg.text_dim), &device)?;
+                    model.forward_block_causal(&x, &t, &ctx, Some(wc_wan::Actions { keyboard: &keyboard, mouse: &mouse }), &spec)?
+                }
+            };
             let _ = y.flatten_all()?.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?;
             let secs = started.elapsed().as_secs_f64();
             let tokens = f / cfg.patch_size[0] * (h / cfg.patch_size[1]) * (w / cfg.patch_size[2]);
