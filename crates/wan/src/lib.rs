@@ -23,6 +23,7 @@
 //! `tests/fixtures/wan/` (made by `tests/fixtures/wan/make_fixtures.py`).
 
 pub mod action_module;
+pub mod causal_sampler;
 pub mod config;
 pub mod matrix_game;
 mod nn;

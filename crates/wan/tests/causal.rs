@@ -149,3 +149,37 @@ fn matrix_game_blocks_streamed_with_their_actions_equal_the_whole_clip() {
     // A model with action modules refuses to run without actions.
     assert!(m.forward_block_causal(&x, &t, &ctx, None, &spec).unwrap_err().to_string().contains("keyboard and mouse"));
 }
+
+#[test]
+fn a_generated_block_leaves_its_clean_self_in_the_cache() {
+    use wc_wan::causal_sampler::{few_step_schedule, generate_block};
+    let (m, cfg) = matrix_game();
+    let dev = Device::Cpu;
+    let spec = CausalSpec { frames_per_block: 3, local_window_frames: 6, sink_frames: 0 };
+    let schedule = few_step_schedule(&[1000, 666, 333], 5.0).unwrap();
+    let latent = |seed: f64| Tensor::randn(seed as f32, 1.0, (1, cfg.out_channels, 3, 4, 4), &dev).unwrap();
+    let cond = Tensor::randn(0f32, 1.0, (1, cfg.in_channels - cfg.out_channels, 3, 4, 4), &dev).unwrap();
+    let ctx = Tensor::randn(0f32, 1.0, (1, 9, cfg.text_dim), &dev).unwrap();
+    let (kb, mo) = actions(1 + 4 * 5, 0.0);
+    let (kb1, mo1) = (kb.narrow(1, 0, 9).unwrap(), mo.narrow(1, 0, 9).unwrap());
+    let mut cache = KvCache::new();
+    let noises = [latent(0.0), latent(0.1), latent(0.2)];
+    let x0 = generate_block(&m, &schedule, &noises, Some(&cond), &ctx, Some(wc_wan::Actions { keyboard: &kb1, mouse: &mo1 }), &spec, &mut cache).unwrap();
+    assert_eq!(x0.dims(), [1, cfg.out_channels, 3, 4, 4]);
+    assert_eq!(cache.next_frame(), 3);
+    // The next block's first step through the cache equals the whole clip
+    // [clean block at t = 0, next block's noise at t = 1000] under the mask.
+    let z = latent(0.3);
+    let t2 = Tensor::full(1000f32, (1, 3), &dev).unwrap();
+    let acts = wc_wan::Actions { keyboard: &kb, mouse: &mo };
+    let step = m.forward_cached(&Tensor::cat(&[&z, &cond], 1).unwrap(), &t2, &ctx, Some(acts), &spec, &mut cache, false).unwrap();
+    let clip = Tensor::cat(&[Tensor::cat(&[&x0, &cond], 1).unwrap(), Tensor::cat(&[&z, &cond], 1).unwrap()], 2).unwrap();
+    let t = Tensor::new(&[[0f32, 0., 0., 1000., 1000., 1000.]], &dev).unwrap();
+    let whole = m.forward_block_causal(&clip, &t, &ctx, Some(acts), &spec).unwrap();
+    let diff = max_abs_diff(&step, &whole.narrow(2, 3, 3).unwrap());
+    assert!(diff < 1e-4, "{diff}");
+    // Different noise makes a different block.
+    let mut other = KvCache::new();
+    let y0 = generate_block(&m, &schedule, &[latent(1.0), latent(1.1), latent(1.2)], Some(&cond), &ctx, Some(wc_wan::Actions { keyboard: &kb1, mouse: &mo1 }), &spec, &mut other).unwrap();
+    assert!(max_abs_diff(&x0, &y0) > 1e-3);
+}
