@@ -7,7 +7,8 @@
 
 use candle_core::Tensor;
 
-use crate::transformer::{Actions, CausalSpec, KvCache, WanTransformer};
+use crate::action_module::Actions;
+use crate::transformer::{CausalSpec, KvCache, WanTransformer};
 use crate::{Result, WanError};
 
 /// The flow-matching timesteps of a few-step list: the list's values
@@ -19,7 +20,9 @@ pub fn few_step_schedule(steps: &[u32], shift: f64) -> Result<Vec<(f64, f64)>> {
         .iter()
         .map(|&v| {
             if v == 0 || v > 1000 {
-                return Err(WanError::Config(format!("denoising step {v}: steps are in 1..=1000")));
+                return Err(WanError::Config(format!(
+                    "denoising step {v}: steps are in 1..=1000"
+                )));
             }
             let s = 1.0 - (1000 - v) as f64 / 1000.0;
             let shifted = shift * s / (1.0 + (shift - 1.0) * s);
@@ -46,7 +49,7 @@ pub fn noised(x0: &Tensor, noise: &Tensor, sigma: f64) -> Result<Tensor> {
 /// the other input channels (mask and image latent, [B, C_in - C_out, ...],
 /// or none) joined after the latent. The clean block's keys and values join
 /// the cache. Returns the clean block.
-#[allow(clippy::too_many_arguments)] // the model's inputs, one per argument, as `forward_cached` takes them
+#[allow(clippy::too_many_arguments)] // the model's inputs, one per argument, as `forward_cached` takes them, and the schedule and noises
 pub fn generate_block(
     model: &WanTransformer,
     schedule: &[(f64, f64)],
@@ -58,7 +61,14 @@ pub fn generate_block(
     cache: &mut KvCache,
 ) -> Result<Tensor> {
     if schedule.is_empty() || noises.len() != schedule.len() {
-        return Err(WanError::Input { what: "sampler".into(), reason: format!("{} steps need as many noises ({} given)", schedule.len(), noises.len()) });
+        return Err(WanError::Input {
+            what: "sampler".into(),
+            reason: format!(
+                "{} steps need as many noises ({} given)",
+                schedule.len(),
+                noises.len()
+            ),
+        });
     }
     let input = |x: &Tensor| -> Result<Tensor> {
         match cond {
@@ -71,13 +81,13 @@ pub fn generate_block(
     let mut x = noises[0].clone();
     let mut x0 = x.clone();
     for (k, &(t, sigma)) in schedule.iter().enumerate() {
-        let v = model.forward_cached(&input(&x)?, &at(t)?, context, actions, spec, cache, false)?;
+        let v = model.forward_cached(&input(&x)?, &at(t)?, context, actions, spec, cache)?;
         x0 = clean_from_flow(&x, &v, sigma)?;
         if let Some(&(_, next)) = schedule.get(k + 1) {
             x = noised(&x0, &noises[k + 1], next)?;
         }
     }
-    model.forward_cached(&input(&x0)?, &at(0.0)?, context, actions, spec, cache, true)?;
+    model.forward_and_commit(&input(&x0)?, &at(0.0)?, context, actions, spec, cache)?;
     Ok(x0)
 }
 
@@ -89,12 +99,20 @@ mod tests {
     #[test]
     fn the_released_few_step_lists_give_the_published_timesteps() {
         // Matrix-Game 2.0 universal: [1000, 666, 333], shift 5.
-        let got: Vec<f64> = few_step_schedule(&[1000, 666, 333], 5.0).unwrap().iter().map(|s| s.0).collect();
+        let got: Vec<f64> = few_step_schedule(&[1000, 666, 333], 5.0)
+            .unwrap()
+            .iter()
+            .map(|s| s.0)
+            .collect();
         for (g, want) in got.iter().zip([1000.0, 908.8427, 713.9794]) {
             assert!((g - want).abs() < 1e-3, "{got:?}");
         }
         // TempleRun: [1000, 750, 500, 250] -> [1000, 937.5, 833.33, 625].
-        let got: Vec<f64> = few_step_schedule(&[1000, 750, 500, 250], 5.0).unwrap().iter().map(|s| s.0).collect();
+        let got: Vec<f64> = few_step_schedule(&[1000, 750, 500, 250], 5.0)
+            .unwrap()
+            .iter()
+            .map(|s| s.0)
+            .collect();
         for (g, want) in got.iter().zip([1000.0, 937.5, 833.333, 625.0]) {
             assert!((g - want).abs() < 1e-2, "{got:?}");
         }
@@ -110,6 +128,12 @@ mod tests {
         assert_eq!(xt.to_vec1::<f32>().unwrap(), vec![0.875, -1.375]);
         // The exact flow (noise - x0) takes x_t back to x0.
         let v = (&noise - &x0).unwrap();
-        assert_eq!(clean_from_flow(&xt, &v, 0.25).unwrap().to_vec1::<f32>().unwrap(), vec![1.0, -2.0]);
+        assert_eq!(
+            clean_from_flow(&xt, &v, 0.25)
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+            vec![1.0, -2.0]
+        );
     }
 }

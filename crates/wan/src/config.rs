@@ -167,9 +167,17 @@ impl WanTransformerConfig {
             + 6 * d;
         let context = match self.context {
             ContextKind::Text => linear(self.text_dim, d) + linear(d, d),
-            ContextKind::ClipImage => 2 * self.text_dim + linear(self.text_dim, self.text_dim) + linear(self.text_dim, d) + 2 * d,
+            ContextKind::ClipImage => {
+                2 * self.text_dim
+                    + linear(self.text_dim, self.text_dim)
+                    + linear(self.text_dim, d)
+                    + 2 * d
+            }
         };
-        let actions = self.action.as_ref().map_or(0, |a| self.action_blocks * a.parameter_count());
+        let actions = self
+            .action
+            .as_ref()
+            .map_or(0, |a| self.action_blocks * a.parameter_count());
         linear(self.in_channels * self.patch_volume(), d)
             + context
             + actions
@@ -195,7 +203,7 @@ impl WanTransformerConfig {
             );
         }
         if self.attention_head_dim < 6
-            || self.attention_head_dim % 2 != 0
+            || !self.attention_head_dim.is_multiple_of(2)
             || self.rope_axes()[0] == 0
         {
             return bad(format!(
@@ -203,7 +211,7 @@ impl WanTransformerConfig {
                 self.attention_head_dim
             ));
         }
-        if self.freq_dim == 0 || self.freq_dim % 2 != 0 {
+        if self.freq_dim == 0 || !self.freq_dim.is_multiple_of(2) {
             return bad(format!(
                 "freq_dim {} must be even and positive",
                 self.freq_dim
@@ -214,9 +222,17 @@ impl WanTransformerConfig {
         }
         match &self.action {
             Some(a) if a.dim != self.dim() || self.action_blocks > self.num_layers => {
-                return bad(format!("the action module's width {} must be the model's {} and action_blocks {} at most num_layers {}", a.dim, self.dim(), self.action_blocks, self.num_layers));
+                return bad(format!(
+                    "the action module's width {} must be the model's {} and action_blocks {} at most num_layers {}",
+                    a.dim,
+                    self.dim(),
+                    self.action_blocks,
+                    self.num_layers
+                ));
             }
-            None if self.action_blocks > 0 => return bad("action_blocks without an action module".into()),
+            None if self.action_blocks > 0 => {
+                return bad("action_blocks without an action module".into());
+            }
             _ => {}
         }
         Ok(())

@@ -31,9 +31,9 @@ pub mod transformer;
 pub mod vae;
 pub mod weights;
 
-pub use action_module::{ActionCache, ActionModule, ActionModuleConfig};
+pub use action_module::{ActionCache, ActionModule, ActionModuleConfig, Actions};
 pub use config::{ContextKind, WanTransformerConfig};
-pub use transformer::{Actions, CausalSpec, KvCache, WanTransformer};
+pub use transformer::{CausalSpec, KvCache, WanTransformer};
 pub use vae::{WanVae, WanVaeConfig};
 pub use weights::{KeyLayout, Weights};
 

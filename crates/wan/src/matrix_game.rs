@@ -36,7 +36,12 @@ impl MatrixGameAction {
         let (yaw, pitch) = a.rotation();
         let key = |on: bool| if on { 1.0 } else { 0.0 };
         MatrixGameAction {
-            keyboard: [key(forward > 0), key(forward < 0), key(right < 0), key(right > 0)],
+            keyboard: [
+                key(forward > 0),
+                key(forward < 0),
+                key(right < 0),
+                key(right > 0),
+            ],
             mouse: [pitch as f32 * MOUSE_PER_TURN, yaw as f32 * MOUSE_PER_TURN],
         }
     }
@@ -45,9 +50,18 @@ impl MatrixGameAction {
     pub fn to_action(&self) -> ActionMask {
         let pressed = |v: f32| v > 0.5;
         let axis = |pos: f32, neg: f32| pressed(pos) as i8 - pressed(neg) as i8;
-        let turn = |m: f32| if m.abs() > MOUSE_PER_TURN / 2.0 { m.signum() as i8 } else { 0 };
+        let turn = |m: f32| {
+            if m.abs() > MOUSE_PER_TURN / 2.0 {
+                m.signum() as i8
+            } else {
+                0
+            }
+        };
         let [w, s, a, d] = self.keyboard;
-        ActionMask::from_intent((axis(w, s), axis(d, a)), (turn(self.mouse[1]), turn(self.mouse[0])))
+        ActionMask::from_intent(
+            (axis(w, s), axis(d, a)),
+            (turn(self.mouse[1]), turn(self.mouse[0])),
+        )
     }
 }
 
@@ -84,11 +98,25 @@ mod tests {
             (ActionMask(0), [0.; 4], [0., 0.]),
         ];
         for (a, keyboard, mouse) in cases {
-            assert_eq!(MatrixGameAction::from_action(a), MatrixGameAction { keyboard, mouse }, "{a}");
+            assert_eq!(
+                MatrixGameAction::from_action(a),
+                MatrixGameAction { keyboard, mouse },
+                "{a}"
+            );
         }
         // A combined action: several keys and the mouse.
-        let m = MatrixGameAction::from_action(ActionMask::FORWARD.union(ActionMask::LEFT).union(ActionMask::TURN_RIGHT));
-        assert_eq!(m, MatrixGameAction { keyboard: [1., 0., 1., 0.], mouse: [0., 0.1] });
+        let m = MatrixGameAction::from_action(
+            ActionMask::FORWARD
+                .union(ActionMask::LEFT)
+                .union(ActionMask::TURN_RIGHT),
+        );
+        assert_eq!(
+            m,
+            MatrixGameAction {
+                keyboard: [1., 0., 1., 0.],
+                mouse: [0., 0.1]
+            }
+        );
     }
 
     #[test]
@@ -108,12 +136,16 @@ mod tests {
 
     #[test]
     fn matrix_game_inputs_read_back_with_thresholds_and_cancelling_keys() {
-        let read = |keyboard: [f32; 4], mouse: [f32; 2]| MatrixGameAction { keyboard, mouse }.to_action();
+        let read =
+            |keyboard: [f32; 4], mouse: [f32; 2]| MatrixGameAction { keyboard, mouse }.to_action();
         // W and S together cancel; A alone strafes left.
         assert_eq!(read([1., 1., 1., 0.], [0., 0.]), ActionMask::LEFT);
         // A small mouse motion is no turn; a large one is one turn step's direction.
         assert_eq!(read([0.; 4], [0.04, -0.04]), ActionMask(0));
-        assert_eq!(read([0.; 4], [0.3, -0.3]), ActionMask::TURN_UP.union(ActionMask::TURN_LEFT));
+        assert_eq!(
+            read([0.; 4], [0.3, -0.3]),
+            ActionMask::TURN_UP.union(ActionMask::TURN_LEFT)
+        );
         // A half-pressed key is not pressed.
         assert_eq!(read([0.4, 0., 0., 0.6], [0., 0.]), ActionMask::RIGHT);
     }

@@ -106,7 +106,12 @@ pub(crate) fn softmax_last(x: &Tensor) -> Result<Tensor> {
 /// Scaled dot-product attention of `q` [B, H, Lq, Dh] over `k`, `v`
 /// [B, H, Lk, Dh], with an additive `mask` [Lq, Lk] (0 where a query sees a
 /// key, -inf where not).
-pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+pub(crate) fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
     let scale = 1.0 / (q.dim(D::Minus1)? as f64).sqrt();
     let mut scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?;
     if let Some(m) = mask {

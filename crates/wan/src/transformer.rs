@@ -14,7 +14,7 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::action_module::{ActionCache, ActionModule};
+use crate::action_module::{ActionCache, ActionModule, Actions};
 use crate::config::{ContextKind, WanTransformerConfig};
 use crate::nn::{LayerNorm, Linear, RmsNorm, attention, layer_norm, rope_pairs};
 use crate::weights::Weights;
@@ -73,12 +73,27 @@ impl Attention {
         match keys {
             Keys::All => {}
             Keys::Masked(m) => mask = Some(m),
-            Keys::Cached { frames, visible, commit } => {
+            Keys::Cached {
+                frames,
+                visible,
+                commit,
+            } => {
                 // The cached frames this chunk sees, then its own.
-                let seen: Vec<&CachedFrame> = frames.iter().filter(|c| visible.contains(&c.frame)).collect();
+                let seen: Vec<&CachedFrame> = frames
+                    .iter()
+                    .filter(|c| visible.contains(&c.frame))
+                    .collect();
                 if !seen.is_empty() {
-                    let ks: Vec<&Tensor> = seen.iter().map(|c| &c.k).chain(std::iter::once(&k)).collect();
-                    let vs: Vec<&Tensor> = seen.iter().map(|c| &c.v).chain(std::iter::once(&v)).collect();
+                    let ks: Vec<&Tensor> = seen
+                        .iter()
+                        .map(|c| &c.k)
+                        .chain(std::iter::once(&k))
+                        .collect();
+                    let vs: Vec<&Tensor> = seen
+                        .iter()
+                        .map(|c| &c.v)
+                        .chain(std::iter::once(&v))
+                        .collect();
                     let (k_all, v_all) = (Tensor::cat(&ks, 2)?, Tensor::cat(&vs, 2)?);
                     if let Some(first) = commit {
                         push_frames(frames, first, &k, &v)?;
@@ -100,10 +115,19 @@ impl Attention {
 
 /// Split a chunk's keys and values [B, H, L, Dh] into its frames and keep
 /// them, numbered from `first`.
-fn push_frames(frames: &mut Vec<CachedFrame>, first: FrameRange, k: &Tensor, v: &Tensor) -> Result<()> {
+fn push_frames(
+    frames: &mut Vec<CachedFrame>,
+    first: FrameRange,
+    k: &Tensor,
+    v: &Tensor,
+) -> Result<()> {
     let per = k.dim(2)? / first.count;
     for i in 0..first.count {
-        frames.push(CachedFrame { frame: first.start + i, k: k.narrow(2, i * per, per)?.contiguous()?, v: v.narrow(2, i * per, per)?.contiguous()? });
+        frames.push(CachedFrame {
+            frame: first.start + i,
+            k: k.narrow(2, i * per, per)?.contiguous()?,
+            v: v.narrow(2, i * per, per)?.contiguous()?,
+        });
     }
     Ok(())
 }
@@ -123,7 +147,11 @@ enum Keys<'a> {
     Masked(&'a Tensor),
     /// This chunk's own tokens after the cached frames in `visible`; with
     /// `commit`, the chunk's keys and values join the cache.
-    Cached { frames: &'a mut Vec<CachedFrame>, visible: &'a [usize], commit: Option<FrameRange> },
+    Cached {
+        frames: &'a mut Vec<CachedFrame>,
+        visible: &'a [usize],
+        commit: Option<FrameRange>,
+    },
 }
 
 /// One latent frame's self-attention keys and values [B, H, L_f, Dh] in
@@ -150,12 +178,19 @@ impl CausalSpec {
     /// Whether a token of frame `query` sees the tokens of frame `key`.
     pub fn sees(&self, query: usize, key: usize) -> bool {
         let end = (query / self.frames_per_block + 1) * self.frames_per_block;
-        key < end && (self.local_window_frames == 0 || key + self.local_window_frames >= end || key < self.sink_frames)
+        key < end
+            && (self.local_window_frames == 0
+                || key + self.local_window_frames >= end
+                || key < self.sink_frames)
     }
 
     fn validate(&self) -> Result<()> {
-        if self.frames_per_block == 0 || (self.local_window_frames != 0 && self.local_window_frames < self.frames_per_block) {
-            return Err(WanError::Config(format!("causal attention: {self:?}: blocks of at least one frame, a window of at least one block (or 0: none)")));
+        if self.frames_per_block == 0
+            || (self.local_window_frames != 0 && self.local_window_frames < self.frames_per_block)
+        {
+            return Err(WanError::Config(format!(
+                "causal attention: {self:?}: blocks of at least one frame, a window of at least one block (or 0: none)"
+            )));
         }
         Ok(())
     }
@@ -173,7 +208,11 @@ pub struct KvCache {
 
 impl KvCache {
     pub fn new() -> Self {
-        KvCache { layers: Vec::new(), actions: Vec::new(), next_frame: 0 }
+        KvCache {
+            layers: Vec::new(),
+            actions: Vec::new(),
+            next_frame: 0,
+        }
     }
 
     /// The index of the next latent frame (the frames committed so far).
@@ -224,7 +263,9 @@ impl Block {
             modulation: w.take(&format!("{prefix}.modulation"), &[1, 6, d], DType::F32)?,
             eps: cfg.eps,
             action: match &cfg.action {
-                Some(a) if index < cfg.action_blocks => Some(ActionModule::new(a, w, &format!("{prefix}.action_model"))?),
+                Some(a) if index < cfg.action_blocks => {
+                    Some(ActionModule::new(a, w, &format!("{prefix}.action_model"))?)
+                }
                 _ => None,
             },
         })
@@ -264,11 +305,15 @@ impl Block {
             Some(norm) => norm.forward(&x)?.to_dtype(dtype)?,
             None => x.clone(),
         };
-        let mut x = (&x + self.cross_attn.forward(&n, Some(context), None, Keys::All)?)?;
+        let mut x = (&x
+            + self
+                .cross_attn
+                .forward(&n, Some(context), None, Keys::All)?)?;
         if let Some(module) = &self.action {
             x = match act {
-                ActionStep::Full { grid, actions, spec } => module.forward(&x, grid, actions.keyboard, actions.mouse, spec)?,
-                ActionStep::Cached { grid, actions, spec, cache, commit } => module.forward_cached(&x, grid, actions.keyboard, actions.mouse, spec, cache, commit)?,
+                ActionStep::Full { grid, actions, spec } => module.forward(&x, grid, *actions, spec)?,
+                ActionStep::Cached { grid, actions, spec, cache, commit: false } => module.forward_cached(&x, grid, *actions, spec, cache)?,
+                ActionStep::Cached { grid, actions, spec, cache, commit: true } => module.forward_and_commit(&x, grid, *actions, spec, cache)?,
                 ActionStep::None => return Err(WanError::Input { what: "actions".into(), reason: "this model has action modules: pass the keyboard and mouse inputs, block-causally".into() }),
             }
             .to_dtype(dtype)?;
@@ -319,7 +364,10 @@ impl WanTransformer {
         let model = WanTransformer {
             patch_embedding,
             context_embedding: match cfg.context {
-                ContextKind::Text => ContextEmbedding::Text(Linear::new(w, "text_embedding.0", cfg.text_dim, d, dtype)?, Linear::new(w, "text_embedding.2", d, d, dtype)?),
+                ContextKind::Text => ContextEmbedding::Text(
+                    Linear::new(w, "text_embedding.0", cfg.text_dim, d, dtype)?,
+                    Linear::new(w, "text_embedding.2", d, d, dtype)?,
+                ),
                 ContextKind::ClipImage => ContextEmbedding::ClipImage(
                     LayerNorm::new(w, "img_emb.proj.0", cfg.text_dim, 1e-5)?,
                     Linear::new(w, "img_emb.proj.1", cfg.text_dim, cfg.text_dim, dtype)?,
@@ -441,32 +489,109 @@ impl WanTransformer {
     /// forcing): `t` is [B] or per latent frame [B, F].
     /// `actions`: the keyboard and mouse per pixel frame, for a model with
     /// action modules (Matrix-Game 2.0).
-    pub fn forward_block_causal(&self, x: &Tensor, t: &Tensor, context: &Tensor, actions: Option<Actions>, spec: &CausalSpec) -> Result<Tensor> {
+    pub fn forward_block_causal(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        context: &Tensor,
+        actions: Option<Actions>,
+        spec: &CausalSpec,
+    ) -> Result<Tensor> {
         spec.validate()?;
         self.run(x, t, context, actions, Mode::BlockCausal(spec))
     }
 
     /// One block of `spec.frames_per_block` latent frames after the frames
-    /// in `cache` (generation): its tokens see the cached frames the spec
-    /// lets them see and each other. With `commit`, the block's keys and
-    /// values join the cache (call it once per block, on the clean latents,
-    /// after the denoising steps), and frames no later block sees leave it.
-    /// Equals [`WanTransformer::forward_block_causal`] of the whole clip.
+    /// in `cache` (generation: a denoising step): its tokens see the cached
+    /// frames the spec lets them see and each other; the cache is left as
+    /// it was. A stream of blocks equals
+    /// [`WanTransformer::forward_block_causal`] of the whole clip.
     /// `actions` run from the first pixel frame through this block's.
-    pub fn forward_cached(&self, x: &Tensor, t: &Tensor, context: &Tensor, actions: Option<Actions>, spec: &CausalSpec, cache: &mut KvCache, commit: bool) -> Result<Tensor> {
+    pub fn forward_cached(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        context: &Tensor,
+        actions: Option<Actions>,
+        spec: &CausalSpec,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        self.run_cached(
+            x,
+            t,
+            context,
+            actions,
+            Mode::Cached {
+                spec,
+                cache,
+                commit: false,
+            },
+        )
+    }
+
+    /// [`WanTransformer::forward_cached`], after which the block's keys and
+    /// values join the cache and frames no later block sees leave it: call
+    /// it once per block, on the clean latents at t = 0, after the
+    /// denoising steps.
+    pub fn forward_and_commit(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        context: &Tensor,
+        actions: Option<Actions>,
+        spec: &CausalSpec,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        self.run_cached(
+            x,
+            t,
+            context,
+            actions,
+            Mode::Cached {
+                spec,
+                cache,
+                commit: true,
+            },
+        )
+    }
+
+    fn run_cached(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        context: &Tensor,
+        actions: Option<Actions>,
+        mut mode: Mode,
+    ) -> Result<Tensor> {
+        let Mode::Cached { spec, cache, .. } = &mut mode else {
+            unreachable!("called with a cache")
+        };
         spec.validate()?;
         if x.dims().len() != 5 || x.dim(2)? != spec.frames_per_block * self.cfg.patch_size[0] {
-            return Err(WanError::Input { what: "latent block".into(), reason: format!("shape {:?}: one block is {} latent frames", x.dims(), spec.frames_per_block) });
+            return Err(WanError::Input {
+                what: "latent block".into(),
+                reason: format!(
+                    "shape {:?}: one block is {} latent frames",
+                    x.dims(),
+                    spec.frames_per_block
+                ),
+            });
         }
         if cache.layers.is_empty() {
             cache.layers = (0..self.blocks.len()).map(|_| Vec::new()).collect();
             cache.actions = (0..self.blocks.len()).map(|_| ActionCache::new()).collect();
         }
-        let y = self.run(x, t, context, actions, Mode::Cached { spec, cache, commit })?;
-        Ok(y)
+        self.run(x, t, context, actions, mode)
     }
 
-    fn run(&self, x: &Tensor, t: &Tensor, context: &Tensor, actions: Option<Actions>, mut mode: Mode) -> Result<Tensor> {
+    fn run(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        context: &Tensor,
+        actions: Option<Actions>,
+        mut mode: Mode,
+    ) -> Result<Tensor> {
         let cfg = &self.cfg;
         let (b, c, f, h, w) = x.dims5()?;
         let [pt, ph, pw] = cfg.patch_size;
@@ -521,28 +646,46 @@ impl WanTransformer {
                 .silu()?,
         )?;
         let temb = if per_frame {
-            temb.reshape((b, grid[0], 1, d))?.broadcast_as((b, grid[0], lf, d))?.reshape((b, l, d))?
+            temb.reshape((b, grid[0], 1, d))?
+                .broadcast_as((b, grid[0], lf, d))?
+                .reshape((b, l, d))?
         } else {
             temb.reshape((b, 1, d))?
         };
         let e = self.time_projection.forward(&temb.silu()?)?;
         let e = e.reshape((b, e.dim(1)?, 6, d))?;
         let ctx = match &self.context_embedding {
-            ContextEmbedding::Text(l0, l2) => l2.forward(&l0.forward(&context.to_dtype(self.dtype)?)?.gelu()?)?,
+            ContextEmbedding::Text(l0, l2) => {
+                l2.forward(&l0.forward(&context.to_dtype(self.dtype)?)?.gelu()?)?
+            }
             ContextEmbedding::ClipImage(n0, l1, l3, n4) => {
-                let h = l1.forward(&n0.forward(context)?.to_dtype(self.dtype)?)?.gelu_erf()?;
+                let h = l1
+                    .forward(&n0.forward(context)?.to_dtype(self.dtype)?)?
+                    .gelu_erf()?;
                 n4.forward(&l3.forward(&h)?)?.to_dtype(self.dtype)?
             }
         };
         let mask = match &mode {
             Mode::BlockCausal(spec) => {
-                let m: Vec<f32> = (0..l).flat_map(|q| (0..l).map(move |k| if spec.sees(q / lf, k / lf) { 0.0 } else { f32::NEG_INFINITY })).collect();
+                let m: Vec<f32> = (0..l)
+                    .flat_map(|q| {
+                        (0..l).map(move |k| {
+                            if spec.sees(q / lf, k / lf) {
+                                0.0
+                            } else {
+                                f32::NEG_INFINITY
+                            }
+                        })
+                    })
+                    .collect();
                 Some(Tensor::from_vec(m, (l, l), x.device())?)
             }
             _ => None,
         };
         let visible: Vec<usize> = match &mode {
-            Mode::Cached { spec, .. } => (0..first_frame).filter(|k| spec.sees(first_frame, *k)).collect(),
+            Mode::Cached { spec, .. } => (0..first_frame)
+                .filter(|k| spec.sees(first_frame, *k))
+                .collect(),
             _ => Vec::new(),
         };
         for (i, block) in self.blocks.iter().enumerate() {
@@ -550,13 +693,40 @@ impl WanTransformer {
                 Mode::Full => (Keys::All, ActionStep::None),
                 Mode::BlockCausal(spec) => (
                     Keys::Masked(mask.as_ref().expect("built above")),
-                    actions.as_ref().map_or(ActionStep::None, |a| ActionStep::Full { grid, actions: a, spec }),
+                    actions
+                        .as_ref()
+                        .map_or(ActionStep::None, |a| ActionStep::Full {
+                            grid,
+                            actions: a,
+                            spec,
+                        }),
                 ),
-                Mode::Cached { cache, commit, spec } => {
-                    let KvCache { layers, actions: action_caches, .. } = &mut **cache;
-                    let keys = Keys::Cached { frames: &mut layers[i], visible: &visible, commit: commit.then_some(FrameRange { start: first_frame, count: grid[0] }) };
+                Mode::Cached {
+                    cache,
+                    commit,
+                    spec,
+                } => {
+                    let KvCache {
+                        layers,
+                        actions: action_caches,
+                        ..
+                    } = &mut **cache;
+                    let keys = Keys::Cached {
+                        frames: &mut layers[i],
+                        visible: &visible,
+                        commit: commit.then_some(FrameRange {
+                            start: first_frame,
+                            count: grid[0],
+                        }),
+                    };
                     let act = match &actions {
-                        Some(a) => ActionStep::Cached { grid, actions: a, spec, cache: &mut action_caches[i], commit: *commit },
+                        Some(a) => ActionStep::Cached {
+                            grid,
+                            actions: a,
+                            spec,
+                            cache: &mut action_caches[i],
+                            commit: *commit,
+                        },
                         None => ActionStep::None,
                     };
                     (keys, act)
@@ -564,15 +734,26 @@ impl WanTransformer {
             };
             hidden = block.forward(&hidden, &e, &ctx, &rope, keys, act)?;
         }
-        if let Mode::Cached { spec, cache, commit: true } = &mut mode {
+        if let Mode::Cached {
+            spec,
+            cache,
+            commit: true,
+        } = &mut mode
+        {
             cache.next_frame += grid[0];
             let next = cache.next_frame;
             for layer in &mut cache.layers {
                 layer.retain(|c| spec.sees(next, c.frame));
             }
         }
-        let head_e = self.head_modulation.unsqueeze(0)?.broadcast_add(&temb.unsqueeze(2)?)?;
-        let (shift, scale) = (head_e.narrow(2, 0, 1)?.squeeze(2)?, head_e.narrow(2, 1, 1)?.squeeze(2)?);
+        let head_e = self
+            .head_modulation
+            .unsqueeze(0)?
+            .broadcast_add(&temb.unsqueeze(2)?)?;
+        let (shift, scale) = (
+            head_e.narrow(2, 0, 1)?.squeeze(2)?,
+            head_e.narrow(2, 1, 1)?.squeeze(2)?,
+        );
         let normed = layer_norm(&hidden, cfg.eps)?
             .broadcast_mul(&(scale + 1.0)?)?
             .broadcast_add(&shift)?
@@ -587,19 +768,21 @@ impl WanTransformer {
     }
 }
 
-/// The actions of a clip, per pixel frame: `keyboard` [B, N_pix, keys] and
-/// `mouse` [B, N_pix, 2], N_pix = 1 + 4 (F - 1) for F latent frames.
-#[derive(Clone, Copy)]
-pub struct Actions<'a> {
-    pub keyboard: &'a Tensor,
-    pub mouse: &'a Tensor,
-}
-
 /// What a block's action module does in a forward pass.
 enum ActionStep<'a> {
     None,
-    Full { grid: [usize; 3], actions: &'a Actions<'a>, spec: &'a CausalSpec },
-    Cached { grid: [usize; 3], actions: &'a Actions<'a>, spec: &'a CausalSpec, cache: &'a mut ActionCache, commit: bool },
+    Full {
+        grid: [usize; 3],
+        actions: &'a Actions<'a>,
+        spec: &'a CausalSpec,
+    },
+    Cached {
+        grid: [usize; 3],
+        actions: &'a Actions<'a>,
+        spec: &'a CausalSpec,
+        cache: &'a mut ActionCache,
+        commit: bool,
+    },
 }
 
 /// The cross-attention's context embedding.
@@ -614,5 +797,9 @@ enum ContextEmbedding {
 enum Mode<'a> {
     Full,
     BlockCausal(&'a CausalSpec),
-    Cached { spec: &'a CausalSpec, cache: &'a mut KvCache, commit: bool },
+    Cached {
+        spec: &'a CausalSpec,
+        cache: &'a mut KvCache,
+        commit: bool,
+    },
 }

@@ -48,8 +48,14 @@ impl WanVaeConfig {
             num_res_blocks: 2,
             attn_scales: vec![],
             temperal_downsample: vec![false, true, true],
-            latents_mean: vec![-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508, 0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921],
-            latents_std: vec![2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743, 3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160],
+            latents_mean: vec![
+                -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508, 0.4134,
+                -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921,
+            ],
+            latents_std: vec![
+                2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743, 3.2687, 2.1526,
+                2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160,
+            ],
         }
     }
 
@@ -80,20 +86,39 @@ impl WanVaeConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(WanError::Config(m));
         if self.dim_mult.len() < 2 || self.temperal_downsample.len() + 1 != self.dim_mult.len() {
-            return bad(format!("dim_mult {:?} needs at least 2 levels and one temperal_downsample flag per level after the first ({:?})", self.dim_mult, self.temperal_downsample));
+            return bad(format!(
+                "dim_mult {:?} needs at least 2 levels and one temperal_downsample flag per level after the first ({:?})",
+                self.dim_mult, self.temperal_downsample
+            ));
         }
         if !self.attn_scales.is_empty() {
-            return bad(format!("attn_scales {:?}: encoder attention outside the middle block is not supported (Wan2.1 has none)", self.attn_scales));
+            return bad(format!(
+                "attn_scales {:?}: encoder attention outside the middle block is not supported (Wan2.1 has none)",
+                self.attn_scales
+            ));
         }
-        if self.base_dim == 0 || self.z_dim == 0 || self.num_res_blocks == 0 || self.dim_mult.contains(&0) {
+        if self.base_dim == 0
+            || self.z_dim == 0
+            || self.num_res_blocks == 0
+            || self.dim_mult.contains(&0)
+        {
             return bad("base_dim, z_dim, num_res_blocks and dim_mult must be positive".into());
         }
-        if self.latents_mean.len() != self.z_dim || self.latents_std.len() != self.z_dim || self.latents_std.iter().any(|s| !(*s > 0.0)) {
-            return bad(format!("latents_mean and latents_std need {} values each (std > 0)", self.z_dim));
+        if self.latents_mean.len() != self.z_dim
+            || self.latents_std.len() != self.z_dim
+            || self.latents_std.iter().any(|s| s.is_nan() || *s <= 0.0)
+        {
+            return bad(format!(
+                "latents_mean and latents_std need {} values each (std > 0)",
+                self.z_dim
+            ));
         }
         // Chunks of 4 frames must shrink to whole latent frames.
         if 4 % self.temporal_factor() != 0 {
-            return bad(format!("{} temporal downsamplings: at most 2 (chunks are 4 frames)", self.temporal_factor().trailing_zeros()));
+            return bad(format!(
+                "{} temporal downsamplings: at most 2 (chunks are 4 frames)",
+                self.temporal_factor().trailing_zeros()
+            ));
         }
         Ok(())
     }
@@ -101,21 +126,34 @@ impl WanVaeConfig {
     /// Read diffusers' `AutoencoderKLWan` config.json (Wan's own VAE has no
     /// config file: it is [`WanVaeConfig::wan2_1`]).
     pub fn from_json(text: &str) -> Result<Self> {
-        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| WanError::Config(format!("not JSON: {e}")))?;
-        let obj = v.as_object().ok_or_else(|| WanError::Config("a config is a JSON object".into()))?;
-        for (k, unsupported) in [("is_residual", serde_json::json!(true)), ("decoder_base_dim", serde_json::Value::Null)] {
+        let v: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| WanError::Config(format!("not JSON: {e}")))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| WanError::Config("a config is a JSON object".into()))?;
+        for (k, unsupported) in [
+            ("is_residual", serde_json::json!(true)),
+            ("decoder_base_dim", serde_json::Value::Null),
+        ] {
             if let Some(x) = obj.get(k)
-                && (k == "is_residual" && *x == unsupported || k == "decoder_base_dim" && !x.is_null())
+                && (k == "is_residual" && *x == unsupported
+                    || k == "decoder_base_dim" && !x.is_null())
             {
-                return Err(WanError::Config(format!("{k} = {x}: the Wan2.2 VAE is not supported so far")));
+                return Err(WanError::Config(format!(
+                    "{k} = {x}: the Wan2.2 VAE is not supported so far"
+                )));
             }
         }
         let mut known = serde_json::Map::new();
         let d = serde_json::to_value(Self::wan2_1()).expect("serialises");
         for (k, default) in d.as_object().expect("an object") {
-            known.insert(k.clone(), obj.get(k).cloned().unwrap_or_else(|| default.clone()));
+            known.insert(
+                k.clone(),
+                obj.get(k).cloned().unwrap_or_else(|| default.clone()),
+            );
         }
-        let cfg: Self = serde_json::from_value(serde_json::Value::Object(known)).map_err(|e| WanError::Config(format!("diffusers VAE config: {e}")))?;
+        let cfg: Self = serde_json::from_value(serde_json::Value::Object(known))
+            .map_err(|e| WanError::Config(format!("diffusers VAE config: {e}")))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -142,7 +180,10 @@ pub struct Cache {
 
 impl Cache {
     fn new() -> Self {
-        Cache { slots: Vec::new(), next: 0 }
+        Cache {
+            slots: Vec::new(),
+            next: 0,
+        }
     }
 
     fn start_chunk(&mut self) {
@@ -177,10 +218,29 @@ pub(crate) struct CausalConv3d {
 }
 
 impl CausalConv3d {
-    fn new(w: &Weights, prefix: &str, cin: usize, cout: usize, k: [usize; 3], pad: [usize; 3], stride_t: usize) -> Result<Self> {
-        let weight = w.take(&format!("{prefix}.weight"), &[cout, cin, k[0], k[1], k[2]], DType::F32)?;
-        let taps = (0..k[0]).map(|j| Ok(weight.i((.., .., j))?.contiguous()?)).collect::<Result<_>>()?;
-        Ok(CausalConv3d { taps, bias: w.take(&format!("{prefix}.bias"), &[cout], DType::F32)?, pad, stride_t })
+    fn new(
+        w: &Weights,
+        prefix: &str,
+        cin: usize,
+        cout: usize,
+        k: [usize; 3],
+        pad: [usize; 3],
+        stride_t: usize,
+    ) -> Result<Self> {
+        let weight = w.take(
+            &format!("{prefix}.weight"),
+            &[cout, cin, k[0], k[1], k[2]],
+            DType::F32,
+        )?;
+        let taps = (0..k[0])
+            .map(|j| Ok(weight.i((.., .., j))?.contiguous()?))
+            .collect::<Result<_>>()?;
+        Ok(CausalConv3d {
+            taps,
+            bias: w.take(&format!("{prefix}.bias"), &[cout], DType::F32)?,
+            pad,
+            stride_t,
+        })
     }
 
     /// `x` [B, C, T, H, W] after `cached` frames (the previous chunk's).
@@ -193,18 +253,26 @@ impl CausalConv3d {
             front -= c.dim(2)?.min(front);
             x = Tensor::cat(&[c, &x], 2)?;
         }
-        let x = x.pad_with_zeros(2, front, 0)?.pad_with_zeros(3, self.pad[1], self.pad[1])?.pad_with_zeros(4, self.pad[2], self.pad[2])?;
+        let x = x
+            .pad_with_zeros(2, front, 0)?
+            .pad_with_zeros(3, self.pad[1], self.pad[1])?
+            .pad_with_zeros(4, self.pad[2], self.pad[2])?;
         let (b, c, tp, h, w) = x.dims5()?;
         let kt = self.taps.len();
         if tp < kt {
-            return Err(WanError::Input { what: "video".into(), reason: format!("{tp} frames reach a causal convolution of {kt} time taps") });
+            return Err(WanError::Input {
+                what: "video".into(),
+                reason: format!("{tp} frames reach a causal convolution of {kt} time taps"),
+            });
         }
         let t_out = (tp - kt) / self.stride_t + 1;
         let frames = x.permute([0, 2, 1, 3, 4])?.contiguous()?;
         let mut sum: Option<Tensor> = None;
         for (j, tap) in self.taps.iter().enumerate() {
             let idx: Vec<u32> = (0..t_out).map(|i| (j + i * self.stride_t) as u32).collect();
-            let sel = frames.index_select(&Tensor::new(idx.as_slice(), x.device())?, 1)?.reshape((b * t_out, c, h, w))?;
+            let sel = frames
+                .index_select(&Tensor::new(idx.as_slice(), x.device())?, 1)?
+                .reshape((b * t_out, c, h, w))?;
             let y = sel.conv2d(tap, 0, 1, 1, 1)?;
             sum = Some(match sum {
                 None => y,
@@ -213,7 +281,10 @@ impl CausalConv3d {
         }
         let y = sum.expect("at least one tap");
         let (_, o, ho, wo) = y.dims4()?;
-        Ok(y.broadcast_add(&self.bias.reshape((1, o, 1, 1))?)?.reshape((b, t_out, o, ho, wo))?.permute([0, 2, 1, 3, 4])?.contiguous()?)
+        Ok(y.broadcast_add(&self.bias.reshape((1, o, 1, 1))?)?
+            .reshape((b, t_out, o, ho, wo))?
+            .permute([0, 2, 1, 3, 4])?
+            .contiguous()?)
     }
 
     /// Run with the stream's memory: read the slot's frames, then keep the
@@ -245,8 +316,15 @@ struct RmsNorm {
 
 impl RmsNorm {
     fn new(w: &Weights, prefix: &str, dim: usize, images: bool) -> Result<Self> {
-        let shape: Vec<usize> = if images { vec![dim, 1, 1] } else { vec![dim, 1, 1, 1] };
-        Ok(RmsNorm { gamma: w.take(&format!("{prefix}.gamma"), &shape, DType::F32)?, scale: (dim as f64).sqrt() })
+        let shape: Vec<usize> = if images {
+            vec![dim, 1, 1]
+        } else {
+            vec![dim, 1, 1, 1]
+        };
+        Ok(RmsNorm {
+            gamma: w.take(&format!("{prefix}.gamma"), &shape, DType::F32)?,
+            scale: (dim as f64).sqrt(),
+        })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -267,10 +345,38 @@ impl ResidualBlock {
     fn new(w: &Weights, prefix: &str, cin: usize, cout: usize) -> Result<Self> {
         Ok(ResidualBlock {
             norm1: RmsNorm::new(w, &format!("{prefix}.residual.0"), cin, false)?,
-            conv1: CausalConv3d::new(w, &format!("{prefix}.residual.2"), cin, cout, [3, 3, 3], [1, 1, 1], 1)?,
+            conv1: CausalConv3d::new(
+                w,
+                &format!("{prefix}.residual.2"),
+                cin,
+                cout,
+                [3, 3, 3],
+                [1, 1, 1],
+                1,
+            )?,
             norm2: RmsNorm::new(w, &format!("{prefix}.residual.3"), cout, false)?,
-            conv2: CausalConv3d::new(w, &format!("{prefix}.residual.6"), cout, cout, [3, 3, 3], [1, 1, 1], 1)?,
-            shortcut: if cin != cout { Some(CausalConv3d::new(w, &format!("{prefix}.shortcut"), cin, cout, [1, 1, 1], [0, 0, 0], 1)?) } else { None },
+            conv2: CausalConv3d::new(
+                w,
+                &format!("{prefix}.residual.6"),
+                cout,
+                cout,
+                [3, 3, 3],
+                [1, 1, 1],
+                1,
+            )?,
+            shortcut: if cin != cout {
+                Some(CausalConv3d::new(
+                    w,
+                    &format!("{prefix}.shortcut"),
+                    cin,
+                    cout,
+                    [1, 1, 1],
+                    [0, 0, 0],
+                    1,
+                )?)
+            } else {
+                None
+            },
         })
     }
 
@@ -279,8 +385,12 @@ impl ResidualBlock {
             Some(s) => s.forward(x, None)?,
             None => x.clone(),
         };
-        let y = self.conv1.forward_cached(&self.norm1.forward(x)?.silu()?, cache)?;
-        let y = self.conv2.forward_cached(&self.norm2.forward(&y)?.silu()?, cache)?;
+        let y = self
+            .conv1
+            .forward_cached(&self.norm1.forward(x)?.silu()?, cache)?;
+        let y = self
+            .conv2
+            .forward_cached(&self.norm2.forward(&y)?.silu()?, cache)?;
         Ok((y + h)?)
     }
 }
@@ -295,22 +405,46 @@ struct AttentionBlock {
 impl AttentionBlock {
     fn new(w: &Weights, prefix: &str, dim: usize) -> Result<Self> {
         let conv1x1 = |n: &str, o: usize| -> Result<(Tensor, Tensor)> {
-            Ok((w.take(&format!("{prefix}.{n}.weight"), &[o, dim, 1, 1], DType::F32)?.reshape((o, dim))?, w.take(&format!("{prefix}.{n}.bias"), &[o], DType::F32)?))
+            Ok((
+                w.take(&format!("{prefix}.{n}.weight"), &[o, dim, 1, 1], DType::F32)?
+                    .reshape((o, dim))?,
+                w.take(&format!("{prefix}.{n}.bias"), &[o], DType::F32)?,
+            ))
         };
-        Ok(AttentionBlock { norm: RmsNorm::new(w, &format!("{prefix}.norm"), dim, true)?, to_qkv: conv1x1("to_qkv", 3 * dim)?, proj: conv1x1("proj", dim)? })
+        Ok(AttentionBlock {
+            norm: RmsNorm::new(w, &format!("{prefix}.norm"), dim, true)?,
+            to_qkv: conv1x1("to_qkv", 3 * dim)?,
+            proj: conv1x1("proj", dim)?,
+        })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, c, t, h, w) = x.dims5()?;
         let frames = x.permute([0, 2, 1, 3, 4])?.reshape((b * t, c, h, w))?;
         // Pixels as tokens: [BT, HW, C].
-        let tokens = self.norm.forward(&frames)?.reshape((b * t, c, h * w))?.transpose(1, 2)?;
-        let qkv = tokens.broadcast_matmul(&self.to_qkv.0.t()?)?.broadcast_add(&self.to_qkv.1)?;
-        let (q, k, v) = (qkv.narrow(2, 0, c)?, qkv.narrow(2, c, c)?, qkv.narrow(2, 2 * c, c)?);
+        let tokens = self
+            .norm
+            .forward(&frames)?
+            .reshape((b * t, c, h * w))?
+            .transpose(1, 2)?;
+        let qkv = tokens
+            .broadcast_matmul(&self.to_qkv.0.t()?)?
+            .broadcast_add(&self.to_qkv.1)?;
+        let (q, k, v) = (
+            qkv.narrow(2, 0, c)?,
+            qkv.narrow(2, c, c)?,
+            qkv.narrow(2, 2 * c, c)?,
+        );
         let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? / (c as f64).sqrt())?;
         let p = crate::nn::softmax_last(&scores)?;
-        let out = p.matmul(&v.contiguous()?)?.broadcast_matmul(&self.proj.0.t()?)?.broadcast_add(&self.proj.1)?;
-        let out = out.transpose(1, 2)?.reshape((b, t, c, h, w))?.permute([0, 2, 1, 3, 4])?;
+        let out = p
+            .matmul(&v.contiguous()?)?
+            .broadcast_matmul(&self.proj.0.t()?)?
+            .broadcast_add(&self.proj.1)?;
+        let out = out
+            .transpose(1, 2)?
+            .reshape((b, t, c, h, w))?
+            .permute([0, 2, 1, 3, 4])?;
         Ok((out + x)?)
     }
 }
@@ -343,42 +477,94 @@ fn per_frame(x: &Tensor, f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Tensor
     let (b, c, t, h, w) = x.dims5()?;
     let y = f(&x.permute([0, 2, 1, 3, 4])?.reshape((b * t, c, h, w))?)?;
     let (_, co, ho, wo) = y.dims4()?;
-    Ok(y.reshape((b, t, co, ho, wo))?.permute([0, 2, 1, 3, 4])?.contiguous()?)
+    Ok(y.reshape((b, t, co, ho, wo))?
+        .permute([0, 2, 1, 3, 4])?
+        .contiguous()?)
 }
 
 /// Spatial (and optionally temporal) down- or upsampling.
 enum Resample {
     /// Zero-pad right and bottom, 3x3 convolution with stride 2; with
     /// `time`, then a causal time convolution of stride 2.
-    Down { conv: (Tensor, Tensor), time: Option<CausalConv3d> },
+    Down {
+        conv: (Tensor, Tensor),
+        time: Option<CausalConv3d>,
+    },
     /// With `time`, a causal time convolution doubling the frames (not on
     /// the first chunk); then nearest 2x and a 3x3 convolution.
-    Up { conv: (Tensor, Tensor), time: Option<CausalConv3d> },
+    Up {
+        conv: (Tensor, Tensor),
+        time: Option<CausalConv3d>,
+    },
 }
 
 impl Resample {
     fn down(w: &Weights, prefix: &str, dim: usize, time: bool) -> Result<Self> {
-        let conv = (w.take(&format!("{prefix}.resample.1.weight"), &[dim, dim, 3, 3], DType::F32)?, w.take(&format!("{prefix}.resample.1.bias"), &[dim], DType::F32)?);
-        let time = if time { Some(CausalConv3d::new(w, &format!("{prefix}.time_conv"), dim, dim, [3, 1, 1], [0, 0, 0], 2)?) } else { None };
+        let conv = (
+            w.take(
+                &format!("{prefix}.resample.1.weight"),
+                &[dim, dim, 3, 3],
+                DType::F32,
+            )?,
+            w.take(&format!("{prefix}.resample.1.bias"), &[dim], DType::F32)?,
+        );
+        let time = if time {
+            Some(CausalConv3d::new(
+                w,
+                &format!("{prefix}.time_conv"),
+                dim,
+                dim,
+                [3, 1, 1],
+                [0, 0, 0],
+                2,
+            )?)
+        } else {
+            None
+        };
         Ok(Resample::Down { conv, time })
     }
 
     fn up(w: &Weights, prefix: &str, dim: usize, time: bool) -> Result<Self> {
-        let conv = (w.take(&format!("{prefix}.resample.1.weight"), &[dim / 2, dim, 3, 3], DType::F32)?, w.take(&format!("{prefix}.resample.1.bias"), &[dim / 2], DType::F32)?);
-        let time = if time { Some(CausalConv3d::new(w, &format!("{prefix}.time_conv"), dim, 2 * dim, [3, 1, 1], [1, 0, 0], 1)?) } else { None };
+        let conv = (
+            w.take(
+                &format!("{prefix}.resample.1.weight"),
+                &[dim / 2, dim, 3, 3],
+                DType::F32,
+            )?,
+            w.take(&format!("{prefix}.resample.1.bias"), &[dim / 2], DType::F32)?,
+        );
+        let time = if time {
+            Some(CausalConv3d::new(
+                w,
+                &format!("{prefix}.time_conv"),
+                dim,
+                2 * dim,
+                [3, 1, 1],
+                [1, 0, 0],
+                1,
+            )?)
+        } else {
+            None
+        };
         Ok(Resample::Up { conv, time })
     }
 
     fn forward(&self, x: &Tensor, cache: &mut Cache) -> Result<Tensor> {
         match self {
             Resample::Down { conv, time } => {
-                let x = per_frame(x, |f| Ok(f.pad_with_zeros(3, 0, 1)?.pad_with_zeros(2, 0, 1)?.conv2d(&conv.0, 0, 2, 1, 1)?.broadcast_add(&conv.1.reshape((1, (), 1, 1))?)?))?;
+                let x = per_frame(x, |f| {
+                    Ok(f.pad_with_zeros(3, 0, 1)?
+                        .pad_with_zeros(2, 0, 1)?
+                        .conv2d(&conv.0, 0, 2, 1, 1)?
+                        .broadcast_add(&conv.1.reshape((1, (), 1, 1))?)?)
+                })?;
                 let Some(time) = time else { return Ok(x) };
                 let slot = cache.slot();
                 match slot.clone() {
                     Slot::Frames(prev) => {
                         let keep = last_frames(&x, 1)?;
-                        let y = time.forward(&Tensor::cat(&[&last_frames(&prev, 1)?, &x], 2)?, None)?;
+                        let y =
+                            time.forward(&Tensor::cat(&[&last_frames(&prev, 1)?, &x], 2)?, None)?;
                         *slot = Slot::Frames(keep);
                         Ok(y)
                     }
@@ -414,13 +600,16 @@ impl Resample {
                             let (b, c2, t, h, w) = y.dims5()?;
                             let c = c2 / 2;
                             let halves = y.reshape((b, 2, c, t, h, w))?;
-                            x = Tensor::stack(&[halves.i((.., 0))?, halves.i((.., 1))?], 3)?.reshape((b, c, 2 * t, h, w))?;
+                            x = Tensor::stack(&[halves.i((.., 0))?, halves.i((.., 1))?], 3)?
+                                .reshape((b, c, 2 * t, h, w))?;
                         }
                     }
                 }
                 per_frame(&x, |f| {
                     let (_, _, h, w) = f.dims4()?;
-                    Ok(f.upsample_nearest2d(2 * h, 2 * w)?.conv2d(&conv.0, 1, 1, 1, 1)?.broadcast_add(&conv.1.reshape((1, (), 1, 1))?)?)
+                    Ok(f.upsample_nearest2d(2 * h, 2 * w)?
+                        .conv2d(&conv.0, 1, 1, 1, 1)?
+                        .broadcast_add(&conv.1.reshape((1, (), 1, 1))?)?)
                 })
             }
         }
@@ -467,7 +656,8 @@ impl Coder {
         if !self.middle_first {
             x = self.middle.forward(&x, cache)?;
         }
-        self.head_conv.forward_cached(&self.head_norm.forward(&x)?.silu()?, cache)
+        self.head_conv
+            .forward_cached(&self.head_norm.forward(&x)?.silu()?, cache)
     }
 }
 
@@ -497,17 +687,30 @@ impl WanVae {
     pub fn new(cfg: &WanVaeConfig, w: &Weights) -> Result<Self> {
         cfg.validate()?;
         let z = cfg.z_dim;
-        let dims: Vec<usize> = std::iter::once(1).chain(cfg.dim_mult.iter().copied()).map(|m| cfg.base_dim * m).collect();
+        let dims: Vec<usize> = std::iter::once(1)
+            .chain(cfg.dim_mult.iter().copied())
+            .map(|m| cfg.base_dim * m)
+            .collect();
         let last = cfg.dim_mult.len() - 1;
         let mut layers = Vec::new();
         for (i, pair) in dims.windows(2).enumerate() {
             let (mut cin, cout) = (pair[0], pair[1]);
             for _ in 0..cfg.num_res_blocks {
-                layers.push(Layer::Residual(ResidualBlock::new(w, &format!("encoder.downsamples.{}", layers.len()), cin, cout)?));
+                layers.push(Layer::Residual(ResidualBlock::new(
+                    w,
+                    &format!("encoder.downsamples.{}", layers.len()),
+                    cin,
+                    cout,
+                )?));
                 cin = cout;
             }
             if i != last {
-                layers.push(Layer::Resample(Resample::down(w, &format!("encoder.downsamples.{}", layers.len()), cout, cfg.temperal_downsample[i])?));
+                layers.push(Layer::Resample(Resample::down(
+                    w,
+                    &format!("encoder.downsamples.{}", layers.len()),
+                    cout,
+                    cfg.temperal_downsample[i],
+                )?));
             }
         }
         let top = *dims.last().expect("levels");
@@ -521,17 +724,30 @@ impl WanVae {
         };
         // The decoder mirrors it: widths from the top down, each upsampling
         // halving the width it hands to the next level.
-        let ddims: Vec<usize> = std::iter::once(cfg.dim_mult[last]).chain(cfg.dim_mult.iter().rev().copied()).map(|m| cfg.base_dim * m).collect();
+        let ddims: Vec<usize> = std::iter::once(cfg.dim_mult[last])
+            .chain(cfg.dim_mult.iter().rev().copied())
+            .map(|m| cfg.base_dim * m)
+            .collect();
         let up_time: Vec<bool> = cfg.temperal_downsample.iter().rev().copied().collect();
         let mut layers = Vec::new();
         for (i, pair) in ddims.windows(2).enumerate() {
             let (mut cin, cout) = (if i > 0 { pair[0] / 2 } else { pair[0] }, pair[1]);
             for _ in 0..=cfg.num_res_blocks {
-                layers.push(Layer::Residual(ResidualBlock::new(w, &format!("decoder.upsamples.{}", layers.len()), cin, cout)?));
+                layers.push(Layer::Residual(ResidualBlock::new(
+                    w,
+                    &format!("decoder.upsamples.{}", layers.len()),
+                    cin,
+                    cout,
+                )?));
                 cin = cout;
             }
             if i != last {
-                layers.push(Layer::Resample(Resample::up(w, &format!("decoder.upsamples.{}", layers.len()), cout, up_time[i])?));
+                layers.push(Layer::Resample(Resample::up(
+                    w,
+                    &format!("decoder.upsamples.{}", layers.len()),
+                    cout,
+                    up_time[i],
+                )?));
             }
         }
         let out = *ddims.last().expect("levels");
@@ -559,11 +775,16 @@ impl WanVae {
     }
 
     pub fn encode_stream(&self) -> EncodeStream {
-        EncodeStream { cache: Cache::new(), frames_seen: 0 }
+        EncodeStream {
+            cache: Cache::new(),
+            frames_seen: 0,
+        }
     }
 
     pub fn decode_stream(&self) -> DecodeStream {
-        DecodeStream { cache: Cache::new() }
+        DecodeStream {
+            cache: Cache::new(),
+        }
     }
 
     /// Encode the next frames of a stream: the first call takes 1 + 4k
@@ -576,7 +797,14 @@ impl WanVae {
         if c != 3 || h % f != 0 || w % f != 0 || t < lead || (t - lead) % 4 != 0 {
             return Err(WanError::Input {
                 what: "video".into(),
-                reason: format!("{c} channels, {t} frames of {h}x{w}: needs 3 channels, {} frames and sides divisible by {f}", if lead == 1 { "1 + 4k" } else { "4k (after the first call)" }),
+                reason: format!(
+                    "{c} channels, {t} frames of {h}x{w}: needs 3 channels, {} frames and sides divisible by {f}",
+                    if lead == 1 {
+                        "1 + 4k"
+                    } else {
+                        "4k (after the first call)"
+                    }
+                ),
             });
         }
         let video = video.to_dtype(DType::F32)?;
@@ -584,13 +812,19 @@ impl WanVae {
         let mut start = 0;
         while start < t {
             let len = if s.frames_seen == 0 { 1 } else { 4 };
-            outs.push(self.encoder.forward(&video.narrow(2, start, len)?, &mut s.cache)?);
+            outs.push(
+                self.encoder
+                    .forward(&video.narrow(2, start, len)?, &mut s.cache)?,
+            );
             start += len;
             s.frames_seen += len;
         }
         let moments = self.quant.forward(&Tensor::cat(&outs, 2)?, None)?;
         let z = self.cfg.z_dim;
-        Ok((moments.narrow(1, 0, z)?, moments.narrow(1, z, z)?.clamp(-30f32, 20f32)?))
+        Ok((
+            moments.narrow(1, 0, z)?,
+            moments.narrow(1, z, z)?.clamp(-30f32, 20f32)?,
+        ))
     }
 
     /// Encode a whole clip of 1 + 4k frames [B, 3, T, H, W] in [-1, 1]:
@@ -605,10 +839,18 @@ impl WanVae {
     pub fn decode_chunk(&self, s: &mut DecodeStream, z: &Tensor) -> Result<Tensor> {
         let (_, c, t, _, _) = z.dims5()?;
         if c != self.cfg.z_dim || t == 0 {
-            return Err(WanError::Input { what: "latents".into(), reason: format!("{c} channels and {t} frames: needs {} channels and at least one frame", self.cfg.z_dim) });
+            return Err(WanError::Input {
+                what: "latents".into(),
+                reason: format!(
+                    "{c} channels and {t} frames: needs {} channels and at least one frame",
+                    self.cfg.z_dim
+                ),
+            });
         }
         let x = self.post_quant.forward(&z.to_dtype(DType::F32)?, None)?;
-        let frames = (0..t).map(|i| self.decoder.forward(&x.narrow(2, i, 1)?, &mut s.cache)).collect::<Result<Vec<_>>>()?;
+        let frames = (0..t)
+            .map(|i| self.decoder.forward(&x.narrow(2, i, 1)?, &mut s.cache))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Tensor::cat(&frames, 2)?.clamp(-1f32, 1f32)?)
     }
 
@@ -631,8 +873,14 @@ impl WanVae {
 
     fn stats(&self, z: &Tensor) -> Result<(Tensor, Tensor)> {
         let n = self.cfg.z_dim;
-        let col = |v: &[f64]| Tensor::from_vec(v.iter().map(|x| *x as f32).collect::<Vec<f32>>(), (1, n, 1, 1, 1), z.device())?.to_dtype(z.dtype());
+        let col = |v: &[f64]| {
+            Tensor::from_vec(
+                v.iter().map(|x| *x as f32).collect::<Vec<f32>>(),
+                (1, n, 1, 1, 1),
+                z.device(),
+            )?
+            .to_dtype(z.dtype())
+        };
         Ok((col(&self.cfg.latents_mean)?, col(&self.cfg.latents_std)?))
     }
 }
-

@@ -114,19 +114,35 @@ pub fn diffusers_to_wan(key: &str) -> String {
 pub fn vae_diffusers_to_wan(key: &str, num_res_blocks: usize) -> String {
     let resnet = |rest: &str| -> String {
         let mut r = format!(".{rest}");
-        for (a, b) in [(".norm1.gamma", ".residual.0.gamma"), (".conv1.", ".residual.2."), (".norm2.gamma", ".residual.3.gamma"), (".conv2.", ".residual.6."), (".conv_shortcut.", ".shortcut.")] {
+        for (a, b) in [
+            (".norm1.gamma", ".residual.0.gamma"),
+            (".conv1.", ".residual.2."),
+            (".norm2.gamma", ".residual.3.gamma"),
+            (".conv2.", ".residual.6."),
+            (".conv_shortcut.", ".shortcut."),
+        ] {
             r = r.replace(a, b);
         }
         r[1..].to_string()
     };
     for side in ["encoder", "decoder"] {
-        let Some(rest) = key.strip_prefix(side).and_then(|r| r.strip_prefix('.')) else { continue };
-        for (a, b) in [("conv_in.", "conv1."), ("norm_out.", "head.0."), ("conv_out.", "head.2.")] {
+        let Some(rest) = key.strip_prefix(side).and_then(|r| r.strip_prefix('.')) else {
+            continue;
+        };
+        for (a, b) in [
+            ("conv_in.", "conv1."),
+            ("norm_out.", "head.0."),
+            ("conv_out.", "head.2."),
+        ] {
             if let Some(r) = rest.strip_prefix(a) {
                 return format!("{side}.{b}{r}");
             }
         }
-        for (a, b) in [("mid_block.resnets.0.", "middle.0."), ("mid_block.attentions.0.", "middle.1."), ("mid_block.resnets.1.", "middle.2.")] {
+        for (a, b) in [
+            ("mid_block.resnets.0.", "middle.0."),
+            ("mid_block.attentions.0.", "middle.1."),
+            ("mid_block.resnets.1.", "middle.2."),
+        ] {
             if let Some(r) = rest.strip_prefix(a) {
                 return format!("{side}.{b}{}", resnet(r));
             }
@@ -142,8 +158,15 @@ pub fn vae_diffusers_to_wan(key: &str, num_res_blocks: usize) -> String {
             {
                 let per_level = num_res_blocks + 2;
                 match kind {
-                    "resnets" => return format!("decoder.upsamples.{}.{}", i * per_level + j, resnet(r)),
-                    "upsamplers" => return format!("decoder.upsamples.{}.{r}", i * per_level + num_res_blocks + 1),
+                    "resnets" => {
+                        return format!("decoder.upsamples.{}.{}", i * per_level + j, resnet(r));
+                    }
+                    "upsamplers" => {
+                        return format!(
+                            "decoder.upsamples.{}.{r}",
+                            i * per_level + num_res_blocks + 1
+                        );
+                    }
                     _ => {}
                 }
             }
@@ -216,10 +239,25 @@ impl Weights {
     /// A VAE's tensors under their checkpoint names, in either layout
     /// (detected: diffusers' `AutoencoderKLWan` has `down_blocks`,
     /// `mid_block`, `quant_conv`, ...).
-    pub fn vae_from_tensors(tensors: impl IntoIterator<Item = (String, Tensor)>, num_res_blocks: usize) -> Self {
+    pub fn vae_from_tensors(
+        tensors: impl IntoIterator<Item = (String, Tensor)>,
+        num_res_blocks: usize,
+    ) -> Self {
         let raw: Vec<(String, Tensor)> = tensors.into_iter().collect();
-        let marks = ["down_blocks.", "up_blocks.", "mid_block.", "quant_conv.", "conv_in.", "norm_out.", "conv_out."];
-        let layout = if raw.iter().any(|(k, _)| marks.iter().any(|m| k.contains(m))) { KeyLayout::Diffusers } else { KeyLayout::Wan };
+        let marks = [
+            "down_blocks.",
+            "up_blocks.",
+            "mid_block.",
+            "quant_conv.",
+            "conv_in.",
+            "norm_out.",
+            "conv_out.",
+        ];
+        let layout = if raw.iter().any(|(k, _)| marks.iter().any(|m| k.contains(m))) {
+            KeyLayout::Diffusers
+        } else {
+            KeyLayout::Wan
+        };
         let tensors = raw
             .into_iter()
             .map(|(k, t)| match layout {
@@ -227,7 +265,13 @@ impl Weights {
                 KeyLayout::Diffusers => (vae_diffusers_to_wan(&k, num_res_blocks), t),
             })
             .collect();
-        Weights { tensors, taken: Mutex::new(BTreeSet::new()), layout, random_on: None, elements: AtomicUsize::new(0) }
+        Weights {
+            tensors,
+            taken: Mutex::new(BTreeSet::new()),
+            layout,
+            random_on: None,
+            elements: AtomicUsize::new(0),
+        }
     }
 
     /// A safetensors file's bytes, on `device`.
@@ -248,7 +292,8 @@ impl Weights {
 
     /// The tensor `key` (a Wan name) with shape `shape`, as `dtype`.
     pub fn take(&self, key: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
-        self.elements.fetch_add(shape.iter().product::<usize>(), Ordering::Relaxed);
+        self.elements
+            .fetch_add(shape.iter().product::<usize>(), Ordering::Relaxed);
         if let Some(device) = &self.random_on {
             let t = if key.contains("norm") {
                 Tensor::ones(shape, DType::F32, device)?

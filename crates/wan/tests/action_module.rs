@@ -8,7 +8,13 @@ use candle_core::{Device, Tensor};
 use wc_wan::{ActionModule, ActionModuleConfig, CausalSpec, Weights};
 
 fn load(name: &str) -> std::collections::HashMap<String, Tensor> {
-    candle_core::safetensors::load(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/wan").join(name), &Device::Cpu).unwrap()
+    candle_core::safetensors::load(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/wan")
+            .join(name),
+        &Device::Cpu,
+    )
+    .unwrap()
 }
 
 fn module() -> ActionModule {
@@ -19,7 +25,16 @@ fn module() -> ActionModule {
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 const GRID: [usize; 3] = [6, 2, 2];
@@ -30,8 +45,22 @@ fn the_action_module_equals_the_pytorch_version_for_two_windows() {
     let m = module();
     let mut outs = Vec::new();
     for (window, key) in [(6, "out_window6"), (3, "out_window3")] {
-        let spec = CausalSpec { frames_per_block: 3, local_window_frames: window, sink_frames: 0 };
-        let out = m.forward(&io["x"], GRID, &io["keyboard"], &io["mouse"], &spec).unwrap();
+        let spec = CausalSpec {
+            frames_per_block: 3,
+            local_window_frames: window,
+            sink_frames: 0,
+        };
+        let out = m
+            .forward(
+                &io["x"],
+                GRID,
+                wc_wan::Actions {
+                    keyboard: &io["keyboard"],
+                    mouse: &io["mouse"],
+                },
+                &spec,
+            )
+            .unwrap();
         let diff = max_abs_diff(&out, &io[key]);
         eprintln!("window {window}: max |diff| {diff:.2e}");
         assert!(diff < 1e-4, "window {window}: {diff}");
@@ -54,14 +83,58 @@ fn each_latent_frame_reads_the_twelve_pixel_steps_before_it() {
 fn later_actions_never_change_an_earlier_block() {
     let io = load("action_module_io.safetensors");
     let m = module();
-    let spec = CausalSpec { frames_per_block: 3, local_window_frames: 6, sink_frames: 0 };
-    let a = m.forward(&io["x"], GRID, &io["keyboard"], &io["mouse"], &spec).unwrap();
+    let spec = CausalSpec {
+        frames_per_block: 3,
+        local_window_frames: 6,
+        sink_frames: 0,
+    };
+    let a = m
+        .forward(
+            &io["x"],
+            GRID,
+            wc_wan::Actions {
+                keyboard: &io["keyboard"],
+                mouse: &io["mouse"],
+            },
+            &spec,
+        )
+        .unwrap();
     // Pixel steps 12.. are read only by latent frames 4 and 5 (block 1).
-    let late = |t: &Tensor, v: f32| Tensor::cat(&[t.narrow(1, 0, 12).unwrap(), t.narrow(1, 12, 9).unwrap().affine(0.0, v as f64).unwrap()], 1).unwrap();
-    let b = m.forward(&io["x"], GRID, &late(&io["keyboard"], 1.0), &late(&io["mouse"], -0.1), &spec).unwrap();
+    let late = |t: &Tensor, v: f32| {
+        Tensor::cat(
+            &[
+                t.narrow(1, 0, 12).unwrap(),
+                t.narrow(1, 12, 9).unwrap().affine(0.0, v as f64).unwrap(),
+            ],
+            1,
+        )
+        .unwrap()
+    };
+    let b = m
+        .forward(
+            &io["x"],
+            GRID,
+            wc_wan::Actions {
+                keyboard: &late(&io["keyboard"], 1.0),
+                mouse: &late(&io["mouse"], -0.1),
+            },
+            &spec,
+        )
+        .unwrap();
     let first_block = 3 * 4;
-    assert_eq!(max_abs_diff(&a.narrow(1, 0, first_block).unwrap(), &b.narrow(1, 0, first_block).unwrap()), 0.0);
-    assert!(max_abs_diff(&a.narrow(1, first_block, first_block).unwrap(), &b.narrow(1, first_block, first_block).unwrap()) > 1e-4);
+    assert_eq!(
+        max_abs_diff(
+            &a.narrow(1, 0, first_block).unwrap(),
+            &b.narrow(1, 0, first_block).unwrap()
+        ),
+        0.0
+    );
+    assert!(
+        max_abs_diff(
+            &a.narrow(1, first_block, first_block).unwrap(),
+            &b.narrow(1, first_block, first_block).unwrap()
+        ) > 1e-4
+    );
 }
 
 #[test]
@@ -69,17 +142,56 @@ fn a_stream_of_blocks_through_the_action_cache_equals_the_whole_clip() {
     let io = load("action_module_io.safetensors");
     let m = module();
     // Blocks of 2 latent frames, a window of 4: the third block no longer sees the first.
-    let spec = CausalSpec { frames_per_block: 2, local_window_frames: 4, sink_frames: 0 };
-    let whole = m.forward(&io["x"], GRID, &io["keyboard"], &io["mouse"], &spec).unwrap();
+    let spec = CausalSpec {
+        frames_per_block: 2,
+        local_window_frames: 4,
+        sink_frames: 0,
+    };
+    let whole = m
+        .forward(
+            &io["x"],
+            GRID,
+            wc_wan::Actions {
+                keyboard: &io["keyboard"],
+                mouse: &io["mouse"],
+            },
+            &spec,
+        )
+        .unwrap();
     let mut cache = wc_wan::ActionCache::new();
     let mut parts = Vec::new();
     for i in 0..3 {
         let xb = io["x"].narrow(1, i * 2 * 4, 2 * 4).unwrap();
         // The actions through this block's last latent frame.
         let n = 1 + 4 * (2 * i + 1);
-        let (kb, mb) = (io["keyboard"].narrow(1, 0, n).unwrap(), io["mouse"].narrow(1, 0, n).unwrap());
-        let probe = m.forward_cached(&xb, [2, 2, 2], &kb, &mb, &spec, &mut cache, false).unwrap();
-        let y = m.forward_cached(&xb, [2, 2, 2], &kb, &mb, &spec, &mut cache, true).unwrap();
+        let (kb, mb) = (
+            io["keyboard"].narrow(1, 0, n).unwrap(),
+            io["mouse"].narrow(1, 0, n).unwrap(),
+        );
+        let probe = m
+            .forward_cached(
+                &xb,
+                [2, 2, 2],
+                wc_wan::Actions {
+                    keyboard: &kb,
+                    mouse: &mb,
+                },
+                &spec,
+                &mut cache,
+            )
+            .unwrap();
+        let y = m
+            .forward_and_commit(
+                &xb,
+                [2, 2, 2],
+                wc_wan::Actions {
+                    keyboard: &kb,
+                    mouse: &mb,
+                },
+                &spec,
+                &mut cache,
+            )
+            .unwrap();
         assert_eq!(max_abs_diff(&probe, &y), 0.0);
         parts.push(y);
     }

@@ -8,13 +8,31 @@ use candle_core::{DType, Device, Tensor};
 use wc_wan::{CausalSpec, KvCache, WanTransformer, WanTransformerConfig, Weights};
 
 fn model() -> WanTransformer {
-    let bytes = std::fs::read(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/wan/transformer_wan.safetensors")).unwrap();
-    WanTransformer::new(&WanTransformerConfig::tiny(), &Weights::from_safetensors(&bytes, &Device::Cpu).unwrap(), DType::F32).unwrap()
+    let bytes = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/wan/transformer_wan.safetensors"),
+    )
+    .unwrap();
+    WanTransformer::new(
+        &WanTransformerConfig::tiny(),
+        &Weights::from_safetensors(&bytes, &Device::Cpu).unwrap(),
+        DType::F32,
+    )
+    .unwrap()
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 /// 6 latent frames of 8x8, a 5-token context, per-frame timesteps: blocks
@@ -29,13 +47,23 @@ fn inputs() -> (Tensor, Tensor, Tensor) {
 
 #[test]
 fn the_block_causal_rule_sees_its_block_earlier_blocks_the_window_and_the_sink() {
-    let spec = CausalSpec { frames_per_block: 3, local_window_frames: 6, sink_frames: 0 };
+    let spec = CausalSpec {
+        frames_per_block: 3,
+        local_window_frames: 6,
+        sink_frames: 0,
+    };
     // Frame 4 (block 1, frames 3-5) sees 0..=5; frame 7 (block 2, ends at 9) sees 3..=8.
     assert!((0..6).all(|k| spec.sees(4, k)) && !spec.sees(4, 6));
     assert!(!spec.sees(7, 2) && (3..9).all(|k| spec.sees(7, k)) && !spec.sees(7, 9));
-    let sink = CausalSpec { sink_frames: 1, ..spec };
+    let sink = CausalSpec {
+        sink_frames: 1,
+        ..spec
+    };
     assert!(sink.sees(7, 0) && !sink.sees(7, 1));
-    let unlimited = CausalSpec { local_window_frames: 0, ..spec };
+    let unlimited = CausalSpec {
+        local_window_frames: 0,
+        ..spec
+    };
     assert!(unlimited.sees(100, 0));
 }
 
@@ -43,9 +71,27 @@ fn the_block_causal_rule_sees_its_block_earlier_blocks_the_window_and_the_sink()
 fn per_frame_timesteps_that_agree_equal_one_timestep_per_clip() {
     let m = model();
     let (x, _, ctx) = inputs();
-    let one = m.forward(&x, &Tensor::new(&[300f32], &Device::Cpu).unwrap(), &ctx).unwrap();
-    let per_frame = m.forward_block_causal(&x, &Tensor::full(300f32, (1, 6), &Device::Cpu).unwrap(), &ctx, None, &CausalSpec { frames_per_block: 6, local_window_frames: 0, sink_frames: 0 }).unwrap();
-    assert!(max_abs_diff(&one, &per_frame) < 1e-5, "{}", max_abs_diff(&one, &per_frame));
+    let one = m
+        .forward(&x, &Tensor::new(&[300f32], &Device::Cpu).unwrap(), &ctx)
+        .unwrap();
+    let per_frame = m
+        .forward_block_causal(
+            &x,
+            &Tensor::full(300f32, (1, 6), &Device::Cpu).unwrap(),
+            &ctx,
+            None,
+            &CausalSpec {
+                frames_per_block: 6,
+                local_window_frames: 0,
+                sink_frames: 0,
+            },
+        )
+        .unwrap();
+    assert!(
+        max_abs_diff(&one, &per_frame) < 1e-5,
+        "{}",
+        max_abs_diff(&one, &per_frame)
+    );
 }
 
 #[test]
@@ -53,18 +99,29 @@ fn a_stream_of_blocks_through_the_cache_equals_the_block_causal_clip() {
     let m = model();
     let (x, t, ctx) = inputs();
     // Blocks of 2 frames, a window of 4: the third block no longer sees the first.
-    let spec = CausalSpec { frames_per_block: 2, local_window_frames: 4, sink_frames: 0 };
+    let spec = CausalSpec {
+        frames_per_block: 2,
+        local_window_frames: 4,
+        sink_frames: 0,
+    };
     let whole = m.forward_block_causal(&x, &t, &ctx, None, &spec).unwrap();
     let mut cache = KvCache::new();
     let mut blocks = Vec::new();
     for i in 0..3 {
-        let (xb, tb) = (x.narrow(2, 2 * i, 2).unwrap(), t.narrow(1, 2 * i, 2).unwrap());
+        let (xb, tb) = (
+            x.narrow(2, 2 * i, 2).unwrap(),
+            t.narrow(1, 2 * i, 2).unwrap(),
+        );
         // A denoising step without commit leaves the cache as it was...
         let before = (cache.next_frame(), cache.frames_held());
-        let probe = m.forward_cached(&xb, &tb, &ctx, None, &spec, &mut cache, false).unwrap();
+        let probe = m
+            .forward_cached(&xb, &tb, &ctx, None, &spec, &mut cache)
+            .unwrap();
         assert_eq!((cache.next_frame(), cache.frames_held()), before);
         // ...and gives what the committing call gives.
-        let y = m.forward_cached(&xb, &tb, &ctx, None, &spec, &mut cache, true).unwrap();
+        let y = m
+            .forward_and_commit(&xb, &tb, &ctx, None, &spec, &mut cache)
+            .unwrap();
         assert_eq!(max_abs_diff(&probe, &y), 0.0);
         blocks.push(y);
     }
@@ -75,24 +132,67 @@ fn a_stream_of_blocks_through_the_cache_equals_the_block_causal_clip() {
     // After block 3 (frames 4-5) the next block (6-7) sees frames 4.. only.
     assert_eq!((cache.next_frame(), cache.frames_held()), (6, 2));
     // Without the window the third block would see the first: other outputs.
-    let unlimited = m.forward_block_causal(&x, &t, &ctx, None, &CausalSpec { local_window_frames: 0, ..spec }).unwrap();
-    assert!(max_abs_diff(&unlimited.narrow(2, 4, 2).unwrap(), &whole.narrow(2, 4, 2).unwrap()) > 1e-3);
-    assert_eq!(max_abs_diff(&unlimited.narrow(2, 0, 4).unwrap(), &whole.narrow(2, 0, 4).unwrap()), 0.0);
+    let unlimited = m
+        .forward_block_causal(
+            &x,
+            &t,
+            &ctx,
+            None,
+            &CausalSpec {
+                local_window_frames: 0,
+                ..spec
+            },
+        )
+        .unwrap();
+    assert!(
+        max_abs_diff(
+            &unlimited.narrow(2, 4, 2).unwrap(),
+            &whole.narrow(2, 4, 2).unwrap()
+        ) > 1e-3
+    );
+    assert_eq!(
+        max_abs_diff(
+            &unlimited.narrow(2, 0, 4).unwrap(),
+            &whole.narrow(2, 0, 4).unwrap()
+        ),
+        0.0
+    );
 }
 
 #[test]
 fn a_later_frame_never_changes_an_earlier_output() {
     let m = model();
     let (x, t, ctx) = inputs();
-    let spec = CausalSpec { frames_per_block: 2, local_window_frames: 0, sink_frames: 0 };
+    let spec = CausalSpec {
+        frames_per_block: 2,
+        local_window_frames: 0,
+        sink_frames: 0,
+    };
     let a = m.forward_block_causal(&x, &t, &ctx, None, &spec).unwrap();
     // Change the last block's frames.
-    let later = Tensor::cat(&[x.narrow(2, 0, 4).unwrap(), (x.narrow(2, 4, 2).unwrap() * -3.0).unwrap()], 2).unwrap();
-    let b = m.forward_block_causal(&later, &t, &ctx, None, &spec).unwrap();
-    assert_eq!(max_abs_diff(&a.narrow(2, 0, 4).unwrap(), &b.narrow(2, 0, 4).unwrap()), 0.0);
+    let later = Tensor::cat(
+        &[
+            x.narrow(2, 0, 4).unwrap(),
+            (x.narrow(2, 4, 2).unwrap() * -3.0).unwrap(),
+        ],
+        2,
+    )
+    .unwrap();
+    let b = m
+        .forward_block_causal(&later, &t, &ctx, None, &spec)
+        .unwrap();
+    assert_eq!(
+        max_abs_diff(&a.narrow(2, 0, 4).unwrap(), &b.narrow(2, 0, 4).unwrap()),
+        0.0
+    );
     assert!(max_abs_diff(&a.narrow(2, 4, 2).unwrap(), &b.narrow(2, 4, 2).unwrap()) > 1e-3);
     // The bidirectional model is not causal: the same change reaches frame 0.
-    let (fa, fb) = (m.forward(&x, &Tensor::new(&[300f32], &Device::Cpu).unwrap(), &ctx).unwrap(), m.forward(&later, &Tensor::new(&[300f32], &Device::Cpu).unwrap(), &ctx).unwrap());
+    let (fa, fb) = (
+        m.forward(&x, &Tensor::new(&[300f32], &Device::Cpu).unwrap(), &ctx)
+            .unwrap(),
+        m.forward(&later, &Tensor::new(&[300f32], &Device::Cpu).unwrap(), &ctx)
+            .unwrap(),
+    );
     assert!(max_abs_diff(&fa.narrow(2, 0, 1).unwrap(), &fb.narrow(2, 0, 1).unwrap()) > 1e-4);
 }
 
@@ -103,15 +203,26 @@ fn matrix_game() -> (WanTransformer, WanTransformerConfig) {
     let cfg = WanTransformerConfig::tiny_matrix_game();
     let w = Weights::random(&Device::Cpu);
     let m = WanTransformer::new(&cfg, &w, DType::F32).unwrap();
-    assert_eq!(w.elements_taken(), cfg.parameter_count(), "the analytic count is the built model's");
+    assert_eq!(
+        w.elements_taken(),
+        cfg.parameter_count(),
+        "the analytic count is the built model's"
+    );
     (m, cfg)
 }
 
 fn actions(n_pix: usize, seed: f32) -> (Tensor, Tensor) {
     let dev = Device::Cpu;
-    let k: Vec<f32> = (0..n_pix * 4).map(|i| (((i as f32 + seed) * 0.37).sin() > 0.3) as u8 as f32).collect();
-    let m: Vec<f32> = (0..n_pix * 2).map(|i| (((i as f32 + seed) * 0.71).cos() * 1.5).round() * 0.1).collect();
-    (Tensor::from_vec(k, (1, n_pix, 4), &dev).unwrap(), Tensor::from_vec(m, (1, n_pix, 2), &dev).unwrap())
+    let k: Vec<f32> = (0..n_pix * 4)
+        .map(|i| (((i as f32 + seed) * 0.37).sin() > 0.3) as u8 as f32)
+        .collect();
+    let m: Vec<f32> = (0..n_pix * 2)
+        .map(|i| (((i as f32 + seed) * 0.71).cos() * 1.5).round() * 0.1)
+        .collect();
+    (
+        Tensor::from_vec(k, (1, n_pix, 4), &dev).unwrap(),
+        Tensor::from_vec(m, (1, n_pix, 2), &dev).unwrap(),
+    )
 }
 
 #[test]
@@ -122,32 +233,85 @@ fn matrix_game_blocks_streamed_with_their_actions_equal_the_whole_clip() {
     let t = Tensor::new(&[[0f32, 0., 0., 500., 500., 500.]], &dev).unwrap();
     let ctx = Tensor::randn(0f32, 1.0, (1, 9, cfg.text_dim), &dev).unwrap();
     let (kb, mo) = actions(1 + 4 * 5, 0.0);
-    let spec = CausalSpec { frames_per_block: 3, local_window_frames: 6, sink_frames: 0 };
-    let all = wc_wan::Actions { keyboard: &kb, mouse: &mo };
-    let whole = m.forward_block_causal(&x, &t, &ctx, Some(all), &spec).unwrap();
+    let spec = CausalSpec {
+        frames_per_block: 3,
+        local_window_frames: 6,
+        sink_frames: 0,
+    };
+    let all = wc_wan::Actions {
+        keyboard: &kb,
+        mouse: &mo,
+    };
+    let whole = m
+        .forward_block_causal(&x, &t, &ctx, Some(all), &spec)
+        .unwrap();
     let mut cache = KvCache::new();
     let mut parts = Vec::new();
     for i in 0..2 {
         let n = 1 + 4 * (3 * i + 2);
         let (kbi, moi) = (kb.narrow(1, 0, n).unwrap(), mo.narrow(1, 0, n).unwrap());
-        let acts = wc_wan::Actions { keyboard: &kbi, mouse: &moi };
-        parts.push(m.forward_cached(&x.narrow(2, 3 * i, 3).unwrap(), &t.narrow(1, 3 * i, 3).unwrap(), &ctx, Some(acts), &spec, &mut cache, true).unwrap());
+        let acts = wc_wan::Actions {
+            keyboard: &kbi,
+            mouse: &moi,
+        };
+        parts.push(
+            m.forward_and_commit(
+                &x.narrow(2, 3 * i, 3).unwrap(),
+                &t.narrow(1, 3 * i, 3).unwrap(),
+                &ctx,
+                Some(acts),
+                &spec,
+                &mut cache,
+            )
+            .unwrap(),
+        );
     }
     let diff = max_abs_diff(&Tensor::cat(&parts, 2).unwrap(), &whole);
     eprintln!("Matrix-Game blocks streamed against the whole clip: max |diff| {diff:.2e}");
     assert!(diff < 1e-4, "{diff}");
     // The actions matter, and only from the block that reads them on.
     let (kb2, mo2) = actions(1 + 4 * 5, 7.0);
-    let late = |a: &Tensor, b: &Tensor| Tensor::cat(&[a.narrow(1, 0, 12).unwrap(), b.narrow(1, 12, 9).unwrap()], 1).unwrap();
+    let late = |a: &Tensor, b: &Tensor| {
+        Tensor::cat(
+            &[a.narrow(1, 0, 12).unwrap(), b.narrow(1, 12, 9).unwrap()],
+            1,
+        )
+        .unwrap()
+    };
     let (kb3, mo3) = (late(&kb, &kb2), late(&mo, &mo2));
-    let other = m.forward_block_causal(&x, &t, &ctx, Some(wc_wan::Actions { keyboard: &kb3, mouse: &mo3 }), &spec).unwrap();
-    assert_eq!(max_abs_diff(&whole.narrow(2, 0, 3).unwrap(), &other.narrow(2, 0, 3).unwrap()), 0.0);
+    let other = m
+        .forward_block_causal(
+            &x,
+            &t,
+            &ctx,
+            Some(wc_wan::Actions {
+                keyboard: &kb3,
+                mouse: &mo3,
+            }),
+            &spec,
+        )
+        .unwrap();
+    assert_eq!(
+        max_abs_diff(
+            &whole.narrow(2, 0, 3).unwrap(),
+            &other.narrow(2, 0, 3).unwrap()
+        ),
+        0.0
+    );
     // (Random weights of scale 0.02 make the actions' effect small, not nil.)
-    let effect = max_abs_diff(&whole.narrow(2, 3, 3).unwrap(), &other.narrow(2, 3, 3).unwrap());
+    let effect = max_abs_diff(
+        &whole.narrow(2, 3, 3).unwrap(),
+        &other.narrow(2, 3, 3).unwrap(),
+    );
     eprintln!("the second block's change with its actions: {effect:.2e}");
     assert!(effect > 0.0);
     // A model with action modules refuses to run without actions.
-    assert!(m.forward_block_causal(&x, &t, &ctx, None, &spec).unwrap_err().to_string().contains("keyboard and mouse"));
+    assert!(
+        m.forward_block_causal(&x, &t, &ctx, None, &spec)
+            .unwrap_err()
+            .to_string()
+            .contains("keyboard and mouse")
+    );
 }
 
 #[test]
@@ -155,31 +319,89 @@ fn a_generated_block_leaves_its_clean_self_in_the_cache() {
     use wc_wan::causal_sampler::{few_step_schedule, generate_block};
     let (m, cfg) = matrix_game();
     let dev = Device::Cpu;
-    let spec = CausalSpec { frames_per_block: 3, local_window_frames: 6, sink_frames: 0 };
+    let spec = CausalSpec {
+        frames_per_block: 3,
+        local_window_frames: 6,
+        sink_frames: 0,
+    };
     let schedule = few_step_schedule(&[1000, 666, 333], 5.0).unwrap();
-    let latent = |seed: f64| Tensor::randn(seed as f32, 1.0, (1, cfg.out_channels, 3, 4, 4), &dev).unwrap();
-    let cond = Tensor::randn(0f32, 1.0, (1, cfg.in_channels - cfg.out_channels, 3, 4, 4), &dev).unwrap();
+    let latent =
+        |seed: f64| Tensor::randn(seed as f32, 1.0, (1, cfg.out_channels, 3, 4, 4), &dev).unwrap();
+    let cond = Tensor::randn(
+        0f32,
+        1.0,
+        (1, cfg.in_channels - cfg.out_channels, 3, 4, 4),
+        &dev,
+    )
+    .unwrap();
     let ctx = Tensor::randn(0f32, 1.0, (1, 9, cfg.text_dim), &dev).unwrap();
     let (kb, mo) = actions(1 + 4 * 5, 0.0);
     let (kb1, mo1) = (kb.narrow(1, 0, 9).unwrap(), mo.narrow(1, 0, 9).unwrap());
     let mut cache = KvCache::new();
     let noises = [latent(0.0), latent(0.1), latent(0.2)];
-    let x0 = generate_block(&m, &schedule, &noises, Some(&cond), &ctx, Some(wc_wan::Actions { keyboard: &kb1, mouse: &mo1 }), &spec, &mut cache).unwrap();
+    let x0 = generate_block(
+        &m,
+        &schedule,
+        &noises,
+        Some(&cond),
+        &ctx,
+        Some(wc_wan::Actions {
+            keyboard: &kb1,
+            mouse: &mo1,
+        }),
+        &spec,
+        &mut cache,
+    )
+    .unwrap();
     assert_eq!(x0.dims(), [1, cfg.out_channels, 3, 4, 4]);
     assert_eq!(cache.next_frame(), 3);
     // The next block's first step through the cache equals the whole clip
     // [clean block at t = 0, next block's noise at t = 1000] under the mask.
     let z = latent(0.3);
     let t2 = Tensor::full(1000f32, (1, 3), &dev).unwrap();
-    let acts = wc_wan::Actions { keyboard: &kb, mouse: &mo };
-    let step = m.forward_cached(&Tensor::cat(&[&z, &cond], 1).unwrap(), &t2, &ctx, Some(acts), &spec, &mut cache, false).unwrap();
-    let clip = Tensor::cat(&[Tensor::cat(&[&x0, &cond], 1).unwrap(), Tensor::cat(&[&z, &cond], 1).unwrap()], 2).unwrap();
+    let acts = wc_wan::Actions {
+        keyboard: &kb,
+        mouse: &mo,
+    };
+    let step = m
+        .forward_cached(
+            &Tensor::cat(&[&z, &cond], 1).unwrap(),
+            &t2,
+            &ctx,
+            Some(acts),
+            &spec,
+            &mut cache,
+        )
+        .unwrap();
+    let clip = Tensor::cat(
+        &[
+            Tensor::cat(&[&x0, &cond], 1).unwrap(),
+            Tensor::cat(&[&z, &cond], 1).unwrap(),
+        ],
+        2,
+    )
+    .unwrap();
     let t = Tensor::new(&[[0f32, 0., 0., 1000., 1000., 1000.]], &dev).unwrap();
-    let whole = m.forward_block_causal(&clip, &t, &ctx, Some(acts), &spec).unwrap();
+    let whole = m
+        .forward_block_causal(&clip, &t, &ctx, Some(acts), &spec)
+        .unwrap();
     let diff = max_abs_diff(&step, &whole.narrow(2, 3, 3).unwrap());
     assert!(diff < 1e-4, "{diff}");
     // Different noise makes a different block.
     let mut other = KvCache::new();
-    let y0 = generate_block(&m, &schedule, &[latent(1.0), latent(1.1), latent(1.2)], Some(&cond), &ctx, Some(wc_wan::Actions { keyboard: &kb1, mouse: &mo1 }), &spec, &mut other).unwrap();
+    let y0 = generate_block(
+        &m,
+        &schedule,
+        &[latent(1.0), latent(1.1), latent(1.2)],
+        Some(&cond),
+        &ctx,
+        Some(wc_wan::Actions {
+            keyboard: &kb1,
+            mouse: &mo1,
+        }),
+        &spec,
+        &mut other,
+    )
+    .unwrap();
     assert!(max_abs_diff(&x0, &y0) > 1e-3);
 }

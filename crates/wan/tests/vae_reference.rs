@@ -7,16 +7,29 @@ use candle_core::{DType, Device, Tensor};
 use wc_wan::{KeyLayout, WanVae, WanVaeConfig, Weights};
 
 fn fixture(name: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/wan").join(name)
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/wan")
+        .join(name)
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 fn vae(file: &str) -> (WanVae, KeyLayout) {
-    let cfg = WanVaeConfig::from_json(&std::fs::read_to_string(fixture("vae_config.json")).unwrap()).unwrap();
+    let cfg =
+        WanVaeConfig::from_json(&std::fs::read_to_string(fixture("vae_config.json")).unwrap())
+            .unwrap();
     assert_eq!(cfg, WanVaeConfig::tiny());
     let tensors = candle_core::safetensors::load(fixture(file), &Device::Cpu).unwrap();
     let w = Weights::vae_from_tensors(tensors, cfg.num_res_blocks);
@@ -27,15 +40,24 @@ fn vae(file: &str) -> (WanVae, KeyLayout) {
 #[test]
 fn encode_and_decode_equal_diffusers_from_both_weight_layouts() {
     let io = candle_core::safetensors::load(fixture("vae_io.safetensors"), &Device::Cpu).unwrap();
-    for (file, layout) in [("vae_wan.safetensors", KeyLayout::Wan), ("vae_diffusers.safetensors", KeyLayout::Diffusers)] {
+    for (file, layout) in [
+        ("vae_wan.safetensors", KeyLayout::Wan),
+        ("vae_diffusers.safetensors", KeyLayout::Diffusers),
+    ] {
         let (vae, found) = vae(file);
         assert_eq!(found, layout);
         let (mean, logvar) = vae.encode(&io["video"]).unwrap();
-        let (dm, dl) = (max_abs_diff(&mean, &io["mean"]), max_abs_diff(&logvar, &io["logvar"]));
+        let (dm, dl) = (
+            max_abs_diff(&mean, &io["mean"]),
+            max_abs_diff(&logvar, &io["logvar"]),
+        );
         let decoded = vae.decode(&io["z"]).unwrap();
         let dd = max_abs_diff(&decoded, &io["decoded"]);
         eprintln!("{file}: encode mean {dm:.2e}, logvar {dl:.2e}; decode {dd:.2e}");
-        assert!(dm < 1e-4 && dl < 1e-4, "{file}: encode differs by {dm} (mean), {dl} (logvar)");
+        assert!(
+            dm < 1e-4 && dl < 1e-4,
+            "{file}: encode differs by {dm} (mean), {dl} (logvar)"
+        );
         assert!(dd < 1e-4, "{file}: decode differs by {dd}");
         // 9 frames of 16x16 -> 1 + 9/4... : 1 + 2 x 2 latent frames of 4x4.
         assert_eq!(mean.dims(), [1, 4, 5, 4, 4]);
@@ -50,22 +72,42 @@ fn a_stream_of_chunks_equals_the_whole_clip() {
     // Decode: latent frames 0..1, then 1..3, in one stream.
     let whole = vae.decode(&io["z"]).unwrap();
     let mut s = vae.decode_stream();
-    let a = vae.decode_chunk(&mut s, &io["z"].narrow(2, 0, 1).unwrap()).unwrap();
-    let b = vae.decode_chunk(&mut s, &io["z"].narrow(2, 1, 2).unwrap()).unwrap();
+    let a = vae
+        .decode_chunk(&mut s, &io["z"].narrow(2, 0, 1).unwrap())
+        .unwrap();
+    let b = vae
+        .decode_chunk(&mut s, &io["z"].narrow(2, 1, 2).unwrap())
+        .unwrap();
     assert_eq!(max_abs_diff(&Tensor::cat(&[a, b], 2).unwrap(), &whole), 0.0);
     // Encode: frames 0..5, then 5..9.
     let (whole_mean, _) = vae.encode(&io["video"]).unwrap();
     let mut s = vae.encode_stream();
-    let (a, _) = vae.encode_chunk(&mut s, &io["video"].narrow(2, 0, 5).unwrap()).unwrap();
-    let (b, _) = vae.encode_chunk(&mut s, &io["video"].narrow(2, 5, 4).unwrap()).unwrap();
-    assert_eq!(max_abs_diff(&Tensor::cat(&[a, b], 2).unwrap(), &whole_mean), 0.0);
+    let (a, _) = vae
+        .encode_chunk(&mut s, &io["video"].narrow(2, 0, 5).unwrap())
+        .unwrap();
+    let (b, _) = vae
+        .encode_chunk(&mut s, &io["video"].narrow(2, 5, 4).unwrap())
+        .unwrap();
+    assert_eq!(
+        max_abs_diff(&Tensor::cat(&[a, b], 2).unwrap(), &whole_mean),
+        0.0
+    );
     // A later chunk depends on the earlier ones (the cache is used): decoding
     // the last latent frames alone gives other frames.
     let alone = vae.decode(&io["z"].narrow(2, 1, 2).unwrap()).unwrap();
-    assert_ne!(alone.dims(), whole.narrow(2, 1, 4).unwrap().dims(), "a fresh stream's first latent frame makes one frame");
+    assert_ne!(
+        alone.dims(),
+        whole.narrow(2, 1, 4).unwrap().dims(),
+        "a fresh stream's first latent frame makes one frame"
+    );
     // A stream refuses chunks of the wrong length.
     let mut s = vae.encode_stream();
-    assert!(vae.encode_chunk(&mut s, &io["video"].narrow(2, 0, 4).unwrap()).unwrap_err().to_string().contains("1 + 4k"));
+    assert!(
+        vae.encode_chunk(&mut s, &io["video"].narrow(2, 0, 4).unwrap())
+            .unwrap_err()
+            .to_string()
+            .contains("1 + 4k")
+    );
 }
 
 #[test]
@@ -86,5 +128,11 @@ fn the_released_vae_builds_with_diffusers_parameter_count() {
     let w = Weights::random(&Device::Cpu);
     let vae = WanVae::new(&WanVaeConfig::wan2_1(), &w).unwrap();
     assert_eq!(w.elements_taken(), 126_892_531);
-    assert_eq!((vae.config().spatial_factor(), vae.config().temporal_factor()), (8, 4));
+    assert_eq!(
+        (
+            vae.config().spatial_factor(),
+            vae.config().temporal_factor()
+        ),
+        (8, 4)
+    );
 }
