@@ -15,7 +15,8 @@
 #      forward of the Wan2.1-T2V-1.3B transformer on a Matrix-Game 2.0
 #      chunk (3 latent frames of 352x640) in bf16 and f32, and one decode of
 #      it by the Wan2.1 VAE: time and peak memory (the CPU dry run takes the
-#      tiny transformer and skips the VAE).
+#      tiny transformer and skips the VAE); and Matrix-Game 2.0's transformer
+#      (1.62 B, action modules) on one block for 16 candidates in bf16.
 #
 # Usage: pipelines/gpu/gpu-check.sh [BIN]    (`just gpu-check` runs it)
 # Writes the run and gpu-check.log under $OUT (default runs/gpu-check).
@@ -125,6 +126,10 @@ else
   done
   gpu_peak_start
   "$bin" model size --preset wan2.1-vae --latent 3x44x80 --device "$device"
+  echo "peak GPU memory above idle: $(gpu_peak_stop) MiB"
+  # Matrix-Game 2.0's transformer: one block for the 16 candidates of a rollout, bf16.
+  gpu_peak_start
+  "$bin" model size --preset matrix-game-2 --latent 3x44x80 --batch 16 --dtype bf16 --device "$device"
   echo "peak GPU memory above idle: $(gpu_peak_stop) MiB"
 fi
 echo "gpu-check: passed; the log is $log"

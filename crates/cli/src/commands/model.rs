@@ -116,6 +116,9 @@ pub enum ModelWhat {
         /// The transformer's dtype (the VAE runs in f32).
         #[arg(long, value_enum, default_value = "f32")]
         dtype: DtypeArg,
+        /// Clips in the forward pass (e.g. the G candidates of a rollout).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+        batch: u32,
     },
 }
 
@@ -189,6 +192,7 @@ pub fn run(a: ModelArgs) -> anyhow::Result<()> {
             println!("{what}; forward in {secs:.3} s; wrote {} to {}", shapes.join(", "), out.display());
         }
         ModelWhat::Size { preset: Preset::Wan21Vae, latent, .. } => {
+            // (--batch and --dtype are the transformer's.)
             let w = Weights::random(&device);
             let started = Instant::now();
             let vae = WanVae::new(&WanVaeConfig::wan2_1(), &w)?;
@@ -200,7 +204,8 @@ pub fn run(a: ModelArgs) -> anyhow::Result<()> {
             let y = vae.decode(&z)?;
             println!("decoded latent {f}x{h}x{wd} to {:?} in {:.2} s on {device:?}; peak resident memory {}", y.dims(), started.elapsed().as_secs_f64(), peak_rss_mib());
         }
-        ModelWhat::Size { preset, latent, dtype } => {
+        ModelWhat::Size { preset, latent, dtype, batch } => {
+            let b = batch as usize;
             let cfg = match preset {
                 Preset::Wan21T2v14b => WanTransformerConfig::wan2_1_t2v_14b(),
                 Preset::MatrixGame2 => WanTransformerConfig::matrix_game_2(),
@@ -213,18 +218,18 @@ pub fn run(a: ModelArgs) -> anyhow::Result<()> {
             let started = Instant::now();
             let model = WanTransformer::new(&cfg, &Weights::random(&device), dtype.dtype())?;
             let init = started.elapsed().as_secs_f64();
-            let x = Tensor::randn(0f32, 1.0, (1, cfg.in_channels, f, h, w), &device)?;
-            let t = Tensor::new(&[500f32], &device)?;
+            let x = Tensor::randn(0f32, 1.0, (b, cfg.in_channels, f, h, w), &device)?;
+            let t = Tensor::full(500f32, b, &device)?;
             let started = Instant::now();
             let y = match &cfg.action {
-                None => model.forward(&x, &t, &Tensor::randn(0f32, 1.0, (1, 512, cfg.text_dim), &device)?)?,
+                None => model.forward(&x, &t, &Tensor::randn(0f32, 1.0, (b, 512, cfg.text_dim), &device)?)?,
                 Some(a) => {
                     // One block of f latent frames with idle actions.
                     let n_pix = 1 + a.time_compression * (f - 1);
-                    let keyboard = Tensor::zeros((1, n_pix, a.keyboard_dim_in), DType::F32, &device)?;
-                    let mouse = Tensor::zeros((1, n_pix, a.mouse_dim_in), DType::F32, &device)?;
+                    let keyboard = Tensor::zeros((b, n_pix, a.keyboard_dim_in), DType::F32, &device)?;
+                    let mouse = Tensor::zeros((b, n_pix, a.mouse_dim_in), DType::F32, &device)?;
                     let spec = wc_wan::CausalSpec { frames_per_block: f, local_window_frames: 0, sink_frames: 0 };
-                    let ctx = Tensor::randn(0f32, 1.0, (1, 257, cfg.text_dim), &device)?;
+                    let ctx = Tensor::randn(0f32, 1.0, (b, 257, cfg.text_dim), &device)?;
                     model.forward_block_causal(&x, &t, &ctx, Some(wc_wan::Actions { keyboard: &keyboard, mouse: &mouse }), &spec)?
                 }
             };
@@ -232,7 +237,7 @@ pub fn run(a: ModelArgs) -> anyhow::Result<()> {
             let secs = started.elapsed().as_secs_f64();
             let tokens = f / cfg.patch_size[0] * (h / cfg.patch_size[1]) * (w / cfg.patch_size[2]);
             println!(
-                "random weights in {init:.1} s; one forward of latent {f}x{h}x{w} ({tokens} tokens, {dtype:?}) in {secs:.2} s on {device:?}; peak resident memory {}",
+                "random weights in {init:.1} s; one forward of {b} x latent {f}x{h}x{w} ({tokens} tokens each, {dtype:?}) in {secs:.2} s on {device:?}; peak resident memory {}",
                 peak_rss_mib()
             );
         }
