@@ -19,7 +19,7 @@
 use candle_core::{D, DType, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::nn::{LayerNorm, Linear, attention};
+use crate::nn::{LayerNorm, Linear, attention, tile_batch};
 use crate::transformer::CausalSpec;
 use crate::weights::Weights;
 use crate::{Result, WanError};
@@ -541,11 +541,13 @@ impl Seen<'_> {
                     Branch::Mouse => &mut cache.mouse,
                     Branch::Keyboard => &mut cache.keyboard,
                 };
+                let rows = k.dim(0)?;
+                // A cache of one sequence serves every candidate of a batch.
                 let old: Vec<(Tensor, Tensor)> = frames
                     .iter()
                     .filter(|f| visible.contains(&f.0))
-                    .map(|f| (f.1.clone(), f.2.clone()))
-                    .collect();
+                    .map(|f| Ok((tile_batch(&f.1, rows)?, tile_batch(&f.2, rows)?)))
+                    .collect::<Result<_>>()?;
                 if *commit {
                     for i in 0..k.dim(2)? {
                         frames.push((

@@ -136,3 +136,20 @@ pub(crate) fn rope_pairs(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tenso
         .reshape((b, h, l, d))?
         .to_dtype(dtype)?)
 }
+
+/// `t` [N, ...] repeated along the first axis to `rows` rows (N divides
+/// rows): a cache made for one sequence (N = 1, or one row per location)
+/// serves a batch of candidates that share it.
+pub(crate) fn tile_batch(t: &Tensor, rows: usize) -> Result<Tensor> {
+    let n = t.dim(0)?;
+    if n == rows {
+        return Ok(t.clone());
+    }
+    if n == 0 || rows % n != 0 {
+        return Err(crate::WanError::Input {
+            what: "cache".into(),
+            reason: format!("a cache of batch {n} cannot serve a batch of {rows}"),
+        });
+    }
+    Ok(Tensor::cat(&vec![t; rows / n], 0)?)
+}

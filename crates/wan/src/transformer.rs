@@ -16,7 +16,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::action_module::{ActionCache, ActionModule, Actions};
 use crate::config::{ContextKind, WanTransformerConfig};
-use crate::nn::{LayerNorm, Linear, RmsNorm, attention, layer_norm, rope_pairs};
+use crate::nn::{LayerNorm, Linear, RmsNorm, attention, layer_norm, rope_pairs, tile_batch};
 use crate::weights::Weights;
 use crate::{Result, WanError};
 
@@ -84,16 +84,18 @@ impl Attention {
                     .filter(|c| visible.contains(&c.frame))
                     .collect();
                 if !seen.is_empty() {
-                    let ks: Vec<&Tensor> = seen
+                    // A cache of batch 1 serves every candidate of a batch.
+                    let rows = k.dim(0)?;
+                    let mut ks: Vec<Tensor> = seen
                         .iter()
-                        .map(|c| &c.k)
-                        .chain(std::iter::once(&k))
-                        .collect();
-                    let vs: Vec<&Tensor> = seen
+                        .map(|c| tile_batch(&c.k, rows))
+                        .collect::<Result<_>>()?;
+                    let mut vs: Vec<Tensor> = seen
                         .iter()
-                        .map(|c| &c.v)
-                        .chain(std::iter::once(&v))
-                        .collect();
+                        .map(|c| tile_batch(&c.v, rows))
+                        .collect::<Result<_>>()?;
+                    ks.push(k.clone());
+                    vs.push(v.clone());
                     let (k_all, v_all) = (Tensor::cat(&ks, 2)?, Tensor::cat(&vs, 2)?);
                     if let Some(first) = commit {
                         push_frames(frames, first, &k, &v)?;

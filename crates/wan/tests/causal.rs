@@ -405,3 +405,74 @@ fn a_generated_block_leaves_its_clean_self_in_the_cache() {
     .unwrap();
     assert!(max_abs_diff(&x0, &y0) > 1e-3);
 }
+
+#[test]
+fn a_context_cached_once_serves_a_batch_of_candidates() {
+    let (m, cfg) = matrix_game();
+    let dev = Device::Cpu;
+    let spec = CausalSpec {
+        frames_per_block: 3,
+        local_window_frames: 6,
+        sink_frames: 0,
+    };
+    let ctx = Tensor::randn(0f32, 1.0, (1, 9, cfg.text_dim), &dev).unwrap();
+    let context_block = Tensor::randn(0f32, 1.0, (1, cfg.in_channels, 3, 4, 4), &dev).unwrap();
+    let (kb, mo) = actions(1 + 4 * 5, 0.0);
+    let (kb1, mo1) = (kb.narrow(1, 0, 9).unwrap(), mo.narrow(1, 0, 9).unwrap());
+    let committed = |cache: &mut KvCache| {
+        m.forward_and_commit(
+            &context_block,
+            &Tensor::zeros((1, 3), DType::F32, &dev).unwrap(),
+            &ctx,
+            Some(wc_wan::Actions {
+                keyboard: &kb1,
+                mouse: &mo1,
+            }),
+            &spec,
+            cache,
+        )
+        .unwrap();
+    };
+    // Three candidates of the next block, each with its own actions, in one batch.
+    let g = 3;
+    let z = Tensor::randn(0f32, 1.0, (g, cfg.in_channels, 3, 4, 4), &dev).unwrap();
+    let t = Tensor::full(700f32, (g, 3), &dev).unwrap();
+    let per: Vec<(Tensor, Tensor)> = (0..g).map(|i| actions(1 + 4 * 5, i as f32 * 3.0)).collect();
+    let kbs = Tensor::cat(&per.iter().map(|p| p.0.clone()).collect::<Vec<_>>(), 0).unwrap();
+    let mos = Tensor::cat(&per.iter().map(|p| p.1.clone()).collect::<Vec<_>>(), 0).unwrap();
+    let ctxs = Tensor::cat(&vec![&ctx; g], 0).unwrap();
+    let mut shared = KvCache::new();
+    committed(&mut shared);
+    let batch = m
+        .forward_cached(
+            &z,
+            &t,
+            &ctxs,
+            Some(wc_wan::Actions {
+                keyboard: &kbs,
+                mouse: &mos,
+            }),
+            &spec,
+            &mut shared,
+        )
+        .unwrap();
+    for i in 0..g {
+        let mut own = KvCache::new();
+        committed(&mut own);
+        let one = m
+            .forward_cached(
+                &z.narrow(0, i, 1).unwrap(),
+                &t.narrow(0, i, 1).unwrap(),
+                &ctx,
+                Some(wc_wan::Actions {
+                    keyboard: &per[i].0,
+                    mouse: &per[i].1,
+                }),
+                &spec,
+                &mut own,
+            )
+            .unwrap();
+        let diff = max_abs_diff(&batch.narrow(0, i, 1).unwrap(), &one);
+        assert!(diff < 1e-5, "candidate {i}: {diff}");
+    }
+}
