@@ -145,7 +145,7 @@ pub(crate) fn tile_batch(t: &Tensor, rows: usize) -> Result<Tensor> {
     if n == rows {
         return Ok(t.clone());
     }
-    if n == 0 || rows % n != 0 {
+    if n == 0 || !rows.is_multiple_of(n) {
         return Err(crate::WanError::Input {
             what: "cache".into(),
             reason: format!("a cache of batch {n} cannot serve a batch of {rows}"),
