@@ -456,7 +456,7 @@ fn a_context_cached_once_serves_a_batch_of_candidates() {
             &mut shared,
         )
         .unwrap();
-    for i in 0..g {
+    for (i, (kbi, moi)) in per.iter().enumerate() {
         let mut own = KvCache::new();
         committed(&mut own);
         let one = m
@@ -465,8 +465,8 @@ fn a_context_cached_once_serves_a_batch_of_candidates() {
                 &t.narrow(0, i, 1).unwrap(),
                 &ctx,
                 Some(wc_wan::Actions {
-                    keyboard: &per[i].0,
-                    mouse: &per[i].1,
+                    keyboard: kbi,
+                    mouse: moi,
                 }),
                 &spec,
                 &mut own,
