@@ -243,11 +243,7 @@ impl WanTransformerConfig {
     /// Image-conditioned variants (an image embedding and its
     /// cross-attention) are not supported yet and are refused.
     pub fn from_json(text: &str) -> Result<Self> {
-        let v: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| WanError::Config(format!("not JSON: {e}")))?;
-        let obj = v
-            .as_object()
-            .ok_or_else(|| WanError::Config("a config is a JSON object".into()))?;
+        let obj = &json_object(text)?;
         let num = |k: &str| obj.get(k).and_then(|x| x.as_u64()).map(|x| x as usize);
         let float = |k: &str| obj.get(k).and_then(|x| x.as_f64());
         let set = |k: &str| obj.get(k).is_some_and(|x| !x.is_null());
@@ -309,20 +305,43 @@ impl WanTransformerConfig {
                     "qk_norm {q}: only \"rms_norm_across_heads\" is supported"
                 )));
             }
-            let mut known = serde_json::Map::new();
-            let d = serde_json::to_value(Self::wan2_1_t2v_14b()).expect("serialises");
-            for (k, default) in d.as_object().expect("an object") {
-                known.insert(
-                    k.clone(),
-                    obj.get(k).cloned().unwrap_or_else(|| default.clone()),
-                );
-            }
-            serde_json::from_value(serde_json::Value::Object(known))
-                .map_err(|e| WanError::Config(format!("diffusers config: {e}")))?
+            known_fields(obj, &Self::wan2_1_t2v_14b(), "diffusers config")?
         };
         cfg.validate()?;
         Ok(cfg)
     }
+}
+
+/// A `config.json` as a JSON object.
+pub(crate) fn json_object(text: &str) -> Result<serde_json::Map<String, serde_json::Value>> {
+    match serde_json::from_str(text).map_err(|e| WanError::Config(format!("not JSON: {e}")))? {
+        serde_json::Value::Object(o) => Ok(o),
+        _ => Err(WanError::Config("a config is a JSON object".into())),
+    }
+}
+
+/// The fields of `T` read from `obj`, each one it lacks at its value in
+/// `defaults`; keys `T` does not have (configs carry bookkeeping such as
+/// `_class_name`) are ignored.
+pub(crate) fn known_fields<T: Serialize + serde::de::DeserializeOwned>(
+    obj: &serde_json::Map<String, serde_json::Value>,
+    defaults: &T,
+    what: &str,
+) -> Result<T> {
+    let d = serde_json::to_value(defaults).expect("a config serialises");
+    let known: serde_json::Map<String, serde_json::Value> = d
+        .as_object()
+        .expect("a config is an object")
+        .iter()
+        .map(|(k, default)| {
+            (
+                k.clone(),
+                obj.get(k).cloned().unwrap_or_else(|| default.clone()),
+            )
+        })
+        .collect();
+    serde_json::from_value(serde_json::Value::Object(known))
+        .map_err(|e| WanError::Config(format!("{what}: {e}")))
 }
 
 #[cfg(test)]

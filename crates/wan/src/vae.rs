@@ -126,11 +126,7 @@ impl WanVaeConfig {
     /// Read diffusers' `AutoencoderKLWan` config.json (Wan's own VAE has no
     /// config file: it is [`WanVaeConfig::wan2_1`]).
     pub fn from_json(text: &str) -> Result<Self> {
-        let v: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| WanError::Config(format!("not JSON: {e}")))?;
-        let obj = v
-            .as_object()
-            .ok_or_else(|| WanError::Config("a config is a JSON object".into()))?;
+        let obj = &crate::config::json_object(text)?;
         for (k, unsupported) in [
             ("is_residual", serde_json::json!(true)),
             ("decoder_base_dim", serde_json::Value::Null),
@@ -144,16 +140,7 @@ impl WanVaeConfig {
                 )));
             }
         }
-        let mut known = serde_json::Map::new();
-        let d = serde_json::to_value(Self::wan2_1()).expect("serialises");
-        for (k, default) in d.as_object().expect("an object") {
-            known.insert(
-                k.clone(),
-                obj.get(k).cloned().unwrap_or_else(|| default.clone()),
-            );
-        }
-        let cfg: Self = serde_json::from_value(serde_json::Value::Object(known))
-            .map_err(|e| WanError::Config(format!("diffusers VAE config: {e}")))?;
+        let cfg: Self = crate::config::known_fields(obj, &Self::wan2_1(), "diffusers VAE config")?;
         cfg.validate()?;
         Ok(cfg)
     }

@@ -207,11 +207,20 @@ impl Weights {
             })
             .collect();
         let layout = KeyLayout::detect(raw.iter().map(|(k, _)| k.as_str()));
+        Self::renamed(raw, layout, diffusers_to_wan)
+    }
+
+    /// Tensors in `layout`, under Wan's names (`to_wan` renames diffusers' keys).
+    fn renamed(
+        raw: Vec<(String, Tensor)>,
+        layout: KeyLayout,
+        to_wan: impl Fn(&str) -> String,
+    ) -> Self {
         let tensors = raw
             .into_iter()
             .map(|(k, t)| match layout {
                 KeyLayout::Wan => (k, t),
-                KeyLayout::Diffusers => (diffusers_to_wan(&k), t),
+                KeyLayout::Diffusers => (to_wan(&k), t),
             })
             .collect();
         Weights {
@@ -258,20 +267,7 @@ impl Weights {
         } else {
             KeyLayout::Wan
         };
-        let tensors = raw
-            .into_iter()
-            .map(|(k, t)| match layout {
-                KeyLayout::Wan => (k, t),
-                KeyLayout::Diffusers => (vae_diffusers_to_wan(&k, num_res_blocks), t),
-            })
-            .collect();
-        Weights {
-            tensors,
-            taken: Mutex::new(BTreeSet::new()),
-            layout,
-            random_on: None,
-            elements: AtomicUsize::new(0),
-        }
+        Self::renamed(raw, layout, |k| vae_diffusers_to_wan(k, num_res_blocks))
     }
 
     /// A safetensors file's bytes, on `device`.

@@ -4,35 +4,19 @@
 //! under the block-causal mask, and no frame's output depends on a later
 //! frame. On the fixtures' tiny model (tests/fixtures/wan).
 
+use crate::support::*;
+
 use candle_core::{DType, Device, Tensor};
 use wc_wan::{CausalSpec, KvCache, WanTransformer, WanTransformerConfig, Weights};
 
 fn model() -> WanTransformer {
-    let bytes = std::fs::read(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../tests/fixtures/wan/transformer_wan.safetensors"),
-    )
-    .unwrap();
+    let bytes = std::fs::read(fixture("transformer_wan.safetensors")).unwrap();
     WanTransformer::new(
         &WanTransformerConfig::tiny(),
         &Weights::from_safetensors(&bytes, &Device::Cpu).unwrap(),
         DType::F32,
     )
     .unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 /// 6 latent frames of 8x8, a 5-token context, per-frame timesteps: blocks

@@ -4,37 +4,16 @@
 //! not Matrix-Game's code, so it checks the port against a second
 //! computation of the same reading), and invariants that need no reference.
 
-use candle_core::{Device, Tensor};
-use wc_wan::{ActionModule, ActionModuleConfig, CausalSpec, Weights};
+use crate::support::*;
 
-fn load(name: &str) -> std::collections::HashMap<String, Tensor> {
-    candle_core::safetensors::load(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../tests/fixtures/wan")
-            .join(name),
-        &Device::Cpu,
-    )
-    .unwrap()
-}
+use candle_core::Tensor;
+use wc_wan::{ActionModule, ActionModuleConfig, CausalSpec, Weights};
 
 fn module() -> ActionModule {
     let w = Weights::from_tensors(load("action_module_wan.safetensors"));
     let m = ActionModule::new(&ActionModuleConfig::tiny(), &w, "blocks.0.action_model").unwrap();
     w.finish().unwrap();
     m
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 const GRID: [usize; 3] = [6, 2, 2];

@@ -3,28 +3,10 @@
 //! with a spatial-only and a spatial-and-temporal level): encode and decode
 //! from both weight layouts, and streams of chunks equal to whole clips.
 
+use crate::support::*;
+
 use candle_core::{DType, Device, Tensor};
 use wc_wan::{KeyLayout, WanVae, WanVaeConfig, Weights};
-
-fn fixture(name: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/wan")
-        .join(name)
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
 
 fn vae(file: &str) -> (WanVae, KeyLayout) {
     let cfg =

@@ -4,38 +4,12 @@
 //! same outputs from both weight layouts, in f32 and bf16, and the same
 //! gradients of the flow-matching loss as PyTorch autograd.
 
+use crate::support::*;
+
 use std::collections::HashMap;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Var};
 use wc_wan::{KeyLayout, WanTransformer, WanTransformerConfig, Weights};
-
-fn fixture(name: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/wan")
-        .join(name)
-}
-
-fn load(name: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture(name), &Device::Cpu).unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    max_abs(&(a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap()).unwrap())
-}
-
-fn max_abs(a: &Tensor) -> f32 {
-    a.to_dtype(DType::F32)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
 
 fn model(file: &str, dtype: DType) -> WanTransformer {
     let bytes = std::fs::read(fixture(file)).unwrap();

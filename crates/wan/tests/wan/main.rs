@@ -1,0 +1,13 @@
+//! The tests of `wc-wan` against references and invariants, as one test
+//! binary: diffusers' transformer and VAE (`diffusers_reference`,
+//! `vae_reference`), the fixture script's own PyTorch version of the action
+//! module (`action_module`), and block-causal attention, the caches and the
+//! sampler (`causal`). The fixtures are in `tests/fixtures/wan/` of the
+//! repository, made by its `make_fixtures.py`.
+
+mod support;
+
+mod action_module;
+mod causal;
+mod diffusers_reference;
+mod vae_reference;
