@@ -197,8 +197,10 @@ fn last_frames(x: &Tensor, n: usize) -> Result<Tensor> {
 /// and none behind; height and width symmetrically. Computed as the sum
 /// over time taps of 2-D convolutions.
 pub(crate) struct CausalConv3d {
-    /// One [O, C, kh, kw] kernel per time tap.
-    taps: Vec<Tensor>,
+    /// The kernel as one 2-D convolution over the time taps' frames stacked
+    /// along the channels: [O, kt * C, kh, kw], tap-major.
+    kernel: Tensor,
+    taps: usize,
     bias: Tensor,
     pad: [usize; 3],
     stride_t: usize,
@@ -219,11 +221,13 @@ impl CausalConv3d {
             &[cout, cin, k[0], k[1], k[2]],
             DType::F32,
         )?;
-        let taps = (0..k[0])
-            .map(|j| Ok(weight.i((.., .., j))?.contiguous()?))
-            .collect::<Result<_>>()?;
+        let kernel = weight
+            .permute([0, 2, 1, 3, 4])?
+            .reshape((cout, k[0] * cin, k[1], k[2]))?
+            .contiguous()?;
         Ok(CausalConv3d {
-            taps,
+            kernel,
+            taps: k[0],
             bias: w.take(&format!("{prefix}.bias"), &[cout], DType::F32)?,
             pad,
             stride_t,
@@ -245,7 +249,7 @@ impl CausalConv3d {
             .pad_with_zeros(3, self.pad[1], self.pad[1])?
             .pad_with_zeros(4, self.pad[2], self.pad[2])?;
         let (b, c, tp, h, w) = x.dims5()?;
-        let kt = self.taps.len();
+        let kt = self.taps;
         if tp < kt {
             return Err(WanError::Input {
                 what: "video".into(),
@@ -254,19 +258,15 @@ impl CausalConv3d {
         }
         let t_out = (tp - kt) / self.stride_t + 1;
         let frames = x.permute([0, 2, 1, 3, 4])?.contiguous()?;
-        let mut sum: Option<Tensor> = None;
-        for (j, tap) in self.taps.iter().enumerate() {
-            let idx: Vec<u32> = (0..t_out).map(|i| (j + i * self.stride_t) as u32).collect();
-            let sel = frames
-                .index_select(&Tensor::new(idx.as_slice(), x.device())?, 1)?
-                .reshape((b * t_out, c, h, w))?;
-            let y = sel.conv2d(tap, 0, 1, 1, 1)?;
-            sum = Some(match sum {
-                None => y,
-                Some(s) => (s + y)?,
-            });
-        }
-        let y = sum.expect("at least one tap");
+        // Output frame i reads frames i*s .. i*s + kt: stack them along the
+        // channels (tap-major) and run one 2-D convolution.
+        let idx: Vec<u32> = (0..t_out)
+            .flat_map(|i| (0..kt).map(move |j| (i * self.stride_t + j) as u32))
+            .collect();
+        let stacked = frames
+            .index_select(&Tensor::new(idx.as_slice(), x.device())?, 1)?
+            .reshape((b * t_out, kt * c, h, w))?;
+        let y = stacked.conv2d(&self.kernel, 0, 1, 1, 1)?;
         let (_, o, ho, wo) = y.dims4()?;
         Ok(y.broadcast_add(&self.bias.reshape((1, o, 1, 1))?)?
             .reshape((b, t_out, o, ho, wo))?
