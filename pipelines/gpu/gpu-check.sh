@@ -57,24 +57,10 @@ out=$(cd "$out" && pwd)
 log="$out/gpu-check.log"
 exec > >(tee "$log") 2>&1
 
-# The CUDA 13 libraries the binary needs (libcublas.so.13, libcublasLt.so.13,
-# libcurand.so.10, libcudart.so.13, libnvrtc.so.13): the system's, or those
-# of the Python environment's nvidia-* wheels (PyTorch's); libcuda.so.1 is
-# the driver's.
-libdirs=$(python3 - <<'EOF' 2>/dev/null || true
-import glob, site, sys
-roots = site.getsitepackages() + [site.getusersitepackages()]
-dirs = sorted({p.rsplit("/", 1)[0] for r in roots for p in glob.glob(r + "/nvidia/**/lib/lib*.so*", recursive=True)})
-print(":".join(dirs))
-EOF
-)
-export LD_LIBRARY_PATH="${libdirs:+$libdirs:}/usr/local/nvidia/lib64:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+. pipelines/gpu/cuda-libs.sh
+cuda_libraries "$bin" || exit 1
 echo "gpu-check: $(date -u +%FT%TZ) on $(hostname), device $device"
 [ "$device" = cpu ] || nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-if ldd "$bin" | grep "not found"; then
-  echo "gpu-check: $bin misses the libraries above; put their folders on LD_LIBRARY_PATH" >&2
-  exit 1
-fi
 
 echo
 echo "== 1. cpu and $device agree (f32) =="

@@ -71,13 +71,11 @@ case "$size" in
 esac
 seeds=(20261201 20261202)
 
-# On a GPU machine: the CUDA 13 libraries of the Python environment's
-# nvidia-* wheels (PyTorch's), as gpu-check.sh finds them.
+# On a GPU machine: the CUDA 13 libraries the binary needs.
 if [ "$device" != cpu ]; then
-  libdirs=$(python3 -c 'import glob, site; print(":".join(sorted({p.rsplit("/", 1)[0] for r in site.getsitepackages() for p in glob.glob(r + "/nvidia/**/lib/lib*.so*", recursive=True)})))' 2>/dev/null || true)
-  export LD_LIBRARY_PATH="${libdirs:+$libdirs:}/usr/local/nvidia/lib64:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+  . pipelines/gpu/cuda-libs.sh
+  cuda_libraries "$bin" || die "no study without them"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
-  ! ldd "$bin" | grep "not found" || die "$bin misses the libraries above"
 fi
 wc() { "$bin" "$@"; }
 echo "scale-study: $(date -u +%FT%TZ), size $size, device $device, budget ${budget} s, work $work"
