@@ -19,7 +19,8 @@
 use candle_core::{D, DType, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::nn::{LayerNorm, Linear, attention, tile_batch};
+use crate::frame_cache::{FrameKv, FrameRange};
+use crate::nn::{LayerNorm, Linear, attention};
 use crate::transformer::CausalSpec;
 use crate::weights::Weights;
 use crate::{Result, WanError};
@@ -219,11 +220,15 @@ impl ActionModule {
             .reshape((b, t, self.cfg.window_steps() * k))?)
     }
 
-    /// Rotate the first `rope_temporal_dims` dims of `x` [N, H, T, Dh] (as
-    /// consecutive pairs) by latent frame index (from `first`) times
-    /// theta^(-2i / d).
-    fn rope(&self, x: &Tensor, first: usize) -> Result<Tensor> {
-        let (n, h, t, dh) = x.dims4()?;
+    /// Cosines and sines [T, d / 2] of the rotary angles of latent frames
+    /// `first..first + t`: frame index times theta^(-2i / d), d =
+    /// `rope_temporal_dims`.
+    fn rope_table(
+        &self,
+        first: usize,
+        t: usize,
+        device: &candle_core::Device,
+    ) -> Result<(Tensor, Tensor)> {
         let d = self.cfg.rope_temporal_dims;
         let mut cos = Vec::with_capacity(t * d / 2);
         let mut sin = Vec::with_capacity(t * d / 2);
@@ -234,11 +239,18 @@ impl ActionModule {
                 sin.push(a.sin() as f32);
             }
         }
-        let (cos, sin) = (
-            Tensor::from_vec(cos, (t, d / 2), x.device())?,
-            Tensor::from_vec(sin, (t, d / 2), x.device())?,
-        );
-        let rot = crate::nn::rope_pairs(&x.narrow(3, 0, d)?.contiguous()?, &cos, &sin)?;
+        Ok((
+            Tensor::from_vec(cos, (t, d / 2), device)?,
+            Tensor::from_vec(sin, (t, d / 2), device)?,
+        ))
+    }
+
+    /// Rotate the first `rope_temporal_dims` dims of `x` [N, H, T, Dh] (as
+    /// consecutive pairs) by the angles of `table` ([`Self::rope_table`]).
+    fn rope(&self, x: &Tensor, table: &(Tensor, Tensor)) -> Result<Tensor> {
+        let (n, h, t, dh) = x.dims4()?;
+        let d = self.cfg.rope_temporal_dims;
+        let rot = crate::nn::rope_pairs(&x.narrow(3, 0, d)?.contiguous()?, &table.0, &table.1)?;
         if d == dh {
             Ok(rot)
         } else {
@@ -367,8 +379,8 @@ impl ActionModule {
         if commit {
             cache.next_frame += grid[0];
             let next = cache.next_frame;
-            cache.mouse.retain(|f| spec.sees(next, f.0));
-            cache.keyboard.retain(|f| spec.sees(next, f.0));
+            cache.mouse.evict_unseen(spec, next);
+            cache.keyboard.evict_unseen(spec, next);
         }
         Ok(y)
     }
@@ -429,6 +441,8 @@ impl ActionModule {
         let s = hh * ww;
         let heads = cfg.heads;
         let x = x.to_dtype(DType::F32)?;
+        // Both attentions rotate queries and keys by the same frames' angles.
+        let table = self.rope_table(first, t, x.device())?;
         // Mouse: each location's tokens over the latent frames.
         let hm = cfg.mouse_hidden_dim;
         let at_location = x
@@ -449,8 +463,8 @@ impl ActionModule {
                 .transpose(1, 2)?
                 .contiguous()?)
         };
-        let q = self.rope(&Self::rms(&split(qkv.narrow(2, 0, hm)?)?)?, first)?;
-        let k = self.rope(&Self::rms(&split(qkv.narrow(2, hm, hm)?)?)?, first)?;
+        let q = self.rope(&Self::rms(&split(qkv.narrow(2, 0, hm)?)?)?, &table)?;
+        let k = self.rope(&Self::rms(&split(qkv.narrow(2, hm, hm)?)?)?, &table)?;
         let v = split(qkv.narrow(2, 2 * hm, hm)?)?;
         let (k, v, mask) = seen.keys(Branch::Mouse, first, k, v)?;
         let o = attention(&q, &k, &v, mask.as_ref())?
@@ -479,7 +493,7 @@ impl ActionModule {
                 .reshape((b * s, heads, t, dh))?
                 .contiguous()?)
         };
-        let k = self.rope(&Self::rms(&per_location(kv.narrow(2, 0, hk)?)?)?, first)?;
+        let k = self.rope(&Self::rms(&per_location(kv.narrow(2, 0, hk)?)?)?, &table)?;
         let v = per_location(kv.narrow(2, hk, hk)?)?;
         let (k, v, mask) = seen.keys(Branch::Keyboard, first, k, v)?;
         let q = x
@@ -487,7 +501,7 @@ impl ActionModule {
             .reshape((b, t, s, heads, ()))?
             .permute([0, 2, 3, 1, 4])?
             .reshape((b * s, heads, t, ()))?;
-        let q = self.rope(&Self::rms(&q)?, first)?;
+        let q = self.rope(&Self::rms(&q)?, &table)?;
         let o = attention(&q, &k, &v, mask.as_ref())?
             .reshape((b, s, heads, t, ()))?
             .permute([0, 3, 1, 2, 4])?
@@ -541,36 +555,12 @@ impl Seen<'_> {
                     Branch::Mouse => &mut cache.mouse,
                     Branch::Keyboard => &mut cache.keyboard,
                 };
-                let rows = k.dim(0)?;
-                // A cache of one sequence serves every candidate of a batch.
-                let old: Vec<(Tensor, Tensor)> = frames
-                    .iter()
-                    .filter(|f| visible.contains(&f.0))
-                    .map(|f| Ok((tile_batch(&f.1, rows)?, tile_batch(&f.2, rows)?)))
-                    .collect::<Result<_>>()?;
-                if *commit {
-                    for i in 0..k.dim(2)? {
-                        frames.push((
-                            first + i,
-                            k.narrow(2, i, 1)?.contiguous()?,
-                            v.narrow(2, i, 1)?.contiguous()?,
-                        ));
-                    }
-                }
-                if old.is_empty() {
-                    return Ok((k, v, None));
-                }
-                let ks: Vec<&Tensor> = old
-                    .iter()
-                    .map(|o| &o.0)
-                    .chain(std::iter::once(&k))
-                    .collect();
-                let vs: Vec<&Tensor> = old
-                    .iter()
-                    .map(|o| &o.1)
-                    .chain(std::iter::once(&v))
-                    .collect();
-                Ok((Tensor::cat(&ks, 2)?, Tensor::cat(&vs, 2)?, None))
+                let commit = commit.then_some(FrameRange {
+                    start: first,
+                    count: k.dim(2)?,
+                });
+                let (k, v) = frames.keys_with(visible, k, v, commit)?;
+                Ok((k, v, None))
             }
         }
     }
@@ -580,8 +570,8 @@ impl Seen<'_> {
 /// so far, per frame, for one action module.
 #[derive(Default)]
 pub struct ActionCache {
-    mouse: Vec<(usize, Tensor, Tensor)>,
-    keyboard: Vec<(usize, Tensor, Tensor)>,
+    mouse: FrameKv,
+    keyboard: FrameKv,
     next_frame: usize,
 }
 

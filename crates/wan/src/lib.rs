@@ -25,6 +25,7 @@
 pub mod action_module;
 pub mod causal_sampler;
 pub mod config;
+mod frame_cache;
 pub mod matrix_game;
 mod nn;
 pub mod transformer;

@@ -16,7 +16,8 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::action_module::{ActionCache, ActionModule, Actions};
 use crate::config::{ContextKind, WanTransformerConfig};
-use crate::nn::{LayerNorm, Linear, RmsNorm, attention, layer_norm, rope_pairs, tile_batch};
+use crate::frame_cache::{FrameKv, FrameRange};
+use crate::nn::{LayerNorm, Linear, RmsNorm, attention, layer_norm, rope_pairs};
 use crate::weights::Weights;
 use crate::{Result, WanError};
 
@@ -77,35 +78,7 @@ impl Attention {
                 frames,
                 visible,
                 commit,
-            } => {
-                // The cached frames this chunk sees, then its own.
-                let seen: Vec<&CachedFrame> = frames
-                    .iter()
-                    .filter(|c| visible.contains(&c.frame))
-                    .collect();
-                if !seen.is_empty() {
-                    // A cache of batch 1 serves every candidate of a batch.
-                    let rows = k.dim(0)?;
-                    let mut ks: Vec<Tensor> = seen
-                        .iter()
-                        .map(|c| tile_batch(&c.k, rows))
-                        .collect::<Result<_>>()?;
-                    let mut vs: Vec<Tensor> = seen
-                        .iter()
-                        .map(|c| tile_batch(&c.v, rows))
-                        .collect::<Result<_>>()?;
-                    ks.push(k.clone());
-                    vs.push(v.clone());
-                    let (k_all, v_all) = (Tensor::cat(&ks, 2)?, Tensor::cat(&vs, 2)?);
-                    if let Some(first) = commit {
-                        push_frames(frames, first, &k, &v)?;
-                    }
-                    k = k_all;
-                    v = v_all;
-                } else if let Some(first) = commit {
-                    push_frames(frames, first, &k, &v)?;
-                }
-            }
+            } => (k, v) = frames.keys_with(visible, k, v, commit)?,
         }
         let (b, _, l, _) = q.dims4()?;
         let out = attention(&q, &k, &v, mask)?
@@ -113,32 +86,6 @@ impl Attention {
             .reshape((b, l, ()))?;
         self.o.forward(&out)
     }
-}
-
-/// Split a chunk's keys and values [B, H, L, Dh] into its frames and keep
-/// them, numbered from `first`.
-fn push_frames(
-    frames: &mut Vec<CachedFrame>,
-    first: FrameRange,
-    k: &Tensor,
-    v: &Tensor,
-) -> Result<()> {
-    let per = k.dim(2)? / first.count;
-    for i in 0..first.count {
-        frames.push(CachedFrame {
-            frame: first.start + i,
-            k: k.narrow(2, i * per, per)?.contiguous()?,
-            v: v.narrow(2, i * per, per)?.contiguous()?,
-        });
-    }
-    Ok(())
-}
-
-/// Latent frames `start..start + count`.
-#[derive(Debug, Clone, Copy)]
-struct FrameRange {
-    start: usize,
-    count: usize,
 }
 
 /// Which keys the queries of a self-attention see.
@@ -150,18 +97,10 @@ enum Keys<'a> {
     /// This chunk's own tokens after the cached frames in `visible`; with
     /// `commit`, the chunk's keys and values join the cache.
     Cached {
-        frames: &'a mut Vec<CachedFrame>,
+        frames: &'a mut FrameKv,
         visible: &'a [usize],
         commit: Option<FrameRange>,
     },
-}
-
-/// One latent frame's self-attention keys and values [B, H, L_f, Dh] in
-/// one block.
-struct CachedFrame {
-    frame: usize,
-    k: Tensor,
-    v: Tensor,
 }
 
 /// Block-causal attention over latent frames, as causal video models built
@@ -202,7 +141,7 @@ impl CausalSpec {
 /// transformer block: chunk-by-chunk generation with
 /// [`WanTransformer::forward_cached`].
 pub struct KvCache {
-    layers: Vec<Vec<CachedFrame>>,
+    layers: Vec<FrameKv>,
     /// The action modules' own caches (blocks without one keep an empty one).
     actions: Vec<ActionCache>,
     next_frame: usize,
@@ -580,7 +519,7 @@ impl WanTransformer {
             });
         }
         if cache.layers.is_empty() {
-            cache.layers = (0..self.blocks.len()).map(|_| Vec::new()).collect();
+            cache.layers = (0..self.blocks.len()).map(|_| FrameKv::default()).collect();
             cache.actions = (0..self.blocks.len()).map(|_| ActionCache::new()).collect();
         }
         self.run(x, t, context, actions, mode)
@@ -745,7 +684,7 @@ impl WanTransformer {
             cache.next_frame += grid[0];
             let next = cache.next_frame;
             for layer in &mut cache.layers {
-                layer.retain(|c| spec.sees(next, c.frame));
+                layer.evict_unseen(spec, next);
             }
         }
         let head_e = self
