@@ -61,9 +61,9 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         s.seed
     );
     let mut rows = Vec::new();
+    let longest = lengths.iter().map(|l| l.clips).max().unwrap_or(0);
     for spec in &a.model {
         let m = super::load_model_spec(spec, a.step, a.device.or_cpu())?;
-        let longest = lengths.iter().map(|l| l.clips).max().unwrap_or(0);
         let bar = super::item_bar((seqs.len() * longest) as u64, "eval", "clips");
         let results = evaluate::evaluate(&m, &seqs, &lengths, source, &s.config(), s.seed, &|| bar.inc(1)).with_context(|| format!("evaluating {spec}"))?;
         bar.finish_and_clear();

@@ -122,14 +122,12 @@ pub enum ModelWhat {
     },
 }
 
-/// The process's peak resident memory, from /proc (Linux), in MiB.
+/// The process's peak resident memory (VmHWM), in MiB, or "unknown".
 fn peak_rss_mib() -> String {
-    let read = || -> Option<f64> {
-        let status = std::fs::read_to_string("/proc/self/status").ok()?;
-        let kb: f64 = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
-        Some(kb / 1024.0)
-    };
-    read().map(|m| format!("{m:.0} MiB")).unwrap_or_else(|| "unknown".into())
+    match wc_bench::stage_runs::own_peak_rss_bytes() {
+        0 => "unknown".into(),
+        b => format!("{:.0} MiB", b as f64 / (1024.0 * 1024.0)),
+    }
 }
 
 /// FxHxW, e.g. 3x44x80.
