@@ -354,12 +354,13 @@ impl ActionModule {
         let (keyboard, mouse) = (actions.keyboard, actions.mouse);
         let first = cache.next_frame;
         self.check(x, grid, keyboard, mouse, first + grid[0])?;
-        if grid[0] != spec.frames_per_block || !first.is_multiple_of(spec.frames_per_block) {
+        if spec.block_at(first) != Some(grid[0]) {
             return Err(WanError::Input {
                 what: "action block".into(),
                 reason: format!(
-                    "{} latent frames at frame {first}: one block is {}",
-                    grid[0], spec.frames_per_block
+                    "{} latent frames at frame {first}: the block there is {:?} frames",
+                    grid[0],
+                    spec.block_at(first)
                 ),
             });
         }

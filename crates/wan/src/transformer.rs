@@ -105,20 +105,65 @@ enum Keys<'a> {
 
 /// Block-causal attention over latent frames, as causal video models built
 /// on Wan (Matrix-Game 2.0, Self-Forcing) use it: frames come in blocks of
-/// `frames_per_block`; a token sees the tokens of its own block and of
-/// earlier blocks, back to `local_window_frames` frames before its block's
-/// end (0: no limit), and the first `sink_frames` frames always.
+/// `frames_per_block` (the first block may be shorter:
+/// `first_block_frames`, 0 meaning a block like the others); a token sees
+/// the tokens of its own block and of earlier blocks, back to
+/// `local_window_frames` frames before its block's end (0: no limit), and
+/// the first `sink_frames` frames always.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CausalSpec {
     pub frames_per_block: usize,
     pub local_window_frames: usize,
     pub sink_frames: usize,
+    /// Frames of the first block (0: `frames_per_block`). A world prompt's
+    /// first frame as a block of its own, before blocks of whole clips.
+    pub first_block_frames: usize,
 }
 
 impl CausalSpec {
+    /// Blocks of `frames_per_block` frames from the first, no window, no sink.
+    pub fn blocks_of(frames_per_block: usize) -> Self {
+        CausalSpec {
+            frames_per_block,
+            local_window_frames: 0,
+            sink_frames: 0,
+            first_block_frames: 0,
+        }
+    }
+
+    fn first_block(&self) -> usize {
+        if self.first_block_frames == 0 {
+            self.frames_per_block
+        } else {
+            self.first_block_frames
+        }
+    }
+
+    /// The end (exclusive) of the block that holds `frame`.
+    pub fn block_end(&self, frame: usize) -> usize {
+        let first = self.first_block();
+        if frame < first {
+            first
+        } else {
+            first + ((frame - first) / self.frames_per_block + 1) * self.frames_per_block
+        }
+    }
+
+    /// Whether a block starts at `frame`, and its length.
+    pub fn block_at(&self, frame: usize) -> Option<usize> {
+        let first = self.first_block();
+        if frame == 0 {
+            Some(first)
+        } else if frame >= first && (frame - first).is_multiple_of(self.frames_per_block) {
+            Some(self.frames_per_block)
+        } else {
+            None
+        }
+    }
+
     /// Whether a token of frame `query` sees the tokens of frame `key`.
     pub fn sees(&self, query: usize, key: usize) -> bool {
-        let end = (query / self.frames_per_block + 1) * self.frames_per_block;
+        let end = self.block_end(query);
         key < end
             && (self.local_window_frames == 0
                 || key + self.local_window_frames >= end
@@ -127,7 +172,8 @@ impl CausalSpec {
 
     fn validate(&self) -> Result<()> {
         if self.frames_per_block == 0
-            || (self.local_window_frames != 0 && self.local_window_frames < self.frames_per_block)
+            || (self.local_window_frames != 0
+                && self.local_window_frames < self.frames_per_block.max(self.first_block()))
         {
             return Err(WanError::Config(format!(
                 "causal attention: {self:?}: blocks of at least one frame, a window of at least one block (or 0: none)"
@@ -508,13 +554,19 @@ impl WanTransformer {
             unreachable!("called with a cache")
         };
         spec.validate()?;
-        if x.dims().len() != 5 || x.dim(2)? != spec.frames_per_block * self.cfg.patch_size[0] {
+        let Some(block) = spec.block_at(cache.next_frame) else {
+            return Err(WanError::Input {
+                what: "latent block".into(),
+                reason: format!("no block starts at frame {} of {spec:?}", cache.next_frame),
+            });
+        };
+        if x.dims().len() != 5 || x.dim(2)? != block * self.cfg.patch_size[0] {
             return Err(WanError::Input {
                 what: "latent block".into(),
                 reason: format!(
-                    "shape {:?}: one block is {} latent frames",
+                    "shape {:?}: the block at frame {} is {block} latent frames",
                     x.dims(),
-                    spec.frames_per_block
+                    cache.next_frame
                 ),
             });
         }

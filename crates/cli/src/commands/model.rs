@@ -226,7 +226,7 @@ pub fn run(a: ModelArgs) -> anyhow::Result<()> {
                     let n_pix = 1 + a.time_compression * (f - 1);
                     let keyboard = Tensor::zeros((b, n_pix, a.keyboard_dim_in), DType::F32, &device)?;
                     let mouse = Tensor::zeros((b, n_pix, a.mouse_dim_in), DType::F32, &device)?;
-                    let spec = wc_wan::CausalSpec { frames_per_block: f, local_window_frames: 0, sink_frames: 0 };
+                    let spec = wc_wan::CausalSpec::blocks_of(f);
                     let ctx = Tensor::randn(0f32, 1.0, (b, 257, cfg.text_dim), &device)?;
                     model.forward_block_causal(&x, &t, &ctx, Some(wc_wan::Actions { keyboard: &keyboard, mouse: &mouse }), &spec)?
                 }

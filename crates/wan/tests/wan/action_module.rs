@@ -28,6 +28,7 @@ fn the_action_module_equals_the_pytorch_version_for_two_windows() {
             frames_per_block: 3,
             local_window_frames: window,
             sink_frames: 0,
+            first_block_frames: 0,
         };
         let out = m
             .forward(
@@ -66,6 +67,7 @@ fn later_actions_never_change_an_earlier_block() {
         frames_per_block: 3,
         local_window_frames: 6,
         sink_frames: 0,
+        first_block_frames: 0,
     };
     let a = m
         .forward(
@@ -125,6 +127,7 @@ fn a_stream_of_blocks_through_the_action_cache_equals_the_whole_clip() {
         frames_per_block: 2,
         local_window_frames: 4,
         sink_frames: 0,
+        first_block_frames: 0,
     };
     let whole = m
         .forward(

@@ -35,12 +35,14 @@ fn the_block_causal_rule_sees_its_block_earlier_blocks_the_window_and_the_sink()
         frames_per_block: 3,
         local_window_frames: 6,
         sink_frames: 0,
+        first_block_frames: 0,
     };
     // Frame 4 (block 1, frames 3-5) sees 0..=5; frame 7 (block 2, ends at 9) sees 3..=8.
     assert!((0..6).all(|k| spec.sees(4, k)) && !spec.sees(4, 6));
     assert!(!spec.sees(7, 2) && (3..9).all(|k| spec.sees(7, k)) && !spec.sees(7, 9));
     let sink = CausalSpec {
         sink_frames: 1,
+        first_block_frames: 0,
         ..spec
     };
     assert!(sink.sees(7, 0) && !sink.sees(7, 1));
@@ -68,6 +70,7 @@ fn per_frame_timesteps_that_agree_equal_one_timestep_per_clip() {
                 frames_per_block: 6,
                 local_window_frames: 0,
                 sink_frames: 0,
+                first_block_frames: 0,
             },
         )
         .unwrap();
@@ -87,6 +90,7 @@ fn a_stream_of_blocks_through_the_cache_equals_the_block_causal_clip() {
         frames_per_block: 2,
         local_window_frames: 4,
         sink_frames: 0,
+        first_block_frames: 0,
     };
     let whole = m.forward_block_causal(&x, &t, &ctx, None, &spec).unwrap();
     let mut cache = KvCache::new();
@@ -151,6 +155,7 @@ fn a_later_frame_never_changes_an_earlier_output() {
         frames_per_block: 2,
         local_window_frames: 0,
         sink_frames: 0,
+        first_block_frames: 0,
     };
     let a = m.forward_block_causal(&x, &t, &ctx, None, &spec).unwrap();
     // Change the last block's frames.
@@ -221,6 +226,7 @@ fn matrix_game_blocks_streamed_with_their_actions_equal_the_whole_clip() {
         frames_per_block: 3,
         local_window_frames: 6,
         sink_frames: 0,
+        first_block_frames: 0,
     };
     let all = wc_wan::Actions {
         keyboard: &kb,
@@ -307,6 +313,7 @@ fn a_generated_block_leaves_its_clean_self_in_the_cache() {
         frames_per_block: 3,
         local_window_frames: 6,
         sink_frames: 0,
+        first_block_frames: 0,
     };
     let schedule = few_step_schedule(&[1000, 666, 333], 5.0).unwrap();
     let latent =
@@ -398,6 +405,7 @@ fn a_context_cached_once_serves_a_batch_of_candidates() {
         frames_per_block: 3,
         local_window_frames: 6,
         sink_frames: 0,
+        first_block_frames: 0,
     };
     let ctx = Tensor::randn(0f32, 1.0, (1, 9, cfg.text_dim), &dev).unwrap();
     let context_block = Tensor::randn(0f32, 1.0, (1, cfg.in_channels, 3, 4, 4), &dev).unwrap();
@@ -459,4 +467,69 @@ fn a_context_cached_once_serves_a_batch_of_candidates() {
         let diff = max_abs_diff(&batch.narrow(0, i, 1).unwrap(), &one);
         assert!(diff < 1e-5, "candidate {i}: {diff}");
     }
+}
+
+/// A world prompt's first frame as a block of its own, kept as a sink,
+/// before blocks of 2 frames (the embedded Matrix-Game configuration's
+/// shape): the rule, and a stream through the cache against the mask.
+#[test]
+fn a_short_first_block_kept_as_a_sink_streams_like_the_masked_clip() {
+    let spec = CausalSpec {
+        frames_per_block: 2,
+        local_window_frames: 2,
+        sink_frames: 1,
+        first_block_frames: 1,
+    };
+    // Blocks: [0], [1, 2], [3, 4]. Frame 3 sees its block and the sink only.
+    assert_eq!(
+        (spec.block_end(0), spec.block_end(1), spec.block_end(4)),
+        (1, 3, 5)
+    );
+    assert_eq!(
+        (
+            spec.block_at(0),
+            spec.block_at(1),
+            spec.block_at(2),
+            spec.block_at(3)
+        ),
+        (Some(1), Some(2), None, Some(2))
+    );
+    assert!(spec.sees(3, 0) && !spec.sees(3, 1) && !spec.sees(3, 2) && spec.sees(3, 4));
+    assert!(spec.sees(1, 0) && spec.sees(1, 2) && !spec.sees(0, 1));
+    let m = model();
+    let dev = Device::Cpu;
+    let x = Tensor::randn(0f32, 1.0, (1, 4, 5, 8, 8), &dev).unwrap();
+    let t = Tensor::new(&[[0f32, 0., 0., 600., 600.]], &dev).unwrap();
+    let ctx = Tensor::randn(0f32, 1.0, (1, 5, 32), &dev).unwrap();
+    let whole = m.forward_block_causal(&x, &t, &ctx, None, &spec).unwrap();
+    let mut cache = KvCache::new();
+    let mut blocks = Vec::new();
+    for (start, len) in [(0, 1), (1, 2), (3, 2)] {
+        let (xb, tb) = (
+            x.narrow(2, start, len).unwrap(),
+            t.narrow(1, start, len).unwrap(),
+        );
+        // A block of the wrong length is refused, naming the frame.
+        let wrong = x.narrow(2, 0, 3 - len).unwrap();
+        let err = m
+            .forward_cached(
+                &wrong,
+                &t.narrow(1, 0, 3 - len).unwrap(),
+                &ctx,
+                None,
+                &spec,
+                &mut cache,
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&format!("at frame {start}")), "{err}");
+        blocks.push(
+            m.forward_and_commit(&xb, &tb, &ctx, None, &spec, &mut cache)
+                .unwrap(),
+        );
+    }
+    let diff = max_abs_diff(&Tensor::cat(&blocks, 2).unwrap(), &whole);
+    assert!(diff < 1e-4, "max |diff| {diff}");
+    // The next block (frames 5-6) sees itself and the sink: only frame 0 stays.
+    assert_eq!((cache.next_frame(), cache.frames_held()), (5, 1));
 }
