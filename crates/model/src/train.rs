@@ -117,7 +117,7 @@ pub fn pretrain_step(
         masks.push(ex.masks);
         dropped.push(rng.random::<f64>() < cfg.action_dropout);
         let u: f64 = rng.random();
-        times.push((cfg.time_shift * u / (1.0 + (cfg.time_shift - 1.0) * u)) as f32);
+        times.push(training_time(u, cfg.time_shift));
     }
     let (b, tpf, tok) = (cfg.batch, mc.tokens_per_frame(), mc.token_dim());
     let context = Tensor::from_vec(ctx, (b, mc.context_slots() * tpf, tok), &dev)?;
@@ -125,6 +125,19 @@ pub fn pretrain_step(
     let eps = seeded_noise(rng.random(), &[b, mc.frames_per_clip * tpf, tok], &dev)?;
     let actions = action_input(&masks, &dropped, &dev)?;
     let loss = flow_matching_loss(model, &context, &x, &eps, &times, &actions)?;
+    apply_loss(params, opt, &loss, cfg, step)
+}
+
+/// A training time from a uniform draw `u`, shifted toward noise as the
+/// sampler's times are.
+pub fn training_time(u: f64, shift: f64) -> f32 {
+    (shift * u / (1.0 + (shift - 1.0) * u)) as f32
+}
+
+/// The rest of a pre-training step once its loss is computed: backward,
+/// the gradient norm, the warmed-up learning rate, and the optimizer step
+/// unless the loss or gradient is not finite.
+pub fn apply_loss(params: &Params, opt: &mut Optimizer, loss: &Tensor, cfg: &PretrainConfig, step: u64) -> Result<StepReport> {
     let loss_value = loss.to_scalar::<f32>()? as f64;
     let grads = loss.backward()?;
     let grad_norm = Optimizer::grad_norm(params, &grads)?;

@@ -569,7 +569,7 @@ impl Seen<'_> {
 
 /// The mouse and keyboard keys and values of the latent frames generated
 /// so far, per frame, for one action module.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct ActionCache {
     mouse: FrameKv,
     keyboard: FrameKv,
@@ -589,5 +589,14 @@ impl ActionCache {
     /// Frames held (after eviction).
     pub fn frames_held(&self) -> usize {
         self.mouse.len()
+    }
+
+    /// The same cache with `f` applied to every key and value.
+    pub(crate) fn map(&self, f: &dyn Fn(&Tensor) -> Result<Tensor>) -> Result<ActionCache> {
+        Ok(ActionCache {
+            mouse: self.mouse.map(f)?,
+            keyboard: self.keyboard.map(f)?,
+            next_frame: self.next_frame,
+        })
     }
 }

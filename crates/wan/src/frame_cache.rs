@@ -16,6 +16,7 @@ pub(crate) struct FrameRange {
 }
 
 /// One latent frame's keys and values [B, H, L_f, Dh].
+#[derive(Clone)]
 struct CachedFrame {
     frame: usize,
     k: Tensor,
@@ -23,7 +24,7 @@ struct CachedFrame {
 }
 
 /// The keys and values of the frames one attention has committed.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub(crate) struct FrameKv {
     frames: Vec<CachedFrame>,
 }
@@ -69,6 +70,27 @@ impl FrameKv {
     /// later block sees them either).
     pub fn evict_unseen(&mut self, spec: &CausalSpec, next: usize) {
         self.frames.retain(|f| spec.sees(next, f.frame));
+    }
+
+    /// The same frames with `f` applied to every key and value.
+    pub fn map(&self, f: &dyn Fn(&Tensor) -> Result<Tensor>) -> Result<FrameKv> {
+        let frames = self
+            .frames
+            .iter()
+            .map(|c| -> Result<CachedFrame> {
+                Ok(CachedFrame {
+                    frame: c.frame,
+                    k: f(&c.k)?,
+                    v: f(&c.v)?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(FrameKv { frames })
+    }
+
+    /// The batch of the held keys (None: nothing held).
+    pub fn batch(&self) -> Option<usize> {
+        self.frames.first().map(|c| c.k.dims()[0])
     }
 
     /// Frames held.

@@ -185,7 +185,9 @@ impl CausalSpec {
 
 /// The self-attention keys and values of the frames generated so far, per
 /// transformer block: chunk-by-chunk generation with
-/// [`WanTransformer::forward_cached`].
+/// [`WanTransformer::forward_cached`]. Cloning is cheap (tensors are
+/// shared): a clone continues independently.
+#[derive(Clone)]
 pub struct KvCache {
     layers: Vec<FrameKv>,
     /// The action modules' own caches (blocks without one keep an empty one).
@@ -211,6 +213,22 @@ impl KvCache {
     /// later block sees).
     pub fn frames_held(&self) -> usize {
         self.layers.first().map_or(0, |l| l.len())
+    }
+
+    /// The batch of the sequences held (None: nothing held yet).
+    pub fn batch(&self) -> Option<usize> {
+        self.layers.first().and_then(|l| l.batch())
+    }
+
+    /// The same cache with `f` applied to every key and value (of the
+    /// self-attentions and the action modules): detaching, repeating the
+    /// batch, casting.
+    pub fn map(&self, f: &dyn Fn(&Tensor) -> Result<Tensor>) -> Result<KvCache> {
+        Ok(KvCache {
+            layers: self.layers.iter().map(|l| l.map(f)).collect::<Result<_>>()?,
+            actions: self.actions.iter().map(|a| a.map(f)).collect::<Result<_>>()?,
+            next_frame: self.next_frame,
+        })
     }
 }
 

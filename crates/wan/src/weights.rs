@@ -190,6 +190,8 @@ pub struct Weights {
     layout: KeyLayout,
     random_on: Option<Device>,
     elements: AtomicUsize,
+    /// Every (name, shape) handed out, in order.
+    asked: Mutex<Vec<(String, Vec<usize>)>>,
 }
 
 impl Weights {
@@ -229,6 +231,7 @@ impl Weights {
             layout,
             random_on: None,
             elements: AtomicUsize::new(0),
+            asked: Mutex::new(Vec::new()),
         }
     }
 
@@ -242,6 +245,7 @@ impl Weights {
             layout: KeyLayout::Wan,
             random_on: Some(device.clone()),
             elements: AtomicUsize::new(0),
+            asked: Mutex::new(Vec::new()),
         }
     }
 
@@ -282,6 +286,13 @@ impl Weights {
         self.elements.load(Ordering::Relaxed)
     }
 
+    /// The (Wan name, shape) of every tensor handed out so far, in the
+    /// order the model asked: a model's parameter layout, from a build on
+    /// [`Weights::random`].
+    pub fn shapes_taken(&self) -> Vec<(String, Vec<usize>)> {
+        self.asked.lock().expect("not poisoned").clone()
+    }
+
     pub fn layout(&self) -> KeyLayout {
         self.layout
     }
@@ -290,6 +301,10 @@ impl Weights {
     pub fn take(&self, key: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
         self.elements
             .fetch_add(shape.iter().product::<usize>(), Ordering::Relaxed);
+        self.asked
+            .lock()
+            .expect("not poisoned")
+            .push((key.to_string(), shape.to_vec()));
         if let Some(device) = &self.random_on {
             let t = if key.contains("norm") {
                 Tensor::ones(shape, DType::F32, device)?
