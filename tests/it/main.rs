@@ -7,6 +7,7 @@ mod support;
 
 mod batch_engines;
 mod cli_e2e;
+mod matrix_game_e2e;
 mod model_e2e;
 mod s3_store;
 mod scale_study;

@@ -119,6 +119,9 @@ pub enum ModelKind {
     /// The candle world model (`wc-model`): clips are latent video frames,
     /// rewards come from the built-in scorers (`wc-scorers`).
     World,
+    /// Matrix-Game 2.0's causal, action-conditioned Wan transformer
+    /// (`wc-matrix-game`): the same frames and scorers as `world`.
+    MatrixGame,
 }
 
 /// How a clip's VQ is computed from its frame scores.
@@ -163,13 +166,17 @@ pub enum IfInstrument {
 }
 
 /// `[model]`: the policy's architecture, a choice tagged by `kind`. Each
-/// kind takes only its own keys: `linear` takes `latent_dim`; `world`
-/// takes `base`, `base_step` and `preset`.
+/// kind takes only its own keys: `linear` takes `latent_dim`; `world` and
+/// `matrix_game` take `base`, `base_step` and `preset`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", try_from = "RawModelSection")]
 pub enum ModelSection {
     Linear(LinearModelConfig),
     World(WorldModelConfig),
+    /// The same keys as `world`: `base` is a Matrix-Game pre-training
+    /// store (`worldcompass pretrain --arch matrix-game`); `preset` (for a
+    /// fresh model) is "tiny" or "embedded".
+    MatrixGame(WorldModelConfig),
 }
 
 /// `[model] kind = "linear"`: the mechanics backend of the tests.
@@ -205,6 +212,7 @@ impl ModelSection {
         match self {
             ModelSection::Linear(_) => ModelKind::Linear,
             ModelSection::World(_) => ModelKind::World,
+            ModelSection::MatrixGame(_) => ModelKind::MatrixGame,
         }
     }
 }
@@ -244,11 +252,12 @@ impl TryFrom<RawModelSection> for ModelSection {
                 let latent_dim = r.latent_dim.ok_or("kind = \"linear\" needs latent_dim (the size of a clip's latent vector, at least 8)")?;
                 Ok(ModelSection::Linear(LinearModelConfig { latent_dim }))
             }
-            ModelKind::World => {
+            ModelKind::World | ModelKind::MatrixGame => {
                 if r.latent_dim.is_some_and(|d| d != 0) {
                     return Err(foreign("latent_dim", "linear", "base, base_step and preset"));
                 }
-                Ok(ModelSection::World(WorldModelConfig { base: r.base.unwrap_or_default(), base_step: r.base_step, preset: r.preset.unwrap_or_else(default_preset) }))
+                let m = WorldModelConfig { base: r.base.unwrap_or_default(), base_step: r.base_step, preset: r.preset.unwrap_or_else(default_preset) };
+                Ok(if r.kind == ModelKind::World { ModelSection::World(m) } else { ModelSection::MatrixGame(m) })
             }
         }
     }
@@ -271,6 +280,7 @@ impl<'a> From<&'a ModelSection> for FingerprintModel<'a> {
         match m {
             ModelSection::Linear(l) => FingerprintModel { kind: ModelKind::Linear, latent_dim: l.latent_dim, base: "", base_step: None, preset: "tiny" },
             ModelSection::World(w) => FingerprintModel { kind: ModelKind::World, latent_dim: 0, base: &w.base, base_step: w.base_step, preset: &w.preset },
+            ModelSection::MatrixGame(w) => FingerprintModel { kind: ModelKind::MatrixGame, latent_dim: 0, base: &w.base, base_step: w.base_step, preset: &w.preset },
         }
     }
 }
@@ -555,8 +565,11 @@ impl PipelineConfig {
             ModelSection::World(m) if m.base.is_empty() && !["tiny", "default"].contains(&m.preset.as_str()) => {
                 return bad("model.preset", m.preset.clone(), "must be \"tiny\" or \"default\" (or set model.base)");
             }
-            ModelSection::World(_) if self.reward.pose_model.is_empty() && self.reward.external_command.is_empty() && self.reward.if_instrument != IfInstrument::Probe => {
-                return bad("reward.pose_model", "\"\"".into(), "the world backend needs a pose estimator (or reward.external_command, or if_instrument = \"probe\")");
+            ModelSection::MatrixGame(m) if m.base.is_empty() && !["tiny", "embedded"].contains(&m.preset.as_str()) => {
+                return bad("model.preset", m.preset.clone(), "must be \"tiny\" or \"embedded\" (or set model.base)");
+            }
+            ModelSection::World(_) | ModelSection::MatrixGame(_) if self.reward.pose_model.is_empty() && self.reward.external_command.is_empty() && self.reward.if_instrument != IfInstrument::Probe => {
+                return bad("reward.pose_model", "\"\"".into(), "the world and matrix_game backends need a pose estimator (or reward.external_command, or if_instrument = \"probe\")");
             }
             _ if self.reward.if_signal == IfSignal::Expected && (linear || !self.reward.external_command.is_empty()) => {
                 return bad("reward.if_signal", "\"expected\"".into(), "the expected accuracy is the built-in pose estimator's: it needs model.kind = \"world\" and no reward.external_command");

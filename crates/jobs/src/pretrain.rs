@@ -1,4 +1,6 @@
-//! `pretrain`: train the base world model on a dataset's ground-truth clips.
+//! `pretrain`: train the base world model on a dataset's ground-truth clips:
+//! the embedded clip transformer, or Matrix-Game's causal transformer
+//! (`PretrainSettings::matrix_game`).
 //!
 //! A batch job like the stages: it reads the committed dataset, trains, and
 //! commits a checkpoint every `checkpoint_every` steps under
@@ -17,6 +19,7 @@ use wc_model::codec::PixelCodec;
 use wc_model::optim::{OptimConfig, Optimizer};
 use wc_model::params::Params;
 use wc_model::train::{pretrain_step, PretrainConfig, StepReport, Video};
+use wc_matrix_game::{MatrixGameConfig, MatrixGameModel};
 use wc_model::{ModelConfig, WorldModel};
 use wc_stages::checkpoints::{latest_checkpoint, load_params, step_dir, PretrainSettings};
 use wc_stages::StageError;
@@ -49,6 +52,12 @@ impl TimeLimit {
     }
 }
 
+/// The network being pre-trained.
+enum Network {
+    World(WorldModel),
+    MatrixGame(MatrixGameModel),
+}
+
 /// Run (or resume) pre-training up to `steps`. `on_step` sees each step's
 /// report; when it returns `ControlFlow::Break`, pre-training stops there
 /// with a checkpoint of the steps done. Returns the step reached.
@@ -64,14 +73,21 @@ pub fn run_pretrain(
     let (gt, size) = wc_data::read::pretrain_videos(data).map_err(|e| StageError::artifact(format!("the pre-training clips under {}", data.uri()), e))?;
     // The dataset decides the frame size.
     let model = ModelConfig { frame_size: size, ..settings_in.model.clone() };
-    let settings = PretrainSettings { dataset: dataset.digest.clone(), model, ..settings_in };
+    let matrix_game = settings_in.matrix_game.clone().map(|m| MatrixGameConfig { frame_size: size, ..m });
+    if let Some(m) = &matrix_game {
+        m.validate().map_err(|e| StageError::invalid("pretrain", format!("{e} (the dataset's frames are {size}x{size})")))?;
+    }
+    let settings = PretrainSettings { dataset: dataset.digest.clone(), model, matrix_game, ..settings_in };
     let videos: Vec<Video> = gt.into_iter().map(|v| Video { frames: v.frames, actions: v.actions }).collect();
     if videos.is_empty() {
         return Err(StageError::invalid(data.uri(), "the dataset has no pre-training clips"));
     }
     let fingerprint = settings.fingerprint();
     let mut params = Params::new(settings.seed, device);
-    let model = WorldModel::new(&settings.model, &mut params)?;
+    let network = match &settings.matrix_game {
+        None => Network::World(WorldModel::new(&settings.model, &mut params)?),
+        Some(m) => Network::MatrixGame(MatrixGameModel::new(m, &mut params)?),
+    };
     let mut opt = Optimizer::new(OptimConfig { lr: settings.lr, ..Default::default() }, &params)?;
     let mut start = 0;
     if let Some((step, set)) = latest_checkpoint(out, &fingerprint)? {
@@ -92,7 +108,10 @@ pub fn run_pretrain(
     };
     let mut log: Vec<(u64, StepReport)> = Vec::new();
     for step in start..steps {
-        let r = pretrain_step(&model, &params, &mut opt, &videos, &PixelCodec, &pc, step)?;
+        let r = match &network {
+            Network::World(m) => pretrain_step(m, &params, &mut opt, &videos, &PixelCodec, &pc, step)?,
+            Network::MatrixGame(m) => wc_matrix_game::train::pretrain_step(m, &params, &mut opt, &videos, &PixelCodec, &pc, step)?,
+        };
         if !r.applied {
             tracing::warn!(step, loss = r.loss, grad_norm = r.grad_norm, "non-finite step skipped");
         }

@@ -38,6 +38,30 @@ use crate::wan_error;
 /// A Matrix-Game world model with its parameters.
 pub type MatrixGamePolicy = wc_model::Policy<MatrixGameModel>;
 
+/// A policy of `cfg` with seeded initial weights on `device`.
+pub fn fresh_policy(cfg: &MatrixGameConfig, seed: u64, device: &Device) -> Result<MatrixGamePolicy> {
+    let mut params = Params::new(seed, device);
+    let model = MatrixGameModel::new(cfg, &mut params)?;
+    Ok(wc_model::Policy { model, params })
+}
+
+/// A policy of `cfg` with a checkpoint's weights (every name and shape
+/// checked).
+pub fn policy_from_tensors(cfg: &MatrixGameConfig, t: &wc_schemas::TensorSet, device: &Device) -> Result<MatrixGamePolicy> {
+    let p = fresh_policy(cfg, 0, device)?;
+    p.params.load(t)?;
+    Ok(p)
+}
+
+/// A copy of `p` computing in `dtype` (bf16 sampling on a GPU); an f32
+/// copy of an f32 policy computes the same bits.
+pub fn policy_to_dtype(p: &MatrixGamePolicy, dtype: DType) -> Result<MatrixGamePolicy> {
+    let mut params = Params::with_dtype(0, p.params.device(), dtype);
+    let model = MatrixGameModel::new(&p.model.cfg, &mut params)?;
+    params.copy_from(&p.params)?;
+    Ok(wc_model::Policy { model, params })
+}
+
 /// The network and its configuration.
 pub struct MatrixGameModel {
     pub cfg: MatrixGameConfig,

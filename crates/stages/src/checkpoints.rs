@@ -18,7 +18,14 @@ use crate::error::StageError;
 /// Everything a pre-training run depends on (its fingerprint).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PretrainSettings {
+    /// The embedded clip transformer's sizes (its frame size, the dataset's,
+    /// is also the Matrix-Game model's).
     pub model: ModelConfig,
+    /// Pre-train Matrix-Game's causal action-conditioned transformer of this
+    /// configuration instead of the clip transformer (absent: the clip
+    /// transformer; the fingerprints of such runs are unchanged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matrix_game: Option<wc_matrix_game::MatrixGameConfig>,
     pub seed: u64,
     pub batch: usize,
     pub lr: f64,
@@ -35,6 +42,7 @@ impl Default for PretrainSettings {
     fn default() -> Self {
         PretrainSettings {
             model: ModelConfig::default(),
+            matrix_game: None,
             seed: 0,
             batch: 24,
             lr: 2e-3,
@@ -107,10 +115,34 @@ pub fn load_checkpoint(store: &RunStore, step: Option<u64>, device: &candle_core
     let dir = step_dir(s);
     let settings: PretrainSettings = serde_json::from_slice(&set.read(&format!("{dir}/settings.json"))?)
         .map_err(|e| StageError::artifact(store.uri_of(&format!("{dir}/settings.json")), e))?;
+    if settings.matrix_game.is_some() {
+        return Err(StageError::invalid(store.uri_of(&dir), "this is a Matrix-Game checkpoint, not one of the embedded clip transformer (use [model] kind = \"matrix_game\")"));
+    }
     let mut params = Params::new(0, device);
     let model = WorldModel::new(&settings.model, &mut params)?;
     load_params(store, &set, &format!("{dir}/model.safetensors"), &params)?;
     Ok(LoadedModel { model, params, step: s, path: store.uri_of(&dir) })
+}
+
+/// Load the newest Matrix-Game pre-training checkpoint under `store` (or
+/// `step`) on `device`: its config and weights, its step and where it is.
+pub fn load_matrix_game_checkpoint(
+    store: &RunStore,
+    step: Option<u64>,
+    device: &candle_core::Device,
+) -> Result<(wc_matrix_game::MatrixGamePolicy, u64, String), StageError> {
+    let (s, set) = newest_step(store, PRETRAIN_DIR, None, step)?.ok_or_else(|| {
+        StageError::invalid(store.uri(), format!("no committed checkpoint{} under {PRETRAIN_DIR}/", step.map(|s| format!(" at step {s}")).unwrap_or_default()))
+    })?;
+    let dir = step_dir(s);
+    let settings: PretrainSettings = serde_json::from_slice(&set.read(&format!("{dir}/settings.json"))?)
+        .map_err(|e| StageError::artifact(store.uri_of(&format!("{dir}/settings.json")), e))?;
+    let cfg = settings.matrix_game.ok_or_else(|| {
+        StageError::invalid(store.uri_of(&dir), "this is a checkpoint of the embedded clip transformer, not of Matrix-Game (use [model] kind = \"world\", or pre-train with --arch matrix-game)")
+    })?;
+    let policy = wc_matrix_game::model::fresh_policy(&cfg, 0, device)?;
+    load_params(store, &set, &format!("{dir}/model.safetensors"), &policy.params)?;
+    Ok((policy, s, store.uri_of(&dir)))
 }
 
 /// Load checkpoint `k` of a world-backend run (`which`: "policy" or

@@ -65,6 +65,26 @@ pub fn load_optimizer(ctx: &RunContext, set: &CommittedSet, k: u64, params: &Par
     Ok(opt)
 }
 
+/// Write checkpoint `k` (policy, old policy, optimizer state) into
+/// `pending`.
+pub fn save_checkpoint(ctx: &RunContext, pending: &mut wc_store::PendingCommit, k: u64, policy: &Params, old: &Params, opt: &Optimizer) -> Result<(), StageError> {
+    for (name, t) in [("policy", policy.to_tensor_set()?), ("old_policy", old.to_tensor_set()?), ("optimizer", opt.to_tensor_set()?)] {
+        let p = layout::checkpoint_file(k, name);
+        pending.write(&p, wc_schemas::write_any(&ctx.store.uri_of(&p), &t)?)?;
+    }
+    Ok(())
+}
+
+/// The old policy's EMA update, old <- eta old + (1 - eta) policy; refused
+/// if it gives non-finite weights.
+pub fn ema(old: &Params, policy: &Params, eta: f64) -> Result<(), StageError> {
+    old.ema_toward(policy, eta)?;
+    if !old.all_finite()? {
+        return Err(StageError::invalid("old policy", "the EMA update gave non-finite weights; nothing was committed"));
+    }
+    Ok(())
+}
+
 /// The optimizer settings of the run.
 pub fn optim_config(ctx: &RunContext) -> OptimConfig {
     OptimConfig { lr: ctx.cfg.optimize.lr, muon_momentum: ctx.cfg.optimize.momentum, ..Default::default() }
@@ -120,7 +140,7 @@ pub fn context_tokens(cfg: &ModelConfig, first: &[f32], prefix: &[f32]) -> Vec<f
 
 /// Per-frame action masks of a clip from its per-window masks.
 pub fn frame_masks(cfg: &ModelConfig, windows: &[u8]) -> Vec<u8> {
-    (0..cfg.frames_per_clip).map(|j| windows[(j * windows.len()) / cfg.frames_per_clip]).collect()
+    crate::backend::pixels::frame_masks(cfg.frames_per_clip, windows)
 }
 
 /// Seeded standard-normal latent noise of one clip.

@@ -11,6 +11,13 @@ use wc_store::RunStore;
 
 use crate::args::DeviceArgs;
 
+/// Which network `pretrain` trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Arch {
+    World,
+    MatrixGame,
+}
+
 /// The arguments of `worldcompass pretrain`.
 #[derive(Debug, Args)]
 pub struct PretrainArgs {
@@ -29,6 +36,12 @@ pub struct PretrainArgs {
     /// wall-clock limit. A later run resumes from that checkpoint.
     #[arg(long, value_name = "SECONDS")]
     pub time_limit: Option<f64>,
+    /// The network to pre-train: the embedded clip transformer (`world`), or
+    /// Matrix-Game 2.0's causal action-conditioned transformer at the
+    /// embedded size (`matrix-game`; the model flags below are the clip
+    /// transformer's and do not apply to it).
+    #[arg(long, value_enum, default_value_t = Arch::World)]
+    pub arch: Arch,
     #[arg(long, default_value_t = PretrainSettings::default().batch)]
     pub batch: usize,
     #[arg(long, default_value_t = PretrainSettings::default().lr)]
@@ -75,6 +88,7 @@ impl PretrainArgs {
                 mlp_ratio: self.mlp_ratio,
                 ..d.model
             },
+            matrix_game: (self.arch == Arch::MatrixGame).then(wc_matrix_game::MatrixGameConfig::embedded),
             seed: self.seed,
             batch: self.batch,
             lr: self.lr,

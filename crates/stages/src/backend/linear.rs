@@ -79,7 +79,7 @@ impl Backend for LinearBackend<'_> {
         Ok(out)
     }
 
-    fn candidates(&self, old: &LinearPolicy, _prompt_id: i64, prefix: &[f32], windows: &[u8], seeds: &[u64]) -> Result<Sampled, StageError> {
+    fn candidates(&self, old: &LinearPolicy, _prompt_id: i64, prefix: &[f32], _prefix_windows: &[u8], windows: &[u8], seeds: &[u64]) -> Result<Sampled, StageError> {
         let prev = self.last_clip(prefix);
         let w = clip_action_weights(windows);
         let mut out = Sampled::default();

@@ -6,10 +6,14 @@
 //! derives every seed, asks the backend for what only a model can do
 //! (sample clips, decode them for the scorers, train on the selected ones,
 //! move the old policy), and commits. Implementations: [`world::WorldBackend`]
-//! (the candle world model and its pixel codec) and [`linear::LinearBackend`]
-//! (the linear-Gaussian test double).
+//! (the candle world model and its pixel codec),
+//! [`matrix_game::MatrixGameBackend`] (Matrix-Game 2.0's causal transformer,
+//! the same pixel codec) and [`linear::LinearBackend`] (the linear-Gaussian
+//! test double).
 
 pub mod linear;
+pub mod matrix_game;
+pub mod pixels;
 pub mod world;
 
 use wc_config::ModelSection;
@@ -132,9 +136,11 @@ pub trait Backend {
     /// model batches); `on_clip` is called after each clip index.
     fn sequences(&self, old: &Self::Policy, requests: &[SequenceRequest], on_clip: &dyn Fn()) -> Result<Vec<Sampled>, StageError>;
 
-    /// Candidates of the clip after `prefix` (latents of whole clips), one
-    /// per noise seed, sharing the prefix's context.
-    fn candidates(&self, old: &Self::Policy, prompt_id: i64, prefix: &[f32], windows: &[u8], seeds: &[u64]) -> Result<Sampled, StageError>;
+    /// Candidates of the clip after `prefix` (latents of whole clips, made
+    /// under the action masks `prefix_windows`, one per window), one per
+    /// noise seed, sharing the prefix's context; `windows` are the
+    /// candidates' own.
+    fn candidates(&self, old: &Self::Policy, prompt_id: i64, prefix: &[f32], prefix_windows: &[u8], windows: &[u8], seeds: &[u64]) -> Result<Sampled, StageError>;
 
     /// A group's candidates (`candidates`: each `clips_per_candidate` clips)
     /// after `prefix`, as the scorers read them.
@@ -165,6 +171,7 @@ pub fn with_backend<W: WithBackend>(ctx: &RunContext, body: W) -> Result<W::Outp
     match &ctx.cfg.model {
         ModelSection::Linear(m) => body.run(&linear::LinearBackend::open(ctx, m)?),
         ModelSection::World(_) => body.run(&world::WorldBackend::open(ctx)?),
+        ModelSection::MatrixGame(_) => body.run(&matrix_game::MatrixGameBackend::open(ctx)?),
     }
 }
 
@@ -179,5 +186,6 @@ pub fn write_initial_checkpoint(
     match &cfg.model {
         ModelSection::Linear(m) => linear::write_initial_checkpoint(store, cfg, m, files),
         ModelSection::World(m) => world::write_initial_checkpoint(store, cfg, m, prompts, files),
+        ModelSection::MatrixGame(m) => matrix_game::write_initial_checkpoint(store, cfg, m, prompts, files),
     }
 }

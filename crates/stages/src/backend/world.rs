@@ -9,16 +9,14 @@ use wc_model::optim::Optimizer;
 use wc_model::ModelConfig;
 use wc_rl::schedule::{sampler_times, timestep_subset};
 use wc_rl::seeds::{derive_seed, SeedDomain};
-use wc_schemas::{tensors, DimBindings, TensorSet};
 use wc_store::{CommittedSet, PendingCommit, RunStore};
-use wc_world::Frame;
 
-use super::{Backend, Decoded, GroupFrames, Role, Sampled, SequenceRequest, Selected, StepReport};
+use super::pixels::PixelFrames;
+use super::{Backend, Decoded, Role, Sampled, SequenceRequest, Selected, StepReport};
 use crate::error::StageError;
 use crate::runner::RunContext;
 use crate::world::{self, NftSample, WorldPolicy};
-use crate::layout::{FIRST_FRAMES, POSE_MODEL, POSE_SETTINGS};
-use crate::{inputs, layout};
+use crate::inputs;
 
 /// The world backend of a run: its model config and the first frames of
 /// its prompts, from the init commit.
@@ -26,7 +24,7 @@ pub struct WorldBackend<'a> {
     ctx: &'a RunContext,
     pub cfg: ModelConfig,
     init: CommittedSet,
-    firsts: Vec<Vec<u8>>,
+    pixels: PixelFrames,
 }
 
 impl<'a> WorldBackend<'a> {
@@ -34,7 +32,8 @@ impl<'a> WorldBackend<'a> {
         let init = inputs::init_set(ctx)?;
         let cfg = world::model_config(ctx, &init)?;
         let firsts = crate::world_stages::first_frames(ctx, &init, cfg.frame_size)?;
-        Ok(WorldBackend { ctx, cfg, init, firsts })
+        let pixels = PixelFrames::new(cfg.frame_size, cfg.frames_per_clip, firsts);
+        Ok(WorldBackend { ctx, cfg, init, pixels })
     }
 
     fn device(&self) -> Result<&Device, StageError> {
@@ -43,17 +42,11 @@ impl<'a> WorldBackend<'a> {
 
     /// The latent frame of prompt `prompt`'s first frame.
     fn first_latent(&self, prompt: i64) -> Result<Vec<f32>, StageError> {
-        let f = self.firsts.get(prompt as usize).ok_or_else(|| StageError::invalid(FIRST_FRAMES, format!("no first frame for prompt {prompt}")))?;
-        world::encode_frame(&self.cfg, f)
-    }
-
-    fn frames_of(&self, latents: &[f32]) -> Result<Vec<Frame>, StageError> {
-        let s = self.cfg.frame_size;
-        Ok(world::decode_frames(&self.cfg, latents)?.chunks_exact(s * s * 3).map(|f| Frame::from_u8(s, s, f)).collect())
+        self.pixels.first_latent(prompt)
     }
 
     fn clip_len(&self) -> usize {
-        world::clip_shape(&self.cfg).iter().product()
+        self.pixels.clip_len()
     }
 }
 
@@ -82,11 +75,7 @@ impl Backend for WorldBackend<'_> {
     }
 
     fn save_checkpoint(&self, pending: &mut PendingCommit, k: u64, policy: &WorldPolicy, old: &WorldPolicy, opt: &Optimizer) -> Result<(), StageError> {
-        for (name, t) in [("policy", policy.params.to_tensor_set()?), ("old_policy", old.params.to_tensor_set()?), ("optimizer", opt.to_tensor_set()?)] {
-            let p = layout::checkpoint_file(k, name);
-            pending.write(&p, wc_schemas::write_any(&self.ctx.store.uri_of(&p), &t)?)?;
-        }
-        Ok(())
+        world::save_checkpoint(self.ctx, pending, k, &policy.params, &old.params, opt)
     }
 
     fn sequences(&self, old: &WorldPolicy, requests: &[SequenceRequest], on_clip: &dyn Fn()) -> Result<Vec<Sampled>, StageError> {
@@ -102,7 +91,7 @@ impl Backend for WorldBackend<'_> {
         Ok(latents.into_iter().enumerate().map(|(b, latents)| Sampled { latents, noise: noises.iter().flat_map(|clip| clip[b].iter().copied()).collect() }).collect())
     }
 
-    fn candidates(&self, old: &WorldPolicy, prompt_id: i64, prefix: &[f32], windows: &[u8], seeds: &[u64]) -> Result<Sampled, StageError> {
+    fn candidates(&self, old: &WorldPolicy, prompt_id: i64, prefix: &[f32], _prefix_windows: &[u8], windows: &[u8], seeds: &[u64]) -> Result<Sampled, StageError> {
         let sampler = world::sampler_config(self.ctx);
         let cache = world::encode_context(old, &world::context_tokens(&self.cfg, &self.first_latent(prompt_id)?, prefix))?;
         let masks = vec![world::frame_masks(&self.cfg, windows); seeds.len()];
@@ -112,15 +101,7 @@ impl Backend for WorldBackend<'_> {
     }
 
     fn decode(&self, prompt_id: i64, prefix: &[f32], candidates: &[f32], clips_per_candidate: usize) -> Result<Decoded, StageError> {
-        let first = self.frames_of(&self.first_latent(prompt_id)?)?.remove(0);
-        let prefix = self.frames_of(prefix)?;
-        let before = prefix.last().unwrap_or(&first).clone();
-        let clip_len = self.clip_len() * clips_per_candidate;
-        let candidates = candidates
-            .chunks_exact(clip_len)
-            .map(|lat| Ok(std::iter::once(before.clone()).chain(self.frames_of(lat)?).collect()))
-            .collect::<Result<_, StageError>>()?;
-        Ok(Decoded::Frames(GroupFrames { first, prefix, candidates }))
+        self.pixels.decode(prompt_id, prefix, candidates, clips_per_candidate)
     }
 
     fn frame_size(&self) -> Option<usize> {
@@ -168,11 +149,7 @@ impl Backend for WorldBackend<'_> {
     }
 
     fn ema(&self, old: &mut WorldPolicy, policy: &WorldPolicy, eta: f64) -> Result<(), StageError> {
-        old.params.ema_toward(&policy.params, eta)?;
-        if !old.params.all_finite()? {
-            return Err(StageError::invalid("old policy", "the EMA update gave non-finite weights; nothing was committed"));
-        }
-        Ok(())
+        world::ema(&old.params, &policy.params, eta)
     }
 }
 
@@ -186,7 +163,6 @@ pub fn write_initial_checkpoint(
     prompts: &[wc_data::rows::PromptRow],
     files: &mut crate::init::InitFiles,
 ) -> Result<(), StageError> {
-    use bytes::Bytes;
     // Init only copies weights into the run (or seeds a fresh model): the
     // CPU does it, whatever device the stages run on later.
     let device = Device::Cpu;
@@ -206,40 +182,5 @@ pub fn write_initial_checkpoint(
             format!("{} windows of 4 frames per clip, but the model makes {}-frame clips", cfg.rollout.windows_per_clip, mc.frames_per_clip),
         ));
     }
-    let uri = |p: &str| store.uri_of(p);
-    let weights = policy.params.to_tensor_set()?;
-    for name in ["policy", "old_policy"] {
-        let path = layout::checkpoint_file(0, name);
-        files.write(&path, wc_schemas::write_any(&uri(&path), &weights)?)?;
-    }
-    let opt = Optimizer::new(wc_model::optim::OptimConfig::default(), &policy.params)?;
-    let path = layout::checkpoint_file(0, "optimizer");
-    files.write(&path, wc_schemas::write_any(&uri(&path), &opt.to_tensor_set()?)?)?;
-    let path = layout::model_config_file();
-    files.write(&path, Bytes::from(serde_json::to_vec_pretty(&mc).expect("serialises")))?;
-    // First frames at the model's size.
-    let spec = wc_data::DatasetSpec {
-        render: wc_world::RenderConfig { width: mc.frame_size, height: mc.frame_size, ..Default::default() },
-        ..Default::default()
-    };
-    let frames = wc_data::build::first_frames(&spec, prompts);
-    let mut t = TensorSet::new();
-    t.insert("frames".into(), wc_schemas::Tensor::from_u8(&[prompts.len(), mc.frame_size, mc.frame_size, 3], &frames));
-    let b = DimBindings::new().dim("prompts", prompts.len()).dim("height", mc.frame_size).dim("width", mc.frame_size);
-    files.write(FIRST_FRAMES, wc_schemas::write_tensors(&tensors::first_frames(), &b, &uri(FIRST_FRAMES), &t)?)?;
-    // The pose estimator, copied so that the run is self-contained.
-    if !cfg.reward.pose_model.is_empty() {
-        let pose_store = crate::init::resolve_store(&cfg.reward.pose_model)?;
-        let pose = crate::checkpoints::load_pose(&pose_store, &device)?;
-        if pose.net.cfg.frame_size != mc.frame_size {
-            return Err(StageError::invalid(
-                pose.path,
-                format!("the pose estimator reads {0}x{0} frames, the model makes {1}x{1}", pose.net.cfg.frame_size, mc.frame_size),
-            ));
-        }
-        let settings = crate::checkpoints::read_settings(&pose_store, pose.step)?;
-        files.write(POSE_MODEL, wc_schemas::write_any(&uri(POSE_MODEL), &pose.params.to_tensor_set()?)?)?;
-        files.write(POSE_SETTINGS, Bytes::from(serde_json::to_vec_pretty(&settings).expect("serialises")))?;
-    }
-    Ok(())
+    super::pixels::write_run_start(store, cfg, &policy.params, serde_json::to_vec_pretty(&mc).expect("serialises"), mc.frame_size, prompts, files)
 }

@@ -41,7 +41,9 @@ pub fn rollout<B: Backend>(b: &B, ctx: &RunContext, iter: u64, shard: ShardSpec,
         } else {
             let pre = prefix_of(ctx, &clip_shape, &files, iter, *g)?;
             let seeds: Vec<u64> = (0..g_count).map(|j| derive_seed(ctx.cfg.run.seed, iter, SeedDomain::Rollout, *g, j)).collect();
-            let sampled = b.candidates(&old, row.prompt_id, &pre, &clip_windows(ctx, row, target_clip(iter, n)), &seeds)?;
+            let target = target_clip(iter, n);
+            let prefix_windows: Vec<u8> = (1..target).flat_map(|c| clip_windows(ctx, row, c)).collect();
+            let sampled = b.candidates(&old, row.prompt_id, &pre, &prefix_windows, &clip_windows(ctx, row, target), &seeds)?;
             pb.inc(1);
             let shape: Vec<usize> = std::iter::once(g_count as usize).chain(clip_shape.iter().copied()).collect();
             (sampled, tensors::candidate_clips(), latent_bindings(ctx, &clip_shape), shape)

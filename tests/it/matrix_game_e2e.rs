@@ -1,0 +1,95 @@
+//! End-to-end tests of the `matrix_game` backend: Matrix-Game 2.0's causal,
+//! action-conditioned transformer (`wc-matrix-game`) pre-trained on the
+//! simulator and post-trained through the five stages, driven through the
+//! real `worldcompass` binary.
+
+use crate::support::*;
+
+fn file_uri(dir: &std::path::Path, name: &str) -> String {
+    format!("file://{}", dir.join(name).display())
+}
+
+/// Run a Python check with these arguments; it fails the test with its output.
+fn python_check(script: &str, args: &[&str]) {
+    let out = std::process::Command::new("python3").arg("-c").arg(script).args(args).output().unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn a_pretrained_matrix_game_base_runs_two_iterations_of_all_five_stages() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Pre-train a Matrix-Game base on a small dataset of 16x16 frames.
+    let data = file_uri(tmp.path(), "data");
+    wc_ok(&["data", "--out", &data, "--prompts", "3", "--sequences", "2", "--clips", "2", "--pretrain-clips", "12", "--pretrain-windows", "2", "--size", "16"], &[]);
+    let base = file_uri(tmp.path(), "base");
+    let out = wc_ok(&["pretrain", "--arch", "matrix-game", "--data", &data, "--out", &base, "--steps", "3", "--checkpoint-every", "3", "--warmup", "2", "--batch", "4"], &[]);
+    assert!(out.contains("pre-trained to step 3"), "{out}");
+    // A clip-transformer run refuses it, saying why.
+    let pose = tiny_pose_model(tmp.path());
+    let world = tiny_world_pipeline(tmp.path(), &pose);
+    let text = std::fs::read_to_string(&world).unwrap().replace("preset = \"tiny\"", &format!("base = \"{}\"", tmp.path().join("base").display()));
+    let wrong = tmp.path().join("wrong.toml");
+    std::fs::write(&wrong, &text).unwrap();
+    let err = wc_err(&["init", "--run", &file_uri(tmp.path(), "wrong"), "--pipeline", wrong.to_str().unwrap()], &[]);
+    assert!(err.contains("is a Matrix-Game checkpoint") && err.contains("matrix_game"), "{err}");
+    // The same pipeline on the matrix_game backend: two iterations.
+    let pipeline = tmp.path().join("mg.toml");
+    std::fs::write(&pipeline, text.replace("kind = \"world\"", "kind = \"matrix_game\"")).unwrap();
+    let run = file_uri(tmp.path(), "run");
+    let out = wc_ok(&["train", "--run", &run, "--pipeline", pipeline.to_str().unwrap(), "--iters", "2"], &[]);
+    assert!(out.contains("iter 1 optimize: committed"), "{out}");
+    let script = r#"
+import sys, glob, json, polars as pl
+from safetensors.numpy import load_file
+run, base = sys.argv[1], sys.argv[2]
+cfg = json.load(open(f"{run}/checkpoints/000000/model.json"))
+assert cfg["transformer"]["context"] == "clip_image" and cfg["frame_size"] == 16 and cfg["frames_per_clip"] == 4, cfg
+# checkpoint 0 holds the base's weights, under Wan's names
+b = load_file(glob.glob(f"{base}/pretrain/step-0000003/model.safetensors")[0])
+p0 = load_file(f"{run}/checkpoints/000000/policy.safetensors")
+assert set(p0) == set(b) and any(k.startswith("blocks.0.action_model.") for k in p0), sorted(p0)[:5]
+assert all((p0[k] == b[k]).all() for k in b)
+# two optimizer steps moved the policy; the old policy is its EMA
+p2 = load_file(f"{run}/checkpoints/000002/policy.safetensors")
+assert any(not (p2[k] == p0[k]).all() for k in p0)
+for it in ["000000", "000001"]:
+    files = sorted(glob.glob(f"{run}/iters/{it}/rollout/*/group-*.safetensors"))
+    assert len(files) == 3, files
+    t = load_file(files[0])
+    lat, noise = t["latents"], t["noise"]
+    assert lat.shape == (4, 4, 3, 16, 16) and noise.shape == lat.shape, lat.shape
+    assert len({row.tobytes() for row in lat.reshape(4, -1)}) == 4, "each candidate from its own noise"
+    s = pl.read_parquet(glob.glob(f"{run}/iters/{it}/reward/*/scores.parquet")[0])
+    assert s.height == 12 and s["vq_score"].is_finite().all(), s
+    o = pl.read_parquet(f"{run}/iters/{it}/optimize/metrics.parquet")
+    assert o["samples"].sum() == 3 * 2 * 2 and o["loss"].is_finite().all() and o["applied"].all(), o
+print("ok")
+"#;
+    python_check(script, &[tmp.path().join("run").to_str().unwrap(), tmp.path().join("base").to_str().unwrap()]);
+}
+
+#[test]
+fn a_fresh_tiny_matrix_game_trains_at_sample_level() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pose = tiny_pose_model(tmp.path());
+    let text = std::fs::read_to_string(tiny_world_pipeline(tmp.path(), &pose))
+        .unwrap()
+        .replace("kind = \"world\"", "kind = \"matrix_game\"")
+        .replace("mode = \"clip\"", "mode = \"sample\"");
+    let pipeline = tmp.path().join("mg.toml");
+    std::fs::write(&pipeline, text).unwrap();
+    let run = file_uri(tmp.path(), "run");
+    let out = wc_ok(&["train", "--run", &run, "--pipeline", pipeline.to_str().unwrap(), "--iters", "1"], &[]);
+    assert!(out.contains("iter 0 optimize: committed"), "{out}");
+    let script = r#"
+import sys, glob, polars as pl
+from safetensors.numpy import load_file
+run = sys.argv[1]
+t = load_file(glob.glob(f"{run}/iters/000000/rollout/*/group-*.safetensors")[0])
+assert t["latents"].shape[:2] == (4, 4), t["latents"].shape
+o = pl.read_parquet(f"{run}/iters/000000/optimize/metrics.parquet")
+assert o["samples"].sum() == 3 * 2 * 4 * 2 and o["loss"].is_finite().all(), o
+print("ok")
+"#;
+    python_check(script, &[tmp.path().join("run").to_str().unwrap()]);
+}
