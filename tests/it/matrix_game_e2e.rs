@@ -66,6 +66,20 @@ for it in ["000000", "000001"]:
 print("ok")
 "#;
     python_check(script, &[tmp.path().join("run").to_str().unwrap(), tmp.path().join("base").to_str().unwrap()]);
+    // Table 1 of the base and the run's checkpoint 2, both Matrix-Game.
+    let results = file_uri(tmp.path(), "eval");
+    let at2 = format!("{run}@2");
+    let out = wc_ok(&["eval", "--data", &data, "--model", &base, "--model", &at2, "--sequences", "1", "--sampler-steps", "2", "--lengths", "short=1,long=2", "--out", &results], &[]);
+    assert!(out.contains("step 3") && out.contains("step 2") && out.contains("delta"), "{out}");
+    let script = r#"
+import sys, glob, polars as pl
+r = pl.read_parquet(glob.glob(f"{sys.argv[1]}/**/*.parquet", recursive=True))
+assert r.height == 2 * 2 * 2, r  # 2 models x 2 lengths x 2 kinds
+assert r["if_score"].is_between(0, 1).all() and r["vq_score"].is_finite().all(), r
+assert sorted(r["step"].unique().to_list()) == [2, 3]
+print("ok")
+"#;
+    python_check(script, &[tmp.path().join("eval").to_str().unwrap()]);
 }
 
 #[test]

@@ -25,31 +25,120 @@ use wc_world::metric::{Accuracy, AccuracyTally};
 use wc_world::probe::{judge, track_window};
 use wc_world::render::render;
 use wc_world::{ActionMask, Kinematics, Pose, RenderConfig, Scene};
-use wc_stages::checkpoints::LoadedModel;
+use wc_matrix_game::config::ACTION_WIDTH;
+use wc_matrix_game::model::pack_context;
+use wc_matrix_game::MatrixGameConfig;
+use wc_model::velocity::VelocityModel;
+use wc_stages::checkpoints::{LoadedMatrixGame, LoadedModel, LoadedVideoModel};
 use wc_stages::StageError;
 
 /// Generate one clip from context frames (u8 HWC: the first frame, then the
 /// recent ones) and one action mask per target frame. Returns the clip's
 /// frames, u8 HWC.
 pub fn generate_clip(m: &LoadedModel, context_rgb: &[u8], masks: &[u8], sampler: &SamplerConfig, noise_seed: u64) -> Result<Vec<u8>, StageError> {
-    let mut clips = generate_clips(m, &[ClipRequest { context: context_rgb.to_vec(), masks: masks.to_vec(), noise_seed }], sampler)?;
+    let mut clips = generate_world_clips(m, &[ClipRequest { context: context_rgb.to_vec(), context_masks: Vec::new(), masks: masks.to_vec(), noise_seed }], sampler)?;
     Ok(clips.pop().expect("one clip per request"))
 }
 
 /// One clip to generate: its context frames (u8 HWC: the first frame, then
-/// the recent ones), one action mask per target frame and the seed of its
-/// noise.
+/// the recent ones, as [`ClipModel::context_indices`] picks them), the
+/// action mask into each context frame (0 for the first frame), one action
+/// mask per target frame and the seed of its noise.
 #[derive(Debug, Clone)]
 pub struct ClipRequest {
     pub context: Vec<u8>,
+    pub context_masks: Vec<u8>,
     pub masks: Vec<u8>,
     pub noise_seed: u64,
+}
+
+/// What the evaluation needs to know of a model's clips: their frame size,
+/// length, and which earlier frames a clip's context holds.
+pub trait ClipModel: Sync {
+    fn frame_size(&self) -> usize;
+    fn frames_per_clip(&self) -> usize;
+    /// The frames (indices into the sequence, 0 = the first frame) of the
+    /// context of the clip whose first frame is `first_target`.
+    fn context_indices(&self, first_target: usize) -> Vec<usize>;
+    fn windows_per_clip(&self) -> usize {
+        self.frames_per_clip() / 4
+    }
+}
+
+impl ClipModel for ModelConfig {
+    fn frame_size(&self) -> usize {
+        self.frame_size
+    }
+    fn frames_per_clip(&self) -> usize {
+        self.frames_per_clip
+    }
+    fn context_indices(&self, first_target: usize) -> Vec<usize> {
+        self.context_frame_indices(first_target)
+    }
+}
+
+impl ClipModel for MatrixGameConfig {
+    fn frame_size(&self) -> usize {
+        self.frame_size
+    }
+    fn frames_per_clip(&self) -> usize {
+        self.frames_per_clip
+    }
+    /// The first frame, then the clip before (the first frame repeated
+    /// before clip 1), as `wc_matrix_game::model::context_rows` packs them.
+    fn context_indices(&self, first_target: usize) -> Vec<usize> {
+        let f = self.frames_per_clip;
+        std::iter::once(0).chain((0..f).map(|i| if first_target > f { first_target - f + i } else { 0 })).collect()
+    }
+}
+
+/// The clip geometry of a loaded model.
+pub fn clip_model(m: &LoadedVideoModel) -> &dyn ClipModel {
+    match m {
+        LoadedVideoModel::World(m) => &m.model.cfg,
+        LoadedVideoModel::MatrixGame(m) => &m.policy.model.cfg,
+    }
+}
+
+/// The action mask into frame `i` of a sequence (0 for the first frame).
+fn mask_into(actions: &[ActionMask], i: usize) -> u8 {
+    if i == 0 { 0 } else { actions[(i - 1) / 4].0 }
 }
 
 /// Generate a batch of clips in one sampler run (each from its own context
 /// and seeded noise, as [`generate_clip`] would one by one). Returns each
 /// clip's frames, u8 HWC.
-pub fn generate_clips(m: &LoadedModel, requests: &[ClipRequest], sampler: &SamplerConfig) -> Result<Vec<Vec<u8>>, StageError> {
+pub fn generate_clips(m: &LoadedVideoModel, requests: &[ClipRequest], sampler: &SamplerConfig) -> Result<Vec<Vec<u8>>, StageError> {
+    match m {
+        LoadedVideoModel::World(m) => generate_world_clips(m, requests, sampler),
+        LoadedVideoModel::MatrixGame(m) => generate_matrix_game_clips(m, requests, sampler),
+    }
+}
+
+/// [`generate_clips`] of Matrix-Game: the context rows packed from the
+/// context frames and the actions into them, encoded once for the batch.
+fn generate_matrix_game_clips(m: &LoadedMatrixGame, requests: &[ClipRequest], sampler: &SamplerConfig) -> Result<Vec<Vec<u8>>, StageError> {
+    if requests.is_empty() {
+        return Ok(Vec::new());
+    }
+    let cfg = &m.policy.model.cfg;
+    let (size, f, d, b) = (cfg.frame_size, cfg.frames_per_clip, cfg.frame_len(), requests.len());
+    let dev = m.policy.params.device().clone();
+    let mut rows = Vec::with_capacity(b * cfg.context_frames() * (d + ACTION_WIDTH));
+    for r in requests {
+        rows.extend(pack_context(cfg, &encode_frames(&PixelCodec, &r.context, size)?, &r.context_masks));
+    }
+    let context = Tensor::from_vec(rows, (b, cfg.context_frames(), d + ACTION_WIDTH), &dev)?;
+    let noise: Vec<Tensor> = requests.iter().map(|r| seeded_noise(r.noise_seed, &[1, f, d], &dev)).collect::<Result<_, _>>()?;
+    let cache = m.policy.model.encode_context(&context)?;
+    let masks: Vec<Vec<u8>> = requests.iter().map(|r| r.masks.clone()).collect();
+    let x = wc_model::flow::sample(&m.policy.model, &cache, &Tensor::cat(&noise, 0)?, &masks, sampler)?;
+    let rgb = decode_frames(&PixelCodec, &x.flatten_all()?.to_vec1::<f32>()?, size)?;
+    Ok(rgb.chunks_exact(rgb.len() / b).map(|c| c.to_vec()).collect())
+}
+
+/// [`generate_clips`] of the embedded clip transformer.
+pub fn generate_world_clips(m: &LoadedModel, requests: &[ClipRequest], sampler: &SamplerConfig) -> Result<Vec<Vec<u8>>, StageError> {
     if requests.is_empty() {
         return Ok(Vec::new());
     }
@@ -74,9 +163,9 @@ pub fn generate_clips(m: &LoadedModel, requests: &[ClipRequest], sampler: &Sampl
 pub const EVAL_BATCH: usize = 64;
 
 /// The context of the clip whose first frame is `first_target`
-/// ([`ModelConfig::context_frame_indices`]), u8 HWC frames concatenated.
-pub fn context_frames(frames: &[Vec<u8>], first_target: usize, cfg: &ModelConfig) -> Vec<u8> {
-    cfg.context_frame_indices(first_target).into_iter().flat_map(|i| frames[i].iter().copied()).collect()
+/// ([`ClipModel::context_indices`]), u8 HWC frames concatenated.
+pub fn context_frames(frames: &[Vec<u8>], first_target: usize, cfg: &dyn ClipModel) -> Vec<u8> {
+    cfg.context_indices(first_target).into_iter().flat_map(|i| frames[i].iter().copied()).collect()
 }
 
 /// A held-out sequence.
@@ -190,14 +279,14 @@ struct SequenceRun<'s> {
 /// (in parallel over sequences). `tick` is called once per sequence and
 /// clip judged.
 fn score_sequences(
-    cfg: &ModelConfig,
+    cfg: &dyn ClipModel,
     seqs: &[&HeldOut],
     clips: usize,
     source: ContextSource,
     generate: &mut ClipGenerator,
     tick: &(dyn Fn() + Sync),
 ) -> Result<Vec<SequenceScore>, StageError> {
-    let size = cfg.frame_size;
+    let size = cfg.frame_size();
     let kin = Kinematics::default();
     let rcfg = RenderConfig { width: size, height: size, ..Default::default() };
     let windows_per_clip = cfg.windows_per_clip();
@@ -213,7 +302,7 @@ fn score_sequences(
         })
         .collect();
     for n in 1..=clips {
-        let first = 1 + (n - 1) * cfg.frames_per_clip;
+        let first = 1 + (n - 1) * cfg.frames_per_clip();
         let requests: Vec<ClipRequest> = runs
             .iter()
             .map(|r| ClipRequest {
@@ -221,7 +310,8 @@ fn score_sequences(
                     ContextSource::Generated => context_frames(&r.generated, first, cfg),
                     ContextSource::GroundTruth => context_frames(&r.truth, first, cfg),
                 },
-                masks: (0..cfg.frames_per_clip).map(|j| r.s.actions[(first - 1 + j) / 4].0).collect(),
+                context_masks: cfg.context_indices(first).into_iter().map(|i| mask_into(&r.s.actions, i)).collect(),
+                masks: (0..cfg.frames_per_clip()).map(|j| r.s.actions[(first - 1 + j) / 4].0).collect(),
                 noise_seed: 0,
             })
             .collect();
@@ -258,7 +348,7 @@ fn score_sequences(
 
 /// A model as a [`ClipGenerator`]: each sequence's clip from its own seeded
 /// noise.
-fn model_generator<'a>(m: &'a LoadedModel, sampler: &'a SamplerConfig, seed: u64) -> impl FnMut(usize, &[&HeldOut], &[ClipRequest]) -> Result<Vec<Vec<u8>>, StageError> + 'a {
+fn model_generator<'a>(m: &'a LoadedVideoModel, sampler: &'a SamplerConfig, seed: u64) -> impl FnMut(usize, &[&HeldOut], &[ClipRequest]) -> Result<Vec<Vec<u8>>, StageError> + 'a {
     move |n, seqs, requests| {
         let seeded: Vec<ClipRequest> = seqs
             .iter()
@@ -288,7 +378,7 @@ pub struct ProtocolResult {
 /// probe, and each length's numbers are taken over its first clips (the
 /// same seeds make a shorter generation the prefix of a longer one).
 pub fn evaluate(
-    m: &LoadedModel,
+    m: &LoadedVideoModel,
     seqs: &[HeldOut],
     lengths: &[EvalLength],
     source: ContextSource,
@@ -296,7 +386,8 @@ pub fn evaluate(
     seed: u64,
     tick: &(dyn Fn() + Sync),
 ) -> Result<Vec<ProtocolResult>, StageError> {
-    let windows_per_clip = m.model.cfg.windows_per_clip();
+    let cfg = clip_model(m);
+    let windows_per_clip = cfg.windows_per_clip();
     let longest = lengths.iter().map(|l| l.clips).max().unwrap_or(0);
     if let Some(s) = seqs.iter().find(|s| s.actions.len() < longest * windows_per_clip) {
         return Err(StageError::invalid(
@@ -307,11 +398,11 @@ pub fn evaluate(
     let mut out = Vec::new();
     for kind in ["basic", "combined"] {
         let of_kind: Vec<&HeldOut> = seqs.iter().filter(|s| s.kind == kind).collect();
-        let scored = score_sequences(&m.model.cfg, &of_kind, longest, source, &mut model_generator(m, sampler, seed), tick)?;
+        let scored = score_sequences(cfg, &of_kind, longest, source, &mut model_generator(m, sampler, seed), tick)?;
         for l in lengths {
             let (mut tally, mut still) = (AccuracyTally::default(), AccuracyTally::default());
             let (mut vq_sum, mut vq_n) = (0.0, 0usize);
-            let frames = l.clips * m.model.cfg.frames_per_clip;
+            let frames = l.clips * cfg.frames_per_clip();
             for sc in &scored {
                 for ((r, t), (r0, t0)) in &sc.windows[..l.clips * windows_per_clip] {
                     tally.add(*r, *t);
@@ -362,14 +453,14 @@ pub fn rollout_sequence(
 }
 
 /// The rows of `eval_results` for one model's results.
-pub fn eval_rows(run_unix_s: i64, label: &str, m: &LoadedModel, source: ContextSource, results: &[ProtocolResult]) -> Vec<wc_stages::tables::EvalRow> {
+pub fn eval_rows(run_unix_s: i64, label: &str, m: &LoadedVideoModel, source: ContextSource, results: &[ProtocolResult]) -> Vec<wc_stages::tables::EvalRow> {
     results
         .iter()
         .map(|r| wc_stages::tables::EvalRow {
             run_unix_s,
             model: label.to_string(),
-            checkpoint: m.path.clone(),
-            step: m.step as i64,
+            checkpoint: m.path().to_string(),
+            step: m.step() as i64,
             context: source.name().to_string(),
             length: r.length.name.clone(),
             clips: r.length.clips as i64,
@@ -576,11 +667,12 @@ mod tests {
         let dev = candle_core::Device::Cpu;
         let mut params = wc_model::params::Params::new(3, &dev);
         let model = wc_model::WorldModel::new(&cfg, &mut params).unwrap();
-        let m = LoadedModel { model, params, step: 0, path: String::new() };
+        let m = LoadedVideoModel::World(LoadedModel { model, params, step: 0, path: String::new() });
         let frame = 16 * 16 * 3;
         let requests: Vec<ClipRequest> = (0..3u8)
             .map(|i| ClipRequest {
                 context: (0..cfg.context_slots() * frame).map(|j| (j as u8).wrapping_mul(7).wrapping_add(40 * i)).collect(),
+                context_masks: Vec::new(),
                 masks: vec![1 << i; cfg.frames_per_clip],
                 noise_seed: 100 + i as u64,
             })
@@ -589,7 +681,37 @@ mod tests {
         let batch = generate_clips(&m, &requests, &sampler).unwrap();
         assert_eq!(batch.len(), 3);
         for (r, b) in requests.iter().zip(&batch) {
-            assert_eq!(&generate_clip(&m, &r.context, &r.masks, &sampler, r.noise_seed).unwrap(), b);
+            let LoadedVideoModel::World(w) = &m else { unreachable!() };
+            assert_eq!(&generate_clip(w, &r.context, &r.masks, &sampler, r.noise_seed).unwrap(), b);
+        }
+        assert_ne!(batch[0], batch[1]);
+    }
+
+    /// Matrix-Game's context is the first frame, then the clip before (the
+    /// first frame repeated before clip 1), with the actions into them; a
+    /// batch of its clips is the clips one by one.
+    #[test]
+    fn matrix_game_clips_come_from_the_first_frame_and_the_clip_before_batched_or_not() {
+        let cfg = MatrixGameConfig::tiny();
+        assert_eq!(cfg.context_indices(1), vec![0; 5]);
+        assert_eq!(cfg.context_indices(9), vec![0, 5, 6, 7, 8]);
+        let actions = [ActionMask(1), ActionMask(4)];
+        assert_eq!((mask_into(&actions, 0), mask_into(&actions, 4), mask_into(&actions, 5)), (0, 1, 4));
+        let policy = wc_matrix_game::model::fresh_policy(&cfg, 3, &candle_core::Device::Cpu).unwrap();
+        let m = LoadedVideoModel::MatrixGame(LoadedMatrixGame { policy, step: 0, path: String::new() });
+        let frame = 16 * 16 * 3;
+        let requests: Vec<ClipRequest> = (0..3u8)
+            .map(|i| ClipRequest {
+                context: (0..5 * frame).map(|j| (j as u8).wrapping_mul(7).wrapping_add(40 * i)).collect(),
+                context_masks: vec![0, 1 << i, 1 << i, 2, 2],
+                masks: vec![1 << i; 4],
+                noise_seed: 100 + i as u64,
+            })
+            .collect();
+        let sampler = SamplerConfig { steps: 3, ..Default::default() };
+        let batch = generate_clips(&m, &requests, &sampler).unwrap();
+        for (r, b) in requests.iter().zip(&batch) {
+            assert_eq!(&generate_clips(&m, std::slice::from_ref(r), &sampler).unwrap()[0], b);
         }
         assert_ne!(batch[0], batch[1]);
     }

@@ -307,20 +307,26 @@ fn step_of(m: u8, dropped: bool) -> [f32; ACTION_WIDTH] {
 pub fn context_rows(cfg: &MatrixGameConfig, first: &[f32], history: &[f32], history_masks: &[u8]) -> Vec<f32> {
     let (d, f) = (cfg.frame_len(), cfg.frames_per_clip);
     let frames = history.len() / d;
-    let mut out = Vec::with_capacity(cfg.context_frames() * (d + ACTION_WIDTH));
-    out.extend_from_slice(first);
-    out.extend([0.0; ACTION_WIDTH]);
+    let mut latents = first.to_vec();
+    let mut masks = vec![0u8];
     for i in 0..f {
         if frames >= f {
             let j = frames - f + i;
-            out.extend_from_slice(&history[j * d..(j + 1) * d]);
-            out.extend(step_of(history_masks[j], false));
+            latents.extend_from_slice(&history[j * d..(j + 1) * d]);
+            masks.push(history_masks[j]);
         } else {
-            out.extend_from_slice(first);
-            out.extend([0.0; ACTION_WIDTH]);
+            latents.extend_from_slice(first);
+            masks.push(0);
         }
     }
-    out
+    pack_context(cfg, &latents, &masks)
+}
+
+/// Context rows of the context's latent frames (`cfg.context_frames()` of
+/// them) and the action mask into each (0: none).
+pub fn pack_context(cfg: &MatrixGameConfig, latents: &[f32], masks_into: &[u8]) -> Vec<f32> {
+    let d = cfg.frame_len();
+    latents.chunks_exact(d).zip(masks_into).flat_map(|(frame, m)| frame.iter().copied().chain(step_of(*m, false))).collect()
 }
 
 #[cfg(test)]

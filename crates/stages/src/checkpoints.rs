@@ -145,6 +145,67 @@ pub fn load_matrix_game_checkpoint(
     Ok((policy, s, store.uri_of(&dir)))
 }
 
+/// A loaded Matrix-Game model (a pre-training checkpoint or a run's).
+pub struct LoadedMatrixGame {
+    pub policy: wc_matrix_game::MatrixGamePolicy,
+    pub step: u64,
+    pub path: String,
+}
+
+/// A loaded model of either video architecture (what `eval` compares).
+pub enum LoadedVideoModel {
+    World(LoadedModel),
+    MatrixGame(LoadedMatrixGame),
+}
+
+impl LoadedVideoModel {
+    pub fn step(&self) -> u64 {
+        match self {
+            LoadedVideoModel::World(m) => m.step,
+            LoadedVideoModel::MatrixGame(m) => m.step,
+        }
+    }
+
+    pub fn path(&self) -> &str {
+        match self {
+            LoadedVideoModel::World(m) => &m.path,
+            LoadedVideoModel::MatrixGame(m) => &m.path,
+        }
+    }
+}
+
+/// The newest pre-training checkpoint under `store` (or `step`), of
+/// whichever architecture it holds.
+pub fn load_video_checkpoint(store: &RunStore, step: Option<u64>, device: &candle_core::Device) -> Result<LoadedVideoModel, StageError> {
+    let (s, set) = newest_step(store, PRETRAIN_DIR, None, step)?.ok_or_else(|| {
+        StageError::invalid(store.uri(), format!("no committed checkpoint{} under {PRETRAIN_DIR}/", step.map(|s| format!(" at step {s}")).unwrap_or_default()))
+    })?;
+    let path = format!("{}/settings.json", step_dir(s));
+    let settings: PretrainSettings = serde_json::from_slice(&set.read(&path)?).map_err(|e| StageError::artifact(store.uri_of(&path), e))?;
+    if settings.matrix_game.is_some() {
+        let (policy, step, path) = load_matrix_game_checkpoint(store, Some(s), device)?;
+        Ok(LoadedVideoModel::MatrixGame(LoadedMatrixGame { policy, step, path }))
+    } else {
+        Ok(LoadedVideoModel::World(load_checkpoint(store, Some(s), device)?))
+    }
+}
+
+/// Checkpoint `k` of a run (`which`: "policy" or "old_policy"), of the
+/// architecture its `[model]` names.
+pub fn load_video_run_checkpoint(run: &RunStore, k: u64, which: &str, device: wc_config::DeviceSpec) -> Result<LoadedVideoModel, StageError> {
+    let ctx = crate::runner::RunContext::from_store(run.clone())?.on_device(Some(device));
+    match &ctx.cfg.model {
+        wc_config::ModelSection::MatrixGame(_) => {
+            let b = crate::backend::matrix_game::MatrixGameBackend::open(&ctx)?;
+            let set = crate::inputs::checkpoint_set(&ctx, k)?;
+            let policy = b.load(&set, k, which)?;
+            Ok(LoadedVideoModel::MatrixGame(LoadedMatrixGame { policy, step: k, path: run.uri_of(&crate::layout::checkpoint_file(k, which)) }))
+        }
+        wc_config::ModelSection::Linear(_) => Err(StageError::invalid(run.uri(), "a linear-backend run has no video model to load")),
+        wc_config::ModelSection::World(_) => Ok(LoadedVideoModel::World(load_run_checkpoint(run, k, which, device)?)),
+    }
+}
+
 /// Load checkpoint `k` of a world-backend run (`which`: "policy" or
 /// "old_policy") on `device`.
 pub fn load_run_checkpoint(run: &RunStore, k: u64, which: &str, device: wc_config::DeviceSpec) -> Result<LoadedModel, StageError> {

@@ -63,11 +63,11 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     let longest = lengths.iter().map(|l| l.clips).max().unwrap_or(0);
     for spec in &a.model {
-        let m = super::load_model_spec(spec, a.step, a.device.or_cpu())?;
+        let m = super::load_video_model_spec(spec, a.step, a.device.or_cpu())?;
         let bar = super::item_bar((seqs.len() * longest) as u64, "eval", "clips");
         let results = evaluate::evaluate(&m, &seqs, &lengths, source, &s.config(), s.seed, &|| bar.inc(1)).with_context(|| format!("evaluating {spec}"))?;
         bar.finish_and_clear();
-        println!("{spec}: {} (step {})", m.path, m.step);
+        println!("{spec}: {} (step {})", m.path(), m.step());
         rows.extend(evaluate::eval_rows(now, spec, &m, source, &results));
     }
     print!("{}", evaluate::table1(&rows, a.replicates));

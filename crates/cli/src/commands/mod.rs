@@ -60,6 +60,15 @@ pub(crate) fn seed_note(seed: Option<u64>) -> String {
     seed.map(|s| format!(", seed {s}")).unwrap_or_default()
 }
 
+/// [`load_model_spec`] for commands that take either video architecture
+/// (the embedded clip transformer or Matrix-Game).
+pub(crate) fn load_video_model_spec(spec: &str, step: Option<u64>, device: DeviceSpec) -> anyhow::Result<wc_stages::checkpoints::LoadedVideoModel> {
+    match spec.rsplit_once('@') {
+        Some((uri, k)) if k.parse::<u64>().is_ok() => Ok(wc_stages::checkpoints::load_video_run_checkpoint(&RunStore::open_existing(uri)?, k.parse()?, "policy", device)?),
+        _ => Ok(wc_stages::checkpoints::load_video_checkpoint(&RunStore::open_existing(spec)?, step, &wc_model::device::open(device)?)?),
+    }
+}
+
 /// Load a model named on the command line: RUN@K (checkpoint K of a
 /// training run, its policy) or STORE (a pre-training store: checkpoint
 /// `step`, default the newest).

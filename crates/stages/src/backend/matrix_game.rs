@@ -47,7 +47,8 @@ impl<'a> MatrixGameBackend<'a> {
         self.ctx.device()
     }
 
-    fn load(&self, set: &CommittedSet, k: u64, name: &str) -> Result<MatrixGamePolicy, StageError> {
+    /// Weights `name` ("policy", "old_policy") of checkpoint `k`, in f32.
+    pub fn load(&self, set: &CommittedSet, k: u64, name: &str) -> Result<MatrixGamePolicy, StageError> {
         let path = layout::checkpoint_file(k, name);
         let t = wc_schemas::read_any(&self.ctx.store.uri_of(&path), &set.read(&path)?)?;
         policy_from_tensors(&self.cfg, &t, self.device()?).map_err(|e| StageError::artifact(self.ctx.store.uri_of(&path), e))
