@@ -58,6 +58,17 @@ data clips="3000":
 pretrain steps="3000": (data)
     {{wc}} pretrain --data {{data}} --out {{base}} --steps {{steps}} --checkpoint-every 250
 
+# Where the Matrix-Game base lives (`just pretrain-matrix-game`; pipelines/matrix-game.toml reads it).
+mg_base := "file://" + justfile_directory() + "/models/matrix-game"
+
+# Pre-train the Matrix-Game 2.0 architecture at the embedded size on the dataset (resumes from its last checkpoint).
+pretrain-matrix-game steps="3000": (data)
+    {{wc}} pretrain --arch matrix-game --data {{data}} --out {{mg_base}} --steps {{steps}} --checkpoint-every 250
+
+# Post-train the Matrix-Game base on the embedded world (the five stages, as `just train`).
+train-matrix-game iters="" run=("file://" + justfile_directory() + "/runs/matrix-game"):
+    {{wc}} train --run {{run}} --pipeline pipelines/matrix-game.toml {{ if iters == "" { "" } else { "--iters " + iters } }}
+
 # Action accuracy of the base model on held-out prompts (re-render probe).
 eval-base sequences="16":
     {{wc}} eval --data {{data}} --model {{base}} --sequences {{sequences}}

@@ -738,6 +738,23 @@ mod tests {
     }
 
     #[test]
+    fn the_matrix_game_pipeline_changes_only_the_model() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../pipelines");
+        let default = PipelineConfig::load(&format!("{root}/embedded.toml")).unwrap();
+        let mg = PipelineConfig::load(&format!("{root}/matrix-game.toml")).unwrap();
+        let mut expected = default.clone();
+        expected.model = ModelSection::MatrixGame(WorldModelConfig { base: "models/matrix-game".into(), base_step: None, preset: default_preset() });
+        assert_eq!(mg, expected, "pipelines/matrix-game.toml differs from pipelines/embedded.toml in more than [model]");
+        assert_ne!(mg.fingerprint(), default.fingerprint());
+        // A fresh model takes Matrix-Game's presets, and says which.
+        let text = std::fs::read_to_string(format!("{root}/matrix-game.toml")).unwrap();
+        let fresh = text.replace("base = \"models/matrix-game\"", "preset = \"default\"");
+        let err = PipelineConfig::parse("f.toml", &fresh).unwrap_err().to_string();
+        assert!(err.contains("\"tiny\" or \"embedded\""), "{err}");
+        assert!(PipelineConfig::parse("g.toml", &fresh.replace("\"default\"", "\"embedded\"")).is_ok());
+    }
+
+    #[test]
     fn the_policy_guidance_defaults_to_one_without_changing_the_fingerprint() {
         let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../pipelines");
         let text = std::fs::read_to_string(format!("{root}/embedded.toml")).unwrap();
