@@ -155,6 +155,10 @@ lint:
     cargo fmt --all --check
     cargo clippy --workspace --all-targets -- -D warnings
 
+# Capacity plans of Matrix-Game 2.0 at full size (pipelines/matrix-game-2.toml) on 1 and 8 H200s (989 TFLOP/s dense bf16).
+plan-matrix-game-2:
+    for g in 1 8; do {{wc}} plan --pipeline pipelines/matrix-game-2.toml --shards $g --gpus $g --peak-tflops 989 --params-b 1.62 --layers 30 --hidden 1536 --latent 44x80x16 --context-clips 1 --out pipelines/matrix-game-2-plan-${g}xH200.md; done
+
 # Capacity plan of one iteration in the paper's setting (8B model, 64 GPUs); rewrites pipelines/capacity-plan.md.
 plan *args:
     {{wc}} plan --pipeline pipelines/paper.toml --out pipelines/capacity-plan.md {{args}}

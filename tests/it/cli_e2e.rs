@@ -596,6 +596,13 @@ fn committed_capacity_plan_matches_the_command_and_follows_the_config() {
     assert!(out.contains("G = 32 candidates") && out != committed, "{out}");
     let err = wc_err(&["plan", "--pipeline", &pipeline, "--latent", "60x104"], &[]);
     assert!(err.contains("HEIGHTxWIDTHxCHANNELS"), "{err}");
+    // Matrix-Game 2.0's plans on 1 and 8 H200s (`just plan-matrix-game-2`) are current.
+    for g in ["1", "8"] {
+        let md = format!("pipelines/matrix-game-2-plan-{g}xH200.md");
+        let args = ["plan", "--pipeline", "pipelines/matrix-game-2.toml", "--shards", g, "--gpus", g, "--peak-tflops", "989", "--params-b", "1.62", "--layers", "30", "--hidden", "1536", "--latent", "44x80x16", "--context-clips", "1", "--out", &md, "--check"];
+        let out = std::process::Command::new(BIN).args(args).current_dir(root).output().unwrap();
+        assert!(out.status.success(), "{md} is stale (`just plan-matrix-game-2`): {}", String::from_utf8_lossy(&out.stderr));
+    }
 }
 
 #[test]

@@ -755,6 +755,15 @@ mod tests {
     }
 
     #[test]
+    fn the_full_size_matrix_game_pipeline_is_one_block_per_clip_three_steps_in_bf16() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../pipelines");
+        let mg2 = PipelineConfig::load(&format!("{root}/matrix-game-2.toml")).unwrap();
+        assert_eq!(mg2.model.kind(), ModelKind::MatrixGame);
+        assert_eq!((mg2.rollout.windows_per_clip, mg2.rollout.sampler_steps, mg2.rollout.candidates), (3, 3, 16));
+        assert!(!mg2.run.dtype.is_f32());
+    }
+
+    #[test]
     fn the_policy_guidance_defaults_to_one_without_changing_the_fingerprint() {
         let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../pipelines");
         let text = std::fs::read_to_string(format!("{root}/embedded.toml")).unwrap();
