@@ -104,6 +104,8 @@ echo
 echo "== 4. Wan2.1 at full size, random weights, on $device =="
 if [ "$device" = cpu ]; then
   "$bin" model size --preset tiny --latent 3x8x8 --device cpu
+  "$bin" model step --what rollout --tiny --latent 3x4x4 --batch 2 --device cpu
+  "$bin" model step --what nft --tiny --latent 3x4x4 --batch 2 --device cpu
 else
   for dtype in bf16 f32; do
     gpu_peak_start
@@ -117,5 +119,13 @@ else
   gpu_peak_start
   "$bin" model size --preset matrix-game-2 --latent 3x44x80 --batch 16 --dtype bf16 --device "$device"
   echo "peak GPU memory above idle: $(gpu_peak_stop) MiB"
+  # Matrix-Game 2.0 as the matrix_game backend runs it at full size (#24):
+  # a rollout chunk of 16 candidates, and one NFT optimizer step (minibatch 8), bf16.
+  for what in rollout nft; do
+    batch=16; [ "$what" = nft ] && batch=8
+    gpu_peak_start
+    "$bin" model step --what "$what" --latent 3x44x80 --batch "$batch" --dtype bf16 --device "$device"
+    echo "peak GPU memory above idle: $(gpu_peak_stop) MiB"
+  done
 fi
 echo "gpu-check: passed; the log is $log"

@@ -25,6 +25,7 @@
 //!
 //! No I/O here: callers pass tensors in and get tensors out.
 
+pub mod at_scale;
 pub mod config;
 pub mod model;
 pub mod train;

@@ -77,6 +77,27 @@ pub fn parameter_layout(cfg: &MatrixGameConfig) -> Result<Vec<(String, Vec<usize
     Ok(w.shapes_taken())
 }
 
+/// The Wan network of `cfg` computing in `dtype`, its weights created in
+/// `params` as the network asks for them (seeded, in the network's order;
+/// the parameters keep their own dtype and the network casts from them, so
+/// f32 parameters train a bf16 network).
+pub fn build_network(cfg: &wc_wan::WanTransformerConfig, params: &mut Params, dtype: DType) -> Result<WanTransformer> {
+    // The weights' maker owns the parameters while the network is built.
+    let shared = std::sync::Arc::new(std::sync::Mutex::new(std::mem::replace(params, Params::new(0, &Device::Cpu))));
+    let maker = shared.clone();
+    let w = Weights::from_fn(move |name, shape| {
+        let mut p = maker.lock().expect("not poisoned");
+        p.get(name, shape, init_of(name, shape)).map_err(|e| match e {
+            ModelError::Candle(e) => wc_wan::WanError::Candle(e),
+            other => wc_wan::WanError::Config(other.to_string()),
+        })
+    });
+    let net = WanTransformer::new(cfg, &w, dtype);
+    drop(w);
+    *params = std::sync::Arc::try_unwrap(shared).ok().expect("the maker is dropped").into_inner().expect("not poisoned");
+    net.map_err(wan_error)
+}
+
 /// A parameter's initial values: biases 0, norm scales 1, the rest normal
 /// with standard deviation 0.02.
 fn init_of(name: &str, shape: &[usize]) -> Init {
@@ -94,14 +115,8 @@ impl MatrixGameModel {
     /// checkpoint is loaded into `params` afterwards). The network computes
     /// in the parameters' dtype; norms and modulation stay f32.
     pub fn new(cfg: &MatrixGameConfig, params: &mut Params) -> Result<Self> {
-        let tensors = parameter_layout(cfg)?
-            .into_iter()
-            .map(|(name, shape)| {
-                let t = params.get(&name, &shape, init_of(&name, &shape))?;
-                Ok((name, t))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let net = WanTransformer::new(&cfg.transformer, &Weights::from_tensors(tensors), params.dtype()).map_err(wan_error)?;
+        cfg.validate().map_err(ModelError::Config)?;
+        let net = build_network(&cfg.transformer, params, params.dtype())?;
         Ok(MatrixGameModel { cfg: cfg.clone(), net })
     }
 

@@ -181,6 +181,9 @@ pub fn vae_diffusers_to_wan(key: &str, num_res_blocks: usize) -> String {
     key.to_string()
 }
 
+/// A maker of the tensor a model asks for: (Wan name, shape) -> tensor.
+type MakeTensor = Box<dyn Fn(&str, &[usize]) -> Result<Tensor> + Send + Sync>;
+
 /// The tensors of a checkpoint under the model's (Wan's) names, each
 /// handed out once; or random tensors of whatever shape the model asks for
 /// ([`Weights::random`]: sizes and speed without a checkpoint).
@@ -189,6 +192,8 @@ pub struct Weights {
     taken: Mutex<BTreeSet<String>>,
     layout: KeyLayout,
     random_on: Option<Device>,
+    /// Makes each tensor when the model asks for it ([`Weights::from_fn`]).
+    make: Option<MakeTensor>,
     elements: AtomicUsize,
     /// Every (name, shape) handed out, in order.
     asked: Mutex<Vec<(String, Vec<usize>)>>,
@@ -230,6 +235,7 @@ impl Weights {
             taken: Mutex::new(BTreeSet::new()),
             layout,
             random_on: None,
+            make: None,
             elements: AtomicUsize::new(0),
             asked: Mutex::new(Vec::new()),
         }
@@ -244,6 +250,22 @@ impl Weights {
             taken: Mutex::new(BTreeSet::new()),
             layout: KeyLayout::Wan,
             random_on: Some(device.clone()),
+            make: None,
+            elements: AtomicUsize::new(0),
+            asked: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Tensors made by `make` as the model asks for them (name, shape): a
+    /// model whose weights live elsewhere, e.g. trainable variables created
+    /// on demand, without building it twice to learn its layout.
+    pub fn from_fn(make: impl Fn(&str, &[usize]) -> Result<Tensor> + Send + Sync + 'static) -> Self {
+        Weights {
+            tensors: BTreeMap::new(),
+            taken: Mutex::new(BTreeSet::new()),
+            layout: KeyLayout::Wan,
+            random_on: None,
+            make: Some(Box::new(make)),
             elements: AtomicUsize::new(0),
             asked: Mutex::new(Vec::new()),
         }
@@ -312,6 +334,9 @@ impl Weights {
                 Tensor::randn(0f32, 0.02, shape, device)?
             };
             return Ok(t.to_dtype(dtype)?);
+        }
+        if let Some(make) = &self.make {
+            return Ok(make(key, shape)?.to_dtype(dtype)?);
         }
         let t = self.tensors.get(key).ok_or_else(|| WanError::MissingKey {
             key: self.checkpoint_name(key),

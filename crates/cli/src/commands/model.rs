@@ -120,6 +120,45 @@ pub enum ModelWhat {
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
         batch: u32,
     },
+    /// Matrix-Game 2.0's hot paths with random weights: a rollout chunk (G
+    /// candidates of one block after a cached context block, through the
+    /// three-step sampler) or one NFT optimizer step (policy and old-policy
+    /// forwards over [context block, target block], the NFT loss, backward,
+    /// Muon/AdamW on f32 weights; bf16 computes in bf16 from them). Prints
+    /// the time and the peak resident memory (a GPU's peak: nvidia-smi,
+    /// as `just gpu-check` reads it).
+    ///
+    /// Example: worldcompass model step --what rollout --latent 3x44x80 --batch 16 --dtype bf16 --device cuda:0
+    Step {
+        #[arg(long, value_enum)]
+        what: StepKind,
+        /// One block's latent frames x height x width (Matrix-Game 2.0:
+        /// 3x44x80 for 352x640 video).
+        #[arg(long, default_value = "3x44x80")]
+        latent: String,
+        /// G candidates (rollout) or the minibatch (nft).
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+        batch: u32,
+        #[arg(long, value_enum, default_value = "bf16")]
+        dtype: DtypeArg,
+        /// Keep only this many transformer blocks (a smaller model of the
+        /// same width, for a CPU; the action modules stay in the first
+        /// blocks as far as they go).
+        #[arg(long)]
+        layers: Option<usize>,
+        /// The tiny test configuration instead of Matrix-Game 2.0.
+        #[arg(long)]
+        tiny: bool,
+    },
+}
+
+/// What `model step` times.
+#[derive(Debug, Clone, Copy, PartialEq, ValueEnum)]
+pub enum StepKind {
+    /// G candidates of one block from a cached context block (rollout).
+    Rollout,
+    /// One NFT optimizer step on a minibatch (optimize).
+    Nft,
 }
 
 /// The process's peak resident memory (VmHWM), in MiB, or "unknown".
@@ -238,6 +277,40 @@ pub fn run(a: ModelArgs) -> anyhow::Result<()> {
                 "random weights in {init:.1} s; one forward of {b} x latent {f}x{h}x{w} ({tokens} tokens each, {dtype:?}) in {secs:.2} s on {device:?}; peak resident memory {}",
                 peak_rss_mib()
             );
+        }
+        ModelWhat::Step { what, latent, batch, dtype, layers, tiny } => {
+            let mut cfg = if tiny { WanTransformerConfig::tiny_matrix_game() } else { WanTransformerConfig::matrix_game_2() };
+            if tiny {
+                cfg.action = cfg.action.map(|a| wc_wan::ActionModuleConfig { time_compression: 4, ..a });
+            }
+            if let Some(l) = layers {
+                anyhow::ensure!(l >= 1 && l <= cfg.num_layers, "--layers {l}: 1..={}", cfg.num_layers);
+                cfg.num_layers = l;
+                cfg.action_blocks = cfg.action_blocks.min(l);
+            }
+            let block = parse_grid(&latent)?;
+            let s = wc_matrix_game::at_scale::AtScale { cfg: cfg.clone(), block, batch: batch as usize, dtype: dtype.dtype(), image_tokens: if tiny { 5 } else { 257 } };
+            let [f, h, w] = block;
+            let what_text = match what {
+                StepKind::Rollout => format!("a rollout chunk of {batch} candidates (latent block {f}x{h}x{w}, 3 sampler steps + the commit pass, after a cached context block)"),
+                StepKind::Nft => format!("one NFT optimizer step on a minibatch of {batch} (context + target blocks of {f}x{h}x{w})"),
+            };
+            let (timing, note) = match what {
+                StepKind::Rollout => (wc_matrix_game::at_scale::rollout_chunk(&s, &device)?.0, String::new()),
+                StepKind::Nft => {
+                    let (t, loss) = wc_matrix_game::at_scale::nft_step(&s, &device)?;
+                    (t, format!(", loss {loss:.4}"))
+                }
+            };
+            println!(
+                "{} layers, {} parameters: {what_text} in {:.2} s ({dtype:?}, models built in {:.1} s) on {device:?}{note}; peak resident memory {}",
+                cfg.num_layers,
+                cfg.parameter_count(),
+                timing.run.as_secs_f64(),
+                timing.build.as_secs_f64(),
+                peak_rss_mib()
+            );
+
         }
     }
     Ok(())
