@@ -102,11 +102,7 @@ mod tests {
     use super::*;
 
     fn video(cfg: &MatrixGameConfig, windows: usize, seed: u8) -> Video {
-        let fsize = cfg.frame_size * cfg.frame_size * 3;
-        Video {
-            frames: (0..(1 + windows * 4) * fsize).map(|i| ((i / fsize) as u8).wrapping_mul(20).wrapping_add(seed)).collect(),
-            actions: (0..windows).map(|w| 1u8 << (w % 8)).collect(),
-        }
+        wc_model::train::synthetic_video(cfg.frame_size, windows, seed)
     }
 
     #[test]

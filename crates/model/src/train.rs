@@ -27,6 +27,16 @@ pub struct Video {
     pub actions: Vec<u8>,
 }
 
+/// A synthetic video for tests of example building: every byte of frame i
+/// is 20 i + `seed` (wrapping), window w holds the action bit w mod 8.
+pub fn synthetic_video(frame_size: usize, windows: usize, seed: u8) -> Video {
+    let fsize = frame_size * frame_size * 3;
+    Video {
+        frames: (0..(1 + windows * FRAMES_PER_WINDOW) * fsize).map(|i| ((i / fsize) as u8).wrapping_mul(20).wrapping_add(seed)).collect(),
+        actions: (0..windows).map(|w| 1u8 << (w % 8)).collect(),
+    }
+}
+
 /// Tokens of one example.
 pub struct Example {
     pub context: Vec<f32>,
@@ -158,11 +168,7 @@ mod tests {
     use crate::optim::OptimConfig;
 
     fn video(cfg: &ModelConfig, windows: usize, seed: u8) -> Video {
-        let fsize = cfg.frame_size * cfg.frame_size * 3;
-        Video {
-            frames: (0..(1 + windows * 4) * fsize).map(|i| ((i / fsize) as u8).wrapping_mul(20).wrapping_add(seed)).collect(),
-            actions: (0..windows).map(|w| 1u8 << (w % 8)).collect(),
-        }
+        synthetic_video(cfg.frame_size, windows, seed)
     }
 
     #[test]

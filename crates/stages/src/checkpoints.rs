@@ -106,15 +106,22 @@ pub struct LoadedModel {
 }
 
 
-/// Load the newest pre-training checkpoint under `store` (or `step`).
-/// on `device`.
-pub fn load_checkpoint(store: &RunStore, step: Option<u64>, device: &candle_core::Device) -> Result<LoadedModel, StageError> {
+/// The newest committed pre-training checkpoint under `store` (or `step`):
+/// its step, commit, folder and settings.
+fn pretrain_checkpoint(store: &RunStore, step: Option<u64>) -> Result<(u64, CommittedSet, String, PretrainSettings), StageError> {
     let (s, set) = newest_step(store, PRETRAIN_DIR, None, step)?.ok_or_else(|| {
         StageError::invalid(store.uri(), format!("no committed checkpoint{} under {PRETRAIN_DIR}/", step.map(|s| format!(" at step {s}")).unwrap_or_default()))
     })?;
     let dir = step_dir(s);
-    let settings: PretrainSettings = serde_json::from_slice(&set.read(&format!("{dir}/settings.json"))?)
-        .map_err(|e| StageError::artifact(store.uri_of(&format!("{dir}/settings.json")), e))?;
+    let path = format!("{dir}/settings.json");
+    let settings: PretrainSettings = serde_json::from_slice(&set.read(&path)?).map_err(|e| StageError::artifact(store.uri_of(&path), e))?;
+    Ok((s, set, dir, settings))
+}
+
+/// Load the newest pre-training checkpoint under `store` (or `step`)
+/// on `device`.
+pub fn load_checkpoint(store: &RunStore, step: Option<u64>, device: &candle_core::Device) -> Result<LoadedModel, StageError> {
+    let (s, set, dir, settings) = pretrain_checkpoint(store, step)?;
     if settings.matrix_game.is_some() {
         return Err(StageError::invalid(store.uri_of(&dir), "this is a Matrix-Game checkpoint, not one of the embedded clip transformer (use [model] kind = \"matrix_game\")"));
     }
@@ -131,12 +138,7 @@ pub fn load_matrix_game_checkpoint(
     step: Option<u64>,
     device: &candle_core::Device,
 ) -> Result<(wc_matrix_game::MatrixGamePolicy, u64, String), StageError> {
-    let (s, set) = newest_step(store, PRETRAIN_DIR, None, step)?.ok_or_else(|| {
-        StageError::invalid(store.uri(), format!("no committed checkpoint{} under {PRETRAIN_DIR}/", step.map(|s| format!(" at step {s}")).unwrap_or_default()))
-    })?;
-    let dir = step_dir(s);
-    let settings: PretrainSettings = serde_json::from_slice(&set.read(&format!("{dir}/settings.json"))?)
-        .map_err(|e| StageError::artifact(store.uri_of(&format!("{dir}/settings.json")), e))?;
+    let (s, set, dir, settings) = pretrain_checkpoint(store, step)?;
     let cfg = settings.matrix_game.ok_or_else(|| {
         StageError::invalid(store.uri_of(&dir), "this is a checkpoint of the embedded clip transformer, not of Matrix-Game (use [model] kind = \"world\", or pre-train with --arch matrix-game)")
     })?;
@@ -177,11 +179,7 @@ impl LoadedVideoModel {
 /// The newest pre-training checkpoint under `store` (or `step`), of
 /// whichever architecture it holds.
 pub fn load_video_checkpoint(store: &RunStore, step: Option<u64>, device: &candle_core::Device) -> Result<LoadedVideoModel, StageError> {
-    let (s, set) = newest_step(store, PRETRAIN_DIR, None, step)?.ok_or_else(|| {
-        StageError::invalid(store.uri(), format!("no committed checkpoint{} under {PRETRAIN_DIR}/", step.map(|s| format!(" at step {s}")).unwrap_or_default()))
-    })?;
-    let path = format!("{}/settings.json", step_dir(s));
-    let settings: PretrainSettings = serde_json::from_slice(&set.read(&path)?).map_err(|e| StageError::artifact(store.uri_of(&path), e))?;
+    let (s, _, _, settings) = pretrain_checkpoint(store, step)?;
     if settings.matrix_game.is_some() {
         let (policy, step, path) = load_matrix_game_checkpoint(store, Some(s), device)?;
         Ok(LoadedVideoModel::MatrixGame(LoadedMatrixGame { policy, step, path }))

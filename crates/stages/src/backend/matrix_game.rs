@@ -14,7 +14,6 @@ use wc_model::flow::sample;
 use wc_model::nft::{nft_step, NftBatch, NftSettings};
 use wc_model::optim::Optimizer;
 use wc_model::velocity::VelocityModel;
-use wc_rl::schedule::{sampler_times, timestep_subset};
 use wc_rl::seeds::{derive_seed, SeedDomain};
 use wc_store::{CommittedSet, PendingCommit, RunStore};
 
@@ -157,30 +156,19 @@ impl Backend for MatrixGameBackend<'_> {
         let ctx = self.ctx;
         let o_cfg = &ctx.cfg.optimize;
         let reference = if o_cfg.kl_weight > 0.0 { Some(self.load(&self.init, 0, "policy")?) } else { None };
-        let sample_level = crate::stages::sample_level(ctx);
-        let steps = ctx.cfg.rollout.sampler_steps as usize;
-        let times = sampler_times(steps, ctx.cfg.rollout.timestep_shift);
-        let subset = timestep_subset(steps, o_cfg.timestep_fraction, derive_seed(ctx.cfg.run.seed, iter, SeedDomain::Optimize, 0, 0));
-        let g_count = ctx.cfg.rollout.candidates as usize;
         // (context rows, clean clip, noise, t, masks, r) of every sample.
         let mut samples: Vec<(Vec<f32>, &[f32], Vec<f32>, f32, Vec<u8>, f32)> = Vec::new();
-        for s in selected {
-            for (c, history, clip) in crate::stages::trained_clips(ctx, iter, s.prefix, s.latents, self.pixels.clip_len()) {
-                let history_windows: Vec<u8> = (1..c).flat_map(|h| inputs::clip_windows(ctx, s.row, h)).collect();
-                let context = self.context(s.row.prompt_id, history, &history_windows)?;
-                let masks = self.pixels.frame_masks(&inputs::clip_windows(ctx, s.row, c));
-                // Noise ids as the world backend numbers them.
-                let id = if sample_level { (c as usize - 1) * g_count + s.candidate } else { s.candidate };
-                for &ti in &subset {
-                    let seed = derive_seed(ctx.cfg.run.seed, iter, SeedDomain::Optimize, s.group, (id * steps + ti) as u64 + 1);
-                    samples.push((context.clone(), clip, self.noise(seed), times[ti] as f32, masks.clone(), s.r as f32));
-                }
+        for tc in super::nft_plan(ctx, iter, selected, self.pixels.clip_len()) {
+            let s = tc.selected;
+            let history_windows: Vec<u8> = (1..tc.clip_index).flat_map(|h| inputs::clip_windows(ctx, s.row, h)).collect();
+            let context = self.context(s.row.prompt_id, tc.history, &history_windows)?;
+            let masks = self.pixels.frame_masks(&inputs::clip_windows(ctx, s.row, tc.clip_index));
+            for (seed, t) in tc.draws {
+                samples.push((context.clone(), tc.clip, self.noise(seed), t, masks.clone(), s.r as f32));
             }
         }
         let settings = NftSettings { beta: o_cfg.beta, lr: o_cfg.lr, guidance: o_cfg.guidance };
-        let pb = crate::stages::progress(samples.len().div_ceil(o_cfg.minibatch as usize), "optimize");
-        let mut reports = Vec::new();
-        for batch in samples.chunks(o_cfg.minibatch as usize) {
+        super::nft_minibatches(&samples, o_cfg.minibatch as usize, |batch| {
             let b = batch.len();
             let nft = NftBatch {
                 context: self.context_tensor(batch.iter().flat_map(|s| s.0.iter().copied()).collect(), b)?,
@@ -192,11 +180,8 @@ impl Backend for MatrixGameBackend<'_> {
             };
             let r = reference.as_ref().map(|r| (r, o_cfg.kl_weight));
             let s = nft_step(policy, old, r, opt, &nft, &settings)?;
-            reports.push(StepReport { loss: s.loss, grad_norm: s.grad_norm, samples: b, applied: s.applied });
-            pb.inc(1);
-        }
-        pb.finish_and_clear();
-        Ok(reports)
+            Ok(StepReport { loss: s.loss, grad_norm: s.grad_norm, samples: b, applied: s.applied })
+        })
     }
 
     fn ema(&self, old: &mut MatrixGamePolicy, policy: &MatrixGamePolicy, eta: f64) -> Result<(), StageError> {

@@ -160,6 +160,59 @@ pub trait Backend {
     fn ema(&self, old: &mut Self::Policy, policy: &Self::Policy, eta: f64) -> Result<(), StageError>;
 }
 
+/// A selected candidate's clip that optimize trains on, with the noise seed
+/// and flow time of each of its samples (one per trained timestep).
+pub struct TrainedClip<'s, 'a> {
+    pub selected: &'s Selected<'a>,
+    /// The clip's index in its sequence (1-based).
+    pub clip_index: u64,
+    /// The latents before the clip (whole clips).
+    pub history: &'a [f32],
+    pub clip: &'a [f32],
+    /// (noise seed, t) per sample.
+    pub draws: Vec<(u64, f32)>,
+}
+
+/// What the NFT step of iteration `iter` trains on, whatever the model:
+/// every selected candidate's trained clips (clip n, or every clip at
+/// sample level), each at the iteration's random subset of the sampler's
+/// timesteps with its own seeded noise. The one place that numbers the
+/// noise: clip-level keeps the historical id j of candidate j;
+/// sample-level numbers (clip, candidate) pairs clip-major.
+pub fn nft_plan<'s, 'a>(ctx: &RunContext, iter: u64, selected: &'s [Selected<'a>], clip_len: usize) -> Vec<TrainedClip<'s, 'a>> {
+    use wc_rl::schedule::{sampler_times, timestep_subset};
+    use wc_rl::seeds::{derive_seed, SeedDomain};
+    let steps = ctx.cfg.rollout.sampler_steps as usize;
+    let times = sampler_times(steps, ctx.cfg.rollout.timestep_shift);
+    let subset = timestep_subset(steps, ctx.cfg.optimize.timestep_fraction, derive_seed(ctx.cfg.run.seed, iter, SeedDomain::Optimize, 0, 0));
+    let (sample_level, g_count) = (crate::stages::sample_level(ctx), ctx.cfg.rollout.candidates as usize);
+    let mut plan = Vec::new();
+    for s in selected {
+        for (c, history, clip) in crate::stages::trained_clips(ctx, iter, s.prefix, s.latents, clip_len) {
+            let id = if sample_level { (c as usize - 1) * g_count + s.candidate } else { s.candidate };
+            let draws = subset
+                .iter()
+                .map(|&ti| (derive_seed(ctx.cfg.run.seed, iter, SeedDomain::Optimize, s.group, (id * steps + ti) as u64 + 1), times[ti] as f32))
+                .collect();
+            plan.push(TrainedClip { selected: s, clip_index: c, history, clip, draws });
+        }
+    }
+    plan
+}
+
+/// Run `step` on `samples` in minibatches of `minibatch`, with a progress
+/// bar; one report per step.
+pub fn nft_minibatches<S>(samples: &[S], minibatch: usize, mut step: impl FnMut(&[S]) -> Result<StepReport, StageError>) -> Result<Vec<StepReport>, StageError> {
+    let pb = crate::stages::progress(samples.len().div_ceil(minibatch), "optimize");
+    let mut reports = Vec::new();
+    for batch in samples.chunks(minibatch) {
+        reports.push(step(batch)?);
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    Ok(reports)
+}
+
 /// Something to run with the run's backend (a stage body).
 pub trait WithBackend {
     type Output;

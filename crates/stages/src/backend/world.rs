@@ -7,7 +7,6 @@ use candle_core::Device;
 use wc_config::{PipelineConfig, SamplingDtype, WorldModelConfig};
 use wc_model::optim::Optimizer;
 use wc_model::ModelConfig;
-use wc_rl::schedule::{sampler_times, timestep_subset};
 use wc_rl::seeds::{derive_seed, SeedDomain};
 use wc_store::{CommittedSet, PendingCommit, RunStore};
 
@@ -113,39 +112,23 @@ impl Backend for WorldBackend<'_> {
         let o_cfg = &ctx.cfg.optimize;
         // The reference model of the optional KL term: the run's first policy.
         let reference = if o_cfg.kl_weight > 0.0 { Some(world::load_policy(ctx, &self.cfg, &self.init, 0, "policy")?) } else { None };
-        let sample_level = crate::stages::sample_level(ctx);
-        let steps = ctx.cfg.rollout.sampler_steps as usize;
-        let times = sampler_times(steps, ctx.cfg.rollout.timestep_shift);
-        let subset = timestep_subset(steps, o_cfg.timestep_fraction, derive_seed(ctx.cfg.run.seed, iter, SeedDomain::Optimize, 0, 0));
-        let g_count = ctx.cfg.rollout.candidates as usize;
         let mut samples = Vec::new();
-        for s in selected {
-            let first = self.first_latent(s.row.prompt_id)?;
-            for (c, history, clip) in crate::stages::trained_clips(ctx, iter, s.prefix, s.latents, self.clip_len()) {
-                let context = world::context_tokens(&self.cfg, &first, history);
-                let masks = world::frame_masks(&self.cfg, &inputs::clip_windows(ctx, s.row, c));
-                let x = world::clip_tokens(&self.cfg, clip);
-                // Noise id of (clip, candidate): clip-level keeps its
-                // historical id j; sample-level numbers the pairs clip-major.
-                let id = if sample_level { (c as usize - 1) * g_count + s.candidate } else { s.candidate };
-                for &ti in &subset {
-                    let seed = derive_seed(ctx.cfg.run.seed, iter, SeedDomain::Optimize, s.group, (id * steps + ti) as u64 + 1);
-                    let eps = world::clip_tokens(&self.cfg, &world::clip_noise(&self.cfg, seed));
-                    samples.push(NftSample { context: context.clone(), x: x.clone(), eps, t: times[ti] as f32, masks: masks.clone(), r: s.r as f32 });
-                }
+        for tc in super::nft_plan(ctx, iter, selected, self.clip_len()) {
+            let s = tc.selected;
+            let context = world::context_tokens(&self.cfg, &self.first_latent(s.row.prompt_id)?, tc.history);
+            let masks = world::frame_masks(&self.cfg, &inputs::clip_windows(ctx, s.row, tc.clip_index));
+            let x = world::clip_tokens(&self.cfg, tc.clip);
+            for (seed, t) in tc.draws {
+                let eps = world::clip_tokens(&self.cfg, &world::clip_noise(&self.cfg, seed));
+                samples.push(NftSample { context: context.clone(), x: x.clone(), eps, t, masks: masks.clone(), r: s.r as f32 });
             }
         }
         let settings = world::NftSettings { beta: o_cfg.beta, lr: o_cfg.lr, guidance: o_cfg.guidance };
-        let pb = crate::stages::progress(samples.len().div_ceil(o_cfg.minibatch as usize), "optimize");
-        let mut reports = Vec::new();
-        for batch in samples.chunks(o_cfg.minibatch as usize) {
+        super::nft_minibatches(&samples, o_cfg.minibatch as usize, |batch| {
             let r = reference.as_ref().map(|r| (r, o_cfg.kl_weight));
             let s = world::nft_step(policy, old, r, opt, &world::nft_batch(&self.cfg, batch, self.device()?)?, &settings)?;
-            reports.push(StepReport { loss: s.loss, grad_norm: s.grad_norm, samples: batch.len(), applied: s.applied });
-            pb.inc(1);
-        }
-        pb.finish_and_clear();
-        Ok(reports)
+            Ok(StepReport { loss: s.loss, grad_norm: s.grad_norm, samples: batch.len(), applied: s.applied })
+        })
     }
 
     fn ema(&self, old: &mut WorldPolicy, policy: &WorldPolicy, eta: f64) -> Result<(), StageError> {
