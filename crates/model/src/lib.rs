@@ -29,6 +29,7 @@ pub mod config;
 pub mod device;
 pub mod device_check;
 pub mod flow;
+pub mod fused;
 pub mod model;
 pub mod nft;
 pub mod nn;

@@ -97,11 +97,11 @@ impl Block {
         };
         let hd = q.dim(D::Minus1)?;
         let scores = (q.matmul(&keys.t()?)? * (1.0 / (hd as f64).sqrt()))?;
-        let att = candle_nn::ops::softmax(&scores, D::Minus1)?.matmul(&values)?;
+        let att = crate::fused::softmax_last_dim(&scores)?.matmul(&values)?;
         let att = att.transpose(1, 2)?.reshape((b, n, d))?;
         let x = (x + self.proj.forward(&att)?.broadcast_mul(&m(2)?)?)?;
         let h2 = modulate(&rms_norm(&x, NORM_EPS)?, &m(3)?, &m(4)?)?;
-        let mlp = self.fc2.forward(&self.fc1.forward(&h2)?.gelu()?)?;
+        let mlp = self.fc2.forward(&crate::fused::gelu(&self.fc1.forward(&h2)?)?)?;
         let x = (x + mlp.broadcast_mul(&m(5)?)?)?;
         Ok((x, k, v))
     }
@@ -172,7 +172,7 @@ impl WorldModel {
             return Err(ModelError::Config(format!("context has {} tokens, the model needs {expected}", context.dim(1)?)));
         }
         let mut x = self.embed(&context.to_dtype(self.dtype)?, 0)?;
-        let c = self.context_cond.silu()?;
+        let c = crate::fused::silu(&self.context_cond)?;
         let mut kv = Vec::with_capacity(self.blocks.len());
         for block in &self.blocks {
             let mods = block.ada.forward(&c.unsqueeze(0)?)?.squeeze(0)?;
@@ -195,8 +195,8 @@ impl WorldModel {
         // in f32 from its output (a no-op cast for an f32 model).
         let dt = self.dtype;
         let a = self.action.forward(&actions.to_dtype(dt)?)?; // [B, F, d]
-        let temb = self.time2.forward(&self.time1.forward(&timestep_embedding(&t.to_dtype(dt)?, TIME_DIM)?)?.silu()?)?; // [B, d]
-        let cond = a.broadcast_add(&temb.unsqueeze(1)?)?.silu()?; // [B, F, d]
+        let temb = self.time2.forward(&crate::fused::silu(&self.time1.forward(&timestep_embedding(&t.to_dtype(dt)?, TIME_DIM)?)?)?)?; // [B, d]
+        let cond = crate::fused::silu(&a.broadcast_add(&temb.unsqueeze(1)?)?)?; // [B, F, d]
         let mut x = self.embed(&z.to_dtype(dt)?, self.cfg.context_slots())?.add(&self.per_token(&a)?)?;
         for (block, kv) in self.blocks.iter().zip(&cache.kv) {
             let mods = self.per_token(&block.ada.forward(&cond)?)?;

@@ -2,7 +2,8 @@
 //!
 //! candle-nn 0.11's fused layer-norm, RMS-norm and `softmax_last_dim` have
 //! no backward pass, so gradients silently stop there. The norm here is
-//! written from primitive ops, and attention uses `candle_nn::ops::softmax`.
+//! written from primitive ops; attention, GELU and SiLU use the fused ops of
+//! [`crate::fused`] (one pass each, forward and backward).
 
 use candle_core::{Tensor, D};
 
@@ -43,8 +44,14 @@ impl Linear {
 }
 
 /// RMS normalisation over the last dimension, without affine parameters
-/// (adaLN supplies scale and shift).
+/// (adaLN supplies scale and shift): one fused pass on the CPU
+/// ([`crate::fused::rms_norm`]), [`rms_norm_composed`] elsewhere.
 pub fn rms_norm(x: &Tensor, eps: f64) -> Result<Tensor> {
+    crate::fused::rms_norm(x, eps)
+}
+
+/// [`rms_norm`] from primitive candle ops (any device, any dtype).
+pub fn rms_norm_composed(x: &Tensor, eps: f64) -> Result<Tensor> {
     let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
     Ok(x.broadcast_div(&(ms + eps)?.sqrt()?)?)
 }

@@ -1,0 +1,458 @@
+//! Fused CPU kernels for the model's elementwise hot spots, as candle custom
+//! ops with their backward: GELU (tanh form), SiLU, softmax over the last
+//! dimension and RMS normalisation.
+//!
+//! candle computes these with scalar `tanhf`/`expf` per element and builds
+//! their gradients from five to ten separate tensor ops, each a pass over
+//! memory and a rayon hand-off (the profile of issue #26). Here each
+//! forward and each backward is one pass: `exp` is evaluated branch-free
+//! (range reduction to [-ln 2 / 2, ln 2 / 2], a degree-7 polynomial, the
+//! power of two built from its exponent bits), so the loops vectorise; an
+//! AVX2 build of the same loop is chosen at run time where the CPU has it,
+//! with the portable loop as the fallback. Both compute the same bits (no
+//! fused multiply-add), so a run gives the same result on either.
+//!
+//! Each op equals the candle composition it replaces within 1e-5 in value
+//! and gradient (tests below, on odd shapes). On other devices or dtypes
+//! the public functions fall back to candle's own ops, so CUDA keeps
+//! candle's kernels.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor, D};
+use rayon::prelude::*;
+
+use crate::Result;
+
+/// GELU, tanh form: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), as
+/// candle's `Tensor::gelu`.
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    if fusable(x) { Ok(x.contiguous()?.apply_op1(Gelu)?) } else { Ok(x.gelu()?) }
+}
+
+/// SiLU: x sigmoid(x), as candle's `Tensor::silu`.
+pub fn silu(x: &Tensor) -> Result<Tensor> {
+    if fusable(x) { Ok(x.contiguous()?.apply_op1(Silu)?) } else { Ok(x.silu()?) }
+}
+
+/// RMS normalisation over the last dimension without affine parameters,
+/// x / sqrt(mean(x^2) + eps), as `nn::rms_norm`.
+pub fn rms_norm(x: &Tensor, eps: f64) -> Result<Tensor> {
+    if fusable(x) && x.rank() >= 1 && x.dim(D::Minus1)? > 0 {
+        Ok(x.contiguous()?.apply_op1(RmsNorm { eps: eps as f32 })?)
+    } else {
+        crate::nn::rms_norm_composed(x, eps)
+    }
+}
+
+/// Softmax over the last dimension, as `candle_nn::ops::softmax(x, D::Minus1)`.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if fusable(x) && x.rank() >= 1 && x.dim(D::Minus1)? > 0 {
+        Ok(x.contiguous()?.apply_op1(Softmax)?)
+    } else {
+        Ok(candle_nn::ops::softmax(x, D::Minus1)?)
+    }
+}
+
+fn fusable(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32
+}
+
+const SQRT_TWO_OVER_PI: f32 = 0.797_884_6;
+const GELU_C: f32 = 0.044_715;
+
+/// e^x for x in f32's range, branch-free: x = k ln 2 + r with |r| <= ln 2 / 2,
+/// e^r by its Taylor polynomial to degree 7 (relative error below 1e-7 on
+/// that interval), 2^k from its exponent bits. Inputs are clamped to
+/// [-87, 88] (e^-87 is 1.6e-38, e^88 is 1.7e38).
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.0, 88.0);
+    let k = (x * LOG2E + ROUND) - ROUND;
+    let r = (x - k * LN2_HI) - k * LN2_LO;
+    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    p * f32::from_bits(((k as i32 + 127) << 23) as u32)
+}
+
+/// tanh(u) = 1 - 2 / (e^(2u) + 1).
+#[inline(always)]
+fn tanh(u: f32) -> f32 {
+    1.0 - 2.0 / (exp(2.0 * u) + 1.0)
+}
+
+#[inline(always)]
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + exp(-x))
+}
+
+#[inline(always)]
+fn gelu_f(x: f32) -> f32 {
+    0.5 * x * (1.0 + tanh(SQRT_TWO_OVER_PI * x * (1.0 + GELU_C * x * x)))
+}
+
+/// d gelu / dx times g.
+#[inline(always)]
+fn gelu_grad_f(x: f32, g: f32) -> f32 {
+    let t = tanh(SQRT_TWO_OVER_PI * x * (1.0 + GELU_C * x * x));
+    g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * SQRT_TWO_OVER_PI * (1.0 + 3.0 * GELU_C * x * x))
+}
+
+#[inline(always)]
+fn silu_f(x: f32) -> f32 {
+    x * sigmoid(x)
+}
+
+/// d silu / dx times g: s (1 + x (1 - s)).
+#[inline(always)]
+fn silu_grad_f(x: f32, g: f32) -> f32 {
+    let s = sigmoid(x);
+    g * s * (1.0 + x * (1.0 - s))
+}
+
+/// Elements per parallel task: large enough that a rayon hand-off is worth it.
+const CHUNK: usize = 1 << 15;
+
+/// The loops, compiled twice: portably and with AVX2 (chosen at run time).
+macro_rules! simd_loops {
+    ($($name:ident($($a:ident),*) => $f:expr;)*) => {
+        $(
+            #[inline(always)]
+            fn $name(out: &mut [f32], $($a: &[f32]),*) {
+                #[inline(always)]
+                fn body(out: &mut [f32], $($a: &[f32]),*) {
+                    for (i, o) in out.iter_mut().enumerate() {
+                        *o = $f($($a[i]),*);
+                    }
+                }
+                #[cfg(target_arch = "x86_64")]
+                {
+                    #[target_feature(enable = "avx2")]
+                    unsafe fn avx2(out: &mut [f32], $($a: &[f32]),*) {
+                        body(out, $($a),*)
+                    }
+                    if std::arch::is_x86_feature_detected!("avx2") {
+                        // SAFETY: the CPU has AVX2 (checked just above).
+                        return unsafe { avx2(out, $($a),*) };
+                    }
+                }
+                body(out, $($a),*)
+            }
+        )*
+    };
+}
+
+simd_loops! {
+    gelu_loop(x) => gelu_f;
+    gelu_grad_loop(x, g) => gelu_grad_f;
+    silu_loop(x) => silu_f;
+    silu_grad_loop(x, g) => silu_grad_f;
+}
+
+/// `f` over `x` in parallel chunks (one task for small tensors).
+fn map1(x: &[f32], f: fn(&mut [f32], &[f32])) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    if x.len() <= CHUNK {
+        f(&mut out, x);
+    } else {
+        out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(o, x)| f(o, x));
+    }
+    out
+}
+
+fn map2(x: &[f32], g: &[f32], f: fn(&mut [f32], &[f32], &[f32])) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    if x.len() <= CHUNK {
+        f(&mut out, x, g);
+    } else {
+        out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).zip(g.par_chunks(CHUNK)).for_each(|((o, x), g)| f(o, x, g));
+    }
+    out
+}
+
+/// The f32 values of a contiguous tensor's storage.
+fn values<'a>(s: &'a CpuStorage, l: &Layout, op: &'static str) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else { return Err(candle_core::Error::Msg(format!("{op}: f32 only"))) };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => Err(candle_core::Error::Msg(format!("{op}: a contiguous input is expected"))),
+    }
+}
+
+macro_rules! elementwise_op {
+    ($op:ident, $grad:ident, $name:literal, $fwd:ident, $bwd:ident) => {
+        struct $op;
+        struct $grad;
+
+        impl CustomOp1 for $op {
+            fn name(&self) -> &'static str {
+                $name
+            }
+
+            fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+                Ok((CpuStorage::F32(map1(values(s, l, $name)?, $fwd)), l.shape().clone()))
+            }
+
+            fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+                Ok(Some(arg.contiguous()?.apply_op2_no_bwd(&grad.contiguous()?, &$grad)?))
+            }
+        }
+
+        impl CustomOp2 for $grad {
+            fn name(&self) -> &'static str {
+                concat!($name, "-grad")
+            }
+
+            fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+                Ok((CpuStorage::F32(map2(values(s1, l1, $name)?, values(s2, l2, $name)?, $bwd)), l1.shape().clone()))
+            }
+        }
+    };
+}
+
+elementwise_op!(Gelu, GeluGrad, "fused-gelu", gelu_loop, gelu_grad_loop);
+elementwise_op!(Silu, SiluGrad, "fused-silu", silu_loop, silu_grad_loop);
+
+/// Softmax of each row: max, exp, sum, scale: one pass over the row's
+/// memory per step, rows in parallel.
+fn softmax_row(out: &mut [f32], x: &[f32]) {
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
+    exp_shifted(out, x, max);
+    let sum: f32 = out.iter().sum();
+    let inv = 1.0 / sum;
+    out.iter_mut().for_each(|o| *o *= inv);
+}
+
+/// out = e^(x - shift); a fully masked row (every x -inf) gives NaN, as the
+/// plain composition does.
+fn exp_shifted(out: &mut [f32], x: &[f32], shift: f32) {
+    #[inline(always)]
+    fn body(out: &mut [f32], x: &[f32], shift: f32) {
+        for (o, v) in out.iter_mut().zip(x) {
+            // exp clamps at -87: a masked score (-inf) must still give 0.
+            let d = *v - shift;
+            *o = if d < -87.0 { 0.0 } else { exp(d) };
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2(out: &mut [f32], x: &[f32], shift: f32) {
+            body(out, x, shift)
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked just above).
+            return unsafe { avx2(out, x, shift) };
+        }
+    }
+    body(out, x, shift)
+}
+
+/// The softmax's gradient per row: y (g - sum(y g)).
+fn softmax_grad_row(out: &mut [f32], y: &[f32], g: &[f32]) {
+    let dot: f32 = y.iter().zip(g).map(|(a, b)| a * b).sum();
+    for ((o, y), g) in out.iter_mut().zip(y).zip(g) {
+        *o = y * (g - dot);
+    }
+}
+
+/// Rows per parallel task for rows of `n` values.
+fn rows_per_task(n: usize) -> usize {
+    (CHUNK / n.max(1)).max(1)
+}
+
+struct Softmax;
+struct SoftmaxGrad;
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "fused-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = values(s, l, "fused-softmax")?;
+        let n = *l.dims().last().expect("rank >= 1");
+        let mut out = vec![0f32; x.len()];
+        let per = rows_per_task(n) * n;
+        out.par_chunks_mut(per).zip(x.par_chunks(per)).for_each(|(o, x)| {
+            o.chunks_mut(n).zip(x.chunks(n)).for_each(|(o, x)| softmax_row(o, x));
+        });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(res.contiguous()?.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxGrad)?))
+    }
+}
+
+impl CustomOp2 for SoftmaxGrad {
+    fn name(&self) -> &'static str {
+        "fused-softmax-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (y, g) = (values(s1, l1, "fused-softmax-grad")?, values(s2, l2, "fused-softmax-grad")?);
+        let n = *l1.dims().last().expect("rank >= 1");
+        let mut out = vec![0f32; y.len()];
+        let per = rows_per_task(n) * n;
+        out.par_chunks_mut(per).zip(y.par_chunks(per)).zip(g.par_chunks(per)).for_each(|((o, y), g)| {
+            o.chunks_mut(n).zip(y.chunks(n)).zip(g.chunks(n)).for_each(|((o, y), g)| softmax_grad_row(o, y, g));
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// x / rms(x) per row; the backward needs the row's rms, which the op
+/// recomputes from its input (one extra pass, no stored state).
+struct RmsNorm {
+    eps: f32,
+}
+
+struct RmsNormGrad {
+    eps: f32,
+}
+
+fn inverse_rms(x: &[f32], eps: f32) -> f32 {
+    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    1.0 / (ms + eps).sqrt()
+}
+
+impl CustomOp1 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "fused-rms-norm"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = values(s, l, "fused-rms-norm")?;
+        let n = *l.dims().last().expect("rank >= 1");
+        let mut out = vec![0f32; x.len()];
+        let per = rows_per_task(n) * n;
+        out.par_chunks_mut(per).zip(x.par_chunks(per)).for_each(|(o, x)| {
+            for (o, x) in o.chunks_mut(n).zip(x.chunks(n)) {
+                let inv = inverse_rms(x, self.eps);
+                o.iter_mut().zip(x).for_each(|(o, x)| *o = x * inv);
+            }
+        });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(arg.contiguous()?.apply_op2_no_bwd(&grad.contiguous()?, &RmsNormGrad { eps: self.eps })?))
+    }
+}
+
+impl CustomOp2 for RmsNormGrad {
+    fn name(&self) -> &'static str {
+        "fused-rms-norm-grad"
+    }
+
+    /// dx = inv (g - y mean(g y)), y = x inv.
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, g) = (values(s1, l1, "fused-rms-norm-grad")?, values(s2, l2, "fused-rms-norm-grad")?);
+        let n = *l1.dims().last().expect("rank >= 1");
+        let mut out = vec![0f32; x.len()];
+        let per = rows_per_task(n) * n;
+        out.par_chunks_mut(per).zip(x.par_chunks(per)).zip(g.par_chunks(per)).for_each(|((o, x), g)| {
+            for ((o, x), g) in o.chunks_mut(n).zip(x.chunks(n)).zip(g.chunks(n)) {
+                let inv = inverse_rms(x, self.eps);
+                let mean_gy = x.iter().zip(g).map(|(x, g)| x * inv * g).sum::<f32>() / n as f32;
+                o.iter_mut().zip(x).zip(g).for_each(|((o, x), g)| *o = inv * (g - x * inv * mean_gy));
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Var};
+
+    use super::*;
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    }
+
+    /// Values that cover the activations' ranges, odd sizes (not a multiple
+    /// of 8, one above the parallel chunk).
+    fn inputs(shape: &[usize], scale: f32) -> Var {
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|i| scale * (((i * 7919) % 2003) as f32 / 1001.0 - 1.0)).collect();
+        Var::from_tensor(&Tensor::from_vec(v, shape, &Device::Cpu).unwrap()).unwrap()
+    }
+
+    /// The fused op against the composition: values, and the gradient of a
+    /// weighted sum (weights break the symmetry a plain sum would have),
+    /// within 1e-5 of the larger of 1 and the reference's largest magnitude
+    /// (f32 rounding of gradients of size 700 is 6e-5).
+    fn check(fused: fn(&Tensor) -> Result<Tensor>, plain: fn(&Tensor) -> Tensor, shape: &[usize], scale: f32) {
+        let x = inputs(shape, scale);
+        let w = inputs(shape, 1.0).as_tensor().detach().cos().unwrap();
+        let tol = |r: &Tensor| 1e-5 * r.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap().max(1.0);
+        let (yf, yp) = (fused(x.as_tensor()).unwrap(), plain(x.as_tensor()));
+        let dv = max_diff(&yf, &yp);
+        assert!(dv < tol(&yp), "{shape:?} x{scale}: value differs by {dv}");
+        let gf = (&yf * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let gp = (&yp * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let (gf, gp) = (gf.get(x.as_tensor()).unwrap(), gp.get(x.as_tensor()).unwrap());
+        let dg = max_diff(gf, gp);
+        assert!(dg < tol(gp), "{shape:?} x{scale}: gradient differs by {dg} (largest {})", tol(gp) / 1e-5);
+    }
+
+    #[test]
+    fn gelu_equals_candles_in_value_and_gradient() {
+        for (shape, scale) in [(&[3usize, 5, 7][..], 4.0), (&[1, 33_001][..], 8.0), (&[2, 3][..], 30.0)] {
+            check(gelu, |x| x.gelu().unwrap(), shape, scale);
+        }
+    }
+
+    #[test]
+    fn silu_equals_candles_in_value_and_gradient() {
+        for (shape, scale) in [(&[3usize, 5, 7][..], 4.0), (&[1, 33_001][..], 8.0), (&[2, 3][..], 90.0)] {
+            check(silu, |x| x.silu().unwrap(), shape, scale);
+        }
+    }
+
+    #[test]
+    fn softmax_equals_candles_in_value_and_gradient() {
+        for (shape, scale) in [(&[3usize, 5, 7][..], 4.0), (&[2, 5, 3001][..], 10.0), (&[1, 1][..], 1.0), (&[4, 9][..], 60.0)] {
+            check(softmax_last_dim, |x| candle_nn::ops::softmax(x, D::Minus1).unwrap(), shape, scale);
+        }
+    }
+
+    #[test]
+    fn rms_norm_equals_the_composition_in_value_and_gradient() {
+        for (shape, scale) in [(&[3usize, 5, 7][..], 4.0), (&[2, 40, 193][..], 10.0), (&[1, 1][..], 1.0), (&[4, 9][..], 1e-3)] {
+            check(|x| rms_norm(x, 1e-6), |x| crate::nn::rms_norm_composed(x, 1e-6).unwrap(), shape, scale);
+        }
+    }
+
+    #[test]
+    fn masked_scores_get_zero_weight() {
+        let x = Tensor::new(&[[0f32, f32::NEG_INFINITY, 1.0], [f32::NEG_INFINITY, 2.0, f32::NEG_INFINITY]], &Device::Cpu).unwrap();
+        let y: Vec<Vec<f32>> = softmax_last_dim(&x).unwrap().to_vec2().unwrap();
+        let e = 1f32.exp();
+        assert!((y[0][0] - 1.0 / (1.0 + e)).abs() < 1e-7 && y[0][1] == 0.0 && (y[0][2] - e / (1.0 + e)).abs() < 1e-7, "{y:?}");
+        assert_eq!(y[1], vec![0.0, 1.0, 0.0]);
+    }
+
+    #[test]
+    fn exp_is_within_two_ulps_of_the_library_exp() {
+        for i in 0..=20_000 {
+            let x = -87.0 + 175.0 * i as f32 / 20_000.0;
+            let (a, b) = (exp(x), x.exp());
+            assert!(((a - b) / b).abs() < 2.5e-7, "exp({x}) = {a}, libm {b}");
+        }
+    }
+
+    #[test]
+    fn other_devices_and_dtypes_fall_back_to_candle() {
+        let x = Tensor::new(&[[0.5f64, -1.0]], &Device::Cpu).unwrap();
+        assert_eq!(gelu(&x).unwrap().to_vec2::<f64>().unwrap(), x.gelu().unwrap().to_vec2::<f64>().unwrap());
+        // A non-contiguous f32 input is made contiguous first.
+        let t = inputs(&[4, 6], 3.0).as_tensor().t().unwrap();
+        assert!(max_diff(&softmax_last_dim(&t).unwrap(), &candle_nn::ops::softmax(&t, D::Minus1).unwrap()) < 1e-6);
+    }
+}
