@@ -43,6 +43,29 @@ pub fn rms_norm(x: &Tensor, eps: f64) -> Result<Tensor> {
     }
 }
 
+/// Each row of `v` [B, F, K] repeated `times` times: [B, F * times, K] (a
+/// per-frame value for each token of its frame). The backward sums each
+/// group of `times` rows, in one pass (candle's broadcast backward reduces
+/// over a middle dimension, a slow strided loop).
+pub fn repeat_rows(v: &Tensor, times: usize) -> Result<Tensor> {
+    let (b, f, k) = v.dims3()?;
+    if fusable(v) && times > 0 {
+        Ok(v.contiguous()?.apply_op1(RepeatRows { times })?)
+    } else {
+        Ok(v.unsqueeze(2)?.broadcast_as((b, f, times, k))?.reshape((b, f * times, k))?)
+    }
+}
+
+/// `y` [rows, n] plus the bias `b` [n] on every row. The bias's gradient,
+/// the column sums of the incoming gradient, is one vectorised pass.
+pub fn add_bias(y: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if fusable(y) && fusable(b) && y.rank() == 2 && b.rank() == 1 && y.dim(1)? == b.dim(0)? {
+        Ok(y.contiguous()?.apply_op2(&b.contiguous()?, AddBias)?)
+    } else {
+        Ok(y.broadcast_add(b)?)
+    }
+}
+
 /// Softmax over the last dimension, as `candle_nn::ops::softmax(x, D::Minus1)`.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     if fusable(x) && x.rank() >= 1 && x.dim(D::Minus1)? > 0 {
@@ -365,6 +388,116 @@ impl CustomOp2 for RmsNormGrad {
     }
 }
 
+struct RepeatRows {
+    times: usize,
+}
+
+/// Sums of each group of `times` rows of `g` [rows * times, k].
+struct SumRowGroups {
+    times: usize,
+}
+
+impl CustomOp1 for RepeatRows {
+    fn name(&self) -> &'static str {
+        "fused-repeat-rows"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let v = values(s, l, "fused-repeat-rows")?;
+        let (b, f, k) = l.shape().dims3()?;
+        let mut out = Vec::with_capacity(v.len() * self.times);
+        for row in v.chunks(k.max(1)) {
+            for _ in 0..self.times {
+                out.extend_from_slice(row);
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((b, f * self.times, k))))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&SumRowGroups { times: self.times })?))
+    }
+}
+
+impl CustomOp1 for SumRowGroups {
+    fn name(&self) -> &'static str {
+        "fused-sum-row-groups"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = values(s, l, "fused-sum-row-groups")?;
+        let (b, ft, k) = l.shape().dims3()?;
+        let group = self.times * k;
+        let mut out = vec![0f32; g.len() / self.times];
+        if k > 0 {
+            out.par_chunks_mut(k).zip(g.par_chunks(group)).for_each(|(o, g)| {
+                for row in g.chunks(k) {
+                    o.iter_mut().zip(row).for_each(|(o, v)| *o += v);
+                }
+            });
+        }
+        Ok((CpuStorage::F32(out), Shape::from((b, ft / self.times, k))))
+    }
+}
+
+struct AddBias;
+
+/// Column sums of `g` [rows, n].
+struct ColumnSums;
+
+impl CustomOp2 for AddBias {
+    fn name(&self) -> &'static str {
+        "fused-add-bias"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (y, b) = (values(s1, l1, "fused-add-bias")?, values(s2, l2, "fused-add-bias")?);
+        let n = b.len();
+        let mut out = y.to_vec();
+        if n > 0 {
+            let per = rows_per_task(n) * n;
+            out.par_chunks_mut(per).for_each(|o| o.chunks_mut(n).for_each(|row| row.iter_mut().zip(b).for_each(|(o, b)| *o += b)));
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(&self, _y: &Tensor, _b: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(grad.clone()), Some(grad.contiguous()?.apply_op1_no_bwd(&ColumnSums)?)))
+    }
+}
+
+impl CustomOp1 for ColumnSums {
+    fn name(&self) -> &'static str {
+        "fused-column-sums"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = values(s, l, "fused-column-sums")?;
+        let (_, n) = l.shape().dims2()?;
+        // Per task a block of rows summed into its own partial row, then the
+        // partial rows added.
+        let per = rows_per_task(n).max(64) * n.max(1);
+        let partials: Vec<Vec<f32>> = if n == 0 {
+            Vec::new()
+        } else {
+            g.par_chunks(per)
+                .map(|block| {
+                    let mut acc = vec![0f32; n];
+                    for row in block.chunks(n) {
+                        acc.iter_mut().zip(row).for_each(|(a, v)| *a += v);
+                    }
+                    acc
+                })
+                .collect()
+        };
+        let mut out = vec![0f32; n];
+        for p in &partials {
+            out.iter_mut().zip(p).for_each(|(o, v)| *o += v);
+        }
+        Ok((CpuStorage::F32(out), Shape::from(n)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use candle_core::{Device, Var};
@@ -426,6 +559,40 @@ mod tests {
     fn rms_norm_equals_the_composition_in_value_and_gradient() {
         for (shape, scale) in [(&[3usize, 5, 7][..], 4.0), (&[2, 40, 193][..], 10.0), (&[1, 1][..], 1.0), (&[4, 9][..], 1e-3)] {
             check(|x| rms_norm(x, 1e-6), |x| crate::nn::rms_norm_composed(x, 1e-6).unwrap(), shape, scale);
+        }
+    }
+
+    #[test]
+    fn repeated_rows_and_their_gradient_equal_the_broadcast() {
+        for (shape, times) in [([2usize, 3, 5], 4usize), ([3, 7, 193], 16), ([1, 1, 1], 1)] {
+            let v = inputs(&shape, 2.0);
+            let w = inputs(&[shape[0], shape[1] * times, shape[2]], 1.0).as_tensor().detach().cos().unwrap();
+            let plain = v.as_tensor().unsqueeze(2).unwrap().broadcast_as((shape[0], shape[1], times, shape[2])).unwrap().reshape((shape[0], shape[1] * times, shape[2])).unwrap();
+            let fused = repeat_rows(v.as_tensor(), times).unwrap();
+            assert_eq!(max_diff(&fused, &plain), 0.0);
+            let gf = (&fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let gp = (&plain * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let dg = max_diff(gf.get(v.as_tensor()).unwrap(), gp.get(v.as_tensor()).unwrap());
+            assert!(dg < 1e-5, "{shape:?} x{times}: {dg}");
+        }
+    }
+
+    #[test]
+    fn a_bias_and_its_gradient_equal_the_broadcast_add() {
+        for (rows, n) in [(5usize, 7usize), (3001, 33), (1, 1)] {
+            let y = inputs(&[rows, n], 3.0);
+            let b = inputs(&[n], 1.5);
+            let w = inputs(&[rows, n], 1.0).as_tensor().detach().sin().unwrap();
+            let fused = add_bias(y.as_tensor(), b.as_tensor()).unwrap();
+            let plain = y.as_tensor().broadcast_add(b.as_tensor()).unwrap();
+            assert_eq!(max_diff(&fused, &plain), 0.0);
+            let gf = (&fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let gp = (&plain * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            for var in [&y, &b] {
+                let (f, p) = (gf.get(var.as_tensor()).unwrap(), gp.get(var.as_tensor()).unwrap());
+                let tol = 1e-5 * p.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1.0);
+                assert!(max_diff(f, p) < tol, "{rows}x{n}: {}", max_diff(f, p));
+            }
         }
     }
 

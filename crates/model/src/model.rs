@@ -160,9 +160,7 @@ impl WorldModel {
 
     /// Per-frame values [B, F, k] repeated to every token: [B, F * tpf, k].
     fn per_token(&self, v: &Tensor) -> Result<Tensor> {
-        let (b, f, k) = v.dims3()?;
-        let tpf = self.cfg.tokens_per_frame();
-        Ok(v.unsqueeze(2)?.broadcast_as((b, f, tpf, k))?.reshape((b, f * tpf, k))?)
+        crate::fused::repeat_rows(v, self.cfg.tokens_per_frame())
     }
 
     /// Encode the context tokens [B, context_slots * tpf, token_dim].
