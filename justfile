@@ -59,14 +59,16 @@ pretrain steps="3000": (data)
     {{wc}} pretrain --data {{data}} --out {{base}} --steps {{steps}} --checkpoint-every 250
 
 # Where the Matrix-Game base lives (`just pretrain-matrix-game`; pipelines/matrix-game.toml reads it).
+# Not committed: the device machines' copy of the tree must stay under 64 MiB, and the
+# pre-training is deterministic (the same bytes on a rerun, about 25 minutes on 2 cores).
 mg_base := "file://" + justfile_directory() + "/models/matrix-game"
 
-# Pre-train the Matrix-Game 2.0 architecture at the embedded size on the dataset (resumes from its last checkpoint).
-pretrain-matrix-game steps="3000": (data)
+# Pre-train the Matrix-Game 2.0 architecture at the embedded size on the dataset (resumes; done when it has `steps`).
+pretrain-matrix-game steps="1500": (data)
     {{wc}} pretrain --arch matrix-game --data {{data}} --out {{mg_base}} --steps {{steps}} --checkpoint-every 250
 
-# Post-train the Matrix-Game base on the embedded world (the five stages, as `just train`).
-train-matrix-game iters="" run=("file://" + justfile_directory() + "/runs/matrix-game"):
+# Post-train the Matrix-Game base on the embedded world (the five stages, as `just train`), pre-training it first if needed.
+train-matrix-game iters="" run=("file://" + justfile_directory() + "/runs/matrix-game"): pretrain-matrix-game
     {{wc}} train --run {{run}} --pipeline pipelines/matrix-game.toml {{ if iters == "" { "" } else { "--iters " + iters } }}
 
 # Action accuracy of the base model on held-out prompts (re-render probe).
