@@ -24,6 +24,13 @@ fn a_pretrained_matrix_game_base_runs_two_iterations_of_all_five_stages() {
     let base = file_uri(tmp.path(), "base");
     let out = wc_ok(&["pretrain", "--arch", "matrix-game", "--data", &data, "--out", &base, "--steps", "3", "--checkpoint-every", "3", "--warmup", "2", "--batch", "4"], &[]);
     assert!(out.contains("pre-trained to step 3"), "{out}");
+    // Stopped after step 1 and resumed, pre-training gives the same bytes.
+    let resumed = file_uri(tmp.path(), "resumed");
+    for steps in ["1", "3"] {
+        wc_ok(&["pretrain", "--arch", "matrix-game", "--data", &data, "--out", &resumed, "--steps", steps, "--checkpoint-every", "1", "--warmup", "2", "--batch", "4"], &[]);
+    }
+    let weights = |store: &str| std::fs::read(tmp.path().join(store).join("pretrain/step-0000003/model.safetensors")).unwrap();
+    assert!(weights("base") == weights("resumed"), "a resumed Matrix-Game pre-training differs from an uninterrupted one");
     // A clip-transformer run refuses it, saying why.
     let pose = tiny_pose_model(tmp.path());
     let world = tiny_world_pipeline(tmp.path(), &pose);
