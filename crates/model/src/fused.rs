@@ -286,6 +286,24 @@ fn rows_per_task(n: usize) -> usize {
     (CHUNK / n.max(1)).max(1)
 }
 
+/// `f(out_row, x_row)` for every row of `n` values, rows in parallel tasks.
+fn map_rows(x: &[f32], n: usize, f: impl Fn(&mut [f32], &[f32]) + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    let per = rows_per_task(n) * n;
+    out.par_chunks_mut(per).zip(x.par_chunks(per)).for_each(|(o, x)| o.chunks_mut(n).zip(x.chunks(n)).for_each(|(o, x)| f(o, x)));
+    out
+}
+
+/// `f(out_row, a_row, b_row)` for every row of `n` values.
+fn map_rows2(a: &[f32], b: &[f32], n: usize, f: impl Fn(&mut [f32], &[f32], &[f32]) + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; a.len()];
+    let per = rows_per_task(n) * n;
+    out.par_chunks_mut(per).zip(a.par_chunks(per)).zip(b.par_chunks(per)).for_each(|((o, a), b)| {
+        o.chunks_mut(n).zip(a.chunks(n)).zip(b.chunks(n)).for_each(|((o, a), b)| f(o, a, b))
+    });
+    out
+}
+
 struct Softmax;
 struct SoftmaxGrad;
 
@@ -297,12 +315,7 @@ impl CustomOp1 for Softmax {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = values(s, l, "fused-softmax")?;
         let n = *l.dims().last().expect("rank >= 1");
-        let mut out = vec![0f32; x.len()];
-        let per = rows_per_task(n) * n;
-        out.par_chunks_mut(per).zip(x.par_chunks(per)).for_each(|(o, x)| {
-            o.chunks_mut(n).zip(x.chunks(n)).for_each(|(o, x)| softmax_row(o, x));
-        });
-        Ok((CpuStorage::F32(out), l.shape().clone()))
+        Ok((CpuStorage::F32(map_rows(x, n, softmax_row)), l.shape().clone()))
     }
 
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -318,12 +331,7 @@ impl CustomOp2 for SoftmaxGrad {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (y, g) = (values(s1, l1, "fused-softmax-grad")?, values(s2, l2, "fused-softmax-grad")?);
         let n = *l1.dims().last().expect("rank >= 1");
-        let mut out = vec![0f32; y.len()];
-        let per = rows_per_task(n) * n;
-        out.par_chunks_mut(per).zip(y.par_chunks(per)).zip(g.par_chunks(per)).for_each(|((o, y), g)| {
-            o.chunks_mut(n).zip(y.chunks(n)).zip(g.chunks(n)).for_each(|((o, y), g)| softmax_grad_row(o, y, g));
-        });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        Ok((CpuStorage::F32(map_rows2(y, g, n, softmax_grad_row)), l1.shape().clone()))
     }
 }
 
@@ -350,13 +358,9 @@ impl CustomOp1 for RmsNorm {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = values(s, l, "fused-rms-norm")?;
         let n = *l.dims().last().expect("rank >= 1");
-        let mut out = vec![0f32; x.len()];
-        let per = rows_per_task(n) * n;
-        out.par_chunks_mut(per).zip(x.par_chunks(per)).for_each(|(o, x)| {
-            for (o, x) in o.chunks_mut(n).zip(x.chunks(n)) {
-                let inv = inverse_rms(x, self.eps);
-                o.iter_mut().zip(x).for_each(|(o, x)| *o = x * inv);
-            }
+        let out = map_rows(x, n, |o, x| {
+            let inv = inverse_rms(x, self.eps);
+            o.iter_mut().zip(x).for_each(|(o, x)| *o = x * inv);
         });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
@@ -375,14 +379,10 @@ impl CustomOp2 for RmsNormGrad {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, g) = (values(s1, l1, "fused-rms-norm-grad")?, values(s2, l2, "fused-rms-norm-grad")?);
         let n = *l1.dims().last().expect("rank >= 1");
-        let mut out = vec![0f32; x.len()];
-        let per = rows_per_task(n) * n;
-        out.par_chunks_mut(per).zip(x.par_chunks(per)).zip(g.par_chunks(per)).for_each(|((o, x), g)| {
-            for ((o, x), g) in o.chunks_mut(n).zip(x.chunks(n)).zip(g.chunks(n)) {
-                let inv = inverse_rms(x, self.eps);
-                let mean_gy = x.iter().zip(g).map(|(x, g)| x * inv * g).sum::<f32>() / n as f32;
-                o.iter_mut().zip(x).zip(g).for_each(|((o, x), g)| *o = inv * (g - x * inv * mean_gy));
-            }
+        let out = map_rows2(x, g, n, |o, x, g| {
+            let inv = inverse_rms(x, self.eps);
+            let mean_gy = x.iter().zip(g).map(|(x, g)| x * inv * g).sum::<f32>() / n as f32;
+            o.iter_mut().zip(x).zip(g).for_each(|((o, x), g)| *o = inv * (g - x * inv * mean_gy));
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
