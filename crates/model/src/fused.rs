@@ -17,7 +17,7 @@
 //! the public functions fall back to candle's own ops, so CUDA keeps
 //! candle's kernels.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
 use crate::Result;
@@ -64,6 +64,44 @@ pub fn add_bias(y: &Tensor, b: &Tensor) -> Result<Tensor> {
     } else {
         Ok(y.broadcast_add(b)?)
     }
+}
+
+/// adaLN's normalise-and-modulate, rms_norm(x) (1 + scale) + shift, with
+/// shift and scale the slices `shift` and `scale` (in units of x's width d)
+/// of the per-token modulation `mods` [..., 6 d] (`modulate(rms_norm(x),
+/// mods.narrow(shift), mods.narrow(scale))`): one op instead of five, and
+/// one pass back.
+pub fn norm_modulate(x: &Tensor, mods: &Tensor, shift: usize, scale: usize, eps: f64) -> Result<Tensor> {
+    let d = x.dim(D::Minus1)?;
+    if per_token(x, mods)? {
+        Ok(x.contiguous()?.apply_op2(&mods.contiguous()?, NormModulate { d, shift, scale, eps: eps as f32 })?)
+    } else {
+        let m = |i: usize| mods.narrow(D::Minus1, i * d, d);
+        crate::nn::modulate(&crate::nn::rms_norm(x, eps)?, &m(shift)?, &m(scale)?)
+    }
+}
+
+/// The gated residual x + y gate, the gate the slice `gate` of the
+/// per-token modulation `mods` [..., 6 d].
+pub fn gated_residual(x: &Tensor, y: &Tensor, mods: &Tensor, gate: usize) -> Result<Tensor> {
+    let d = x.dim(D::Minus1)?;
+    if per_token(x, mods)? && fusable(y) && y.dims() == x.dims() {
+        Ok(x.contiguous()?.apply_op3(&y.contiguous()?, &mods.contiguous()?, GatedResidual { d, gate })?)
+    } else {
+        Ok((x + y.broadcast_mul(&mods.narrow(D::Minus1, gate * d, d)?)?)?)
+    }
+}
+
+/// `mods` holds one [6 d] row per row of `x` (f32 on the CPU).
+fn per_token(x: &Tensor, mods: &Tensor) -> Result<bool> {
+    let (xd, md) = (x.dims(), mods.dims());
+    Ok(fusable(x)
+        && fusable(mods)
+        && !xd.is_empty()
+        && xd.len() == md.len()
+        && xd[..xd.len() - 1] == md[..md.len() - 1]
+        && md[md.len() - 1] == 6 * xd[xd.len() - 1]
+        && xd[xd.len() - 1] > 0)
 }
 
 /// Softmax over the last dimension, as `candle_nn::ops::softmax(x, D::Minus1)`.
@@ -388,6 +426,162 @@ impl CustomOp2 for RmsNormGrad {
     }
 }
 
+struct NormModulate {
+    d: usize,
+    shift: usize,
+    scale: usize,
+    eps: f32,
+}
+
+struct NormModulateGrad {
+    d: usize,
+    shift: usize,
+    scale: usize,
+    eps: f32,
+    /// Which gradient: of x (false) or of the modulation (true).
+    of_mods: bool,
+}
+
+impl CustomOp2 for NormModulate {
+    fn name(&self) -> &'static str {
+        "fused-norm-modulate"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, m) = (values(s1, l1, "fused-norm-modulate")?, values(s2, l2, "fused-norm-modulate")?);
+        let d = self.d;
+        let mut out = vec![0f32; x.len()];
+        let per = rows_per_task(d);
+        out.par_chunks_mut(per * d).zip(x.par_chunks(per * d)).zip(m.par_chunks(per * 6 * d)).for_each(|((o, x), m)| {
+            for ((o, x), m) in o.chunks_mut(d).zip(x.chunks(d)).zip(m.chunks(6 * d)) {
+                let inv = inverse_rms(x, self.eps);
+                let (shift, scale) = (&m[self.shift * d..][..d], &m[self.scale * d..][..d]);
+                for j in 0..d {
+                    o[j] = x[j] * inv * (1.0 + scale[j]) + shift[j];
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, mods: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (x, m, g) = (x.contiguous()?, mods.contiguous()?, grad.contiguous()?);
+        let of = |of_mods| NormModulateGrad { d: self.d, shift: self.shift, scale: self.scale, eps: self.eps, of_mods };
+        Ok((Some(x.apply_op3_no_bwd(&m, &g, &of(false))?), Some(x.apply_op3_no_bwd(&m, &g, &of(true))?)))
+    }
+}
+
+impl CustomOp3 for NormModulateGrad {
+    fn name(&self) -> &'static str {
+        "fused-norm-modulate-grad"
+    }
+
+    /// With n = x inv: d shift = g, d scale = g n, and the norm's backward
+    /// of g (1 + scale): inv (h - n mean(h n)).
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let name = "fused-norm-modulate-grad";
+        let (x, m, g) = (values(s1, l1, name)?, values(s2, l2, name)?, values(s3, l3, name)?);
+        let d = self.d;
+        let width = if self.of_mods { 6 * d } else { d };
+        let mut out = vec![0f32; x.len() / d * width];
+        let per = rows_per_task(d);
+        out.par_chunks_mut(per * width).zip(x.par_chunks(per * d)).zip(m.par_chunks(per * 6 * d)).zip(g.par_chunks(per * d)).for_each(|(((o, x), m), g)| {
+            for (((o, x), m), g) in o.chunks_mut(width).zip(x.chunks(d)).zip(m.chunks(6 * d)).zip(g.chunks(d)) {
+                let inv = inverse_rms(x, self.eps);
+                let scale = &m[self.scale * d..][..d];
+                if self.of_mods {
+                    o[self.shift * d..][..d].copy_from_slice(g);
+                    for j in 0..d {
+                        o[self.scale * d + j] = g[j] * x[j] * inv;
+                    }
+                } else {
+                    let mut mean_hn = 0f32;
+                    for j in 0..d {
+                        mean_hn += g[j] * (1.0 + scale[j]) * x[j] * inv;
+                    }
+                    mean_hn /= d as f32;
+                    for j in 0..d {
+                        o[j] = inv * (g[j] * (1.0 + scale[j]) - x[j] * inv * mean_hn);
+                    }
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), if self.of_mods { l2.shape().clone() } else { l1.shape().clone() }))
+    }
+}
+
+struct GatedResidual {
+    d: usize,
+    gate: usize,
+}
+
+/// The gradient of y (`of_mods` false: g gate) or of the modulation (g y
+/// in the gate's slice).
+struct GatedResidualGrad {
+    d: usize,
+    gate: usize,
+    of_mods: bool,
+}
+
+impl CustomOp3 for GatedResidual {
+    fn name(&self) -> &'static str {
+        "fused-gated-residual"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let name = "fused-gated-residual";
+        let (x, y, m) = (values(s1, l1, name)?, values(s2, l2, name)?, values(s3, l3, name)?);
+        let d = self.d;
+        let mut out = vec![0f32; x.len()];
+        let per = rows_per_task(d);
+        out.par_chunks_mut(per * d).zip(x.par_chunks(per * d)).zip(y.par_chunks(per * d)).zip(m.par_chunks(per * 6 * d)).for_each(|(((o, x), y), m)| {
+            for (((o, x), y), m) in o.chunks_mut(d).zip(x.chunks(d)).zip(y.chunks(d)).zip(m.chunks(6 * d)) {
+                let gate = &m[self.gate * d..][..d];
+                for j in 0..d {
+                    o[j] = x[j] + y[j] * gate[j];
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, y: &Tensor, mods: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (y, m, g) = (y.contiguous()?, mods.contiguous()?, grad.contiguous()?);
+        let of = |of_mods| GatedResidualGrad { d: self.d, gate: self.gate, of_mods };
+        Ok((Some(g.clone()), Some(y.apply_op3_no_bwd(&m, &g, &of(false))?), Some(y.apply_op3_no_bwd(&m, &g, &of(true))?)))
+    }
+}
+
+impl CustomOp3 for GatedResidualGrad {
+    fn name(&self) -> &'static str {
+        "fused-gated-residual-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let name = "fused-gated-residual-grad";
+        let (y, m, g) = (values(s1, l1, name)?, values(s2, l2, name)?, values(s3, l3, name)?);
+        let d = self.d;
+        let width = if self.of_mods { 6 * d } else { d };
+        let mut out = vec![0f32; y.len() / d * width];
+        let per = rows_per_task(d);
+        out.par_chunks_mut(per * width).zip(y.par_chunks(per * d)).zip(m.par_chunks(per * 6 * d)).zip(g.par_chunks(per * d)).for_each(|(((o, y), m), g)| {
+            for (((o, y), m), g) in o.chunks_mut(width).zip(y.chunks(d)).zip(m.chunks(6 * d)).zip(g.chunks(d)) {
+                if self.of_mods {
+                    for j in 0..d {
+                        o[self.gate * d + j] = g[j] * y[j];
+                    }
+                } else {
+                    let gate = &m[self.gate * d..][..d];
+                    for j in 0..d {
+                        o[j] = g[j] * gate[j];
+                    }
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), if self.of_mods { l2.shape().clone() } else { l1.shape().clone() }))
+    }
+}
+
 struct RepeatRows {
     times: usize,
 }
@@ -592,6 +786,38 @@ mod tests {
                 let (f, p) = (gf.get(var.as_tensor()).unwrap(), gp.get(var.as_tensor()).unwrap());
                 let tol = 1e-5 * p.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1.0);
                 assert!(max_diff(f, p) < tol, "{rows}x{n}: {}", max_diff(f, p));
+            }
+        }
+    }
+
+    /// The adaLN ops against their compositions: values and the gradients
+    /// of every input, on per-token modulations of odd widths.
+    #[test]
+    fn norm_modulate_and_gated_residual_equal_the_compositions() {
+        for (rows, d) in [(5usize, 7usize), (2 * 241, 33), (1, 1)] {
+            let x = inputs(&[1, rows, d], 3.0);
+            let y = inputs(&[1, rows, d], 2.0);
+            let mods = inputs(&[1, rows, 6 * d], 0.7);
+            let w = inputs(&[1, rows, d], 1.0).as_tensor().detach().cos().unwrap();
+            let m = |i: usize| mods.as_tensor().narrow(D::Minus1, i * d, d).unwrap();
+            let cases: [(Tensor, Tensor); 2] = [
+                (norm_modulate(x.as_tensor(), mods.as_tensor(), 3, 4, 1e-6).unwrap(), crate::nn::modulate(&crate::nn::rms_norm_composed(x.as_tensor(), 1e-6).unwrap(), &m(3), &m(4)).unwrap()),
+                (gated_residual(x.as_tensor(), y.as_tensor(), mods.as_tensor(), 5).unwrap(), (x.as_tensor() + y.as_tensor().mul(&m(5)).unwrap()).unwrap()),
+            ];
+            for (k, (fused, plain)) in cases.iter().enumerate() {
+                assert!(max_diff(fused, plain) < 1e-5, "case {k} {rows}x{d}: value {}", max_diff(fused, plain));
+                let gf = (fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
+                let gp = (plain * &w).unwrap().sum_all().unwrap().backward().unwrap();
+                for (name, var) in [("x", &x), ("y", &y), ("mods", &mods)] {
+                    match (gf.get(var.as_tensor()), gp.get(var.as_tensor())) {
+                        (Some(f), Some(p)) => {
+                            let tol = 1e-5 * p.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1.0);
+                            assert!(max_diff(f, p) < tol, "case {k} {rows}x{d}: gradient of {name} differs by {}", max_diff(f, p));
+                        }
+                        (None, None) => {}
+                        (f, p) => panic!("case {k}: gradient of {name}: fused {} plain {}", f.is_some(), p.is_some()),
+                    }
+                }
             }
         }
     }

@@ -15,6 +15,7 @@
 use candle_core::{DType, Tensor, D};
 
 use crate::config::{ModelConfig, Prediction, ACTION_INPUTS};
+use crate::fused;
 use crate::nn::{modulate, rms_norm, timestep_embedding, Linear};
 use crate::params::{Init, Params};
 use crate::{ModelError, Result};
@@ -82,9 +83,9 @@ impl Block {
     /// and this block's own keys and values.
     fn forward(&self, x: &Tensor, mods: &Tensor, cache: Option<&(Tensor, Tensor)>) -> Result<(Tensor, Tensor, Tensor)> {
         let d = x.dim(D::Minus1)?;
-        let m = |i: usize| mods.narrow(D::Minus1, i * d, d);
         let (b, n, _) = x.dims3()?;
-        let h = modulate(&rms_norm(x, NORM_EPS)?, &m(0)?, &m(1)?)?;
+        // mods: shift, scale, gate of attention, then of the MLP.
+        let h = fused::norm_modulate(x, mods, 0, 1, NORM_EPS)?;
         let (q, k, v) = self.heads_of(&self.qkv.forward(&h)?)?;
         let (keys, values) = match cache {
             None => (k.clone(), v.clone()),
@@ -97,12 +98,12 @@ impl Block {
         };
         let hd = q.dim(D::Minus1)?;
         let scores = (q.matmul(&keys.t()?)? * (1.0 / (hd as f64).sqrt()))?;
-        let att = crate::fused::softmax_last_dim(&scores)?.matmul(&values)?;
+        let att = fused::softmax_last_dim(&scores)?.matmul(&values)?;
         let att = att.transpose(1, 2)?.reshape((b, n, d))?;
-        let x = (x + self.proj.forward(&att)?.broadcast_mul(&m(2)?)?)?;
-        let h2 = modulate(&rms_norm(&x, NORM_EPS)?, &m(3)?, &m(4)?)?;
-        let mlp = self.fc2.forward(&crate::fused::gelu(&self.fc1.forward(&h2)?)?)?;
-        let x = (x + mlp.broadcast_mul(&m(5)?)?)?;
+        let x = fused::gated_residual(x, &self.proj.forward(&att)?, mods, 2)?;
+        let h2 = fused::norm_modulate(&x, mods, 3, 4, NORM_EPS)?;
+        let mlp = self.fc2.forward(&fused::gelu(&self.fc1.forward(&h2)?)?)?;
+        let x = fused::gated_residual(&x, &mlp, mods, 5)?;
         Ok((x, k, v))
     }
 }
@@ -160,7 +161,7 @@ impl WorldModel {
 
     /// Per-frame values [B, F, k] repeated to every token: [B, F * tpf, k].
     fn per_token(&self, v: &Tensor) -> Result<Tensor> {
-        crate::fused::repeat_rows(v, self.cfg.tokens_per_frame())
+        fused::repeat_rows(v, self.cfg.tokens_per_frame())
     }
 
     /// Encode the context tokens [B, context_slots * tpf, token_dim].
@@ -170,7 +171,7 @@ impl WorldModel {
             return Err(ModelError::Config(format!("context has {} tokens, the model needs {expected}", context.dim(1)?)));
         }
         let mut x = self.embed(&context.to_dtype(self.dtype)?, 0)?;
-        let c = crate::fused::silu(&self.context_cond)?;
+        let c = fused::silu(&self.context_cond)?;
         let mut kv = Vec::with_capacity(self.blocks.len());
         for block in &self.blocks {
             let mods = block.ada.forward(&c.unsqueeze(0)?)?.squeeze(0)?;
@@ -193,8 +194,8 @@ impl WorldModel {
         // in f32 from its output (a no-op cast for an f32 model).
         let dt = self.dtype;
         let a = self.action.forward(&actions.to_dtype(dt)?)?; // [B, F, d]
-        let temb = self.time2.forward(&crate::fused::silu(&self.time1.forward(&timestep_embedding(&t.to_dtype(dt)?, TIME_DIM)?)?)?)?; // [B, d]
-        let cond = crate::fused::silu(&a.broadcast_add(&temb.unsqueeze(1)?)?)?; // [B, F, d]
+        let temb = self.time2.forward(&fused::silu(&self.time1.forward(&timestep_embedding(&t.to_dtype(dt)?, TIME_DIM)?)?)?)?; // [B, d]
+        let cond = fused::silu(&a.broadcast_add(&temb.unsqueeze(1)?)?)?; // [B, F, d]
         let mut x = self.embed(&z.to_dtype(dt)?, self.cfg.context_slots())?.add(&self.per_token(&a)?)?;
         for (block, kv) in self.blocks.iter().zip(&cache.kv) {
             let mods = self.per_token(&block.ada.forward(&cond)?)?;
