@@ -225,8 +225,16 @@ impl KvCache {
     /// batch, casting.
     pub fn map(&self, f: &dyn Fn(&Tensor) -> Result<Tensor>) -> Result<KvCache> {
         Ok(KvCache {
-            layers: self.layers.iter().map(|l| l.map(f)).collect::<Result<_>>()?,
-            actions: self.actions.iter().map(|a| a.map(f)).collect::<Result<_>>()?,
+            layers: self
+                .layers
+                .iter()
+                .map(|l| l.map(f))
+                .collect::<Result<_>>()?,
+            actions: self
+                .actions
+                .iter()
+                .map(|a| a.map(f))
+                .collect::<Result<_>>()?,
             next_frame: self.next_frame,
         })
     }

@@ -259,7 +259,9 @@ impl Weights {
     /// Tensors made by `make` as the model asks for them (name, shape): a
     /// model whose weights live elsewhere, e.g. trainable variables created
     /// on demand, without building it twice to learn its layout.
-    pub fn from_fn(make: impl Fn(&str, &[usize]) -> Result<Tensor> + Send + Sync + 'static) -> Self {
+    pub fn from_fn(
+        make: impl Fn(&str, &[usize]) -> Result<Tensor> + Send + Sync + 'static,
+    ) -> Self {
         Weights {
             tensors: BTreeMap::new(),
             taken: Mutex::new(BTreeSet::new()),
