@@ -152,9 +152,7 @@ mod tests {
     use super::*;
 
     fn tiny() -> AtScale {
-        let mut cfg = WanTransformerConfig::tiny_matrix_game();
-        cfg.action = cfg.action.map(|a| wc_wan::ActionModuleConfig { time_compression: 4, ..a });
-        AtScale { cfg, block: [3, 4, 4], batch: 2, dtype: DType::F32, image_tokens: 5 }
+        AtScale { cfg: WanTransformerConfig::tiny_matrix_game(), block: [3, 4, 4], batch: 2, dtype: DType::F32, image_tokens: 5 }
     }
 
     #[test]

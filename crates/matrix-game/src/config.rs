@@ -101,15 +101,8 @@ impl MatrixGameConfig {
         t.ffn_dim = 64;
         t.num_layers = 2;
         t.action_blocks = 2;
-        t.action = Some(ActionModuleConfig {
-            dim: 48,
-            keyboard_embed_dim: 8,
-            mouse_hidden_dim: 32,
-            keyboard_hidden_dim: 32,
-            heads: 4,
-            rope_temporal_dims: 4,
-            ..t.action.clone().expect("embedded has one")
-        });
+        // The fixtures' tiny action module, one step per latent frame.
+        t.action = Some(ActionModuleConfig { time_compression: 1, ..ActionModuleConfig::tiny() });
         c
     }
 

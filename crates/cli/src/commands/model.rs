@@ -280,9 +280,6 @@ pub fn run(a: ModelArgs) -> anyhow::Result<()> {
         }
         ModelWhat::Step { what, latent, batch, dtype, layers, tiny } => {
             let mut cfg = if tiny { WanTransformerConfig::tiny_matrix_game() } else { WanTransformerConfig::matrix_game_2() };
-            if tiny {
-                cfg.action = cfg.action.map(|a| wc_wan::ActionModuleConfig { time_compression: 4, ..a });
-            }
             if let Some(l) = layers {
                 anyhow::ensure!(l >= 1 && l <= cfg.num_layers, "--layers {l}: 1..={}", cfg.num_layers);
                 cfg.num_layers = l;
