@@ -278,7 +278,7 @@ elementwise_op!(Silu, SiluGrad, "fused-silu", silu_loop, silu_grad_loop);
 
 /// Softmax of each row: max, exp, sum, scale: one pass over the row's
 /// memory per step, rows in parallel.
-fn softmax_row(out: &mut [f32], x: &[f32]) {
+pub(crate) fn softmax_row(out: &mut [f32], x: &[f32]) {
     let max = x.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
     exp_shifted(out, x, max);
     let sum: f32 = out.iter().sum();
@@ -312,7 +312,7 @@ fn exp_shifted(out: &mut [f32], x: &[f32], shift: f32) {
 }
 
 /// The softmax's gradient per row: y (g - sum(y g)).
-fn softmax_grad_row(out: &mut [f32], y: &[f32], g: &[f32]) {
+pub(crate) fn softmax_grad_row(out: &mut [f32], y: &[f32], g: &[f32]) {
     let dot: f32 = y.iter().zip(g).map(|(a, b)| a * b).sum();
     for ((o, y), g) in out.iter_mut().zip(y).zip(g) {
         *o = y * (g - dot);

@@ -23,6 +23,7 @@
 //!
 //! No I/O here: callers pass tensors in and get tensors out.
 
+pub mod attention;
 pub mod bench;
 pub mod codec;
 pub mod config;

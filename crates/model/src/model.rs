@@ -15,6 +15,7 @@
 use candle_core::{DType, Tensor, D};
 
 use crate::config::{ModelConfig, Prediction, ACTION_INPUTS};
+use crate::attention::attention;
 use crate::fused;
 use crate::nn::{modulate, rms_norm, timestep_embedding, Linear};
 use crate::params::{Init, Params};
@@ -27,21 +28,23 @@ const TIME_DIM: usize = 64;
 /// Standard deviation of the modulation and output weights at init.
 const ADA_INIT_STD: f64 = 0.01;
 
-/// Per-layer keys and values of an encoded context: each [B, heads, tokens, head_dim].
+/// An encoded context: per layer, the q, k, v projections of the
+/// context's tokens, [B, tokens, 3 d] (the target's tokens read its keys
+/// and values).
 #[derive(Debug, Clone)]
 pub struct ContextCache {
-    pub kv: Vec<(Tensor, Tensor)>,
+    pub qkv: Vec<Tensor>,
 }
 
 impl ContextCache {
     pub fn batch(&self) -> usize {
-        self.kv.first().map_or(0, |(k, _)| k.dims()[0])
+        self.qkv.first().map_or(0, |t| t.dims()[0])
     }
 
     /// The same keys and values without the graph that computed them (for
     /// sampling, where no gradient flows).
     pub fn detach(&self) -> ContextCache {
-        ContextCache { kv: self.kv.iter().map(|(k, v)| (k.detach(), v.detach())).collect() }
+        ContextCache { qkv: self.qkv.iter().map(Tensor::detach).collect() }
     }
 }
 
@@ -70,41 +73,20 @@ impl Block {
         })
     }
 
-    /// Split [B, N, 3d] into q, k, v of shape [B, heads, N, head_dim].
-    fn heads_of(&self, qkv: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-        let (b, n, three_d) = qkv.dims3()?;
-        let hd = three_d / 3 / self.heads;
-        let qkv = qkv.reshape((b, n, 3, self.heads, hd))?.permute((2, 0, 3, 1, 4))?;
-        Ok((qkv.get(0)?.contiguous()?, qkv.get(1)?.contiguous()?, qkv.get(2)?.contiguous()?))
-    }
-
-    /// One block. `mods` broadcasts against [B, N, 6d]. With `cache`, the
-    /// tokens also attend to the cached keys and values. Returns the output
-    /// and this block's own keys and values.
-    fn forward(&self, x: &Tensor, mods: &Tensor, cache: Option<&(Tensor, Tensor)>) -> Result<(Tensor, Tensor, Tensor)> {
-        let d = x.dim(D::Minus1)?;
-        let (b, n, _) = x.dims3()?;
+    /// One block. `mods` broadcasts against [B, N, 6d]. With `cache` (the
+    /// context's q, k, v projections of this block), the tokens also attend
+    /// to the context's keys and values. Returns the output and this
+    /// block's q, k, v projections [B, N, 3d].
+    fn forward(&self, x: &Tensor, mods: &Tensor, cache: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
         // mods: shift, scale, gate of attention, then of the MLP.
         let h = fused::norm_modulate(x, mods, 0, 1, NORM_EPS)?;
-        let (q, k, v) = self.heads_of(&self.qkv.forward(&h)?)?;
-        let (keys, values) = match cache {
-            None => (k.clone(), v.clone()),
-            Some((ck, cv)) => {
-                let shape = (b, ck.dim(1)?, ck.dim(2)?, ck.dim(3)?);
-                let ck = ck.broadcast_as(shape)?.contiguous()?;
-                let cv = cv.broadcast_as(shape)?.contiguous()?;
-                (Tensor::cat(&[&ck, &k], 2)?, Tensor::cat(&[&cv, &v], 2)?)
-            }
-        };
-        let hd = q.dim(D::Minus1)?;
-        let scores = (q.matmul(&keys.t()?)? * (1.0 / (hd as f64).sqrt()))?;
-        let att = fused::softmax_last_dim(&scores)?.matmul(&values)?;
-        let att = att.transpose(1, 2)?.reshape((b, n, d))?;
+        let qkv = self.qkv.forward(&h)?;
+        let att = attention(&qkv, cache, self.heads)?;
         let x = fused::gated_residual(x, &self.proj.forward(&att)?, mods, 2)?;
         let h2 = fused::norm_modulate(&x, mods, 3, 4, NORM_EPS)?;
         let mlp = self.fc2.forward(&fused::gelu(&self.fc1.forward(&h2)?)?)?;
         let x = fused::gated_residual(&x, &mlp, mods, 5)?;
-        Ok((x, k, v))
+        Ok((x, qkv))
     }
 }
 
@@ -172,14 +154,14 @@ impl WorldModel {
         }
         let mut x = self.embed(&context.to_dtype(self.dtype)?, 0)?;
         let c = fused::silu(&self.context_cond)?;
-        let mut kv = Vec::with_capacity(self.blocks.len());
+        let mut cache = Vec::with_capacity(self.blocks.len());
         for block in &self.blocks {
             let mods = block.ada.forward(&c.unsqueeze(0)?)?.squeeze(0)?;
-            let (next, k, v) = block.forward(&x, &mods, None)?;
+            let (next, qkv) = block.forward(&x, &mods, None)?;
             x = next;
-            kv.push((k, v));
+            cache.push(qkv);
         }
-        Ok(ContextCache { kv })
+        Ok(ContextCache { qkv: cache })
     }
 
     /// Predicted velocity of the noisy target clip.
@@ -197,9 +179,9 @@ impl WorldModel {
         let temb = self.time2.forward(&fused::silu(&self.time1.forward(&timestep_embedding(&t.to_dtype(dt)?, TIME_DIM)?)?)?)?; // [B, d]
         let cond = fused::silu(&a.broadcast_add(&temb.unsqueeze(1)?)?)?; // [B, F, d]
         let mut x = self.embed(&z.to_dtype(dt)?, self.cfg.context_slots())?.add(&self.per_token(&a)?)?;
-        for (block, kv) in self.blocks.iter().zip(&cache.kv) {
+        for (block, qkv) in self.blocks.iter().zip(&cache.qkv) {
             let mods = self.per_token(&block.ada.forward(&cond)?)?;
-            x = block.forward(&x, &mods, Some(kv))?.0;
+            x = block.forward(&x, &mods, Some(qkv))?.0;
         }
         let m = self.per_token(&self.final_ada.forward(&cond)?)?;
         let d = self.cfg.d_model;

@@ -59,18 +59,12 @@ impl EncodedContext for ContextCache {
     }
 
     fn doubled(&self) -> Result<Self> {
-        let kv = self
-            .kv
+        let qkv = self
+            .qkv
             .iter()
-            .map(|(k, v)| -> Result<(Tensor, Tensor)> {
-                if k.dim(0)? == 1 {
-                    Ok((k.clone(), v.clone()))
-                } else {
-                    Ok((Tensor::cat(&[k, k], 0)?, Tensor::cat(&[v, v], 0)?))
-                }
-            })
+            .map(|t| -> Result<Tensor> { if t.dim(0)? == 1 { Ok(t.clone()) } else { Ok(Tensor::cat(&[t, t], 0)?) } })
             .collect::<Result<_>>()?;
-        Ok(ContextCache { kv })
+        Ok(ContextCache { qkv })
     }
 }
 
