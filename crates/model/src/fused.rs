@@ -68,40 +68,93 @@ pub fn add_bias(y: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 /// adaLN's normalise-and-modulate, rms_norm(x) (1 + scale) + shift, with
 /// shift and scale the slices `shift` and `scale` (in units of x's width d)
-/// of the per-token modulation `mods` [..., 6 d] (`modulate(rms_norm(x),
+/// of the modulation `mods` [..., k d] (`modulate(rms_norm(x),
 /// mods.narrow(shift), mods.narrow(scale))`): one op instead of five, and
 /// one pass back.
+///
+/// `mods` has a row per token (the shape of x but for the width), a row
+/// per group of consecutive tokens (x [B, F T, d] and mods [B, F, k d]:
+/// one per frame of T tokens), or is one row [k d] for all; its gradient
+/// sums each group's tokens in the same pass, so the modulation is never
+/// repeated per token.
 pub fn norm_modulate(x: &Tensor, mods: &Tensor, shift: usize, scale: usize, eps: f64) -> Result<Tensor> {
     let d = x.dim(D::Minus1)?;
-    if per_token(x, mods)? {
-        Ok(x.contiguous()?.apply_op2(&mods.contiguous()?, NormModulate { d, shift, scale, eps: eps as f32 })?)
-    } else {
-        let m = |i: usize| mods.narrow(D::Minus1, i * d, d);
-        crate::nn::modulate(&crate::nn::rms_norm(x, eps)?, &m(shift)?, &m(scale)?)
+    match grouping(x, mods, shift.max(scale))? {
+        Some(gr) => Ok(x.contiguous()?.apply_op2(&mods.contiguous()?, NormModulate { gr, shift, scale, eps: eps as f32 })?),
+        None => {
+            let m = |i: usize| mods.narrow(D::Minus1, i * d, d);
+            crate::nn::modulate(&crate::nn::rms_norm(x, eps)?, &broadcast_rows(&m(shift)?, x)?, &broadcast_rows(&m(scale)?, x)?)
+        }
     }
 }
 
 /// The gated residual x + y gate, the gate the slice `gate` of the
-/// per-token modulation `mods` [..., 6 d].
+/// modulation `mods` [..., k d], whose rows may cover groups of tokens as
+/// in [`norm_modulate`].
 pub fn gated_residual(x: &Tensor, y: &Tensor, mods: &Tensor, gate: usize) -> Result<Tensor> {
     let d = x.dim(D::Minus1)?;
-    if per_token(x, mods)? && fusable(y) && y.dims() == x.dims() {
-        Ok(x.contiguous()?.apply_op3(&y.contiguous()?, &mods.contiguous()?, GatedResidual { d, gate })?)
-    } else {
-        Ok((x + y.broadcast_mul(&mods.narrow(D::Minus1, gate * d, d)?)?)?)
+    match grouping(x, mods, gate)? {
+        Some(gr) if fusable(y) && y.dims() == x.dims() => {
+            Ok(x.contiguous()?.apply_op3(&y.contiguous()?, &mods.contiguous()?, GatedResidual { gr, gate })?)
+        }
+        _ => Ok((x + y.broadcast_mul(&broadcast_rows(&mods.narrow(D::Minus1, gate * d, d)?, x)?)?)?),
     }
 }
 
-/// `mods` holds one [6 d] row per row of `x` (f32 on the CPU).
-fn per_token(x: &Tensor, mods: &Tensor) -> Result<bool> {
+/// How the rows of a modulation cover the rows (tokens) of `x`.
+#[derive(Clone, Copy, Debug)]
+struct Grouping {
+    /// x's width.
+    d: usize,
+    /// The modulation's width in units of d.
+    parts: usize,
+    /// Consecutive rows of x per row of the modulation.
+    group: usize,
+}
+
+/// The grouping of `mods`'s rows over `x`'s (see [`norm_modulate`]) where
+/// the fused op applies: f32 on the CPU, a width of whole slices with
+/// `slice` among them.
+fn grouping(x: &Tensor, mods: &Tensor, slice: usize) -> Result<Option<Grouping>> {
     let (xd, md) = (x.dims(), mods.dims());
-    Ok(fusable(x)
-        && fusable(mods)
-        && !xd.is_empty()
-        && xd.len() == md.len()
-        && xd[..xd.len() - 1] == md[..md.len() - 1]
-        && md[md.len() - 1] == 6 * xd[xd.len() - 1]
-        && xd[xd.len() - 1] > 0)
+    let (Some(&d), Some(&mw)) = (xd.last(), md.last()) else { return Ok(None) };
+    if !fusable(x) || !fusable(mods) || d == 0 || mw % d != 0 || mw / d <= slice {
+        return Ok(None);
+    }
+    let rows = x.elem_count() / d;
+    let group = if md.len() == 1 {
+        rows
+    } else if md.len() == xd.len() && xd.len() >= 2 {
+        let k = xd.len() - 2;
+        let (xn, mn) = (xd[k], md[k]);
+        if xd[..k] != md[..k] || mn == 0 || xn % mn != 0 {
+            return Ok(None);
+        }
+        xn / mn
+    } else {
+        return Ok(None);
+    };
+    if rows == 0 || group == 0 {
+        return Ok(None);
+    }
+    Ok(Some(Grouping { d, parts: mw / d, group }))
+}
+
+/// A modulation slice [..., R, d] whose rows cover groups of x's rows (see
+/// [`norm_modulate`]) repeated to x's shape, for the composed path.
+fn broadcast_rows(m: &Tensor, x: &Tensor) -> Result<Tensor> {
+    let (xd, md) = (x.dims(), m.dims());
+    if md.len() != xd.len() || md.len() < 2 || md == xd {
+        return Ok(m.clone());
+    }
+    let k = xd.len() - 2;
+    let times = xd[k] / md[k].max(1);
+    if times <= 1 {
+        return Ok(m.clone());
+    }
+    let mut expanded: Vec<usize> = md.to_vec();
+    expanded.insert(k + 1, times);
+    Ok(m.unsqueeze(k + 1)?.broadcast_as(expanded)?.reshape(xd)?)
 }
 
 /// Softmax over the last dimension, as `candle_nn::ops::softmax(x, D::Minus1)`.
@@ -426,15 +479,46 @@ impl CustomOp2 for RmsNormGrad {
     }
 }
 
+impl Grouping {
+    fn width(&self) -> usize {
+        self.parts * self.d
+    }
+
+    /// `f(first_row, out_rows, x_rows)` over blocks of whole rows of x
+    /// (width d) and of the output (width `out_width`), in parallel.
+    fn for_rows(&self, out: &mut [f32], out_width: usize, x: &[f32], f: impl Fn(usize, &mut [f32], &[f32]) + Sync) {
+        let per = rows_per_task(self.d);
+        out.par_chunks_mut(per * out_width).zip(x.par_chunks(per * self.d)).enumerate().for_each(|(i, (o, x))| f(i * per, o, x));
+    }
+
+    /// The modulation's gradient [R, k d]: for each modulation row, `f(row
+    /// of x, out_row)` adds each of its group's rows in order, groups in
+    /// parallel.
+    fn sum_groups(&self, rows: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+        let w = self.width();
+        let mut out = vec![0f32; rows / self.group * w];
+        let per = (rows_per_task(self.d) / self.group).max(1);
+        out.par_chunks_mut(per * w).enumerate().for_each(|(i, block)| {
+            for (j, o) in block.chunks_mut(w).enumerate() {
+                let first = (i * per + j) * self.group;
+                for row in first..first + self.group {
+                    f(row, o);
+                }
+            }
+        });
+        out
+    }
+}
+
 struct NormModulate {
-    d: usize,
+    gr: Grouping,
     shift: usize,
     scale: usize,
     eps: f32,
 }
 
 struct NormModulateGrad {
-    d: usize,
+    gr: Grouping,
     shift: usize,
     scale: usize,
     eps: f32,
@@ -449,11 +533,11 @@ impl CustomOp2 for NormModulate {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, m) = (values(s1, l1, "fused-norm-modulate")?, values(s2, l2, "fused-norm-modulate")?);
-        let d = self.d;
+        let (gr, d) = (self.gr, self.gr.d);
         let mut out = vec![0f32; x.len()];
-        let per = rows_per_task(d);
-        out.par_chunks_mut(per * d).zip(x.par_chunks(per * d)).zip(m.par_chunks(per * 6 * d)).for_each(|((o, x), m)| {
-            for ((o, x), m) in o.chunks_mut(d).zip(x.chunks(d)).zip(m.chunks(6 * d)) {
+        gr.for_rows(&mut out, d, x, |first, o, x| {
+            for (r, (o, x)) in o.chunks_mut(d).zip(x.chunks(d)).enumerate() {
+                let m = &m[(first + r) / gr.group * gr.width()..][..gr.width()];
                 let inv = inverse_rms(x, self.eps);
                 let (shift, scale) = (&m[self.shift * d..][..d], &m[self.scale * d..][..d]);
                 for j in 0..d {
@@ -466,7 +550,7 @@ impl CustomOp2 for NormModulate {
 
     fn bwd(&self, x: &Tensor, mods: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let (x, m, g) = (x.contiguous()?, mods.contiguous()?, grad.contiguous()?);
-        let of = |of_mods| NormModulateGrad { d: self.d, shift: self.shift, scale: self.scale, eps: self.eps, of_mods };
+        let of = |of_mods| NormModulateGrad { gr: self.gr, shift: self.shift, scale: self.scale, eps: self.eps, of_mods };
         Ok((Some(x.apply_op3_no_bwd(&m, &g, &of(false))?), Some(x.apply_op3_no_bwd(&m, &g, &of(true))?)))
     }
 }
@@ -476,49 +560,54 @@ impl CustomOp3 for NormModulateGrad {
         "fused-norm-modulate-grad"
     }
 
-    /// With n = x inv: d shift = g, d scale = g n, and the norm's backward
-    /// of g (1 + scale): inv (h - n mean(h n)).
+    /// With n = x inv: d shift = g, d scale = g n (summed over each
+    /// modulation row's tokens), and the norm's backward of g (1 + scale):
+    /// inv (h - n mean(h n)).
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let name = "fused-norm-modulate-grad";
         let (x, m, g) = (values(s1, l1, name)?, values(s2, l2, name)?, values(s3, l3, name)?);
-        let d = self.d;
-        let width = if self.of_mods { 6 * d } else { d };
-        let mut out = vec![0f32; x.len() / d * width];
-        let per = rows_per_task(d);
-        out.par_chunks_mut(per * width).zip(x.par_chunks(per * d)).zip(m.par_chunks(per * 6 * d)).zip(g.par_chunks(per * d)).for_each(|(((o, x), m), g)| {
-            for (((o, x), m), g) in o.chunks_mut(width).zip(x.chunks(d)).zip(m.chunks(6 * d)).zip(g.chunks(d)) {
+        let (gr, d) = (self.gr, self.gr.d);
+        if self.of_mods {
+            let out = gr.sum_groups(x.len() / d, |row, o| {
+                let (x, g) = (&x[row * d..][..d], &g[row * d..][..d]);
+                let inv = inverse_rms(x, self.eps);
+                o[self.shift * d..][..d].iter_mut().zip(g).for_each(|(o, g)| *o += g);
+                for j in 0..d {
+                    o[self.scale * d + j] += g[j] * x[j] * inv;
+                }
+            });
+            return Ok((CpuStorage::F32(out), l2.shape().clone()));
+        }
+        let mut out = vec![0f32; x.len()];
+        gr.for_rows(&mut out, d, x, |first, o, x| {
+            for (r, (o, x)) in o.chunks_mut(d).zip(x.chunks(d)).enumerate() {
+                let row = first + r;
+                let (m, g) = (&m[row / gr.group * gr.width()..][..gr.width()], &g[row * d..][..d]);
                 let inv = inverse_rms(x, self.eps);
                 let scale = &m[self.scale * d..][..d];
-                if self.of_mods {
-                    o[self.shift * d..][..d].copy_from_slice(g);
-                    for j in 0..d {
-                        o[self.scale * d + j] = g[j] * x[j] * inv;
-                    }
-                } else {
-                    let mut mean_hn = 0f32;
-                    for j in 0..d {
-                        mean_hn += g[j] * (1.0 + scale[j]) * x[j] * inv;
-                    }
-                    mean_hn /= d as f32;
-                    for j in 0..d {
-                        o[j] = inv * (g[j] * (1.0 + scale[j]) - x[j] * inv * mean_hn);
-                    }
+                let mut mean_hn = 0f32;
+                for j in 0..d {
+                    mean_hn += g[j] * (1.0 + scale[j]) * x[j] * inv;
+                }
+                mean_hn /= d as f32;
+                for j in 0..d {
+                    o[j] = inv * (g[j] * (1.0 + scale[j]) - x[j] * inv * mean_hn);
                 }
             }
         });
-        Ok((CpuStorage::F32(out), if self.of_mods { l2.shape().clone() } else { l1.shape().clone() }))
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
 
 struct GatedResidual {
-    d: usize,
+    gr: Grouping,
     gate: usize,
 }
 
 /// The gradient of y (`of_mods` false: g gate) or of the modulation (g y
-/// in the gate's slice).
+/// in the gate's slice, summed over each modulation row's tokens).
 struct GatedResidualGrad {
-    d: usize,
+    gr: Grouping,
     gate: usize,
     of_mods: bool,
 }
@@ -531,12 +620,12 @@ impl CustomOp3 for GatedResidual {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let name = "fused-gated-residual";
         let (x, y, m) = (values(s1, l1, name)?, values(s2, l2, name)?, values(s3, l3, name)?);
-        let d = self.d;
+        let (gr, d) = (self.gr, self.gr.d);
         let mut out = vec![0f32; x.len()];
-        let per = rows_per_task(d);
-        out.par_chunks_mut(per * d).zip(x.par_chunks(per * d)).zip(y.par_chunks(per * d)).zip(m.par_chunks(per * 6 * d)).for_each(|(((o, x), y), m)| {
-            for (((o, x), y), m) in o.chunks_mut(d).zip(x.chunks(d)).zip(y.chunks(d)).zip(m.chunks(6 * d)) {
-                let gate = &m[self.gate * d..][..d];
+        gr.for_rows(&mut out, d, x, |first, o, x| {
+            for (r, (o, x)) in o.chunks_mut(d).zip(x.chunks(d)).enumerate() {
+                let row = first + r;
+                let (y, gate) = (&y[row * d..][..d], &m[row / gr.group * gr.width() + self.gate * d..][..d]);
                 for j in 0..d {
                     o[j] = x[j] + y[j] * gate[j];
                 }
@@ -547,7 +636,7 @@ impl CustomOp3 for GatedResidual {
 
     fn bwd(&self, _x: &Tensor, y: &Tensor, mods: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (y, m, g) = (y.contiguous()?, mods.contiguous()?, grad.contiguous()?);
-        let of = |of_mods| GatedResidualGrad { d: self.d, gate: self.gate, of_mods };
+        let of = |of_mods| GatedResidualGrad { gr: self.gr, gate: self.gate, of_mods };
         Ok((Some(g.clone()), Some(y.apply_op3_no_bwd(&m, &g, &of(false))?), Some(y.apply_op3_no_bwd(&m, &g, &of(true))?)))
     }
 }
@@ -560,25 +649,26 @@ impl CustomOp3 for GatedResidualGrad {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let name = "fused-gated-residual-grad";
         let (y, m, g) = (values(s1, l1, name)?, values(s2, l2, name)?, values(s3, l3, name)?);
-        let d = self.d;
-        let width = if self.of_mods { 6 * d } else { d };
-        let mut out = vec![0f32; y.len() / d * width];
-        let per = rows_per_task(d);
-        out.par_chunks_mut(per * width).zip(y.par_chunks(per * d)).zip(m.par_chunks(per * 6 * d)).zip(g.par_chunks(per * d)).for_each(|(((o, y), m), g)| {
-            for (((o, y), m), g) in o.chunks_mut(width).zip(y.chunks(d)).zip(m.chunks(6 * d)).zip(g.chunks(d)) {
-                if self.of_mods {
-                    for j in 0..d {
-                        o[self.gate * d + j] = g[j] * y[j];
-                    }
-                } else {
-                    let gate = &m[self.gate * d..][..d];
-                    for j in 0..d {
-                        o[j] = g[j] * gate[j];
-                    }
+        let (gr, d) = (self.gr, self.gr.d);
+        if self.of_mods {
+            let out = gr.sum_groups(y.len() / d, |row, o| {
+                let (y, g) = (&y[row * d..][..d], &g[row * d..][..d]);
+                for j in 0..d {
+                    o[self.gate * d + j] += g[j] * y[j];
+                }
+            });
+            return Ok((CpuStorage::F32(out), l2.shape().clone()));
+        }
+        let mut out = vec![0f32; y.len()];
+        gr.for_rows(&mut out, d, y, |first, o, _| {
+            for (r, o) in o.chunks_mut(d).enumerate() {
+                let (g, gate) = (&g[(first + r) * d..][..d], &m[(first + r) / gr.group * gr.width() + self.gate * d..][..d]);
+                for j in 0..d {
+                    o[j] = g[j] * gate[j];
                 }
             }
         });
-        Ok((CpuStorage::F32(out), if self.of_mods { l2.shape().clone() } else { l1.shape().clone() }))
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
 
@@ -820,6 +910,55 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A modulation row per group of tokens (per frame, or one for all)
+    /// against the composition with the modulation repeated per token:
+    /// values and every input's gradient (the modulation's sums its
+    /// group's tokens).
+    #[test]
+    fn grouped_modulations_equal_the_composition_with_rows_repeated() {
+        // (batch, frames, tokens per frame, d, modulation rows per batch
+        // row: None for one [k d] row for all).
+        for (b, f, t, d, per_frame) in [(2usize, 3usize, 4usize, 7usize, true), (3, 4, 16, 33, true), (2, 5, 3, 9, false), (1, 1, 1, 1, false)] {
+            let x = inputs(&[b, f * t, d], 3.0);
+            let y = inputs(&[b, f * t, d], 2.0);
+            let mods = if per_frame { inputs(&[b, f, 6 * d], 0.7) } else { inputs(&[6 * d], 0.7) };
+            let repeated = |m: &Tensor| -> Tensor {
+                if per_frame {
+                    m.unsqueeze(2).unwrap().broadcast_as((b, f, t, m.dim(D::Minus1).unwrap())).unwrap().reshape((b, f * t, m.dim(D::Minus1).unwrap())).unwrap()
+                } else {
+                    m.broadcast_as((b, f * t, m.dim(0).unwrap())).unwrap()
+                }
+            };
+            let w = inputs(&[b, f * t, d], 1.0).as_tensor().detach().cos().unwrap();
+            let m = |i: usize| repeated(&mods.as_tensor().narrow(D::Minus1, i * d, d).unwrap());
+            let cases: [(Tensor, Tensor); 2] = [
+                (norm_modulate(x.as_tensor(), mods.as_tensor(), 3, 4, 1e-6).unwrap(), crate::nn::modulate(&crate::nn::rms_norm_composed(x.as_tensor(), 1e-6).unwrap(), &m(3), &m(4)).unwrap()),
+                (gated_residual(x.as_tensor(), y.as_tensor(), mods.as_tensor(), 5).unwrap(), (x.as_tensor() + y.as_tensor().mul(&m(5)).unwrap()).unwrap()),
+            ];
+            for (k, (fused, plain)) in cases.iter().enumerate() {
+                let case = format!("case {k} b {b} f {f} t {t} d {d} per frame {per_frame}");
+                assert!(max_diff(fused, plain) < 1e-5, "{case}: value {}", max_diff(fused, plain));
+                let gf = (fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
+                let gp = (plain * &w).unwrap().sum_all().unwrap().backward().unwrap();
+                for (name, var) in [("x", &x), ("y", &y), ("mods", &mods)] {
+                    match (gf.get(var.as_tensor()), gp.get(var.as_tensor())) {
+                        (Some(f), Some(p)) => {
+                            let tol = 1e-5 * p.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1.0);
+                            assert!(max_diff(f, p) < tol, "{case}: gradient of {name} differs by {}", max_diff(f, p));
+                        }
+                        (None, None) => {}
+                        (f, p) => panic!("{case}: gradient of {name}: fused {} plain {}", f.is_some(), p.is_some()),
+                    }
+                }
+            }
+        }
+        // A modulation whose rows do not divide the tokens is not grouped:
+        // the composition's own shape error, not a wrong answer.
+        let x = inputs(&[1, 5, 4], 1.0);
+        let mods = inputs(&[1, 2, 24], 1.0);
+        assert!(norm_modulate(x.as_tensor(), mods.as_tensor(), 0, 1, 1e-6).is_err());
     }
 
     #[test]

@@ -12,12 +12,12 @@
 //! Because context tokens never attend to target tokens, the cache computed
 //! once per prefix is exact for every candidate and every sampler step.
 
-use candle_core::{DType, Tensor, D};
+use candle_core::{DType, Tensor};
 
 use crate::config::{ModelConfig, Prediction, ACTION_INPUTS};
 use crate::attention::attention;
 use crate::fused;
-use crate::nn::{modulate, rms_norm, timestep_embedding, Linear};
+use crate::nn::{timestep_embedding, Linear};
 use crate::params::{Init, Params};
 use crate::{ModelError, Result};
 
@@ -73,7 +73,8 @@ impl Block {
         })
     }
 
-    /// One block. `mods` broadcasts against [B, N, 6d]. With `cache` (the
+    /// One block. `mods`: [6d] for every token, or [B, F, 6d], a row per
+    /// frame of the tokens [B, F T, d] (see `fused::norm_modulate`). With `cache` (the
     /// context's q, k, v projections of this block), the tokens also attend
     /// to the context's keys and values. Returns the output and this
     /// block's q, k, v projections [B, N, 3d].
@@ -135,10 +136,14 @@ impl WorldModel {
         let (b, n, tok) = tokens.dims3()?;
         let tpf = self.cfg.tokens_per_frame();
         let frames = n / tpf;
-        let x = self.patch_in.forward(&tokens.reshape((b, frames, tpf, tok))?)?;
+        let d = self.cfg.d_model;
+        let x = self.patch_in.forward(&tokens.reshape((b, n, tok))?)?;
+        // Position in the frame plus the frame's slot: a [frames, tpf, d]
+        // table added to every batch row (its gradient one column sum).
         let slot = self.slots.narrow(0, first_slot, frames)?.unsqueeze(1)?;
-        let x = x.broadcast_add(&self.pos)?.broadcast_add(&slot)?;
-        Ok(x.reshape((b, n, self.cfg.d_model))?)
+        let table = self.pos.unsqueeze(0)?.broadcast_add(&slot)?;
+        let x = fused::add_bias(&x.reshape((b, n * d))?, &table.flatten_all()?)?;
+        Ok(x.reshape((b, n, d))?)
     }
 
     /// Per-frame values [B, F, k] repeated to every token: [B, F * tpf, k].
@@ -180,12 +185,10 @@ impl WorldModel {
         let cond = fused::silu(&a.broadcast_add(&temb.unsqueeze(1)?)?)?; // [B, F, d]
         let mut x = self.embed(&z.to_dtype(dt)?, self.cfg.context_slots())?.add(&self.per_token(&a)?)?;
         for (block, qkv) in self.blocks.iter().zip(&cache.qkv) {
-            let mods = self.per_token(&block.ada.forward(&cond)?)?;
-            x = block.forward(&x, &mods, Some(qkv))?.0;
+            // One modulation row per frame, for the frame's tokens.
+            x = block.forward(&x, &block.ada.forward(&cond)?, Some(qkv))?.0;
         }
-        let m = self.per_token(&self.final_ada.forward(&cond)?)?;
-        let d = self.cfg.d_model;
-        let x = modulate(&rms_norm(&x, NORM_EPS)?, &m.narrow(D::Minus1, 0, d)?, &m.narrow(D::Minus1, d, d)?)?;
+        let x = fused::norm_modulate(&x, &self.final_ada.forward(&cond)?, 0, 1, NORM_EPS)?;
         let out = self.patch_out.forward(&x)?.to_dtype(DType::F32)?;
         debug_assert_eq!(out.dims(), &[b, f * self.cfg.tokens_per_frame(), self.cfg.token_dim()]);
         match self.cfg.prediction {
