@@ -14,12 +14,15 @@
 //! gradient accumulation on top (issue #26's profile). Here the forward
 //! and the backward are one custom op each: per (row, head), small strided
 //! matrix products (`gemm`, no copies) and the softmax, (row, head) pairs
-//! in parallel. The backward recomputes the attention probabilities from
-//! q and k (as flash attention does) instead of keeping them.
+//! in parallel. The forward keeps the attention probabilities for the
+//! backward (B x heads x N x keys values; a second backward through the
+//! same graph recomputes them from q and k).
 //!
 //! On other devices and dtypes, [`attention`] is the plain candle
 //! composition ([`attention_composed`]), which the tests hold the fused op
 //! to (1e-5 in value and in both inputs' gradients).
+
+use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
@@ -51,7 +54,7 @@ pub fn attention(qkv: &Tensor, context: Option<&Tensor>, heads: usize) -> Result
         Some(c) => c.contiguous()?,
         None => Tensor::zeros((1, 0, three_d), DType::F32, qkv.device())?,
     };
-    Ok(qkv.contiguous()?.apply_op2(&context, Attention { heads })?)
+    Ok(qkv.contiguous()?.apply_op2(&context, Attention { heads, probs: Mutex::new(None) })?)
 }
 
 /// [`attention`] as plain candle ops (any device and dtype).
@@ -200,11 +203,12 @@ impl Dims {
     }
 }
 
-/// Attention probabilities of task (row, h): softmax(scale q K^T), N x keys.
+/// Attention probabilities of task (row, h), softmax(scale q K^T), into
+/// `p` (N x keys).
 ///
 /// # Safety
 /// `qkv` and `ctx` hold [b, n, 3d] and [bc, nc, 3d] values.
-unsafe fn probabilities(dm: &Dims, qkv: *const f32, ctx: *const f32, row: usize, h: usize) -> Vec<f32> {
+unsafe fn probabilities(dm: &Dims, qkv: *const f32, ctx: *const f32, row: usize, h: usize, p: &mut [f32]) {
     // SAFETY: the caller's contract.
     unsafe {
         let (n, nc, keys, hd) = (dm.n, dm.nc, dm.keys(), dm.hd());
@@ -214,38 +218,39 @@ unsafe fn probabilities(dm: &Dims, qkv: *const f32, ctx: *const f32, row: usize,
         let cr = dm.context_row(row);
         matmul(n, nc, hd, s, false, q, dm.part(ctx, nc, cr, 1, h).t(), dm.scale());
         matmul(n, n, hd, s.right(nc), false, q, dm.part(qkv, n, row, 1, h).t(), dm.scale());
-        let mut p = vec![0f32; n * keys];
         if keys > 0 {
             p.chunks_mut(keys).zip(scores.chunks(keys)).for_each(|(p, s)| softmax_row(p, s));
         }
-        p
     }
 }
 
-/// The forward: [b, n, d].
-fn forward(dm: Dims, qkv: &[f32], ctx: &[f32]) -> Vec<f32> {
+/// The forward: [b, n, d], and the probabilities of every (row, head)
+/// task, one N x keys block per task (kept for the backward).
+fn forward(dm: Dims, qkv: &[f32], ctx: &[f32]) -> (Vec<f32>, Vec<f32>) {
     let (n, nc, keys, hd, d) = (dm.n, dm.nc, dm.keys(), dm.hd(), dm.d);
     let mut out = vec![0f32; dm.b * n * d];
+    let mut probs = vec![0f32; dm.b * dm.heads * n * keys];
     let dst = Shared(out.as_mut_ptr());
-    (0..dm.b * dm.heads).into_par_iter().for_each(|task| {
+    probs.par_chunks_mut((n * keys).max(1)).enumerate().for_each(|(task, p)| {
         let (row, h) = (task / dm.heads, task % dm.heads);
         let dst = dst;
         // SAFETY: task (row, h) writes only columns h hd.. of its row's
         // tokens; the input pointers cover [b, n, 3d] and [bc, nc, 3d].
         unsafe {
-            let p = probabilities(&dm, qkv.as_ptr(), ctx.as_ptr(), row, h);
+            probabilities(&dm, qkv.as_ptr(), ctx.as_ptr(), row, h, p);
             let pm = Mat { ptr: p.as_ptr(), rs: keys as isize, cs: 1 };
             let o = Mat { ptr: dst.0.add(row * n * d + h * hd), rs: d as isize, cs: 1 };
             matmul(n, hd, nc, o, false, pm, dm.part(ctx.as_ptr(), nc, dm.context_row(row), 2, h), 1.0);
             matmul(n, hd, n, o, nc > 0, pm.right(nc), dm.part(qkv.as_ptr(), n, row, 2, h), 1.0);
         }
     });
-    out
+    (out, probs)
 }
 
 /// The backward: the gradients of qkv [b, n, 3d] and of the context
-/// [bc, nc, 3d], one after the other in one buffer.
-fn backward(dm: Dims, qkv: &[f32], ctx: &[f32], grad: &[f32]) -> Vec<f32> {
+/// [bc, nc, 3d], one after the other in one buffer. `probs`: the
+/// forward's probabilities, recomputed from q and k where absent.
+fn backward(dm: Dims, qkv: &[f32], ctx: &[f32], grad: &[f32], probs: Option<&[f32]>) -> Vec<f32> {
     let (n, nc, keys, hd, d) = (dm.n, dm.nc, dm.keys(), dm.hd(), dm.d);
     let own = dm.b * n * 3 * d;
     let mut out = vec![0f32; own + dm.bc * nc * 3 * d];
@@ -263,7 +268,16 @@ fn backward(dm: Dims, qkv: &[f32], ctx: &[f32], grad: &[f32]) -> Vec<f32> {
         unsafe {
             let (qkv, ctx) = (qkv.as_ptr(), ctx.as_ptr());
             let cr = dm.context_row(row);
-            let p = probabilities(&dm, qkv, ctx, row, h);
+            let recomputed;
+            let p = match probs {
+                Some(all) => &all[task * n * keys..][..n * keys],
+                None => {
+                    let mut p = vec![0f32; n * keys];
+                    probabilities(&dm, qkv, ctx, row, h, &mut p);
+                    recomputed = p;
+                    &recomputed
+                }
+            };
             let pm = Mat { ptr: p.as_ptr(), rs: keys as isize, cs: 1 };
             let go = Mat { ptr: grad.as_ptr().add(row * n * d + h * hd), rs: d as isize, cs: 1 };
             let (q, k, v) = (dm.part(qkv, n, row, 0, h), dm.part(qkv, n, row, 1, h), dm.part(qkv, n, row, 2, h));
@@ -327,11 +341,15 @@ fn dims(qkv: &Layout, ctx: &Layout, heads: usize) -> candle_core::Result<Dims> {
 /// The fused forward: inputs qkv [B, N, 3d] and context [Bc, Nc, 3d].
 struct Attention {
     heads: usize,
+    /// The forward's probabilities, taken by the first backward (a second
+    /// backward through the same graph recomputes them).
+    probs: Mutex<Option<Vec<f32>>>,
 }
 
 /// The fused backward: inputs qkv, context and the output's gradient.
 struct AttentionGrad {
     heads: usize,
+    probs: Option<Vec<f32>>,
 }
 
 impl CustomOp2 for Attention {
@@ -341,12 +359,14 @@ impl CustomOp2 for Attention {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let dm = dims(l1, l2, self.heads)?;
-        let out = forward(dm, f32s(s1, l1, "fused-attention")?, f32s(s2, l2, "fused-attention")?);
+        let (out, probs) = forward(dm, f32s(s1, l1, "fused-attention")?, f32s(s2, l2, "fused-attention")?);
+        *self.probs.lock().unwrap_or_else(|e| e.into_inner()) = Some(probs);
         Ok((CpuStorage::F32(out), Shape::from((dm.b, dm.n, dm.d))))
     }
 
     fn bwd(&self, qkv: &Tensor, ctx: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let both = qkv.apply_op3_no_bwd(ctx, &grad.contiguous()?, &AttentionGrad { heads: self.heads })?;
+        let probs = self.probs.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let both = qkv.apply_op3_no_bwd(ctx, &grad.contiguous()?, &AttentionGrad { heads: self.heads, probs })?;
         let own = qkv.elem_count();
         let g_qkv = both.narrow(0, 0, own)?.reshape(qkv.shape())?;
         let g_ctx = both.narrow(0, own, ctx.elem_count())?.reshape(ctx.shape())?;
@@ -362,7 +382,8 @@ impl CustomOp3 for AttentionGrad {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let dm = dims(l1, l2, self.heads)?;
         let name = "fused-attention-grad";
-        let out = backward(dm, f32s(s1, l1, name)?, f32s(s2, l2, name)?, f32s(s3, l3, name)?);
+        let probs = self.probs.as_deref().filter(|p| p.len() == dm.b * dm.heads * dm.n * dm.keys());
+        let out = backward(dm, f32s(s1, l1, name)?, f32s(s2, l2, name)?, f32s(s3, l3, name)?, probs);
         let len = out.len();
         Ok((CpuStorage::F32(out), Shape::from(len)))
     }
@@ -422,6 +443,21 @@ mod tests {
         check(4, 5, 1, Some(9), 3, 5, 2.0);
         check(1, 1, 1, Some(1), 1, 1, 1.0);
         check(2, 16, 1, Some(32), 6, 32, 3.0);
+    }
+
+    #[test]
+    fn a_second_backward_recomputes_the_kept_probabilities_exactly() {
+        // The first backward takes the forward's probabilities; a second
+        // through the same graph recomputes them, to the same bits.
+        let qkv = values(&[3, 6, 12], 7, 1.5);
+        let ctx = values(&[1, 4, 12], 8, 1.5);
+        let w = values(&[3, 6, 4], 9, 1.0).as_tensor().cos().unwrap();
+        let loss = (attention(qkv.as_tensor(), Some(ctx.as_tensor()), 2).unwrap() * &w).unwrap().sum_all().unwrap();
+        let (first, second) = (loss.backward().unwrap(), loss.backward().unwrap());
+        for x in [qkv.as_tensor(), ctx.as_tensor()] {
+            let (a, b) = (first.get(x).unwrap(), second.get(x).unwrap());
+            assert_eq!(a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        }
     }
 
     #[test]

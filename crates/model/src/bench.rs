@@ -26,6 +26,45 @@ pub fn forward_flops(cfg: &ModelConfig, batch: usize, with_context: bool) -> f64
     batch as f64 * (target + if with_context { context } else { 0.0 })
 }
 
+/// The matrix products (m, k, n) of the linear layers of one training
+/// forward at batch `batch` (with the context): the projections of every
+/// block and the patch embedding and output, on the target's and the
+/// context's tokens. Their backward is the same products twice more.
+pub fn linear_products(cfg: &ModelConfig, batch: usize) -> Vec<(usize, usize, usize)> {
+    let (d, h) = (cfg.d_model, cfg.mlp_ratio * cfg.d_model);
+    let tpf = cfg.tokens_per_frame();
+    let mut out = Vec::new();
+    for rows in [batch * cfg.frames_per_clip * tpf, batch * cfg.context_slots() * tpf] {
+        out.push((rows, cfg.token_dim(), d));
+        for _ in 0..cfg.layers {
+            out.extend([(rows, d, 3 * d), (rows, d, d), (rows, d, h), (rows, h, d)]);
+        }
+    }
+    out.push((batch * cfg.frames_per_clip * tpf, d, cfg.token_dim()));
+    out
+}
+
+/// Seconds of the products of [`linear_products`], forward and backward
+/// (each (m, k, n) also as (m, n, k) and (k, m, n)), alone: the floor the
+/// training step's matrix work sets at these shapes.
+pub fn linear_products_seconds(cfg: &ModelConfig, batch: usize, dev: &Device) -> Result<(f64, f64)> {
+    let mut pairs = Vec::new();
+    let mut flops = 0.0;
+    for (m, k, n) in linear_products(cfg, batch) {
+        for (a, b, c) in [(m, k, n), (m, n, k), (k, m, n)] {
+            pairs.push((seeded_noise(8, &[a, b], dev)?, seeded_noise(9, &[b, c], dev)?));
+            flops += 2.0 * (a * b * c) as f64;
+        }
+    }
+    let s = time_it(7, || {
+        for (a, b) in &pairs {
+            a.matmul(b)?;
+        }
+        Ok(())
+    })?;
+    Ok((s, flops))
+}
+
 /// Seconds per call of `f`, the median of `reps` after one warm-up.
 pub fn time_it(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     f()?;
@@ -87,11 +126,11 @@ pub fn model_bench(cfg: &ModelConfig, g: usize, train_batch: usize, dev: &Device
     let eps = seeded_noise(7, &[b, cfg.frames_per_clip * tpf, tok], &dev)?;
     let bacts = action_input(&vec![vec![1u8; cfg.frames_per_clip]; b], &vec![false; b], &dev)?;
     let times: Vec<f32> = (0..b).map(|i| (i as f32 + 0.5) / b as f32).collect();
-    let fwd = time_it(3, || {
+    let fwd = time_it(7, || {
         flow_matching_loss(&m, &bctx, &x, &eps, &times, &bacts)?;
         Ok(())
     })?;
-    let fwd_bwd = time_it(3, || {
+    let fwd_bwd = time_it(7, || {
         flow_matching_loss(&m, &bctx, &x, &eps, &times, &bacts)?.backward()?;
         Ok(())
     })?;
@@ -102,6 +141,13 @@ pub fn model_bench(cfg: &ModelConfig, g: usize, train_batch: usize, dev: &Device
         seconds: fwd_bwd,
         gflops: Some(3.0 * ff / fwd_bwd / 1e9),
         note: format!("{:.0}% of peak; backward/forward {:.1}x", 100.0 * 3.0 * ff / fwd_bwd / 1e9 / peak, (fwd_bwd - fwd) / fwd),
+    });
+    let (lin, lin_flops) = linear_products_seconds(cfg, b, &dev)?;
+    rows.push(BenchRow {
+        name: format!("its linear layers' products alone, batch {b}"),
+        seconds: lin,
+        gflops: Some(lin_flops / lin / 1e9),
+        note: format!("{:.0}% of peak: the ceiling at these shapes; {:.0}% of forward+backward's time", 100.0 * lin_flops / lin / 1e9 / peak, 100.0 * lin / fwd_bwd),
     });
     Ok(rows)
 }
@@ -120,5 +166,16 @@ mod tests {
         // context: 2*(192 + 96) + 4*4*4 = 640
         assert_eq!(forward_flops(&cfg, 1, false), 432.0);
         assert_eq!(forward_flops(&cfg, 2, true), 2.0 * (432.0 + 640.0));
+    }
+
+    #[test]
+    fn the_linear_products_are_the_linear_part_of_the_flop_count() {
+        // Without attention products (1 token, no context: the attention
+        // term is 2*2*1*(nc + 1)*d), the linear products' FLOPs equal
+        // forward_flops's linear part.
+        let cfg = ModelConfig { frame_size: 2, patch: 2, frames_per_clip: 1, context_frames: 1, d_model: 4, layers: 1, heads: 1, mlp_ratio: 1, ..Default::default() };
+        let linear: f64 = linear_products(&cfg, 2).iter().map(|(m, k, n)| 2.0 * (m * k * n) as f64).sum();
+        // target: 1*(192 + 192) per batch row, context 2*(192 + 96).
+        assert_eq!(linear, 2.0 * (384.0 + 576.0));
     }
 }
