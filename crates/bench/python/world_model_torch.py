@@ -2,7 +2,8 @@
 
 Loads the project's safetensors checkpoint, checks that its velocity and
 flow-matching loss equal candle's on the same inputs, then times a forward
-(loss) and a forward+backward with the same thread count. Prints one JSON
+(loss), a forward+backward and a sampler step (G candidates' velocity from
+a cached context of batch 1) with the same thread count. Prints one JSON
 object. A reference written independently of the Rust code from the model's
 description (crates/model/src/model.rs): adaLN-modulated pre-norm blocks
 with RMS norm, attention of the target clip to the cached context keys and
@@ -143,6 +144,11 @@ def main():
     diff_v = (v_hat - inp["expected_velocity"]).abs().max().item()
     diff_loss = abs(loss.item() - inp["expected_loss"].item())
     scale_v = inp["expected_velocity"].abs().max().item()
+    with torch.no_grad():
+        sampler_cache = model.encode_context(inp["sampler_context"])
+        sv = model.velocity(sampler_cache, inp["sampler_noise"], inp["sampler_t"], inp["sampler_actions"])
+    diff_sv = (sv - inp["expected_sampler_velocity"]).abs().max().item()
+    scale_sv = inp["expected_sampler_velocity"].abs().max().item()
 
     params = {k: v.clone().requires_grad_(True) for k, v in weights.items()}
     trainable = WorldModel(cfg, params)
@@ -155,6 +161,10 @@ def main():
         for p in params.values():
             p.grad = None
         trainable.loss(inp["context"], inp["x"], inp["eps"], inp["t"], inp["actions"])[0].backward()
+
+    def sampler_step():
+        with torch.no_grad():
+            model.velocity(sampler_cache, inp["sampler_noise"], inp["sampler_t"], inp["sampler_actions"])
 
     reps = int(reps)
     a, b = torch.rand(1024, 1024), torch.rand(1024, 1024)
@@ -169,6 +179,9 @@ def main():
         "loss": loss.item(),
         "forward_s": median_seconds(reps, forward),
         "forward_backward_s": median_seconds(reps, forward_backward),
+        "max_abs_diff_sampler_velocity": diff_sv,
+        "max_abs_sampler_velocity": scale_sv,
+        "sampler_step_s": median_seconds(reps, sampler_step),
     }
     print(json.dumps(out))
 

@@ -59,7 +59,7 @@ pub fn run(s: &BenchAll, dev: &Device, mut note: impl FnMut(&str)) -> Result<Vec
     }
     if want("pytorch") {
         note("pytorch: the same model in PyTorch");
-        rows.extend(crate::pytorch::rows(&cfg, 24, threads, 5, &s.out_dir.join("work"))?);
+        rows.extend(crate::pytorch::rows(&cfg, 24, 8, threads, 5, &s.out_dir.join("work"))?);
     }
     if want("stages") {
         rows.extend(stage_rows(s, &mut note)?);
@@ -89,6 +89,7 @@ fn stage_rows(s: &BenchAll, note: &mut impl FnMut(&str)) -> Result<Vec<BenchRow>
     let config = format!("{name}, iteration 1");
     let mut rows = stage_runs::table3_rows(&measured, 1, &config);
     let default_runs = &measured[0].2;
+    rows.extend(stage_runs::iteration_rows(default_runs, 1, &config));
     rows.extend(stage_runs::storage_rows(default_runs, 1, "file://", &config));
     note("stages: the same on the loopback S3 server");
     match crate::s3_server::LoopbackS3::start() {

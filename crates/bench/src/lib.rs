@@ -6,8 +6,9 @@
 //! - [`rollout`]: clip-level vs sample-level rollout (paper section 3.2);
 //! - [`compute`]: the prefix cache, and GFLOP/s against the matmul peak;
 //! - [`pytorch`]: the same model in PyTorch, checked equal, then timed;
-//! - [`stage_runs`]: Table 3 iteration times, storage share and peak
-//!   memory of real `worldcompass stage` processes;
+//! - [`stage_runs`]: Table 3 iteration times, the default iteration's time
+//!   per stage, storage share and peak memory of real `worldcompass stage`
+//!   processes;
 //! - [`s3_server`]: the loopback S3 server (moto) the storage rows use.
 //!
 //! Results print as a table and are written as Parquet (schema
@@ -75,6 +76,7 @@ fn fmt_value(v: f64, unit: &str) -> String {
     match unit {
         "x" => format!("{v:.3}x"),
         "%" => format!("{v:.1}%"),
+        "s" => format!("{v:.2} s"),
         _ => format!("{v:.1} {unit}"),
     }
 }

@@ -1,7 +1,9 @@
 //! The same world model in PyTorch (`python/world_model_torch.py`): first a
 //! check that both give the same velocity and loss for the same weights and
 //! inputs, then the time of a forward and a forward+backward of the
-//! training loss with the same thread count, as candle/PyTorch ratios.
+//! training loss and of one sampler step (the velocity of G candidates
+//! from a cached context of batch 1, no gradient) with the same thread
+//! count, as candle/PyTorch ratios.
 //!
 //! PyTorch is large; it is not installed by CI. `just bench` installs it on
 //! demand; without it these rows are reported as not measured.
@@ -34,8 +36,9 @@ fn host(t: &Tensor) -> Result<HostTensor> {
     Ok(HostTensor::from_f32(t.dims(), &v))
 }
 
-/// Compare candle and PyTorch on the model `cfg` at training batch `batch`.
-pub fn rows(cfg: &ModelConfig, batch: usize, threads: usize, reps: usize, work: &Path) -> Result<Vec<BenchRow>> {
+/// Compare candle and PyTorch on the model `cfg` at training batch `batch`
+/// and sampler batch `candidates`.
+pub fn rows(cfg: &ModelConfig, batch: usize, candidates: usize, threads: usize, reps: usize, work: &Path) -> Result<Vec<BenchRow>> {
     let dev = Device::Cpu;
     let mut p = Params::new(11, &dev);
     let m = WorldModel::new(cfg, &mut p)?;
@@ -57,6 +60,14 @@ pub fn rows(cfg: &ModelConfig, batch: usize, threads: usize, reps: usize, work: 
     let tt = Tensor::from_vec(times.clone(), (batch, 1, 1), &dev)?;
     let z = (x.broadcast_mul(&(1.0 - &tt)?)? + eps.broadcast_mul(&tt)?)?;
     let v = m.velocity(&m.encode_context(&ctx)?, &z, &Tensor::from_vec(times.clone(), batch, &dev)?, &acts)?;
+    // A sampler step: G candidates after one context, its cache computed once.
+    let g = candidates;
+    let sctx = seeded_noise(24, &[1, cfg.context_slots() * tpf, tok], &dev)?;
+    let snoise = seeded_noise(25, &[g, cfg.frames_per_clip * tpf, tok], &dev)?;
+    let st = Tensor::full(0.5f32, g, &dev)?;
+    let sacts = action_input(&(0..g).map(|i| vec![1u8 << (i % 8); cfg.frames_per_clip]).collect::<Vec<_>>(), &vec![false; g], &dev)?;
+    let scache = m.encode_context(&sctx)?.detach();
+    let sv = m.velocity(&scache, &snoise, &st, &sacts)?;
 
     let fwd = median_seconds(reps, || {
         flow_matching_loss(&m, &ctx, &x, &eps, &times, &acts)?;
@@ -64,6 +75,10 @@ pub fn rows(cfg: &ModelConfig, batch: usize, threads: usize, reps: usize, work: 
     })?;
     let fwd_bwd = median_seconds(reps, || {
         flow_matching_loss(&m, &ctx, &x, &eps, &times, &acts)?.backward()?;
+        Ok(())
+    })?;
+    let step = median_seconds(reps, || {
+        m.velocity(&scache, &snoise, &st, &sacts)?;
         Ok(())
     })?;
 
@@ -85,6 +100,11 @@ pub fn rows(cfg: &ModelConfig, batch: usize, threads: usize, reps: usize, work: 
     set.insert("actions".into(), host(&acts)?);
     set.insert("expected_velocity".into(), host(&v)?);
     set.insert("expected_loss".into(), host(&loss.reshape(1)?)?);
+    set.insert("sampler_context".into(), host(&sctx)?);
+    set.insert("sampler_noise".into(), host(&snoise)?);
+    set.insert("sampler_t".into(), host(&st)?);
+    set.insert("sampler_actions".into(), host(&sacts)?);
+    set.insert("expected_sampler_velocity".into(), host(&sv)?);
     std::fs::write(&inputs, wc_schemas::write_any("bench inputs", &set)?).map_err(|e| io("writing inputs", e))?;
     std::fs::write(&script, TORCH_SCRIPT).map_err(|e| io("writing the PyTorch script", e))?;
     let cfg_json = serde_json::to_string(cfg).map_err(|e| BenchError::Failed(e.to_string()))?;
@@ -99,10 +119,13 @@ pub fn rows(cfg: &ModelConfig, batch: usize, threads: usize, reps: usize, work: 
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| BenchError::Failed(format!("PyTorch output: {e}")))?;
     let num = |k: &str| r[k].as_f64().ok_or_else(|| BenchError::Failed(format!("PyTorch output has no {k}: {r}")));
     let (dv, scale, dl) = (num("max_abs_diff_velocity")?, num("max_abs_velocity")?, num("abs_diff_loss")?);
-    if dv.is_nan() || dv > TOLERANCE * scale.max(1.0) {
-        return Err(BenchError::Failed(format!("candle and PyTorch disagree: max |v_candle - v_torch| = {dv:.3e} (|v| up to {scale:.2}); not timing a different model")));
+    let (dsv, sscale) = (num("max_abs_diff_sampler_velocity")?, num("max_abs_sampler_velocity")?);
+    for (what, d, s) in [("training", dv, scale), ("sampler step", dsv, sscale)] {
+        if d.is_nan() || d > TOLERANCE * s.max(1.0) {
+            return Err(BenchError::Failed(format!("candle and PyTorch disagree on the {what} velocity: max |v_candle - v_torch| = {d:.3e} (|v| up to {s:.2}); not timing a different model")));
+        }
     }
-    let (tf, tfb) = (num("forward_s")?, num("forward_backward_s")?);
+    let (tf, tfb, ts) = (num("forward_s")?, num("forward_backward_s")?, num("sampler_step_s")?);
     let version = r["torch"].as_str().unwrap_or("?");
     Ok(vec![
         BenchRow::new("pytorch", "max |v_candle - v_torch| / max |v|", &config, dv / scale, "x")
@@ -114,5 +137,8 @@ pub fn rows(cfg: &ModelConfig, batch: usize, threads: usize, reps: usize, work: 
         BenchRow::new("pytorch", "candle/PyTorch time, forward+backward", &config, fwd_bwd / tfb, "x")
             .anchor(1.0, "parity")
             .detail(format!("{fwd_bwd:.4} s vs {tfb:.4} s")),
+        BenchRow::new("pytorch", "candle/PyTorch time, sampler step", format!("default model, G={g} after one cached context, {threads} threads"), step / ts, "x")
+            .anchor(1.0, "parity")
+            .detail(format!("{step:.4} s vs {ts:.4} s; sampler velocities equal within {:.1e} of |v|", dsv / sscale.max(1.0))),
     ])
 }

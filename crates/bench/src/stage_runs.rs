@@ -155,6 +155,18 @@ pub fn table3_rows(variants: &[(&str, f64, Vec<StageRun>)], k: u64, config: &str
         .collect()
 }
 
+/// The default iteration `k`'s time, stage by stage (each stage a process,
+/// model loading included) and in total.
+pub fn iteration_rows(runs: &[StageRun], k: u64, config: &str) -> Vec<BenchRow> {
+    let mut rows: Vec<BenchRow> = runs
+        .iter()
+        .filter(|r| r.iter == k)
+        .map(|r| BenchRow::new("iteration", format!("{} time", r.stage), config, r.process_s, "s").detail(format!("{:.2} s inside the command", r.stats.wall_s)))
+        .collect();
+    rows.push(BenchRow::new("iteration", "iteration time, all stages", config, iteration_seconds(runs, k), "s"));
+    rows
+}
+
 /// Storage share of each stage's wall time in iteration `k`.
 pub fn storage_rows(runs: &[StageRun], k: u64, backend: &str, config: &str) -> Vec<BenchRow> {
     runs.iter()
@@ -255,5 +267,15 @@ mod tests {
         assert_eq!(rows[0].value, 1.0);
         assert_eq!(rows[1].value, 2.0);
         assert_eq!(rows[1].anchor, Some(2.26));
+    }
+
+    #[test]
+    fn iteration_rows_give_each_stage_of_the_iteration_and_their_sum() {
+        let stats = StageStats { wall_s: 1.0, io_s: 0.0, io_calls: 0, read_bytes: 0, written_bytes: 0, peak_rss_bytes: 0 };
+        let run = |stage, iter, s| StageRun { stage, iter, process_s: s, stats };
+        let runs = vec![run("prefix", 0, 9.0), run("prefix", 1, 0.5), run("rollout", 1, 2.0), run("optimize", 1, 3.25)];
+        let rows = iteration_rows(&runs, 1, "cfg");
+        let got: Vec<(&str, f64)> = rows.iter().map(|r| (r.name.as_str(), r.value)).collect();
+        assert_eq!(got, [("prefix time", 0.5), ("rollout time", 2.0), ("optimize time", 3.25), ("iteration time, all stages", 5.75)]);
     }
 }
