@@ -78,15 +78,20 @@ pub fn time_it(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     Ok(t[t.len() / 2])
 }
 
-/// f32 matmul throughput (GFLOP/s) of an n x n x n product.
+/// f32 matmul throughput (GFLOP/s) of an n x n x n product: the best of
+/// 15 runs, since a peak is what the machine can do (a median moved by 15%
+/// between runs on a shared machine, and every "% of peak" with it).
 pub fn matmul_gflops(n: usize, device: &Device) -> Result<f64> {
     let a = seeded_noise(1, &[n, n], device)?;
     let b = seeded_noise(2, &[n, n], device)?;
-    let s = time_it(5, || {
+    a.matmul(&b)?;
+    let mut best = f64::INFINITY;
+    for _ in 0..15 {
+        let s = Instant::now();
         a.matmul(&b)?;
-        Ok(())
-    })?;
-    Ok(2.0 * (n as f64).powi(3) / s / 1e9)
+        best = best.min(s.elapsed().as_secs_f64());
+    }
+    Ok(2.0 * (n as f64).powi(3) / best / 1e9)
 }
 
 /// One row of the model benchmark.
@@ -109,7 +114,7 @@ pub fn model_bench(cfg: &ModelConfig, g: usize, train_batch: usize, dev: &Device
     let masks = vec![vec![1u8; cfg.frames_per_clip]; g];
     let acts = action_input(&masks, &vec![false; g], &dev)?;
     let peak = matmul_gflops(1024, &dev)?;
-    let mut rows = vec![BenchRow { name: "f32 matmul 1024^3 (machine peak)".into(), seconds: 2.0 * 1024f64.powi(3) / peak / 1e9, gflops: Some(peak), note: "candle + gemm x86-v4".into() }];
+    let mut rows = vec![BenchRow { name: "f32 matmul 1024^3 (machine peak, best of 15)".into(), seconds: 2.0 * 1024f64.powi(3) / peak / 1e9, gflops: Some(peak), note: "candle + gemm x86-v4".into() }];
 
     let cache = m.encode_context(&ctx)?;
     let t = Tensor::full(0.5f32, g, &dev)?;
