@@ -27,7 +27,7 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use crate::fused::{softmax_grad_row, softmax_row};
+use crate::fused::{softmax_grad_row, softmax_row, values};
 use crate::Result;
 
 /// Attention of the tokens of `qkv` [B, N, 3 d] over the keys of `context`
@@ -324,14 +324,6 @@ fn backward(dm: Dims, qkv: &[f32], ctx: &[f32], grad: &[f32], probs: Option<&[f3
     out
 }
 
-fn f32s<'a>(s: &'a CpuStorage, l: &Layout, op: &'static str) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else { return Err(candle_core::Error::Msg(format!("{op}: f32 only"))) };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => Err(candle_core::Error::Msg(format!("{op}: a contiguous input is expected"))),
-    }
-}
-
 fn dims(qkv: &Layout, ctx: &Layout, heads: usize) -> candle_core::Result<Dims> {
     let (b, n, three_d) = qkv.shape().dims3()?;
     let (bc, nc, _) = ctx.shape().dims3()?;
@@ -359,7 +351,7 @@ impl CustomOp2 for Attention {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let dm = dims(l1, l2, self.heads)?;
-        let (out, probs) = forward(dm, f32s(s1, l1, "fused-attention")?, f32s(s2, l2, "fused-attention")?);
+        let (out, probs) = forward(dm, values(s1, l1, "fused-attention")?, values(s2, l2, "fused-attention")?);
         *self.probs.lock().unwrap_or_else(|e| e.into_inner()) = Some(probs);
         Ok((CpuStorage::F32(out), Shape::from((dm.b, dm.n, dm.d))))
     }
@@ -383,7 +375,7 @@ impl CustomOp3 for AttentionGrad {
         let dm = dims(l1, l2, self.heads)?;
         let name = "fused-attention-grad";
         let probs = self.probs.as_deref().filter(|p| p.len() == dm.b * dm.heads * dm.n * dm.keys());
-        let out = backward(dm, f32s(s1, l1, name)?, f32s(s2, l2, name)?, f32s(s3, l3, name)?, probs);
+        let out = backward(dm, values(s1, l1, name)?, values(s2, l2, name)?, values(s3, l3, name)?, probs);
         let len = out.len();
         Ok((CpuStorage::F32(out), Shape::from(len)))
     }

@@ -287,7 +287,7 @@ fn map2(x: &[f32], g: &[f32], f: fn(&mut [f32], &[f32], &[f32])) -> Vec<f32> {
 }
 
 /// The f32 values of a contiguous tensor's storage.
-fn values<'a>(s: &'a CpuStorage, l: &Layout, op: &'static str) -> candle_core::Result<&'a [f32]> {
+pub(crate) fn values<'a>(s: &'a CpuStorage, l: &Layout, op: &'static str) -> candle_core::Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else { return Err(candle_core::Error::Msg(format!("{op}: f32 only"))) };
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&v[a..b]),
@@ -880,79 +880,61 @@ mod tests {
         }
     }
 
-    /// The adaLN ops against their compositions: values and the gradients
-    /// of every input, on per-token modulations of odd widths.
-    #[test]
-    fn norm_modulate_and_gated_residual_equal_the_compositions() {
-        for (rows, d) in [(5usize, 7usize), (2 * 241, 33), (1, 1)] {
-            let x = inputs(&[1, rows, d], 3.0);
-            let y = inputs(&[1, rows, d], 2.0);
-            let mods = inputs(&[1, rows, 6 * d], 0.7);
-            let w = inputs(&[1, rows, d], 1.0).as_tensor().detach().cos().unwrap();
-            let m = |i: usize| mods.as_tensor().narrow(D::Minus1, i * d, d).unwrap();
-            let cases: [(Tensor, Tensor); 2] = [
-                (norm_modulate(x.as_tensor(), mods.as_tensor(), 3, 4, 1e-6).unwrap(), crate::nn::modulate(&crate::nn::rms_norm_composed(x.as_tensor(), 1e-6).unwrap(), &m(3), &m(4)).unwrap()),
-                (gated_residual(x.as_tensor(), y.as_tensor(), mods.as_tensor(), 5).unwrap(), (x.as_tensor() + y.as_tensor().mul(&m(5)).unwrap()).unwrap()),
-            ];
-            for (k, (fused, plain)) in cases.iter().enumerate() {
-                assert!(max_diff(fused, plain) < 1e-5, "case {k} {rows}x{d}: value {}", max_diff(fused, plain));
-                let gf = (fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
-                let gp = (plain * &w).unwrap().sum_all().unwrap().backward().unwrap();
-                for (name, var) in [("x", &x), ("y", &y), ("mods", &mods)] {
-                    match (gf.get(var.as_tensor()), gp.get(var.as_tensor())) {
-                        (Some(f), Some(p)) => {
-                            let tol = 1e-5 * p.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1.0);
-                            assert!(max_diff(f, p) < tol, "case {k} {rows}x{d}: gradient of {name} differs by {}", max_diff(f, p));
-                        }
-                        (None, None) => {}
-                        (f, p) => panic!("case {k}: gradient of {name}: fused {} plain {}", f.is_some(), p.is_some()),
+    /// norm_modulate and gated_residual against their compositions, with
+    /// `repeated` turning a modulation slice into one row per token: values
+    /// and the gradient of every input.
+    fn assert_adaln_ops_match(x: &Var, y: &Var, mods: &Var, repeated: impl Fn(&Tensor) -> Tensor, case: &str) {
+        let d = x.as_tensor().dim(D::Minus1).unwrap();
+        let w = inputs(x.as_tensor().dims(), 1.0).as_tensor().detach().cos().unwrap();
+        let m = |i: usize| repeated(&mods.as_tensor().narrow(D::Minus1, i * d, d).unwrap());
+        let cases: [(Tensor, Tensor); 2] = [
+            (norm_modulate(x.as_tensor(), mods.as_tensor(), 3, 4, 1e-6).unwrap(), crate::nn::modulate(&crate::nn::rms_norm_composed(x.as_tensor(), 1e-6).unwrap(), &m(3), &m(4)).unwrap()),
+            (gated_residual(x.as_tensor(), y.as_tensor(), mods.as_tensor(), 5).unwrap(), (x.as_tensor() + y.as_tensor().mul(&m(5)).unwrap()).unwrap()),
+        ];
+        for (k, (fused, plain)) in cases.iter().enumerate() {
+            assert!(max_diff(fused, plain) < 1e-5, "op {k}, {case}: value {}", max_diff(fused, plain));
+            let gf = (fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let gp = (plain * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            for (name, var) in [("x", x), ("y", y), ("mods", mods)] {
+                match (gf.get(var.as_tensor()), gp.get(var.as_tensor())) {
+                    (Some(f), Some(p)) => {
+                        let tol = 1e-5 * p.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1.0);
+                        assert!(max_diff(f, p) < tol, "op {k}, {case}: gradient of {name} differs by {}", max_diff(f, p));
                     }
+                    (None, None) => {}
+                    (f, p) => panic!("op {k}, {case}: gradient of {name}: fused {} plain {}", f.is_some(), p.is_some()),
                 }
             }
         }
     }
 
+    /// The adaLN ops against their compositions on per-token modulations
+    /// of odd widths.
+    #[test]
+    fn norm_modulate_and_gated_residual_equal_the_compositions() {
+        for (rows, d) in [(5usize, 7usize), (2 * 241, 33), (1, 1)] {
+            let (x, y, mods) = (inputs(&[1, rows, d], 3.0), inputs(&[1, rows, d], 2.0), inputs(&[1, rows, 6 * d], 0.7));
+            assert_adaln_ops_match(&x, &y, &mods, |m| m.clone(), &format!("{rows}x{d}"));
+        }
+    }
+
     /// A modulation row per group of tokens (per frame, or one for all)
-    /// against the composition with the modulation repeated per token:
-    /// values and every input's gradient (the modulation's sums its
-    /// group's tokens).
+    /// against the composition with the modulation repeated per token (the
+    /// modulation's gradient sums its group's tokens).
     #[test]
     fn grouped_modulations_equal_the_composition_with_rows_repeated() {
-        // (batch, frames, tokens per frame, d, modulation rows per batch
-        // row: None for one [k d] row for all).
+        // (batch, frames, tokens per frame, d, a row per frame or one for all).
         for (b, f, t, d, per_frame) in [(2usize, 3usize, 4usize, 7usize, true), (3, 4, 16, 33, true), (2, 5, 3, 9, false), (1, 1, 1, 1, false)] {
-            let x = inputs(&[b, f * t, d], 3.0);
-            let y = inputs(&[b, f * t, d], 2.0);
+            let (x, y) = (inputs(&[b, f * t, d], 3.0), inputs(&[b, f * t, d], 2.0));
             let mods = if per_frame { inputs(&[b, f, 6 * d], 0.7) } else { inputs(&[6 * d], 0.7) };
             let repeated = |m: &Tensor| -> Tensor {
                 if per_frame {
-                    m.unsqueeze(2).unwrap().broadcast_as((b, f, t, m.dim(D::Minus1).unwrap())).unwrap().reshape((b, f * t, m.dim(D::Minus1).unwrap())).unwrap()
+                    m.unsqueeze(2).unwrap().broadcast_as((b, f, t, d)).unwrap().reshape((b, f * t, d)).unwrap()
                 } else {
-                    m.broadcast_as((b, f * t, m.dim(0).unwrap())).unwrap()
+                    m.broadcast_as((b, f * t, d)).unwrap()
                 }
             };
-            let w = inputs(&[b, f * t, d], 1.0).as_tensor().detach().cos().unwrap();
-            let m = |i: usize| repeated(&mods.as_tensor().narrow(D::Minus1, i * d, d).unwrap());
-            let cases: [(Tensor, Tensor); 2] = [
-                (norm_modulate(x.as_tensor(), mods.as_tensor(), 3, 4, 1e-6).unwrap(), crate::nn::modulate(&crate::nn::rms_norm_composed(x.as_tensor(), 1e-6).unwrap(), &m(3), &m(4)).unwrap()),
-                (gated_residual(x.as_tensor(), y.as_tensor(), mods.as_tensor(), 5).unwrap(), (x.as_tensor() + y.as_tensor().mul(&m(5)).unwrap()).unwrap()),
-            ];
-            for (k, (fused, plain)) in cases.iter().enumerate() {
-                let case = format!("case {k} b {b} f {f} t {t} d {d} per frame {per_frame}");
-                assert!(max_diff(fused, plain) < 1e-5, "{case}: value {}", max_diff(fused, plain));
-                let gf = (fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
-                let gp = (plain * &w).unwrap().sum_all().unwrap().backward().unwrap();
-                for (name, var) in [("x", &x), ("y", &y), ("mods", &mods)] {
-                    match (gf.get(var.as_tensor()), gp.get(var.as_tensor())) {
-                        (Some(f), Some(p)) => {
-                            let tol = 1e-5 * p.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1.0);
-                            assert!(max_diff(f, p) < tol, "{case}: gradient of {name} differs by {}", max_diff(f, p));
-                        }
-                        (None, None) => {}
-                        (f, p) => panic!("{case}: gradient of {name}: fused {} plain {}", f.is_some(), p.is_some()),
-                    }
-                }
-            }
+            assert_adaln_ops_match(&x, &y, &mods, repeated, &format!("b {b} f {f} t {t} d {d} per frame {per_frame}"));
         }
         // A modulation whose rows do not divide the tokens is not grouped:
         // the composition's own shape error, not a wrong answer.
