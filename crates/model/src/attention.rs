@@ -113,6 +113,7 @@ impl Mat {
 /// # Safety
 /// Every element the shapes and strides reach must be inside its
 /// allocation, and no other thread may write `dst`'s elements meanwhile.
+#[allow(clippy::too_many_arguments)] // the shape of a BLAS call
 unsafe fn matmul(m: usize, n: usize, k: usize, dst: Mat, accumulate: bool, lhs: Mat, rhs: Mat, beta: f32) {
     // SAFETY: the caller's contract.
     unsafe {
@@ -159,6 +160,14 @@ struct Shared(*mut f32);
 // SAFETY: the tasks write disjoint elements (see each use).
 unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
+
+impl Shared {
+    /// The pointer (a method, so that closures capture the whole `Shared`,
+    /// which is Sync, not its raw pointer field).
+    fn get(&self) -> *mut f32 {
+        self.0
+    }
+}
 
 /// The problem's sizes and, for task (row, head), where its matrices are.
 #[derive(Clone, Copy)]
@@ -233,13 +242,12 @@ fn forward(dm: Dims, qkv: &[f32], ctx: &[f32]) -> (Vec<f32>, Vec<f32>) {
     let dst = Shared(out.as_mut_ptr());
     probs.par_chunks_mut((n * keys).max(1)).enumerate().for_each(|(task, p)| {
         let (row, h) = (task / dm.heads, task % dm.heads);
-        let dst = dst;
         // SAFETY: task (row, h) writes only columns h hd.. of its row's
         // tokens; the input pointers cover [b, n, 3d] and [bc, nc, 3d].
         unsafe {
             probabilities(&dm, qkv.as_ptr(), ctx.as_ptr(), row, h, p);
             let pm = Mat { ptr: p.as_ptr(), rs: keys as isize, cs: 1 };
-            let o = Mat { ptr: dst.0.add(row * n * d + h * hd), rs: d as isize, cs: 1 };
+            let o = Mat { ptr: dst.get().add(row * n * d + h * hd), rs: d as isize, cs: 1 };
             matmul(n, hd, nc, o, false, pm, dm.part(ctx.as_ptr(), nc, dm.context_row(row), 2, h), 1.0);
             matmul(n, hd, n, o, nc > 0, pm.right(nc), dm.part(qkv.as_ptr(), n, row, 2, h), 1.0);
         }
@@ -262,7 +270,6 @@ fn backward(dm: Dims, qkv: &[f32], ctx: &[f32], grad: &[f32], probs: Option<&[f3
     let scale = dm.scale();
     (0..dm.b * dm.heads).into_par_iter().for_each(|task| {
         let (row, h) = (task / dm.heads, task % dm.heads);
-        let (dst, tmp) = (dst, tmp);
         // SAFETY: task (row, h) writes only columns h hd.. of q, k and v of
         // its row in the qkv gradient, and its own slice of `per_task`.
         unsafe {
@@ -293,13 +300,13 @@ fn backward(dm: Dims, qkv: &[f32], ctx: &[f32], grad: &[f32], probs: Option<&[f3
             }
             let dsm = Mat { ptr: ds.as_ptr(), rs: keys as isize, cs: 1 };
             // dQ = scale dS K; dK = scale dS^T Q; dV = P^T dO.
-            let g = dst.0 as *const f32;
+            let g = dst.get() as *const f32;
             let gq = dm.part(g, n, row, 0, h);
             matmul(n, hd, nc, gq, false, dsm, ck, scale);
             matmul(n, hd, n, gq, nc > 0, dsm.right(nc), k, scale);
             matmul(n, hd, n, dm.part(g, n, row, 1, h), false, dsm.right(nc).t(), q, scale);
             matmul(n, hd, n, dm.part(g, n, row, 2, h), false, pm.right(nc).t(), go, 1.0);
-            let t = tmp.0.add(task * 2 * nc * hd);
+            let t = tmp.get().add(task * 2 * nc * hd);
             let gck = Mat { ptr: t, rs: hd as isize, cs: 1 };
             let gcv = Mat { ptr: t.add(nc * hd), rs: hd as isize, cs: 1 };
             matmul(nc, hd, n, gck, false, dsm.t(), q, scale);
