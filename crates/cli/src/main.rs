@@ -9,7 +9,7 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     // Behave like a Unix tool when piped into `head`: exit quietly on a closed pipe.
-    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    // SAFETY: process settings made before any thread starts.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         // Keep freed tensor buffers in the heap instead of returning them to
@@ -17,6 +17,17 @@ fn main() -> ExitCode {
         // pages cost about a tenth of a training step.
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        // candle runs its own elementwise CPU ops on a second thread pool
+        // beside rayon's (which runs the matrix products and wc_model's
+        // fused ops), and its workers spin after every op on the cores
+        // rayon's threads need: on 2 cores a sampler step took 0.011-0.022 s
+        // with it and 0.011-0.014 s without, a training step 0.129-0.141 s
+        // and 0.118-0.132 s (docs/results/2026-11-30-fused-cpu-ops.md).
+        // Unless the user sets CANDLE_NUM_THREADS, candle's own ops run on
+        // the calling thread. Child processes inherit the choice.
+        if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+            std::env::set_var("CANDLE_NUM_THREADS", "1");
+        }
     }
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_env("WORLDCOMPASS_LOG").unwrap_or_else(|_| EnvFilter::new("warn")))
