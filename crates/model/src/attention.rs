@@ -469,7 +469,7 @@ mod tests {
     }
 
     #[test]
-    fn a_later_token_never_changes_an_earlier_rows_output_through_the_context() {
+    fn changing_one_rows_tokens_never_changes_another_rows_output() {
         // Rows attend to the shared context and their own tokens only:
         // changing row 1's tokens leaves row 0's output as it was.
         let qkv = values(&[2, 4, 12], 5, 1.0).as_tensor().clone();

@@ -41,7 +41,7 @@ impl ContextCache {
         self.qkv.first().map_or(0, |t| t.dims()[0])
     }
 
-    /// The same keys and values without the graph that computed them (for
+    /// The same projections without the graph that computed them (for
     /// sampling, where no gradient flows).
     pub fn detach(&self) -> ContextCache {
         ContextCache { qkv: self.qkv.iter().map(Tensor::detach).collect() }
