@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::Command;
 
 use candle_core::{Device, Tensor};
-use wc_model::flow::{flow_matching_loss, seeded_noise};
+use wc_model::flow::{flow_matching_loss, sampler_velocity, seeded_noise};
 use wc_model::model::action_input;
 use wc_model::params::Params;
 use wc_model::{ModelConfig, WorldModel};
@@ -67,7 +67,7 @@ pub fn rows(cfg: &ModelConfig, batch: usize, candidates: usize, threads: usize, 
     let st = Tensor::full(0.5f32, g, &dev)?;
     let sacts = action_input(&(0..g).map(|i| vec![1u8 << (i % 8); cfg.frames_per_clip]).collect::<Vec<_>>(), &vec![false; g], &dev)?;
     let scache = m.encode_context(&sctx)?.detach();
-    let sv = m.velocity(&scache, &snoise, &st, &sacts)?;
+    let sv = sampler_velocity(&m, &scache, &snoise, &st, &sacts)?;
 
     let fwd = median_seconds(reps, || {
         flow_matching_loss(&m, &ctx, &x, &eps, &times, &acts)?;
@@ -77,8 +77,10 @@ pub fn rows(cfg: &ModelConfig, batch: usize, candidates: usize, threads: usize, 
         flow_matching_loss(&m, &ctx, &x, &eps, &times, &acts)?.backward()?;
         Ok(())
     })?;
+    // What the sampler runs per step (`flow::sampler_velocity`: parts of
+    // the batch, one rayon task each); PyTorch runs the batch as one.
     let step = median_seconds(reps, || {
-        m.velocity(&scache, &snoise, &st, &sacts)?;
+        sampler_velocity(&m, &scache, &snoise, &st, &sacts)?;
         Ok(())
     })?;
 

@@ -220,6 +220,26 @@ impl EncodedContext for MatrixGameContext {
             batch: 2 * self.batch,
         })
     }
+
+    fn rows(&self, start: usize, len: usize) -> Result<Self> {
+        if self.batch == 1 {
+            return Ok(self.clone());
+        }
+        // Every tensor's first dim is the batch times a count per row (the
+        // mouse branch's cache holds one sequence per spatial location,
+        // [B x locations, ...]), batch-major.
+        let batch = self.batch;
+        let part = |t: &Tensor| -> candle_core::Result<Tensor> {
+            let per = t.dim(0)? / batch;
+            t.narrow(0, start * per, len * per)
+        };
+        Ok(MatrixGameContext {
+            cache: self.cache.map(&|t| Ok(part(t)?)).map_err(wan_error)?,
+            image_tokens: part(&self.image_tokens)?,
+            steps: part(&self.steps)?,
+            batch: len,
+        })
+    }
 }
 
 impl VelocityModel for MatrixGameModel {

@@ -7,7 +7,7 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 
 use crate::config::ModelConfig;
-use crate::flow::{flow_matching_loss, seeded_noise};
+use crate::flow::{flow_matching_loss, sampler_velocity, seeded_noise};
 use crate::model::{action_input, WorldModel};
 use crate::params::Params;
 use crate::Result;
@@ -118,8 +118,10 @@ pub fn model_bench(cfg: &ModelConfig, g: usize, train_batch: usize, dev: &Device
 
     let cache = m.encode_context(&ctx)?;
     let t = Tensor::full(0.5f32, g, &dev)?;
+    // What the sampler runs per step (`flow::sampler_velocity`).
+    let cache = cache.detach();
     let step = time_it(5, || {
-        m.velocity(&cache, &noise, &t, &acts)?;
+        sampler_velocity(&m, &cache, &noise, &t, &acts)?;
         Ok(())
     })?;
     let f = forward_flops(cfg, g, false);

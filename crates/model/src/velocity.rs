@@ -26,6 +26,9 @@ pub trait EncodedContext: Clone {
     /// conditional then unconditional halves (a batch-1 context, shared by
     /// all, stays as it is).
     fn doubled(&self) -> Result<Self>;
+    /// The context of rows `start..start + len` of the batch it was encoded
+    /// for (a batch-1 context, shared by all, stays as it is).
+    fn rows(&self, start: usize, len: usize) -> Result<Self>;
 }
 
 /// A flow-matching velocity model conditioned on a context and actions.
@@ -64,6 +67,11 @@ impl EncodedContext for ContextCache {
             .iter()
             .map(|t| -> Result<Tensor> { if t.dim(0)? == 1 { Ok(t.clone()) } else { Ok(Tensor::cat(&[t, t], 0)?) } })
             .collect::<Result<_>>()?;
+        Ok(ContextCache { qkv })
+    }
+
+    fn rows(&self, start: usize, len: usize) -> Result<Self> {
+        let qkv = self.qkv.iter().map(|t| -> Result<Tensor> { if t.dim(0)? == 1 { Ok(t.clone()) } else { Ok(t.narrow(0, start, len)?) } }).collect::<Result<_>>()?;
         Ok(ContextCache { qkv })
     }
 }

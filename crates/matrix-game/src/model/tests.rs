@@ -93,6 +93,28 @@ fn one_encoded_context_serves_candidates_with_their_own_actions() {
     assert_eq!(max_diff(&m.velocity(&c.detach(), &z, &t, &acts).unwrap(), &shared), 0.0);
 }
 
+/// The sampler's velocity in one part per thread equals one batch, with a
+/// context per row and with one shared by all.
+#[test]
+fn the_samplers_velocity_in_parts_equals_one_batch() {
+    let (m, _) = model(Prediction::Clean);
+    let cfg = &m.cfg;
+    let dev = Device::Cpu;
+    let (b, f, d) = (5, cfg.frames_per_clip, cfg.frame_len());
+    let z = Tensor::randn(0f32, 1.0, (b, f, d), &dev).unwrap();
+    let t = Tensor::new(&[0.9f32, 0.7, 0.5, 0.3, 0.1], &dev).unwrap();
+    let acts = action_input(&(0..b).map(|i| vec![1u8 << i; f]).collect::<Vec<_>>(), &[false; 5], &dev).unwrap();
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+    for rows in [1, b] {
+        let c = m.encode_context(&context(cfg, rows, 2)).unwrap().detach();
+        let whole = m.velocity(&c, &z, &t, &acts).unwrap();
+        let parts = pool.install(|| wc_model::flow::sampler_velocity(&m, &c, &z, &t, &acts)).unwrap();
+        assert_eq!(max_diff(&whole, &parts), 0.0, "context batch {rows}");
+        // A part's context holds its own rows.
+        assert_eq!(c.rows(1, 2).unwrap().batch(), if rows == 1 { 1 } else { 2 });
+    }
+}
+
 #[test]
 fn the_flow_matching_loss_reaches_every_parameter() {
     let (m, p) = model(Prediction::Clean);
