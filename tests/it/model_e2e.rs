@@ -195,3 +195,21 @@ fn model_forward_runs_the_vae_encoder_and_decoder_like_diffusers() {
     );
     assert!(err.contains("has no tensor `video`"), "{err}");
 }
+
+#[test]
+fn model_forward_runs_the_clip_vision_tower_like_transformers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("clip.json");
+    std::fs::write(&config, r#"{"image_size": 42, "patch_size": 14, "dim": 32, "mlp_dim": 128, "heads": 4, "layers": 3, "layers_run": 2, "eps": 1e-5}"#).unwrap();
+    let out = tmp.path().join("tokens.safetensors");
+    let text = wc_ok(
+        &["model", "forward", "--part", "clip-vision", "--config", config.to_str().unwrap(), "--weights", &wan_fixture("clip_vision_wan.safetensors"), "--inputs", &wan_fixture("clip_vision_io.safetensors"), "--out", out.to_str().unwrap()],
+        &[],
+    );
+    // The file's third block and post-norm are skipped: 2 blocks' worth.
+    assert!(text.contains("CLIP vision tower (2 of 3 blocks, width 32), 44640 parameters"), "{text}");
+    let io = candle_core::safetensors::load(wan_fixture("clip_vision_io.safetensors"), &candle_core::Device::Cpu).unwrap();
+    let got = candle_core::safetensors::load(&out, &candle_core::Device::Cpu).unwrap();
+    let diff = (&got["tokens"] - &io["tokens"]).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    assert!(diff < 1e-4, "tokens differ by {diff}");
+}

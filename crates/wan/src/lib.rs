@@ -15,6 +15,8 @@
 //! - [`vae`]: the causal video VAE (8x in space, 4x in time, 16 latent
 //!   channels), whole clips or chunk by chunk with a cache of frames.
 //!
+//! - [`clip_vision`]: the CLIP ViT-H/14 vision tower whose tokens of the
+//!   first frame Matrix-Game 2.0 cross-attends to, and its preprocessing.
 //! - [`matrix_game`]: Matrix-Game 2.0's keyboard and mouse inputs mapped to
 //!   and from this project's actions (the causal, action-conditioned model
 //!   built on the transformer is next).
@@ -24,6 +26,7 @@
 
 pub mod action_module;
 pub mod causal_sampler;
+pub mod clip_vision;
 pub mod config;
 mod frame_cache;
 pub mod matrix_game;
@@ -33,6 +36,7 @@ pub mod vae;
 pub mod weights;
 
 pub use action_module::{ActionCache, ActionModule, ActionModuleConfig, Actions};
+pub use clip_vision::{ClipVision, ClipVisionConfig};
 pub use config::{ContextKind, WanTransformerConfig};
 pub use transformer::{CausalSpec, KvCache, WanTransformer};
 pub use vae::{WanVae, WanVaeConfig};

@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::Context;
 use candle_core::{DType, Tensor};
 use clap::{Args, Subcommand, ValueEnum};
-use wc_wan::{WanTransformer, WanTransformerConfig, WanVae, WanVaeConfig, Weights};
+use wc_wan::{ClipVision, ClipVisionConfig, WanTransformer, WanTransformerConfig, WanVae, WanVaeConfig, Weights};
 
 use crate::args::DeviceArgs;
 
@@ -42,6 +42,9 @@ pub enum Part {
     Transformer,
     VaeEncode,
     VaeDecode,
+    /// The CLIP ViT-H/14 vision tower Matrix-Game 2.0 reads its image
+    /// tokens from.
+    ClipVision,
 }
 
 /// The released sizes.
@@ -59,6 +62,10 @@ pub enum Preset {
     /// The Wan2.1 VAE; --latent FxHxW decodes a latent clip of that size.
     #[value(name = "wan2.1-vae")]
     Wan21Vae,
+    /// The CLIP ViT-H/14 vision tower as Matrix-Game 2.0 runs it (31 of 32
+    /// blocks); times the tokens of --batch 224x224 images.
+    #[value(name = "clip-vit-h-14")]
+    ClipVitH14,
     /// The test fixtures' tiny transformer.
     Tiny,
 }
@@ -76,9 +83,12 @@ pub enum ModelWhat {
     /// caller's pipeline pads them) and writes `out` [B, C_out, F, H, W].
     /// vae-encode reads `video` [B, 3, 1 + 4k, H, W] in [-1, 1] and writes
     /// the posterior's `mean` and `logvar`; vae-decode reads `z` [B, 16, T,
-    /// h, w] and writes `decoded`. Outputs are f32. The weights may be in
-    /// Wan's or in diffusers' key layout, in one file or several (repeat
-    /// --weights).
+    /// h, w] and writes `decoded`. clip-vision reads `frames` [B, 3, H, W]
+    /// in [-1, 1] (resized to 224x224 as Wan does) and writes the `tokens`
+    /// of the first 31 blocks [B, 257, 1280], from the `visual.*` tensors of
+    /// Wan's CLIP file (the others are skipped). Outputs are f32. The
+    /// transformer's and the VAE's weights may be in Wan's or in diffusers'
+    /// key layout, in one file or several (repeat --weights).
     ///
     /// Example: worldcompass model forward --config transformer/config.json --weights transformer/diffusion_pytorch_model.safetensors --inputs in.safetensors --out out.safetensors
     Forward {
@@ -86,7 +96,8 @@ pub enum ModelWhat {
         part: Part,
         /// The model's config.json: diffusers' WanTransformer3DModel or Wan's
         /// own for the transformer (required), diffusers' AutoencoderKLWan
-        /// for the VAE (default: the released Wan2.1 VAE).
+        /// for the VAE (default: the released Wan2.1 VAE), the tower's
+        /// fields for clip-vision (default: ViT-H/14).
         #[arg(long)]
         config: Option<PathBuf>,
         /// Safetensors file(s) of the weights.
@@ -221,6 +232,17 @@ pub fn run(a: ModelArgs) -> anyhow::Result<()> {
                         (vec![("decoded", vae.decode(get("z")?)?)], what)
                     }
                 }
+                Part::ClipVision => {
+                    let cfg: ClipVisionConfig = match &config_text {
+                        Some(t) => serde_json::from_str(t).with_context(|| format!("reading {config_name}"))?,
+                        None => ClipVisionConfig::vit_h_14(),
+                    };
+                    let w = Weights::from_tensors(tensors.into_iter().filter(|(k, _)| cfg.reads(k)));
+                    let tower = ClipVision::new(&cfg, &w, dtype.dtype()).context("building the CLIP vision tower from the weights")?;
+                    let pixels = wc_wan::clip_vision::preprocess(get("frames")?, cfg.image_size)?;
+                    let what = format!("CLIP vision tower ({} of {} blocks, width {}), {} parameters", cfg.layers_run, cfg.layers, cfg.dim, w.elements_taken());
+                    (vec![("tokens", tower.forward(&pixels)?)], what)
+                }
             };
             let secs = started.elapsed().as_secs_f64();
             let shapes: Vec<String> = outputs.iter().map(|(k, t)| format!("{k} {:?}", t.dims())).collect();
@@ -240,6 +262,18 @@ pub fn run(a: ModelArgs) -> anyhow::Result<()> {
             let started = Instant::now();
             let y = vae.decode(&z)?;
             println!("decoded latent {f}x{h}x{wd} to {:?} in {:.2} s on {device:?}; peak resident memory {}", y.dims(), started.elapsed().as_secs_f64(), peak_rss_mib());
+        }
+        ModelWhat::Size { preset: Preset::ClipVitH14, dtype, batch, .. } => {
+            let cfg = ClipVisionConfig::vit_h_14();
+            let w = Weights::random(&device);
+            let started = Instant::now();
+            let tower = ClipVision::new(&cfg, &w, dtype.dtype())?;
+            println!("CLIP ViT-H/14 vision tower ({} of {} blocks): {} parameters; random weights in {:.1} s", cfg.layers_run, cfg.layers, w.elements_taken(), started.elapsed().as_secs_f64());
+            let pixels = Tensor::randn(0f32, 1.0, (batch as usize, 3, cfg.image_size, cfg.image_size), &device)?;
+            let started = Instant::now();
+            let y = tower.forward(&pixels)?;
+            let _ = y.sum_all()?.to_scalar::<f32>()?;
+            println!("tokens {:?} of {batch} image(s) in {:.2} s ({dtype:?}) on {device:?}; peak resident memory {}", y.dims(), started.elapsed().as_secs_f64(), peak_rss_mib());
         }
         ModelWhat::Size { preset, latent, dtype, batch } => {
             let b = batch as usize;
