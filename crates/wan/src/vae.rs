@@ -846,6 +846,38 @@ impl WanVae {
         self.decode_chunk(&mut self.decode_stream(), z)
     }
 
+    /// The image-to-video condition of a clip of `latent_frames` latent
+    /// frames starting at `image` [B, 3, H, W] in [-1, 1], as Wan2.1's
+    /// image-to-video models and Matrix-Game 2.0 read it in their input
+    /// channels after the noisy latent: [B, t + z, latent_frames, h, w],
+    /// first `t` mask channels (t the temporal factor: 1 on latent frame 0,
+    /// whose first pixel frame is the image, 0 after), then the normalised
+    /// latent of the image followed by `t (latent_frames - 1)` zero (mid-grey)
+    /// frames. Latent frames after the first are encodings of grey frames
+    /// after the image, not zeros.
+    pub fn image_condition(&self, image: &Tensor, latent_frames: usize) -> Result<Tensor> {
+        let (b, c, h, w) = image.dims4()?;
+        if c != 3 || latent_frames == 0 {
+            return Err(WanError::Input {
+                what: "image condition".into(),
+                reason: format!("needs an image [B, 3, H, W] and at least one latent frame, got {:?} and {latent_frames}", image.dims()),
+            });
+        }
+        let t = self.cfg.temporal_factor();
+        let image = image.to_dtype(DType::F32)?.unsqueeze(2)?;
+        let video = if latent_frames > 1 {
+            Tensor::cat(&[&image, &Tensor::zeros((b, 3, t * (latent_frames - 1), h, w), DType::F32, image.device())?], 2)?
+        } else {
+            image
+        };
+        let latent = self.normalize(&self.encode(&video)?.0)?;
+        let (_, _, f, lh, lw) = latent.dims5()?;
+        let mut m = vec![0f32; f];
+        m[0] = 1.0;
+        let mask = Tensor::from_vec(m, (1, 1, f, 1, 1), latent.device())?.broadcast_as((b, t, f, lh, lw))?;
+        Ok(Tensor::cat(&[&mask, &latent], 1)?)
+    }
+
     /// Latents as the transformer sees them: (z - mean) / std per channel.
     pub fn normalize(&self, z: &Tensor) -> Result<Tensor> {
         let (mean, std) = self.stats(z)?;

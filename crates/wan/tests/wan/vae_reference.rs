@@ -118,3 +118,23 @@ fn the_released_vae_builds_with_diffusers_parameter_count() {
         (8, 4)
     );
 }
+
+/// The image-to-video condition (mask channels, then the normalised latent
+/// of the image followed by zero frames) against diffusers'
+/// `WanImageToVideoPipeline.prepare_latents` on the same VAE.
+#[test]
+fn the_image_condition_equals_diffusers_image_to_video_pipeline() {
+    let io = candle_core::safetensors::load(fixture("vae_condition.safetensors"), &Device::Cpu).unwrap();
+    let (vae, _) = vae("vae_wan.safetensors");
+    let image = io["image"].repeat((2, 1, 1, 1)).unwrap();
+    let got = vae.image_condition(&image, 5).unwrap();
+    assert_eq!(got.dims(), &[2, 2 + 4, 5, 4, 4]);
+    let diff = max_abs_diff(&got, &io["condition"]);
+    eprintln!("image condition: max |diff| {diff:.2e}");
+    assert!(diff < 1e-4, "condition differs by {diff}");
+    // The mask: both channels 1 on latent frame 0 only.
+    let mask: Vec<f32> = got.narrow(1, 0, 2).unwrap().mean((0, 1, 3, 4)).unwrap().to_vec1().unwrap();
+    assert_eq!(mask, vec![1.0, 0.0, 0.0, 0.0, 0.0]);
+    // Later latent frames encode grey frames after the image: not zeros.
+    assert!(max_abs(&got.narrow(1, 2, 4).unwrap().narrow(2, 1, 4).unwrap()) > 0.1);
+}
