@@ -14,6 +14,8 @@
 //!   checkpoints are the project's safetensors), the packed context layout,
 //!   and the encoded context (the key/value cache of the clean context
 //!   blocks, shared by all candidates).
+//! - [`codec`]: the Wan VAE as a `wc_model` video codec (Matrix-Game 2.0's
+//!   codec at full size).
 //! - [`train`]: pre-training examples from ground-truth videos and one
 //!   pre-training step.
 //!
@@ -26,6 +28,7 @@
 //! No I/O here: callers pass tensors in and get tensors out.
 
 pub mod at_scale;
+pub mod codec;
 pub mod config;
 pub mod model;
 pub mod train;
