@@ -181,6 +181,9 @@ pub fn vae_diffusers_to_wan(key: &str, num_res_blocks: usize) -> String {
     key.to_string()
 }
 
+/// Prefixes a whole checkpoint's keys may carry, longest first.
+const CHECKPOINT_PREFIXES: [&str; 2] = ["model.diffusion_model.", "model."];
+
 /// A maker of the tensor a model asks for: (Wan name, shape) -> tensor.
 type MakeTensor = Box<dyn Fn(&str, &[usize]) -> Result<Tensor> + Send + Sync>;
 
@@ -197,24 +200,31 @@ pub struct Weights {
     elements: AtomicUsize,
     /// Every (name, shape) handed out, in order.
     asked: Mutex<Vec<(String, Vec<usize>)>>,
+    /// The prefix every key of the checkpoint had (dropped; errors name it).
+    prefix: String,
 }
 
 impl Weights {
     /// Tensors under their checkpoint names, in either layout (detected).
+    ///
+    /// A prefix that every key carries is dropped: `model.diffusion_model.`
+    /// (some single-file exports) or `model.` (the released Matrix-Game 2.0
+    /// checkpoints, saved from a wrapper whose one sub-module is `model`).
+    /// Errors name keys with it, as the file spells them.
     pub fn from_tensors(tensors: impl IntoIterator<Item = (String, Tensor)>) -> Self {
-        let raw: Vec<(String, Tensor)> = tensors
+        let raw: Vec<(String, Tensor)> = tensors.into_iter().collect();
+        let prefix = CHECKPOINT_PREFIXES
             .into_iter()
-            .map(|(k, t)| {
-                (
-                    k.strip_prefix("model.diffusion_model.")
-                        .map(str::to_string)
-                        .unwrap_or(k),
-                    t,
-                )
-            })
-            .collect();
+            .find(|p| !raw.is_empty() && raw.iter().all(|(k, _)| k.starts_with(p)))
+            .unwrap_or("");
+        let raw = raw
+            .into_iter()
+            .map(|(k, t)| (k[prefix.len()..].to_string(), t))
+            .collect::<Vec<_>>();
         let layout = KeyLayout::detect(raw.iter().map(|(k, _)| k.as_str()));
-        Self::renamed(raw, layout, diffusers_to_wan)
+        let mut w = Self::renamed(raw, layout, diffusers_to_wan);
+        w.prefix = prefix.to_string();
+        w
     }
 
     /// Tensors in `layout`, under Wan's names (`to_wan` renames diffusers' keys).
@@ -238,6 +248,7 @@ impl Weights {
             make: None,
             elements: AtomicUsize::new(0),
             asked: Mutex::new(Vec::new()),
+            prefix: String::new(),
         }
     }
 
@@ -253,6 +264,7 @@ impl Weights {
             make: None,
             elements: AtomicUsize::new(0),
             asked: Mutex::new(Vec::new()),
+            prefix: String::new(),
         }
     }
 
@@ -270,6 +282,7 @@ impl Weights {
             make: Some(Box::new(make)),
             elements: AtomicUsize::new(0),
             asked: Mutex::new(Vec::new()),
+            prefix: String::new(),
         }
     }
 
@@ -378,8 +391,8 @@ impl Weights {
     /// A key as the checkpoint spells it (for errors).
     fn checkpoint_name(&self, wan_key: &str) -> String {
         match self.layout {
-            KeyLayout::Wan => wan_key.to_string(),
-            KeyLayout::Diffusers => format!("{wan_key} (Wan's name)"),
+            KeyLayout::Wan => format!("{}{wan_key}", self.prefix),
+            KeyLayout::Diffusers => format!("{}{wan_key} (Wan's name)", self.prefix),
         }
     }
 }
@@ -421,6 +434,31 @@ mod tests {
             KeyLayout::Diffusers
         );
         assert_eq!(KeyLayout::detect(cases.iter().map(|c| c.1)), KeyLayout::Wan);
+    }
+
+    /// The released Matrix-Game 2.0 checkpoint's keys all start with
+    /// `model.`: read under Wan's names, named in errors as the file
+    /// spells them.
+    #[test]
+    fn a_prefix_every_key_has_is_dropped_and_errors_name_it() {
+        let t = |n: usize| Tensor::zeros(n, DType::F32, &Device::Cpu).unwrap();
+        let w = Weights::from_tensors([
+            ("model.blocks.0.action_model.t_qkv.weight".to_string(), t(6)),
+            ("model.blocks.0.extra".to_string(), t(1)),
+        ]);
+        assert_eq!(w.layout(), KeyLayout::Wan);
+        w.take("blocks.0.action_model.t_qkv.weight", &[6], DType::F32).unwrap();
+        let e = w.take("blocks.0.action_model.proj_mouse.weight", &[2, 3], DType::F32).unwrap_err().to_string();
+        assert!(e.contains("no tensor `model.blocks.0.action_model.proj_mouse.weight`"), "{e}");
+        let e = w.finish().unwrap_err().to_string();
+        assert!(e.contains("model.blocks.0.extra"), "{e}");
+        // Not every key has it: nothing is dropped.
+        let w = Weights::from_tensors([("model.a".to_string(), t(1)), ("b".to_string(), t(1))]);
+        assert!(w.take("a", &[1], DType::F32).is_err());
+        w.take("model.a", &[1], DType::F32).unwrap();
+        // The longer prefix wins.
+        let w = Weights::from_tensors([("model.diffusion_model.head.head.bias".to_string(), t(2))]);
+        w.take("head.head.bias", &[2], DType::F32).unwrap();
     }
 
     #[test]

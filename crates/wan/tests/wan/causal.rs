@@ -533,3 +533,73 @@ fn a_short_first_block_kept_as_a_sink_streams_like_the_masked_clip() {
     // The next block (frames 5-6) sees itself and the sink: only frame 0 stays.
     assert_eq!((cache.next_frame(), cache.frames_held()), (5, 1));
 }
+
+/// The keys of Matrix-Game 2.0's released checkpoint (docs/design/matrix-game-2.md,
+/// section 6: every key under `model.`), as the network asks for them: the
+/// non-block tensors, one block with the action module, and a checkpoint
+/// written under those names loads, runs like the network it came from and
+/// names a missing action tensor as the file would spell it.
+#[test]
+fn a_checkpoint_in_the_released_layout_loads_with_its_model_prefix() {
+    let cfg = WanTransformerConfig::tiny_matrix_game();
+    let w = Weights::random(&Device::Cpu);
+    WanTransformer::new(&cfg, &w, DType::F32).unwrap();
+    let shapes = w.shapes_taken();
+    let names: std::collections::BTreeSet<&str> = shapes.iter().map(|(k, _)| k.as_str()).collect();
+    let mut released: Vec<String> = [
+        "patch_embedding.weight", "patch_embedding.bias", "time_embedding.0.weight", "time_embedding.0.bias", "time_embedding.2.weight",
+        "time_embedding.2.bias", "time_projection.1.weight", "time_projection.1.bias", "img_emb.proj.0.weight", "img_emb.proj.0.bias",
+        "img_emb.proj.1.weight", "img_emb.proj.1.bias", "img_emb.proj.3.weight", "img_emb.proj.3.bias", "img_emb.proj.4.weight",
+        "img_emb.proj.4.bias", "head.head.weight", "head.head.bias", "head.modulation",
+    ]
+    .map(String::from)
+    .to_vec();
+    let block = [
+        "modulation", "self_attn.q.weight", "self_attn.q.bias", "self_attn.k.weight", "self_attn.k.bias", "self_attn.v.weight",
+        "self_attn.v.bias", "self_attn.o.weight", "self_attn.o.bias", "self_attn.norm_q.weight", "self_attn.norm_k.weight", "norm3.weight",
+        "norm3.bias", "cross_attn.q.weight", "cross_attn.q.bias", "cross_attn.k.weight", "cross_attn.k.bias", "cross_attn.v.weight",
+        "cross_attn.v.bias", "cross_attn.o.weight", "cross_attn.o.bias", "cross_attn.norm_q.weight", "cross_attn.norm_k.weight",
+        "ffn.0.weight", "ffn.0.bias", "ffn.2.weight", "ffn.2.bias",
+        "action_model.mouse_mlp.0.weight", "action_model.mouse_mlp.0.bias", "action_model.mouse_mlp.2.weight",
+        "action_model.mouse_mlp.2.bias", "action_model.mouse_mlp.3.weight", "action_model.mouse_mlp.3.bias",
+        "action_model.t_qkv.weight", "action_model.img_attn_q_norm.weight", "action_model.img_attn_k_norm.weight",
+        "action_model.proj_mouse.weight", "action_model.keyboard_embed.0.weight", "action_model.keyboard_embed.0.bias",
+        "action_model.keyboard_embed.2.weight", "action_model.keyboard_embed.2.bias", "action_model.mouse_attn_q.weight",
+        "action_model.keyboard_attn_kv.weight", "action_model.key_attn_q_norm.weight", "action_model.key_attn_k_norm.weight",
+        "action_model.proj_keyboard.weight",
+    ];
+    released.extend(block.iter().map(|k| format!("blocks.0.{k}")));
+    for k in &released {
+        assert!(names.contains(k.as_str()), "the network does not read the released key {k}");
+    }
+    let ours_block0: Vec<&&str> = names.iter().filter(|k| k.starts_with("blocks.0.")).collect();
+    assert_eq!(ours_block0.len(), block.len(), "block 0 reads exactly the released keys: {ours_block0:?}");
+
+    // A checkpoint under `model.` + those names.
+    let tensors: std::collections::HashMap<String, Tensor> = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, (k, s))| (k.clone(), (Tensor::randn(0f32, 0.1, s.as_slice(), &Device::Cpu).unwrap() + (i as f64 * 1e-3)).unwrap()))
+        .collect();
+    let released_file: std::collections::HashMap<String, Tensor> = tensors.iter().map(|(k, t)| (format!("model.{k}"), t.clone())).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("base_distill.safetensors");
+    candle_core::safetensors::save(&released_file, &path).unwrap();
+    let from_file = Weights::from_safetensors(&std::fs::read(&path).unwrap(), &Device::Cpu).unwrap();
+    let a = WanTransformer::new(&cfg, &from_file, DType::F32).unwrap();
+    from_file.finish().unwrap();
+    let b = WanTransformer::new(&cfg, &Weights::from_tensors(tensors.clone()), DType::F32).unwrap();
+    let dev = Device::Cpu;
+    let x = Tensor::randn(0f32, 1.0, (1, cfg.in_channels, 3, 4, 4), &dev).unwrap();
+    let t = Tensor::new(&[[500f32, 500., 500.]], &dev).unwrap();
+    let ctx = Tensor::randn(0f32, 1.0, (1, 9, cfg.text_dim), &dev).unwrap();
+    let (kb, mo) = actions(1 + 4 * 2, 1.0);
+    let spec = CausalSpec::blocks_of(3);
+    let run = |m: &WanTransformer| m.forward_block_causal(&x, &t, &ctx, Some(wc_wan::Actions { keyboard: &kb, mouse: &mo }), &spec).unwrap();
+    assert_eq!(max_abs_diff(&run(&a), &run(&b)), 0.0);
+
+    let mut missing = released_file.clone();
+    missing.remove("model.blocks.0.action_model.keyboard_attn_kv.weight");
+    let err = WanTransformer::new(&cfg, &Weights::from_tensors(missing), DType::F32).err().unwrap().to_string();
+    assert!(err.contains("no tensor `model.blocks.0.action_model.keyboard_attn_kv.weight`"), "{err}");
+}
