@@ -212,4 +212,20 @@ fn model_forward_runs_the_clip_vision_tower_like_transformers() {
     let got = candle_core::safetensors::load(&out, &candle_core::Device::Cpu).unwrap();
     let diff = (&got["tokens"] - &io["tokens"]).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
     assert!(diff < 1e-4, "tokens differ by {diff}");
+    // The same weights as Wan ships its CLIP file: a PyTorch checkpoint.
+    let from_pth = tmp.path().join("tokens-pth.safetensors");
+    wc_ok(
+        &["model", "forward", "--part", "clip-vision", "--config", config.to_str().unwrap(), "--weights", &wan_fixture("clip_vision_wan.pth"), "--inputs", &wan_fixture("clip_vision_io.safetensors"), "--out", from_pth.to_str().unwrap()],
+        &[],
+    );
+    let again = candle_core::safetensors::load(&from_pth, &candle_core::Device::Cpu).unwrap();
+    assert_eq!(again["tokens"].flatten_all().unwrap().to_vec1::<f32>().unwrap(), got["tokens"].flatten_all().unwrap().to_vec1::<f32>().unwrap());
+    // A file that is not a checkpoint says so, and which file it was.
+    let bad = tmp.path().join("not-a-checkpoint.pth");
+    std::fs::copy(wan_fixture("make_fixtures.py"), &bad).unwrap();
+    let err = wc_err(
+        &["model", "forward", "--part", "clip-vision", "--config", config.to_str().unwrap(), "--weights", bad.to_str().unwrap(), "--inputs", &wan_fixture("clip_vision_io.safetensors"), "--out", "/dev/null"],
+        &[],
+    );
+    assert!(err.contains("not-a-checkpoint.pth") && err.contains("a PyTorch checkpoint (a pickled state dict) was expected"), "{err}");
 }

@@ -100,7 +100,8 @@ pub enum ModelWhat {
         /// fields for clip-vision (default: ViT-H/14).
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Safetensors file(s) of the weights.
+        /// The weights: safetensors files, or PyTorch checkpoints (.pth, .pt,
+        /// .bin; Wan's VAE and CLIP files are these).
         #[arg(long, required = true)]
         weights: Vec<PathBuf>,
         #[arg(long)]
@@ -180,6 +181,19 @@ fn peak_rss_mib() -> String {
     }
 }
 
+/// The tensors of a weights file on `device`: safetensors, or a PyTorch
+/// checkpoint (`.pth`, `.pt`, `.bin`: a pickled state dict, as Wan's VAE and
+/// CLIP files are).
+fn read_weights(path: &std::path::Path, device: &candle_core::Device) -> anyhow::Result<Vec<(String, Tensor)>> {
+    let pickled = matches!(path.extension().and_then(|e| e.to_str()), Some("pth" | "pt" | "bin"));
+    if !pickled {
+        return Ok(candle_core::safetensors::load(path, device)?.into_iter().collect());
+    }
+    let tensors = candle_core::pickle::read_all(path).context("a PyTorch checkpoint (a pickled state dict) was expected")?;
+    anyhow::ensure!(!tensors.is_empty(), "no tensors in it: a state dict of tensors was expected");
+    tensors.into_iter().map(|(k, t)| Ok((k, t.to_device(device)?))).collect()
+}
+
 /// FxHxW, e.g. 3x44x80.
 fn parse_grid(s: &str) -> anyhow::Result<[usize; 3]> {
     let grid: Vec<usize> = s.split('x').map(|v| v.trim().parse::<usize>()).collect::<Result<_, _>>().map_err(|_| anyhow::anyhow!("--latent {s}: expected FxHxW, e.g. 3x44x80"))?;
@@ -195,7 +209,7 @@ pub fn run(a: ModelArgs) -> anyhow::Result<()> {
         ModelWhat::Forward { part, config, weights, inputs, out, dtype } => {
             let mut tensors = Vec::new();
             for p in &weights {
-                tensors.extend(candle_core::safetensors::load(p, &device).with_context(|| format!("reading the weights {}", p.display()))?);
+                tensors.extend(read_weights(p, &device).with_context(|| format!("reading the weights {}", p.display()))?);
             }
             let io = candle_core::safetensors::load(&inputs, &device).with_context(|| format!("reading the inputs {}", inputs.display()))?;
             let get = |k: &str| io.get(k).with_context(|| format!("{} has no tensor `{k}` (--part {part:?} reads it)", inputs.display()));
