@@ -240,6 +240,9 @@ pub fn preprocess(frames: &Tensor, size: usize) -> Result<Tensor> {
 /// `input` to `out` samples: source position (i + 0.5) input / out - 0.5,
 /// four taps of Keys' cubic (A = -0.75), indices clamped to the edge.
 pub fn bicubic_matrix(input: usize, out: usize, device: &Device) -> Result<Tensor> {
+    if input == 0 || out == 0 {
+        return Err(WanError::Input { what: "bicubic resize".into(), reason: format!("from {input} to {out} samples: both must be at least 1") });
+    }
     const A: f32 = -0.75;
     let near = |x: f32| ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0;
     let far = |x: f32| ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A;
@@ -299,6 +302,10 @@ mod tests {
         for row in &m {
             assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-6);
         }
+        // An empty side is refused, not a panic.
+        assert!(bicubic_matrix(0, 8, &dev).unwrap_err().to_string().contains("from 0 to 8 samples"));
+        let empty = Tensor::zeros((1, 3, 0, 5), DType::F32, &dev).unwrap();
+        assert!(preprocess(&empty, 42).is_err());
     }
 
     #[test]
