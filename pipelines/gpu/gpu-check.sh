@@ -106,6 +106,7 @@ if [ "$device" = cpu ]; then
   "$bin" model size --preset tiny --latent 3x8x8 --device cpu
   "$bin" model step --what rollout --tiny --latent 3x4x4 --batch 2 --device cpu
   "$bin" model step --what nft --tiny --latent 3x4x4 --batch 2 --device cpu
+  "$bin" model size --preset wan2.1-vae --latent 2x4x4 --condition --device cpu
 else
   for dtype in bf16 f32; do
     gpu_peak_start
@@ -114,6 +115,15 @@ else
   done
   gpu_peak_start
   "$bin" model size --preset wan2.1-vae --latent 3x44x80 --device "$device"
+  echo "peak GPU memory above idle: $(gpu_peak_stop) MiB"
+  # Matrix-Game 2.0's costs per prompt: the image-to-video condition of 8
+  # clips (25 latent frames: the image and 96 grey frames through the VAE)
+  # and the CLIP tokens of 16 first frames.
+  gpu_peak_start
+  "$bin" model size --preset wan2.1-vae --latent 25x44x80 --condition --device "$device"
+  echo "peak GPU memory above idle: $(gpu_peak_stop) MiB"
+  gpu_peak_start
+  "$bin" model size --preset clip-vit-h-14 --batch 16 --dtype bf16 --device "$device"
   echo "peak GPU memory above idle: $(gpu_peak_stop) MiB"
   # Matrix-Game 2.0's transformer: one block for the 16 candidates of a rollout, bf16.
   gpu_peak_start

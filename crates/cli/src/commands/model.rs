@@ -131,6 +131,11 @@ pub enum ModelWhat {
         /// Clips in the forward pass (e.g. the G candidates of a rollout).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
         batch: u32,
+        /// With the VAE: time the image-to-video condition of the --latent
+        /// clip instead of a decode (the encoding of an image and 4 (F - 1)
+        /// grey frames: Matrix-Game's cost per prompt).
+        #[arg(long)]
+        condition: bool,
     },
     /// Matrix-Game 2.0's hot paths with random weights: a rollout chunk (G
     /// candidates of one block after a cached context block, through the
@@ -264,18 +269,36 @@ pub fn run(a: ModelArgs) -> anyhow::Result<()> {
             candle_core::safetensors::save(&map, &out).with_context(|| format!("writing {}", out.display()))?;
             println!("{what}; forward in {secs:.3} s; wrote {} to {}", shapes.join(", "), out.display());
         }
-        ModelWhat::Size { preset: Preset::Wan21Vae, latent, .. } => {
+        ModelWhat::Size { preset: Preset::Wan21Vae, latent, condition, .. } => {
             // (--batch and --dtype are the transformer's.)
             let w = Weights::random(&device);
             let started = Instant::now();
-            let vae = WanVae::new(&WanVaeConfig::wan2_1(), &w)?;
+            let cfg = WanVaeConfig::wan2_1();
+            let vae = WanVae::new(&cfg, &w)?;
             println!("Wan2.1 VAE: {} parameters; random weights in {:.1} s", w.elements_taken(), started.elapsed().as_secs_f64());
-            let Some(latent) = latent else { return Ok(()) };
+            let Some(latent) = latent else {
+                anyhow::ensure!(!condition, "--condition times the condition of a --latent clip (e.g. --latent 25x44x80)");
+                return Ok(());
+            };
             let [f, h, wd] = parse_grid(&latent)?;
-            let z = Tensor::randn(0f32, 1.0, (1, 16, f, h, wd), &device)?;
             let started = Instant::now();
-            let y = vae.decode(&z)?;
-            println!("decoded latent {f}x{h}x{wd} to {:?} in {:.2} s on {device:?}; peak resident memory {}", y.dims(), started.elapsed().as_secs_f64(), peak_rss_mib());
+            if condition {
+                let s = cfg.spatial_factor();
+                let image = Tensor::rand(-1f32, 1.0, (1, 3, h * s, wd * s), &device)?;
+                let c = vae.image_condition(&image, f)?;
+                println!(
+                    "image condition of {f} latent frames ({} pixel frames of {}x{}) {:?} in {:.2} s on {device:?}; peak resident memory {}",
+                    1 + cfg.temporal_factor() * (f - 1),
+                    h * s,
+                    wd * s,
+                    c.dims(),
+                    started.elapsed().as_secs_f64(),
+                    peak_rss_mib()
+                );
+            } else {
+                let y = vae.decode(&Tensor::randn(0f32, 1.0, (1, 16, f, h, wd), &device)?)?;
+                println!("decoded latent {f}x{h}x{wd} to {:?} in {:.2} s on {device:?}; peak resident memory {}", y.dims(), started.elapsed().as_secs_f64(), peak_rss_mib());
+            }
         }
         ModelWhat::Size { preset: Preset::ClipVitH14, dtype, batch, .. } => {
             let cfg = ClipVisionConfig::vit_h_14();
@@ -289,7 +312,8 @@ pub fn run(a: ModelArgs) -> anyhow::Result<()> {
             let _ = y.sum_all()?.to_scalar::<f32>()?;
             println!("tokens {:?} of {batch} image(s) in {:.2} s ({dtype:?}) on {device:?}; peak resident memory {}", y.dims(), started.elapsed().as_secs_f64(), peak_rss_mib());
         }
-        ModelWhat::Size { preset, latent, dtype, batch } => {
+        ModelWhat::Size { preset, latent, dtype, batch, condition } => {
+            anyhow::ensure!(!condition, "--condition is the VAE's (--preset wan2.1-vae)");
             let b = batch as usize;
             let cfg = match preset {
                 Preset::Wan21T2v14b => WanTransformerConfig::wan2_1_t2v_14b(),
