@@ -119,7 +119,8 @@ where
 }
 
 /// The sampler: clips by Euler integration from `noise` [G, ...] at t = 1
-/// to t = 0, all G in one batch, with one encoded context (batch 1 or G)
+/// to t = 0, all G together (each step's velocity by [`sampler_velocity`]:
+/// on the CPU in parts of the batch), with one encoded context (batch 1 or G)
 /// reused for every step; `masks` are each clip's per-frame actions. The
 /// result stays on the noise's device.
 pub fn sample<M>(model: &M, cache: &M::Context, noise: &Tensor, masks: &[Vec<u8>], cfg: &SamplerConfig) -> Result<Tensor>
