@@ -92,12 +92,13 @@ pub const SAMPLER_PART_ROWS: usize = 4;
 /// model's step took 0.011-0.013 s as one batch, 0.008 s in parts of 4
 /// rows, 0.010 s in parts of 2 and 0.012-0.014 s in parts of 1.
 ///
-/// The parts do not depend on the thread count, so neither do the bits.
-/// Rows do not interact; at the default model's size, parts of 4 rows give
-/// the bits of one batch (tested). A part of fewer rows may sum its
-/// products in other blocks (the matrix products' blocking depends on their
-/// row count), within 1e-4. Elsewhere (a GPU, a batch of at most one part)
-/// it is one call of the model.
+/// The parts do not depend on the thread count, so neither do the bits
+/// (tested). Rows do not interact, but a part's matrix products may sum in
+/// other blocks than the whole batch's (the matrix library chooses by row
+/// count): within 1e-4 (tested). On the project's machines parts of 4 rows
+/// gave the bits of one batch, and the default run the same bytes.
+/// Elsewhere (a GPU, a batch of at most one part) it is one call of the
+/// model.
 pub fn sampler_velocity<M>(model: &M, context: &M::Context, z: &Tensor, t: &Tensor, actions: &Tensor) -> Result<Tensor>
 where
     M: VelocityModel + Sync,

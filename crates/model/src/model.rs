@@ -295,11 +295,14 @@ mod tests {
         }
     }
 
-    /// The sampler's velocity in parts of 4 rows: at the default model's
-    /// size and a sampler's batch of 8 (and 16, guided) the bits of one
-    /// batch, with a shared context and a context per row; a batch of 5
-    /// (a part of 1 row) within 1e-4; and the same bits whatever the
-    /// thread count.
+    /// The sampler's velocity in parts of 4 rows, at the default model's
+    /// size, against one batch: with a shared context and a context per
+    /// row, at a sampler's batch of 8 (and 16, guided) and at 5 (a part of
+    /// 1 row), within 1e-4; and the same bits whatever the thread count.
+    /// (Whether a part sums its products in the same blocks as the whole
+    /// batch is the matrix library's choice for the machine: on the
+    /// project's machines parts of 4 rows gave the same bits, and the
+    /// default run the same bytes.)
     #[test]
     fn the_samplers_velocity_in_parts_equals_one_batch() {
         use crate::flow::sampler_velocity;
@@ -321,12 +324,8 @@ mod tests {
                 let whole = m.velocity(&cache, &x, &t, &acts).unwrap();
                 let parts: Vec<Tensor> = pools.iter().map(|pool| pool.install(|| sampler_velocity(&m, &cache, &x, &t, &acts)).unwrap()).collect();
                 assert_eq!(bits(&parts[0]), bits(&parts[1]), "batch {b}, context batch {rows}: the thread count changed the bits");
-                if b % 4 == 0 {
-                    assert_eq!(bits(&whole), bits(&parts[0]), "batch {b}, context batch {rows}: the parts differ from one batch");
-                } else {
-                    let diff = (&whole - &parts[0]).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
-                    assert!(diff < 1e-4, "batch {b}, context batch {rows}: the parts differ from one batch by {diff}");
-                }
+                let diff = (&whole - &parts[0]).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+                assert!(diff < 1e-4, "batch {b}, context batch {rows}: the parts differ from one batch by {diff}");
                 assert_eq!(cache.rows(2, 3).unwrap().batch(), if rows == 1 { 1 } else { 3 });
             }
         }
