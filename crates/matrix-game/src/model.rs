@@ -243,6 +243,7 @@ impl EncodedContext for MatrixGameContext {
 }
 
 impl VelocityModel for MatrixGameModel {
+    type Input = Tensor;
     type Context = MatrixGameContext;
 
     /// Runs the first frame (block 0) and the clip before the target

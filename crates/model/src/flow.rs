@@ -12,7 +12,7 @@ use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 use wc_rl::schedule::sampler_times;
 
-use crate::velocity::{EncodedContext, VelocityModel};
+use crate::velocity::{ContextInput, EncodedContext, VelocityModel};
 use crate::Result;
 
 /// Per-sample weight of the velocity loss at time t.
@@ -25,7 +25,7 @@ pub fn loss_weight(t: f64) -> f64 {
 /// action input. Returns the scalar loss.
 pub fn flow_matching_loss<M: VelocityModel>(
     model: &M,
-    context: &Tensor,
+    context: &M::Input,
     x: &Tensor,
     eps: &Tensor,
     t: &[f32],
@@ -161,11 +161,12 @@ where
 /// The same sampler without the prefix cache: the context is re-encoded for
 /// every candidate at every step (what clip-level rollout avoids). Used to
 /// check the cache and to measure what it saves.
-pub fn sample_recomputing<M: VelocityModel>(model: &M, context: &Tensor, noise: &Tensor, masks: &[Vec<u8>], cfg: &SamplerConfig) -> Result<Tensor> {
+pub fn sample_recomputing<M: VelocityModel>(model: &M, context: &M::Input, noise: &Tensor, masks: &[Vec<u8>], cfg: &SamplerConfig) -> Result<Tensor> {
     let g = noise.dim(0)?;
     let dev = noise.device();
     let (actions, uncond) = (&model.action_input(masks, &vec![false; g], dev)?, &model.action_input(masks, &vec![true; g], dev)?);
-    let ctx_g = context.broadcast_as((g, context.dim(1)?, context.dim(2)?))?.contiguous()?;
+    // The batch-1 context once per candidate.
+    let ctx_g = ContextInput::concat(&vec![context; g])?;
     let mut x = noise.clone();
     for w in sampler_times(cfg.steps, cfg.shift).windows(2) {
         let (t, t_next) = (w[0], w[1]);

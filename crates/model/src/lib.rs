@@ -41,7 +41,7 @@ pub mod velocity;
 
 pub use config::ModelConfig;
 pub use model::{ContextCache, WorldModel};
-pub use velocity::{EncodedContext, Policy, VelocityModel};
+pub use velocity::{ContextInput, EncodedContext, Policy, VelocityModel};
 
 /// Errors of the model crate.
 #[derive(Debug, thiserror::Error)]

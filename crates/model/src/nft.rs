@@ -21,7 +21,7 @@ use candle_core::Tensor;
 
 use crate::flow::{guide_halves, is_guided, loss_weight};
 use crate::optim::Optimizer;
-use crate::velocity::{Policy, VelocityModel};
+use crate::velocity::{ContextInput, Policy, VelocityModel};
 use crate::Result;
 
 /// The NFT loss of a batch: `v_theta`, `v_old`, `v_target` [B, ...];
@@ -52,9 +52,9 @@ pub fn kl_term(v_theta: &Tensor, v_ref: &Tensor, weight: &[f32]) -> Result<Tenso
 /// One minibatch of the NFT loss: selected candidates, each at one time t,
 /// in the model's own token layout.
 #[derive(Debug, Clone)]
-pub struct NftBatch {
-    /// Context tokens `[B, ...]`.
-    pub context: Tensor,
+pub struct NftBatch<C = Tensor> {
+    /// The samples' contexts `[B, ...]`, as the model encodes them.
+    pub context: C,
     /// Clean candidate tokens x `[B, ...]`.
     pub x: Tensor,
     /// Noise eps, shaped as x.
@@ -112,7 +112,7 @@ pub fn nft_velocities<M: VelocityModel>(
     policy: &Policy<M>,
     old: &Policy<M>,
     reference: Option<&Policy<M>>,
-    batch: &NftBatch,
+    batch: &NftBatch<M::Input>,
     guidance: f64,
 ) -> Result<NftVelocities> {
     let dev = batch.x.device();
@@ -127,7 +127,7 @@ pub fn nft_velocities<M: VelocityModel>(
         let twice = |x: &Tensor| Tensor::cat(&[x, x], 0);
         let t2: Vec<f32> = t.iter().chain(t).copied().collect();
         let dropped: Vec<bool> = (0..2 * b).map(|i| i >= b).collect();
-        (twice(&batch.context)?, twice(&z)?, Tensor::from_vec(t2, 2 * b, dev)?, dropped, [batch.masks.clone(), batch.masks.clone()].concat())
+        (ContextInput::concat(&[&batch.context, &batch.context])?, twice(&z)?, Tensor::from_vec(t2, 2 * b, dev)?, dropped, [batch.masks.clone(), batch.masks.clone()].concat())
     } else {
         (batch.context.clone(), z, Tensor::from_vec(t.clone(), b, dev)?, vec![false; b], batch.masks.clone())
     };
@@ -152,7 +152,7 @@ pub fn nft_step<M: VelocityModel>(
     old: &Policy<M>,
     reference: Option<(&Policy<M>, f64)>,
     opt: &mut Optimizer,
-    batch: &NftBatch,
+    batch: &NftBatch<M::Input>,
     settings: &NftSettings,
 ) -> Result<NftStep> {
     let v = nft_velocities(policy, old, reference.map(|r| r.0), batch, settings.guidance)?;

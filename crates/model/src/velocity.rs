@@ -15,6 +15,22 @@ use crate::model::{action_input, ContextCache, WorldModel};
 use crate::params::Params;
 use crate::{ModelConfig, Result};
 
+/// What a model encodes a context from: a batch of rows that the generic
+/// code joins (the guided NFT step's doubled batch, the recomputing
+/// sampler's copies). For the project's models it is one tensor
+/// `[B, ...]`; a model whose context does not fit one tensor (an image
+/// encoder's tokens beside latent rows) brings its own type.
+pub trait ContextInput: Clone {
+    /// The rows of `parts`, in order, as one batch.
+    fn concat(parts: &[&Self]) -> Result<Self>;
+}
+
+impl ContextInput for Tensor {
+    fn concat(parts: &[&Self]) -> Result<Self> {
+        Ok(Tensor::cat(parts, 0)?)
+    }
+}
+
 /// A context encoded once and reused for every candidate and sampler step.
 pub trait EncodedContext: Clone {
     /// The batch the context was encoded for (1: shared by every target).
@@ -36,10 +52,13 @@ pub trait EncodedContext: Clone {
 /// Convention (`flow`): z_t = (1 - t) x + t eps, t = 1 is noise, and the
 /// model predicts v = eps - x.
 pub trait VelocityModel {
+    /// What a context is encoded from (a batch `[B, ...]` in the model's
+    /// own layout).
+    type Input: ContextInput;
     type Context: EncodedContext;
 
-    /// Encode context tokens `[B, ...]` (layout of the model's own).
-    fn encode_context(&self, context: &Tensor) -> Result<Self::Context>;
+    /// Encode a batch of contexts.
+    fn encode_context(&self, context: &Self::Input) -> Result<Self::Context>;
 
     /// Velocity of the noisy target clips `z` `[B, ...]` at times `t` `[B]`,
     /// from a context of batch 1 or B and the action input of
@@ -77,6 +96,7 @@ impl EncodedContext for ContextCache {
 }
 
 impl VelocityModel for WorldModel {
+    type Input = Tensor;
     type Context = ContextCache;
 
     fn encode_context(&self, context: &Tensor) -> Result<ContextCache> {
