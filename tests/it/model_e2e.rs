@@ -236,6 +236,8 @@ fn model_size_times_the_vaes_image_condition_of_a_clip() {
     // image of 32x32 and 4 grey frames.
     let text = wc_ok(&["model", "size", "--preset", "wan2.1-vae", "--latent", "2x4x4", "--condition"], &[]);
     assert!(text.contains("126892531 parameters") && text.contains("image condition of 2 latent frames (5 pixel frames of 32x32) [1, 20, 2, 4, 4]"), "{text}");
-    let err = wc_err(&["model", "size", "--preset", "matrix-game-2", "--condition"], &[]);
-    assert!(err.contains("--condition is the VAE's"), "{err}");
+    for preset in ["matrix-game-2", "clip-vit-h-14"] {
+        let err = wc_err(&["model", "size", "--preset", preset, "--condition"], &[]);
+        assert!(err.contains("--condition is the VAE's"), "{preset}: {err}");
+    }
 }

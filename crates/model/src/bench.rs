@@ -116,10 +116,9 @@ pub fn model_bench(cfg: &ModelConfig, g: usize, train_batch: usize, dev: &Device
     let peak = matmul_gflops(1024, &dev)?;
     let mut rows = vec![BenchRow { name: "f32 matmul 1024^3 (machine peak, best of 15)".into(), seconds: 2.0 * 1024f64.powi(3) / peak / 1e9, gflops: Some(peak), note: "candle + gemm x86-v4".into() }];
 
-    let cache = m.encode_context(&ctx)?;
+    let cache = m.encode_context(&ctx)?.detach();
     let t = Tensor::full(0.5f32, g, &dev)?;
     // What the sampler runs per step (`flow::sampler_velocity`).
-    let cache = cache.detach();
     let step = time_it(5, || {
         sampler_velocity(&m, &cache, &noise, &t, &acts)?;
         Ok(())

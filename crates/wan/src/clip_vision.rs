@@ -90,7 +90,8 @@ impl ClipVisionConfig {
         self.grid() * self.grid() + 1
     }
 
-    fn check(&self) -> Result<()> {
+    /// Every size consistent with the others, or what is not.
+    pub fn validate(&self) -> Result<()> {
         let bad = |why: String| Err(WanError::Config(format!("CLIP vision tower: {why}")));
         if self.patch_size == 0 || self.image_size % self.patch_size != 0 {
             return bad(format!("image size {} is not a multiple of the patch size {}", self.image_size, self.patch_size));
@@ -152,7 +153,7 @@ impl ClipVision {
     /// The tower of `cfg` from Wan's CLIP key names, its matrices in
     /// `dtype` (norms run in f32).
     pub fn new(cfg: &ClipVisionConfig, w: &Weights, dtype: DType) -> Result<Self> {
-        cfg.check()?;
+        cfg.validate()?;
         let (d, p) = (cfg.dim, cfg.patch_size);
         let patch = w.take("visual.patch_embedding.weight", &[d, 3, p, p], dtype)?.reshape((d, 3 * p * p))?;
         let cls = w.take("visual.cls_embedding", &[1, 1, d], dtype)?;

@@ -209,6 +209,9 @@ fn parse_grid(s: &str) -> anyhow::Result<[usize; 3]> {
 }
 
 pub fn run(a: ModelArgs) -> anyhow::Result<()> {
+    if let ModelWhat::Size { preset, condition: true, .. } = &a.what {
+        anyhow::ensure!(*preset == Preset::Wan21Vae, "--condition is the VAE's (--preset wan2.1-vae)");
+    }
     let device = wc_model::device::open(a.device.or_cpu())?;
     match a.what {
         ModelWhat::Forward { part, config, weights, inputs, out, dtype } => {
@@ -312,8 +315,7 @@ pub fn run(a: ModelArgs) -> anyhow::Result<()> {
             let _ = y.sum_all()?.to_scalar::<f32>()?;
             println!("tokens {:?} of {batch} image(s) in {:.2} s ({dtype:?}) on {device:?}; peak resident memory {}", y.dims(), started.elapsed().as_secs_f64(), peak_rss_mib());
         }
-        ModelWhat::Size { preset, latent, dtype, batch, condition } => {
-            anyhow::ensure!(!condition, "--condition is the VAE's (--preset wan2.1-vae)");
+        ModelWhat::Size { preset, latent, dtype, batch, .. } => {
             let b = batch as usize;
             let cfg = match preset {
                 Preset::Wan21T2v14b => WanTransformerConfig::wan2_1_t2v_14b(),
