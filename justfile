@@ -172,3 +172,7 @@ build-cuda cap="90": venv
 # On a GPU machine: CPU and cuda:0 agree, then two iterations of the embedded default on cuda:0 with each stage's time and GPU memory.
 gpu-check bin="target/cuda/worldcompass-cuda":
     pipelines/gpu/gpu-check.sh {{bin}}
+
+# On a GPU machine: Matrix-Game 2.0's full-size architecture (random weights in the released layouts, 176x176 frames) through one iteration of the five stages, each stage's time and GPU memory.
+gpu-check-matrix-game-2 bin="target/cuda/worldcompass-cuda":
+    pipelines/gpu/matrix-game-2-check.sh {{bin}}

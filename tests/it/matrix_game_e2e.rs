@@ -114,3 +114,78 @@ print("ok")
 "#;
     python_check(script, &[tmp.path().join("run").to_str().unwrap()]);
 }
+
+/// Matrix-Game 2.0's full-size code paths at a tiny size: a transformer in
+/// the released layout (`model.`-prefixed keys, seeded weights), the
+/// fixtures' tiny Wan VAE and CLIP tower (checked against diffusers and
+/// transformers in wc-wan), imported into a base store and post-trained
+/// through the five stages: VAE latents with 2 frames per latent frame,
+/// the image-to-video condition and the CLIP tokens in every context, the
+/// scorers reading frames decoded through the VAE's stream.
+#[test]
+fn released_layout_weights_import_and_train_through_the_five_stages_on_vae_latents() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/wan");
+    let cfg = wc_matrix_game::MatrixGameConfig::tiny_wan();
+    let policy = wc_matrix_game::model::fresh_policy(&cfg, 11, &candle_core::Device::Cpu).unwrap();
+    let released: std::collections::HashMap<String, candle_core::Tensor> = policy.params.vars().iter().map(|(k, v)| (format!("model.{k}"), v.as_tensor().clone())).collect();
+    let transformer = tmp.path().join("base_distill.safetensors");
+    candle_core::safetensors::save(&released, &transformer).unwrap();
+    let base = tmp.path().join("base");
+    let import = |out: &std::path::Path| {
+        wc_ok(
+            &[
+                "model", "import", "--preset", "tiny-wan",
+                "--transformer", transformer.to_str().unwrap(),
+                "--vae", fixtures.join("vae_wan.safetensors").to_str().unwrap(),
+                "--clip", fixtures.join("clip_vision_wan.pth").to_str().unwrap(),
+                "--out", out.to_str().unwrap(),
+            ],
+            &[],
+        )
+    };
+    let out = import(&base);
+    assert!(out.contains("imported: transformer") && out.contains("frames 16x16"), "{out}");
+    assert!(import(&base).contains("already imported"));
+    // A fresh model of the preset has no VAE or CLIP weights: init says so.
+    let pose = tiny_pose_model(tmp.path());
+    let text = std::fs::read_to_string(tiny_world_pipeline(tmp.path(), &pose)).unwrap().replace("kind = \"world\"", "kind = \"matrix_game\"");
+    let fresh = tmp.path().join("fresh.toml");
+    std::fs::write(&fresh, text.replace("preset = \"tiny\"", "preset = \"tiny-wan\"")).unwrap();
+    let err = wc_err(&["init", "--run", &file_uri(tmp.path(), "fresh"), "--pipeline", fresh.to_str().unwrap()], &[]);
+    assert!(err.contains("tiny-wan") && err.contains("model import"), "{err}");
+    // From the imported base: one iteration of the five stages.
+    let pipeline = tmp.path().join("mg2.toml");
+    std::fs::write(&pipeline, text.replace("preset = \"tiny\"", &format!("base = \"{}\"", base.display()))).unwrap();
+    let run = file_uri(tmp.path(), "run");
+    let out = wc_ok(&["train", "--run", &run, "--pipeline", pipeline.to_str().unwrap(), "--iters", "1"], &[]);
+    assert!(out.contains("iter 0 optimize: committed"), "{out}");
+    let script = r#"
+import sys, glob, json, polars as pl
+from safetensors.numpy import load_file
+run, base = sys.argv[1], sys.argv[2]
+cfg = json.load(open(f"{run}/checkpoints/000000/model.json"))
+assert cfg["codec"]["kind"] == "wan_vae" and cfg["image_encoder"]["kind"] == "clip_vision", cfg
+# the frozen networks are the run's own copies of the base's
+for name in ["vae", "clip_vision"]:
+    a = load_file(glob.glob(f"{run}/**/data/matrix_game/{name}.safetensors", recursive=True)[0])
+    b = load_file(f"{base}/pretrain/step-0000000/{name}.safetensors")
+    assert set(a) == set(b) and all((a[k] == b[k]).all() for k in b), name
+p0, b = load_file(f"{run}/checkpoints/000000/policy.safetensors"), load_file(f"{base}/pretrain/step-0000000/model.safetensors")
+assert set(p0) == set(b) and all((p0[k] == b[k]).all() for k in b)
+p1 = load_file(f"{run}/checkpoints/000001/policy.safetensors")
+assert any(not (p1[k] == p0[k]).all() for k in p0), "the optimizer step moved the policy"
+files = sorted(glob.glob(f"{run}/iters/000000/rollout/*/group-*.safetensors"))
+assert len(files) == 3, files
+lat = load_file(files[0])["latents"]
+# G = 4 candidates of one clip: 2 latent frames of 4 channels, 4x4 (16x16 frames, 4 frames)
+assert lat.shape == (4, 2, 4, 4, 4), lat.shape
+assert len({row.tobytes() for row in lat.reshape(4, -1)}) == 4
+s = pl.read_parquet(glob.glob(f"{run}/iters/000000/reward/*/scores.parquet")[0])
+assert s.height == 12 and s["vq_score"].is_finite().all() and s["if_score"].is_between(0, 1).all(), s
+o = pl.read_parquet(f"{run}/iters/000000/optimize/metrics.parquet")
+assert o["loss"].is_finite().all() and o["applied"].all(), o
+print("ok")
+"#;
+    python_check(script, &[tmp.path().join("run").to_str().unwrap(), base.to_str().unwrap()]);
+}

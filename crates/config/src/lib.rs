@@ -566,7 +566,11 @@ impl PipelineConfig {
                 return bad("model.preset", m.preset.clone(), "must be \"tiny\" or \"default\" (or set model.base)");
             }
             ModelSection::MatrixGame(m) if m.base.is_empty() && !["tiny", "embedded"].contains(&m.preset.as_str()) => {
-                return bad("model.preset", m.preset.clone(), "must be \"tiny\" or \"embedded\" (or set model.base)");
+                return bad(
+                    "model.preset",
+                    m.preset.clone(),
+                    "must be \"tiny\" or \"embedded\" (or set model.base: the Wan VAE and CLIP layouts, \"tiny-wan\" and \"matrix-game-2\", start from a store made by `worldcompass model import`)",
+                );
             }
             ModelSection::World(_) | ModelSection::MatrixGame(_) if self.reward.pose_model.is_empty() && self.reward.external_command.is_empty() && self.reward.if_instrument != IfInstrument::Probe => {
                 return bad("reward.pose_model", "\"\"".into(), "the world and matrix_game backends need a pose estimator (or reward.external_command, or if_instrument = \"probe\")");

@@ -25,7 +25,6 @@ use wc_world::metric::{Accuracy, AccuracyTally};
 use wc_world::probe::{judge, track_window};
 use wc_world::render::render;
 use wc_world::{ActionMask, Kinematics, Pose, RenderConfig, Scene};
-use wc_matrix_game::config::ACTION_WIDTH;
 use wc_matrix_game::model::pack_context;
 use wc_matrix_game::MatrixGameConfig;
 use wc_model::velocity::VelocityModel;
@@ -124,11 +123,19 @@ fn generate_matrix_game_clips(m: &LoadedMatrixGame, requests: &[ClipRequest], sa
     let cfg = &m.policy.model.cfg;
     let (size, f, d, b) = (cfg.frame_size, cfg.frames_per_clip, cfg.frame_len(), requests.len());
     let dev = m.policy.params.device().clone();
-    let mut rows = Vec::with_capacity(b * cfg.context_frames() * (d + ACTION_WIDTH));
+    let mut rows = Vec::with_capacity(b * cfg.context_frames() * cfg.row_len());
     for r in requests {
         rows.extend(pack_context(cfg, &encode_frames(&PixelCodec, &r.context, size)?, &r.context_masks));
     }
-    let context = Tensor::from_vec(rows, (b, cfg.context_frames(), d + ACTION_WIDTH), &dev)?;
+    // The prompts' conditioning from their first frames (the evaluation
+    // runs on the embedded world: the pixel codec, no frozen networks).
+    let firsts: Vec<u8> = requests.iter().flat_map(|r| r.context[..size * size * 3].iter().copied()).collect();
+    let prompts = wc_matrix_game::PromptEncoder::without_weights(cfg)?.encode(&Tensor::from_vec(firsts, (b, size, size, 3), &candle_core::Device::Cpu)?)?;
+    let context = wc_matrix_game::MatrixGameInput {
+        rows: Tensor::from_vec(rows, (b, cfg.context_frames(), cfg.row_len()), &dev)?,
+        condition: prompts.condition.to_device(&dev)?,
+        image_tokens: prompts.image_tokens.to_device(&dev)?,
+    };
     let noise: Vec<Tensor> = requests.iter().map(|r| seeded_noise(r.noise_seed, &[1, f, d], &dev)).collect::<Result<_, _>>()?;
     let cache = m.policy.model.encode_context(&context)?;
     let masks: Vec<Vec<u8>> = requests.iter().map(|r| r.masks.clone()).collect();

@@ -8,6 +8,8 @@
 //!   Table 1);
 //! - [`pose_training`]: train the pose estimator, and commit or load the
 //!   generated windows labelled for it;
+//! - [`import`]: import released Matrix-Game weights (the transformer,
+//!   the Wan VAE, the CLIP tower) into a base store;
 //! - [`diagnostics`]: read a run's committed candidates with both
 //!   instruments (agreement, labelling).
 //!
@@ -16,5 +18,6 @@
 
 pub mod diagnostics;
 pub mod evaluate;
+pub mod import;
 pub mod pose_training;
 pub mod pretrain;

@@ -2,22 +2,30 @@
 //! [`VelocityModel`], built from `wc-model`'s parameters.
 //!
 //! Layouts (all f32 on the host, rank 3 so the flow and NFT code that
-//! broadcasts a time per row runs unchanged):
+//! broadcasts a time per row runs unchanged; `t` is the codec's frames per
+//! latent frame, `MatrixGameConfig::temporal`, 1 for the pixel codec):
 //!
-//! - A clip (target, noise, velocity): `[B, F, C*H*W]`, latent frames of the
-//!   pixel codec, channels first within a frame.
-//! - A context: `[B, 1 + F, C*H*W + 6]`, one row per latent frame (the world
-//!   prompt's first frame, then the clip before the target; the first frame
-//!   repeated before clip 1), each row the frame's latent followed by the
-//!   action that led into it ([`crate::config::ACTION_WIDTH`] values: the W,
-//!   S, A, D keys and the mouse's pitch and yaw; zeros for the first frame
-//!   and the repeats).
-//! - An action input: `[B, F, 6]`, the action into each target frame.
+//! - A clip (target, noise, velocity): `[B, F, C*h*w]`, latent frames of
+//!   the codec, channels first within a frame.
+//! - A context ([`MatrixGameInput`]):
+//!   - rows `[B, 1 + F, C*h*w + 6t]`, one per latent frame (the world
+//!     prompt's first frame, then the clip before the target; the first
+//!     frame repeated before clip 1), each the frame's latent followed by
+//!     the `t` action steps into the frames it codes
+//!     ([`crate::config::ACTION_WIDTH`] values each: the W, S, A, D keys
+//!     and the mouse's pitch and yaw; zeros for the first frame and the
+//!     repeats);
+//!   - the prompt's image-to-video condition of the context's and the
+//!     target's latent frames `[B, 1 + 2F, (t + C)*h*w]`
+//!     (`crate::prompt`);
+//!   - the prompt's image tokens `[B, N, D]`.
+//! - An action input: `[B, tF, 6]`, the action into each frame of the
+//!   target.
 //!
 //! The action module reads, for latent frame j, the action steps
-//! j-3..j-1 (`window_of`, one step per latent frame here); step i is the
-//! action from frame i to frame i+1, so frame j reads the actions into
-//! frames j-2..j, its own included, and a context frame never reads a
+//! tj-3t..tj-1 (`window_of`); step i is the action from frame i to frame
+//! i+1, so latent frame j reads the actions into its own frames and those
+//! of the two latent frames before, and a context frame never reads a
 //! target's action. A dropped action row (the unconditional branch of
 //! classifier-free guidance) is all zeros: Matrix-Game has no null action
 //! token, so "dropped" reads as "no key, no mouse".
@@ -25,7 +33,7 @@
 use candle_core::{DType, Device, Tensor};
 use wc_model::model::MIN_T;
 use wc_model::params::{Init, Params};
-use wc_model::velocity::{EncodedContext, VelocityModel};
+use wc_model::velocity::{ContextInput, EncodedContext, VelocityModel};
 use wc_model::{ModelError, Result};
 use wc_model::config::Prediction;
 use wc_wan::matrix_game::MatrixGameAction;
@@ -120,37 +128,14 @@ impl MatrixGameModel {
         Ok(MatrixGameModel { cfg: cfg.clone(), net })
     }
 
-    /// The network's input `[B, 2C + 1, F, H, W]` for latent frames
-    /// `[B, F, C*H*W]`: the latents, the mask and the image latent; with
-    /// `first` (a block that starts at frame 0) the mask is 1 and the image
-    /// latent is `first` on frame 0.
-    fn network_input(&self, latents: &Tensor, first: Option<&Tensor>) -> Result<Tensor> {
-        let (c, s) = (self.cfg.channels, self.cfg.frame_size);
+    /// The network's input `[B, 2C + t, F, h, w]` for latent frames
+    /// `[B, F, C*h*w]` and their condition `[B, F, (t + C)*h*w]`.
+    fn network_input(&self, latents: &Tensor, condition: &Tensor) -> Result<Tensor> {
+        let (c, s, tc) = (self.cfg.channels, self.cfg.latent_size(), self.cfg.condition_channels());
         let (b, f, _) = latents.dims3()?;
         let lat = latents.reshape((b, f, c, s, s))?.permute((0, 2, 1, 3, 4))?;
-        let dtype = self.net.dtype();
-        let (mask, image) = match first {
-            Some(first) => {
-                let mut m = vec![0f32; f];
-                m[0] = 1.0;
-                let mask = Tensor::from_vec(m, (1, 1, f, 1, 1), latents.device())?.broadcast_as((b, 1, f, s, s))?;
-                let img = first.reshape((b, c, 1, s, s))?;
-                let img = if f > 1 { Tensor::cat(&[&img, &Tensor::zeros((b, c, f - 1, s, s), img.dtype(), img.device())?], 2)? } else { img };
-                (mask, img)
-            }
-            None => (Tensor::zeros((b, 1, f, s, s), latents.dtype(), latents.device())?, Tensor::zeros((b, c, f, s, s), latents.dtype(), latents.device())?),
-        };
-        Ok(Tensor::cat(&[&lat, &mask.to_dtype(lat.dtype())?, &image.to_dtype(lat.dtype())?], 1)?.contiguous()?.to_dtype(dtype)?)
-    }
-
-    /// The cross-attention's tokens: the first frame's patches
-    /// `[B, (H/p)(W/p), C p p]` (the stand-in for CLIP's image tokens).
-    fn image_tokens(&self, first: &Tensor) -> Result<Tensor> {
-        let (c, s, p) = (self.cfg.channels, self.cfg.frame_size, self.cfg.patch());
-        let b = first.dim(0)?;
-        let g = s / p;
-        let t = first.reshape((b * c, g, p, g, p))?.permute((0, 1, 3, 2, 4))?.reshape((b, c, g * g, p * p))?;
-        Ok(t.permute((0, 2, 1, 3))?.reshape((b, g * g, c * p * p))?.contiguous()?.to_dtype(self.net.dtype())?)
+        let cond = condition.reshape((b, f, tc, s, s))?.permute((0, 2, 1, 3, 4))?;
+        Ok(Tensor::cat(&[&lat, &cond.to_dtype(lat.dtype())?], 1)?.contiguous()?.to_dtype(self.net.dtype())?)
     }
 
     fn actions<'a>(keyboard: &'a Tensor, mouse: &'a Tensor) -> Actions<'a> {
@@ -180,9 +165,41 @@ impl MatrixGameModel {
 pub struct MatrixGameContext {
     cache: KvCache,
     image_tokens: Tensor,
-    /// Action steps 0..F: the actions into the context's frames 1..=F.
+    /// Action steps 0..tF: the actions into the frames of the context's
+    /// latent frames 1..=F.
     steps: Tensor,
+    /// The condition of the target's latent frames `[B, F, (t + C)*h*w]`.
+    target_condition: Tensor,
     batch: usize,
+}
+
+/// What a context is encoded from: its rows, the prompt's condition and
+/// image tokens (see the module's layouts), batch-major.
+#[derive(Debug, Clone)]
+pub struct MatrixGameInput {
+    pub rows: Tensor,
+    pub condition: Tensor,
+    pub image_tokens: Tensor,
+}
+
+impl ContextInput for MatrixGameInput {
+    fn concat(parts: &[&Self]) -> Result<Self> {
+        let cat = |f: &dyn Fn(&MatrixGameInput) -> &Tensor| Tensor::cat(&parts.iter().map(|p| f(p)).collect::<Vec<_>>(), 0);
+        Ok(MatrixGameInput { rows: cat(&|p| &p.rows)?, condition: cat(&|p| &p.condition)?, image_tokens: cat(&|p| &p.image_tokens)? })
+    }
+}
+
+impl MatrixGameInput {
+    /// The input of host rows (`B` contexts' packed rows) on `device`, each
+    /// row with its prompt's conditioning (`prompts[i]`, batch 1 each).
+    pub fn from_rows(cfg: &MatrixGameConfig, rows: Vec<f32>, prompts: &[&crate::prompt::PromptConditioning], device: &Device) -> Result<Self> {
+        let b = prompts.len();
+        let rows = Tensor::from_vec(rows, (b, cfg.context_frames(), cfg.row_len()), device)?;
+        let cat = |f: &dyn Fn(&crate::prompt::PromptConditioning) -> &Tensor| -> Result<Tensor> {
+            Ok(Tensor::cat(&prompts.iter().map(|p| f(p)).collect::<Vec<_>>(), 0)?.to_device(device)?)
+        };
+        Ok(MatrixGameInput { rows, condition: cat(&|p| &p.condition)?, image_tokens: cat(&|p| &p.image_tokens)? })
+    }
 }
 
 fn repeat_rows(t: &Tensor, rows: usize) -> Result<Tensor> {
@@ -204,6 +221,7 @@ impl EncodedContext for MatrixGameContext {
             cache: self.cache.map(&|t| Ok(t.detach())).expect("detaching cannot fail"),
             image_tokens: self.image_tokens.detach(),
             steps: self.steps.detach(),
+            target_condition: self.target_condition.detach(),
             batch: self.batch,
         }
     }
@@ -217,6 +235,7 @@ impl EncodedContext for MatrixGameContext {
             cache: self.cache.map(&|t| Ok(twice(t)?)).map_err(wan_error)?,
             image_tokens: twice(&self.image_tokens)?,
             steps: twice(&self.steps)?,
+            target_condition: twice(&self.target_condition)?,
             batch: 2 * self.batch,
         })
     }
@@ -237,50 +256,63 @@ impl EncodedContext for MatrixGameContext {
             cache: self.cache.map(&|t| Ok(part(t)?)).map_err(wan_error)?,
             image_tokens: part(&self.image_tokens)?,
             steps: part(&self.steps)?,
+            target_condition: part(&self.target_condition)?,
             batch: len,
         })
     }
 }
 
 impl VelocityModel for MatrixGameModel {
-    type Input = Tensor;
+    type Input = MatrixGameInput;
     type Context = MatrixGameContext;
 
     /// Runs the first frame (block 0) and the clip before the target
     /// (block 1) through the network at t = 0, committing their keys and
     /// values.
-    fn encode_context(&self, context: &Tensor) -> Result<MatrixGameContext> {
+    fn encode_context(&self, input: &MatrixGameInput) -> Result<MatrixGameContext> {
         let cfg = &self.cfg;
-        let (d, f) = (cfg.frame_len(), cfg.frames_per_clip);
-        self.check_rows("context", context, cfg.context_frames(), d + ACTION_WIDTH)?;
+        let (d, f, r) = (cfg.frame_len(), cfg.frames_per_clip, cfg.steps_per_row());
+        let context = &input.rows;
+        self.check_rows("context", context, cfg.context_frames(), cfg.row_len())?;
         let b = context.dim(0)?;
+        self.check_rows("condition", &input.condition, cfg.condition_frames(), cfg.condition_len())?;
+        let (ib, _, id) = input.image_tokens.dims3()?;
+        if input.condition.dim(0)? != b || ib != b || id != cfg.image_token_dim() {
+            return Err(ModelError::Config(format!(
+                "a context of {b} rows needs {b} conditions and image tokens [{b}, N, {}]: got {:?} and {:?}",
+                cfg.image_token_dim(),
+                input.condition.dims(),
+                input.image_tokens.dims()
+            )));
+        }
         let dev = context.device();
         let latents = context.narrow(2, 0, d)?;
-        let into = context.narrow(2, d, ACTION_WIDTH)?.narrow(1, 1, f)?.contiguous()?;
-        let first = latents.narrow(1, 0, 1)?;
-        let image_tokens = self.image_tokens(&first.squeeze(1)?)?;
+        // The t steps of rows 1..=F, in order: [B, tF, 6].
+        let into = context.narrow(2, d, r * ACTION_WIDTH)?.narrow(1, 1, f)?.contiguous()?.reshape((b, r * f, ACTION_WIDTH))?;
+        let condition = &input.condition;
+        let image_tokens = input.image_tokens.to_dtype(self.net.dtype())?;
         let t0 = Tensor::zeros(b, DType::F32, dev)?;
         let spec = cfg.spec();
         let mut cache = KvCache::new();
         let (kb, ms) = self.split_steps(&into.narrow(1, 0, 1)?)?;
         self.net
-            .forward_and_commit(&self.network_input(&first, Some(&first.squeeze(1)?))?, &t0, &image_tokens, Some(Self::actions(&kb, &ms)), &spec, &mut cache)
+            .forward_and_commit(&self.network_input(&latents.narrow(1, 0, 1)?, &condition.narrow(1, 0, 1)?)?, &t0, &image_tokens, Some(Self::actions(&kb, &ms)), &spec, &mut cache)
             .map_err(wan_error)?;
-        // Step F (the action into the target's first frame) is not known
-        // yet: no context frame reads it.
+        // The step after (the action into the target's first frame) is not
+        // known yet: no context frame reads it.
         let steps = Tensor::cat(&[&into, &Tensor::zeros((b, 1, ACTION_WIDTH), into.dtype(), dev)?], 1)?;
         let (kb, ms) = self.split_steps(&steps)?;
         self.net
-            .forward_and_commit(&self.network_input(&latents.narrow(1, 1, f)?, None)?, &t0, &image_tokens, Some(Self::actions(&kb, &ms)), &spec, &mut cache)
+            .forward_and_commit(&self.network_input(&latents.narrow(1, 1, f)?, &condition.narrow(1, 1, f)?)?, &t0, &image_tokens, Some(Self::actions(&kb, &ms)), &spec, &mut cache)
             .map_err(wan_error)?;
-        Ok(MatrixGameContext { cache, image_tokens, steps: into, batch: b })
+        Ok(MatrixGameContext { cache, image_tokens, steps: into, target_condition: condition.narrow(1, 1 + f, f)?, batch: b })
     }
 
     fn velocity(&self, context: &MatrixGameContext, z: &Tensor, t: &Tensor, actions: &Tensor) -> Result<Tensor> {
         let cfg = &self.cfg;
         let (d, f) = (cfg.frame_len(), cfg.frames_per_clip);
         self.check_rows("noisy clip", z, f, d)?;
-        self.check_rows("actions", actions, f, ACTION_WIDTH)?;
+        self.check_rows("actions", actions, cfg.pixel_frames_per_clip(), ACTION_WIDTH)?;
         let b = z.dim(0)?;
         if context.batch != 1 && context.batch != b {
             return Err(ModelError::Config(format!("a context of batch {} serves batch 1 or {} targets, not {b}", context.batch, context.batch)));
@@ -291,7 +323,14 @@ impl VelocityModel for MatrixGameModel {
         let mut cache = context.cache.clone();
         let out = self
             .net
-            .forward_cached(&self.network_input(z, None)?, &(t.to_dtype(DType::F32)? * 1000.0)?, &repeat_rows(&context.image_tokens, b)?, Some(Self::actions(&kb, &ms)), &cfg.spec(), &mut cache)
+            .forward_cached(
+                &self.network_input(z, &repeat_rows(&context.target_condition, b)?)?,
+                &(t.to_dtype(DType::F32)? * 1000.0)?,
+                &repeat_rows(&context.image_tokens, b)?,
+                Some(Self::actions(&kb, &ms)),
+                &cfg.spec(),
+                &mut cache,
+            )
             .map_err(wan_error)?;
         let out = out.to_dtype(DType::F32)?.permute((0, 2, 1, 3, 4))?.reshape((b, f, d))?;
         match cfg.prediction {
@@ -336,33 +375,39 @@ fn step_of(m: u8, dropped: bool) -> [f32; ACTION_WIDTH] {
 }
 
 /// The packed context rows (host) of the clip after `history`: the first
-/// frame's latent (`first`, one frame) with no action, then the last clip
-/// of `history` (latent frames, any number of whole clips) with the action
-/// into each of its frames (`history_masks`, one per frame), or the first
-/// frame four times with no action when `history` is empty.
+/// frame's latent (`first`, one latent frame) with no action, then the
+/// last clip of `history` (latent frames, any number of whole clips) with
+/// the actions into the frames each latent frame codes (`history_masks`,
+/// one per frame: `temporal` per latent frame), or the first frame
+/// `frames_per_clip` times with no action when `history` is empty.
 pub fn context_rows(cfg: &MatrixGameConfig, first: &[f32], history: &[f32], history_masks: &[u8]) -> Vec<f32> {
-    let (d, f) = (cfg.frame_len(), cfg.frames_per_clip);
+    let (d, f, r) = (cfg.frame_len(), cfg.frames_per_clip, cfg.steps_per_row());
     let frames = history.len() / d;
     let mut latents = first.to_vec();
-    let mut masks = vec![0u8];
+    let mut masks = vec![0u8; r];
     for i in 0..f {
         if frames >= f {
             let j = frames - f + i;
             latents.extend_from_slice(&history[j * d..(j + 1) * d]);
-            masks.push(history_masks[j]);
+            masks.extend_from_slice(&history_masks[j * r..(j + 1) * r]);
         } else {
             latents.extend_from_slice(first);
-            masks.push(0);
+            masks.extend(std::iter::repeat_n(0, r));
         }
     }
     pack_context(cfg, &latents, &masks)
 }
 
 /// Context rows of the context's latent frames (`cfg.context_frames()` of
-/// them) and the action mask into each (0: none).
+/// them) and the action masks into their frames (`temporal` per latent
+/// frame; 0: none).
 pub fn pack_context(cfg: &MatrixGameConfig, latents: &[f32], masks_into: &[u8]) -> Vec<f32> {
     let d = cfg.frame_len();
-    latents.chunks_exact(d).zip(masks_into).flat_map(|(frame, m)| frame.iter().copied().chain(step_of(*m, false))).collect()
+    latents
+        .chunks_exact(d)
+        .zip(masks_into.chunks_exact(cfg.steps_per_row()))
+        .flat_map(|(frame, ms)| frame.iter().copied().chain(ms.iter().flat_map(|m| step_of(*m, false))))
+        .collect()
 }
 
 #[cfg(test)]

@@ -19,14 +19,17 @@ use wc_model::velocity::VelocityModel;
 use wc_model::{ModelError, Result};
 
 use crate::config::MatrixGameConfig;
-use crate::model::{context_rows, MatrixGameModel};
+use crate::model::{context_rows, MatrixGameInput, MatrixGameModel};
+use crate::prompt::PromptEncoder;
 
-/// One example: packed context rows, the target's latent frames and the
-/// action mask into each target frame.
+/// One example: packed context rows, the target's latent frames, the
+/// action mask into each target frame, and the video's first frame (u8
+/// HWC), whose conditioning the context reads.
 pub struct Example {
     pub context: Vec<f32>,
     pub target: Vec<f32>,
     pub masks: Vec<u8>,
+    pub first_frame: Vec<u8>,
 }
 
 /// Clips (targets) a video holds.
@@ -39,8 +42,13 @@ fn mask_into(video: &Video, j: usize) -> u8 {
     video.actions[(j - 1) / FRAMES_PER_WINDOW]
 }
 
-/// The example for clip `n` (1-based) of a video.
+/// The example for clip `n` (1-based) of a video. Pre-training runs on
+/// one latent frame per frame (the pixel codec); Matrix-Game 2.0 at full
+/// size comes pre-trained.
 pub fn example(video: &Video, n: usize, cfg: &MatrixGameConfig, codec: &dyn VideoCodec) -> Result<Example> {
+    if cfg.temporal() != 1 || codec.geometry().temporal != 1 {
+        return Err(ModelError::Config("pre-training reads one latent frame per frame (the pixel codec)".into()));
+    }
     let s = cfg.frame_size;
     let fsize = s * s * 3;
     if n == 0 || n > clips_in(video, cfg) {
@@ -56,6 +64,7 @@ pub fn example(video: &Video, n: usize, cfg: &MatrixGameConfig, codec: &dyn Vide
         context: context_rows(cfg, &lat(0, 1)?, &history, &history_masks),
         target: lat(first_target, first_target + f)?,
         masks: (first_target..first_target + f).map(|j| mask_into(video, j)).collect(),
+        first_frame: video.frames[..fsize].to_vec(),
     })
 }
 
@@ -73,7 +82,7 @@ pub fn pretrain_step(
     let mc = &model.cfg;
     let dev = params.device().clone();
     let mut rng = ChaCha8Rng::seed_from_u64(wc_rl::seeds::derive_seed(cfg.seed, step, wc_rl::seeds::SeedDomain::Optimize, 0, 0));
-    let (mut ctx, mut tgt, mut masks, mut dropped, mut times) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut ctx, mut tgt, mut masks, mut dropped, mut times, mut firsts) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..cfg.batch {
         let v = &videos[rng.random_range(0..videos.len())];
         let n = rng.random_range(1..=clips_in(v, mc));
@@ -81,11 +90,18 @@ pub fn pretrain_step(
         ctx.extend(ex.context);
         tgt.extend(ex.target);
         masks.push(ex.masks);
+        firsts.extend(ex.first_frame);
         dropped.push(rng.random::<f64>() < cfg.action_dropout);
         times.push(training_time(rng.random(), cfg.time_shift));
     }
     let (b, f, d) = (cfg.batch, mc.frames_per_clip, mc.frame_len());
-    let context = Tensor::from_vec(ctx, (b, mc.context_frames(), d + crate::config::ACTION_WIDTH), &dev)?;
+    let s = mc.frame_size;
+    let prompts = PromptEncoder::without_weights(mc)?.encode(&Tensor::from_vec(firsts, (b, s, s, 3), &candle_core::Device::Cpu)?)?;
+    let context = MatrixGameInput {
+        rows: Tensor::from_vec(ctx, (b, mc.context_frames(), mc.row_len()), &dev)?,
+        condition: prompts.condition.to_device(&dev)?,
+        image_tokens: prompts.image_tokens.to_device(&dev)?,
+    };
     let x = Tensor::from_vec(tgt, (b, f, d), &dev)?;
     let eps = seeded_noise(rng.random(), &[b, f, d], &dev)?;
     let actions = model.action_input(&masks, &dropped, &dev)?;

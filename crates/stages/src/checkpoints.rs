@@ -147,6 +147,32 @@ pub fn load_matrix_game_checkpoint(
     Ok((policy, s, store.uri_of(&dir)))
 }
 
+/// Files of a Matrix-Game base store's frozen networks, in a checkpoint's
+/// folder beside `model.safetensors` (`worldcompass model import` writes
+/// them): the Wan VAE and the CLIP vision tower.
+pub const FROZEN_VAE_FILE: &str = "vae.safetensors";
+pub const FROZEN_CLIP_FILE: &str = "clip_vision.safetensors";
+
+/// The frozen networks' files the Matrix-Game checkpoint under `store` (or
+/// `step`) needs, as (file name, bytes): the VAE when its config codes
+/// with the Wan VAE, the CLIP tower when it reads CLIP tokens; an error
+/// names a missing one.
+pub fn matrix_game_frozen_files(store: &RunStore, step: Option<u64>) -> Result<Vec<(&'static str, bytes::Bytes)>, StageError> {
+    use wc_matrix_game::config::{ImageEncoderConfig, LatentCodecConfig};
+    let (_, set, dir, settings) = pretrain_checkpoint(store, step)?;
+    let Some(cfg) = settings.matrix_game else { return Ok(Vec::new()) };
+    let mut files = Vec::new();
+    let needed = [(matches!(cfg.codec, LatentCodecConfig::WanVae(_)), FROZEN_VAE_FILE), (matches!(cfg.image_encoder, ImageEncoderConfig::ClipVision(_)), FROZEN_CLIP_FILE)];
+    for name in needed.iter().filter(|(need, _)| *need).map(|(_, f)| *f) {
+        let path = format!("{dir}/{name}");
+        if !set.paths().any(|p| p == path) {
+            return Err(StageError::invalid(store.uri_of(&path), "the Matrix-Game config needs this frozen network, and the base store does not have it (make the store with `worldcompass model import`)"));
+        }
+        files.push((name, set.read(&path)?));
+    }
+    Ok(files)
+}
+
 /// A loaded Matrix-Game model (a pre-training checkpoint or a run's).
 pub struct LoadedMatrixGame {
     pub policy: wc_matrix_game::MatrixGamePolicy,

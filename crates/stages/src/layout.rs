@@ -35,6 +35,11 @@ pub const FIRST_FRAMES: &str = "data/first_frames.safetensors";
 /// The run's copy of the pose estimator (init copies it in).
 pub const POSE_MODEL: &str = "data/pose_estimator/model.safetensors";
 pub const POSE_SETTINGS: &str = "data/pose_estimator/settings.json";
+/// The run's copies of a Matrix-Game model's frozen networks (init copies
+/// them in from the base store, when its config names them): the Wan VAE
+/// and the CLIP vision tower, in their released key layouts.
+pub const MATRIX_GAME_VAE: &str = "data/matrix_game/vae.safetensors";
+pub const MATRIX_GAME_CLIP: &str = "data/matrix_game/clip_vision.safetensors";
 
 /// Files a stage writes into its folder (or shard folder).
 pub const SCORES_FILE: &str = "scores.parquet";

@@ -160,6 +160,7 @@ enum Slot {
 
 /// The memory of every causal convolution of an encoder or a decoder, in
 /// the order they run; one per stream of chunks.
+#[derive(Clone)]
 pub struct Cache {
     slots: Vec<Slot>,
     next: usize,
@@ -654,7 +655,9 @@ pub struct EncodeStream {
     frames_seen: usize,
 }
 
-/// The state of a stream of latent frames through the decoder.
+/// The state of a stream of latent frames through the decoder (a clone
+/// continues the stream on its own: candidates after a shared prefix).
+#[derive(Clone)]
 pub struct DecodeStream {
     cache: Cache,
 }

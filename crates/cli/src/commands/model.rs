@@ -167,6 +167,51 @@ pub enum ModelWhat {
         #[arg(long)]
         tiny: bool,
     },
+    /// Import released Matrix-Game 2.0 weights into a base store, for
+    /// `[model] kind = "matrix_game"` with `base = OUT`.
+    ///
+    /// The transformer (`base_distill.safetensors`: Wan's keys and the
+    /// action module's, under `model.`) becomes the policy's parameters,
+    /// checked key by key and shape by shape against the config's network;
+    /// the Wan VAE (`Wan2.1_VAE.pth`) and Wan's CLIP file
+    /// (`models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth`, its
+    /// vision tower's keys) are checked the same way and kept frozen. A
+    /// missing or misshapen key is named as the file spells it. Importing
+    /// the same files again writes nothing.
+    ///
+    /// Example: worldcompass model import --transformer base_distill.safetensors --vae Wan2.1_VAE.pth --clip models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth --out models/matrix-game-2
+    Import {
+        /// A Matrix-Game config (the JSON of a run's checkpoints/000000/model.json)
+        /// instead of --preset.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The configuration: matrix-game-2 (the released model, 352x352
+        /// frames unless --frame-size), tiny-wan (the test fixtures' layout).
+        #[arg(long, default_value = "matrix-game-2")]
+        preset: String,
+        /// Side of the square frames the model generates (a multiple of 8
+        /// for the Wan VAE; the released model was trained on 352x640).
+        #[arg(long)]
+        frame_size: Option<usize>,
+        /// The transformer's weights (safetensors, or a PyTorch checkpoint;
+        /// repeat for shards).
+        #[arg(long, required_unless_present = "random_weights")]
+        transformer: Vec<PathBuf>,
+        /// Seeded random weights in the released layouts instead of files
+        /// (the transformer, the VAE and the CLIP tower): a full-size base
+        /// for capacity runs without the release.
+        #[arg(long, conflicts_with_all = ["transformer", "vae", "clip"])]
+        random_weights: bool,
+        /// The Wan VAE's weights.
+        #[arg(long)]
+        vae: Option<PathBuf>,
+        /// Wan's CLIP weights (the text tower's keys are skipped).
+        #[arg(long)]
+        clip: Option<PathBuf>,
+        /// The base store to write (a path or a URI).
+        #[arg(long)]
+        out: String,
+    },
 }
 
 /// What `model step` times.
@@ -199,6 +244,42 @@ fn read_weights(path: &std::path::Path, device: &candle_core::Device) -> anyhow:
     tensors.into_iter().map(|(k, t)| Ok((k, t.to_device(device)?))).collect()
 }
 
+/// `model import`: read the files on the CPU, import them.
+fn import(config: Option<PathBuf>, preset: &str, frame_size: Option<usize>, (transformer, random): (&[PathBuf], bool), vae: Option<PathBuf>, clip: Option<PathBuf>, out: &str) -> anyhow::Result<()> {
+    let mut cfg = match &config {
+        Some(p) => serde_json::from_str(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?).with_context(|| format!("{} is not a Matrix-Game config", p.display()))?,
+        None => wc_matrix_game::MatrixGameConfig::preset(preset).map_err(anyhow::Error::msg)?,
+    };
+    if let Some(s) = frame_size {
+        cfg.frame_size = s;
+    }
+    let cpu = candle_core::Device::Cpu;
+    let read = |p: &PathBuf| read_weights(p, &cpu).with_context(|| format!("reading the weights {}", p.display()));
+    let released = if random {
+        wc_jobs::import::random_release(&cfg, 0)?
+    } else {
+        let mut t = Vec::new();
+        for p in transformer {
+            t.extend(read(p)?);
+        }
+        wc_jobs::import::ReleasedWeights { transformer: t, vae: vae.as_ref().map(read).transpose()?, clip: clip.as_ref().map(read).transpose()? }
+    };
+    let store = if out.contains("://") { wc_store::RunStore::open(out)? } else { wc_store::RunStore::open(&format!("file://{}", std::path::absolute(out)?.display()))? };
+    let r = wc_jobs::import::import_matrix_game(&store, &cfg, released)?;
+    let verb = if r.written { "imported" } else { "already imported (nothing written)" };
+    println!(
+        "{verb}: transformer {} parameters, VAE {}, CLIP tower {}; base store {} (frames {}x{}, {} latent frames per clip)",
+        r.transformer_parameters,
+        r.vae_parameters,
+        r.clip_parameters,
+        store.uri(),
+        cfg.frame_size,
+        cfg.frame_size,
+        cfg.frames_per_clip
+    );
+    Ok(())
+}
+
 /// FxHxW, e.g. 3x44x80.
 fn parse_grid(s: &str) -> anyhow::Result<[usize; 3]> {
     let grid: Vec<usize> = s.split('x').map(|v| v.trim().parse::<usize>()).collect::<Result<_, _>>().map_err(|_| anyhow::anyhow!("--latent {s}: expected FxHxW, e.g. 3x44x80"))?;
@@ -214,6 +295,7 @@ pub fn run(a: ModelArgs) -> anyhow::Result<()> {
     }
     let device = wc_model::device::open(a.device.or_cpu())?;
     match a.what {
+        ModelWhat::Import { config, preset, frame_size, transformer, random_weights, vae, clip, out } => import(config, &preset, frame_size, (&transformer, random_weights), vae, clip, &out)?,
         ModelWhat::Forward { part, config, weights, inputs, out, dtype } => {
             let mut tensors = Vec::new();
             for p in &weights {

@@ -5,7 +5,7 @@ use candle_core::{DType, Device, Tensor};
 use wc_model::config::Prediction;
 use wc_model::flow::flow_matching_loss;
 use wc_model::params::Params;
-use wc_model::velocity::{EncodedContext, VelocityModel};
+use wc_model::velocity::{ContextInput, EncodedContext, VelocityModel};
 use wc_world::ActionMask;
 
 use super::*;
@@ -14,59 +14,105 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
     (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
 }
 
-fn model(prediction: Prediction) -> (MatrixGameModel, Params) {
-    let mut cfg = MatrixGameConfig::tiny();
+fn model_of(mut cfg: MatrixGameConfig, prediction: Prediction) -> (MatrixGameModel, Params) {
     cfg.prediction = prediction;
     let mut p = Params::new(7, &Device::Cpu);
     let m = MatrixGameModel::new(&cfg, &mut p).unwrap();
     (m, p)
 }
 
-/// A context of batch `b` with actions in every row (row 0's ignored).
-fn context(cfg: &MatrixGameConfig, b: usize, seed: u64) -> Tensor {
-    let dev = Device::Cpu;
-    let rows = cfg.context_frames();
-    let lat = Tensor::randn(0f32, 0.5, (b, rows, cfg.frame_len()), &dev).unwrap();
-    let masks: Vec<Vec<u8>> = (0..b).map(|i| (0..rows).map(|j| 1u8 << ((i + j + seed as usize) % 8)).collect()).collect();
-    let mut acts = action_input(&masks, &vec![false; b], &dev).unwrap();
-    // Row 0 (the first frame) has no action.
-    acts = Tensor::cat(&[&Tensor::zeros((b, 1, ACTION_WIDTH), DType::F32, &dev).unwrap(), &acts.narrow(1, 1, rows - 1).unwrap()], 1).unwrap();
-    Tensor::cat(&[&lat, &acts], 2).unwrap()
+fn model(prediction: Prediction) -> (MatrixGameModel, Params) {
+    model_of(MatrixGameConfig::tiny(), prediction)
 }
 
+/// Per-frame masks of `b` targets, a different action in each row.
+fn target_masks(cfg: &MatrixGameConfig, b: usize, seed: usize) -> Vec<Vec<u8>> {
+    (0..b).map(|i| (0..cfg.pixel_frames_per_clip()).map(|j| 1u8 << ((i * 3 + j / 2 + seed) % 8)).collect()).collect()
+}
+
+/// A context of batch `b`: random latents with actions in every row (row
+/// 0's ignored), a random condition and 5 random image tokens.
+fn context(cfg: &MatrixGameConfig, b: usize, seed: u64) -> MatrixGameInput {
+    let dev = Device::Cpu;
+    let (rows, r) = (cfg.context_frames(), cfg.steps_per_row());
+    let lat = Tensor::randn(0f32, 0.5, (b, rows, cfg.frame_len()), &dev).unwrap();
+    let masks: Vec<Vec<u8>> = (0..b).map(|i| (0..rows * r).map(|j| if j < r { 0 } else { 1u8 << ((i + j + seed as usize) % 8) }).collect()).collect();
+    let acts = action_input(&masks, &vec![false; b], &dev).unwrap().reshape((b, rows, r * ACTION_WIDTH)).unwrap();
+    MatrixGameInput {
+        rows: Tensor::cat(&[&lat, &acts], 2).unwrap(),
+        condition: Tensor::randn(0f32, 0.5, (b, cfg.condition_frames(), cfg.condition_len()), &dev).unwrap(),
+        image_tokens: Tensor::randn(0f32, 1.0, (b, 5, cfg.image_token_dim()), &dev).unwrap(),
+    }
+}
+
+/// For the pixel codec (one action step a latent frame) and the Wan VAE's
+/// layout (two), at both predictions.
 #[test]
 fn the_cached_velocity_equals_one_block_causal_forward_of_the_whole_sequence() {
-    let (m, _) = model(Prediction::Velocity);
+    for (cfg, prediction) in [(MatrixGameConfig::tiny(), Prediction::Velocity), (MatrixGameConfig::tiny_wan(), Prediction::Velocity), (MatrixGameConfig::tiny_wan(), Prediction::Clean)] {
+        let (m, _) = model_of(cfg, prediction);
+        let cfg = &m.cfg;
+        let dev = Device::Cpu;
+        let (b, f, d, r) = (2, cfg.frames_per_clip, cfg.frame_len(), cfg.steps_per_row());
+        let ctx = context(cfg, b, 0);
+        let z = Tensor::randn(0f32, 1.0, (b, f, d), &dev).unwrap();
+        let t = Tensor::new(&[0.7f32, 0.3], &dev).unwrap();
+        let acts = action_input(&target_masks(cfg, b, 1), &[false, false], &dev).unwrap();
+        let v = m.velocity(&m.encode_context(&ctx).unwrap(), &z, &t, &acts).unwrap();
+
+        // The same through forward_block_causal: frames [first, clip before, target].
+        let lat = ctx.rows.narrow(2, 0, d).unwrap();
+        let cond = |from: usize, n: usize| ctx.condition.narrow(1, from, n).unwrap();
+        let x = Tensor::cat(
+            &[
+                m.network_input(&lat.narrow(1, 0, 1).unwrap(), &cond(0, 1)).unwrap(),
+                m.network_input(&lat.narrow(1, 1, f).unwrap(), &cond(1, f)).unwrap(),
+                m.network_input(&z, &cond(1 + f, f)).unwrap(),
+            ],
+            2,
+        )
+        .unwrap();
+        let tt: Vec<f32> = [0.7f32, 0.3].iter().flat_map(|t| std::iter::repeat_n(0.0, 1 + f).chain(std::iter::repeat_n(t * 1000.0, f))).collect();
+        let tt = Tensor::from_vec(tt, (b, 1 + 2 * f), &dev).unwrap();
+        // Steps: those into the frames of context rows 1..=F, the target's, then none.
+        let into = ctx.rows.narrow(2, d, r * ACTION_WIDTH).unwrap().narrow(1, 1, f).unwrap().contiguous().unwrap().reshape((b, r * f, ACTION_WIDTH)).unwrap();
+        let steps = Tensor::cat(&[&into, &acts, &Tensor::zeros((b, 1, ACTION_WIDTH), DType::F32, &dev).unwrap()], 1).unwrap();
+        let (kb, ms) = m.split_steps(&steps).unwrap();
+        let whole = m.net.forward_block_causal(&x, &tt, &ctx.image_tokens, Some(Actions { keyboard: &kb, mouse: &ms }), &cfg.spec()).unwrap();
+        let whole = whole.narrow(2, 1 + f, f).unwrap().permute((0, 2, 1, 3, 4)).unwrap().reshape((b, f, d)).unwrap();
+        let whole = match prediction {
+            Prediction::Velocity => whole,
+            Prediction::Clean => ((&z - whole).unwrap().broadcast_div(&t.reshape((b, 1, 1)).unwrap())).unwrap(),
+        };
+        let diff = max_diff(&v, &whole);
+        assert!(diff < 1e-4, "{:?} codec: cached velocity against the masked sequence: max |diff| {diff}", cfg.codec);
+    }
+}
+
+/// The target's condition reaches its velocity, and is all the encoded
+/// context keeps of it: the cache of the context's frames never reads it.
+#[test]
+fn the_target_reads_its_own_condition_and_the_cache_does_not() {
+    let (m, _) = model_of(MatrixGameConfig::tiny_wan(), Prediction::Velocity);
     let cfg = &m.cfg;
     let dev = Device::Cpu;
-    let (b, f, d) = (2, cfg.frames_per_clip, cfg.frame_len());
-    let ctx = context(cfg, b, 0);
-    let z = Tensor::randn(0f32, 1.0, (b, f, d), &dev).unwrap();
-    let t = Tensor::new(&[0.7f32, 0.3], &dev).unwrap();
-    let acts = action_input(&[vec![1, 1, 4, 4], vec![16, 16, 16, 2]], &[false, false], &dev).unwrap();
-    let v = m.velocity(&m.encode_context(&ctx).unwrap(), &z, &t, &acts).unwrap();
-
-    // The same through forward_block_causal: frames [first, clip before, target].
-    let lat = ctx.narrow(2, 0, d).unwrap();
-    let first = lat.narrow(1, 0, 1).unwrap();
-    let x = Tensor::cat(
-        &[
-            m.network_input(&first, Some(&first.squeeze(1).unwrap())).unwrap(),
-            m.network_input(&lat.narrow(1, 1, f).unwrap(), None).unwrap(),
-            m.network_input(&z, None).unwrap(),
-        ],
-        2,
-    )
-    .unwrap();
-    let tt: Vec<f32> = [0.7f32, 0.3].iter().flat_map(|t| std::iter::repeat_n(0.0, 1 + f).chain(std::iter::repeat_n(t * 1000.0, f))).collect();
-    let tt = Tensor::from_vec(tt, (b, 1 + 2 * f), &dev).unwrap();
-    // Step i = the action into frame i + 1: context rows 1..=F, the target's, then none.
-    let steps = Tensor::cat(&[&ctx.narrow(2, d, ACTION_WIDTH).unwrap().narrow(1, 1, f).unwrap(), &acts, &Tensor::zeros((b, 1, ACTION_WIDTH), DType::F32, &dev).unwrap()], 1).unwrap();
-    let (kb, ms) = m.split_steps(&steps).unwrap();
-    let whole = m.net.forward_block_causal(&x, &tt, &m.image_tokens(&first.squeeze(1).unwrap()).unwrap(), Some(Actions { keyboard: &kb, mouse: &ms }), &cfg.spec()).unwrap();
-    let whole = whole.narrow(2, 1 + f, f).unwrap().permute((0, 2, 1, 3, 4)).unwrap().reshape((b, f, d)).unwrap();
-    let diff = max_diff(&v, &whole);
-    assert!(diff < 1e-4, "cached velocity against the masked sequence: max |diff| {diff}");
+    let (f, d) = (cfg.frames_per_clip, cfg.frame_len());
+    let ctx = context(cfg, 1, 4);
+    let z = Tensor::randn(0f32, 1.0, (1, f, d), &dev).unwrap();
+    let t = Tensor::new(&[0.6f32], &dev).unwrap();
+    let acts = action_input(&target_masks(cfg, 1, 0), &[false], &dev).unwrap();
+    let a = m.encode_context(&ctx).unwrap();
+    let v = m.velocity(&a, &z, &t, &acts).unwrap();
+    // Another condition on the target's frames only: another velocity.
+    let mut other = ctx.clone();
+    other.condition = Tensor::cat(&[&ctx.condition.narrow(1, 0, 1 + f).unwrap(), &(ctx.condition.narrow(1, 1 + f, f).unwrap() + 1.0).unwrap()], 1).unwrap();
+    let b = m.encode_context(&other).unwrap();
+    let vb = m.velocity(&b, &z, &t, &acts).unwrap();
+    assert!(max_diff(&v, &vb) > 1e-6);
+    // The first context's cache with the second's target condition gives
+    // the second's velocity to the bit.
+    let mixed = MatrixGameContext { target_condition: b.target_condition.clone(), ..a.clone() };
+    assert_eq!(max_diff(&m.velocity(&mixed, &z, &t, &acts).unwrap(), &vb), 0.0);
 }
 
 #[test]
@@ -81,7 +127,7 @@ fn one_encoded_context_serves_candidates_with_their_own_actions() {
     let masks = vec![vec![1u8; 4], vec![8u8; 4], vec![64u8, 64, 0, 0]];
     let acts = action_input(&masks, &[false; 3], &dev).unwrap();
     let shared = m.velocity(&m.encode_context(&ctx).unwrap(), &z, &t, &acts).unwrap();
-    let own = m.velocity(&m.encode_context(&ctx.broadcast_as((3, cfg.context_frames(), d + ACTION_WIDTH)).unwrap().contiguous().unwrap()).unwrap(), &z, &t, &acts).unwrap();
+    let own = m.velocity(&m.encode_context(&ContextInput::concat(&[&ctx, &ctx, &ctx]).unwrap()).unwrap(), &z, &t, &acts).unwrap();
     assert!(max_diff(&shared, &own) < 1e-5, "{}", max_diff(&shared, &own));
     // The actions matter: the same noise under other actions moves elsewhere.
     let other = m.velocity(&m.encode_context(&ctx).unwrap(), &z, &t, &action_input(&[vec![2u8; 4], vec![4u8; 4], vec![0u8; 4]], &[false; 3], &dev).unwrap()).unwrap();

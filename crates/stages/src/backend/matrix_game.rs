@@ -1,15 +1,30 @@
 //! Matrix-Game 2.0's causal, action-conditioned transformer
-//! (`wc-matrix-game`) as a [`Backend`]: the same clips of pixel-codec latent
-//! frames, first frames and scorers as the `world` backend; the context of
-//! a clip is the prompt's first frame and the clip before it, with the
-//! actions that made it, encoded once into the network's key/value cache
-//! and shared by the G candidates; the NFT loss trains every weight.
+//! (`wc-matrix-game`) as a [`Backend`]: the context of a clip is the
+//! prompt's first frame and the clip before it, with the actions that made
+//! it, encoded once into the network's key/value cache and shared by the G
+//! candidates; the NFT loss trains every weight.
+//!
+//! Two codecs, one code path. The embedded configuration's clips are
+//! latent frames of the pixel codec (the `world` backend's clips, first
+//! frames and scorers). At full size they are Wan VAE latents: a clip of
+//! `frames_per_clip` latent frames codes 4 frames each, decoded for the
+//! scorers through the VAE's stream (the prefix once, each candidate from a
+//! copy of the stream after it). Each prompt's conditioning (its first
+//! latent, the image-to-video condition, the image tokens) is computed
+//! once per stage from its first frame, with the frozen VAE and CLIP tower
+//! init copied into the run (`wc_matrix_game::prompt`).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor};
 use wc_config::{PipelineConfig, SamplingDtype, WorldModelConfig};
-use wc_matrix_game::config::ACTION_WIDTH;
+use wc_matrix_game::config::{ImageEncoderConfig, LatentCodecConfig};
 use wc_matrix_game::model::{context_rows, fresh_policy, policy_from_tensors, policy_to_dtype};
-use wc_matrix_game::{MatrixGameConfig, MatrixGamePolicy};
+use wc_matrix_game::{MatrixGameConfig, MatrixGameInput, MatrixGamePolicy, PromptConditioning, PromptEncoder};
+use wc_model::codec::{PixelCodec, VideoCodec};
+use wc_wan::{ClipVision, WanVae, Weights};
+use wc_world::Frame;
 use wc_model::flow::sample;
 use wc_model::nft::{nft_step, NftBatch, NftSettings};
 use wc_model::optim::Optimizer;
@@ -18,18 +33,22 @@ use wc_rl::seeds::{derive_seed, SeedDomain};
 use wc_store::{CommittedSet, PendingCommit, RunStore};
 
 use super::pixels::PixelFrames;
-use super::{Backend, Decoded, Role, Sampled, SequenceRequest, Selected, StepReport};
+use super::{Backend, Decoded, GroupFrames, Role, Sampled, SequenceRequest, Selected, StepReport};
 use crate::error::StageError;
 use crate::runner::RunContext;
 use crate::{inputs, layout, world};
 
-/// The Matrix-Game backend of a run: its model config and the prompts'
-/// first frames, from the init commit.
+/// The Matrix-Game backend of a run: its model config, the prompts' first
+/// frames and the frozen networks, from the init commit.
 pub struct MatrixGameBackend<'a> {
     ctx: &'a RunContext,
     pub cfg: MatrixGameConfig,
     init: CommittedSet,
+    /// The first frames (and, with the pixel codec, the decoding).
     pixels: PixelFrames,
+    prompts: PromptEncoder,
+    /// Each prompt's conditioning, computed once per stage.
+    conditioning: Mutex<HashMap<i64, PromptConditioning>>,
 }
 
 impl<'a> MatrixGameBackend<'a> {
@@ -37,9 +56,11 @@ impl<'a> MatrixGameBackend<'a> {
         let init = inputs::init_set(ctx)?;
         let path = layout::model_config_file();
         let cfg: MatrixGameConfig = serde_json::from_slice(&init.read(&path)?).map_err(|e| StageError::artifact(ctx.store.uri_of(&path), e))?;
+        cfg.validate().map_err(|e| StageError::invalid(ctx.store.uri_of(&path), e))?;
         let firsts = crate::world_stages::first_frames(ctx, &init, cfg.frame_size)?;
-        let pixels = PixelFrames::new(cfg.frame_size, cfg.frames_per_clip, firsts);
-        Ok(MatrixGameBackend { ctx, cfg, init, pixels })
+        let pixels = PixelFrames::new(cfg.frame_size, cfg.pixel_frames_per_clip(), firsts);
+        let prompts = frozen_networks(ctx, &init, &cfg)?;
+        Ok(MatrixGameBackend { ctx, cfg, init, pixels, prompts, conditioning: Mutex::new(HashMap::new()) })
     }
 
     fn device(&self) -> Result<&Device, StageError> {
@@ -53,28 +74,103 @@ impl<'a> MatrixGameBackend<'a> {
         policy_from_tensors(&self.cfg, &t, self.device()?).map_err(|e| StageError::artifact(self.ctx.store.uri_of(&path), e))
     }
 
+    /// Prompt `prompt_id`'s conditioning (batch 1), computed on first use.
+    fn prompt(&self, prompt_id: i64) -> Result<PromptConditioning, StageError> {
+        let mut known = self.conditioning.lock().expect("not poisoned");
+        if let Some(c) = known.get(&prompt_id) {
+            return Ok(c.clone());
+        }
+        let s = self.cfg.frame_size;
+        let frame = Tensor::from_slice(self.pixels.first_frame(prompt_id)?, (1, s, s, 3), self.device()?)?;
+        let c = self.prompts.encode(&frame)?;
+        known.insert(prompt_id, c.clone());
+        Ok(c)
+    }
+
+    /// The latent frame of prompt `prompt_id`'s first frame.
+    fn first_latent(&self, prompt_id: i64) -> Result<Vec<f32>, StageError> {
+        Ok(self.prompt(prompt_id)?.first_latent.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+    }
+
     /// Packed context rows of the clip after `history` (latent frames of
     /// whole clips, made under the per-window masks `history_windows`).
     fn context(&self, prompt_id: i64, history: &[f32], history_windows: &[u8]) -> Result<Vec<f32>, StageError> {
         let masks: Vec<u8> = history_windows.chunks(self.windows_per_clip()).flat_map(|w| self.pixels.frame_masks(w)).collect();
-        Ok(context_rows(&self.cfg, &self.pixels.first_latent(prompt_id)?, history, &masks))
+        Ok(context_rows(&self.cfg, &self.first_latent(prompt_id)?, history, &masks))
     }
 
     fn windows_per_clip(&self) -> usize {
         self.ctx.cfg.rollout.windows_per_clip as usize
     }
 
-    fn context_tensor(&self, rows: Vec<f32>, b: usize) -> Result<Tensor, StageError> {
-        Ok(Tensor::from_vec(rows, (b, self.cfg.context_frames(), self.cfg.frame_len() + ACTION_WIDTH), self.device()?)?)
+    /// The model's input of packed rows, row i of prompt `prompt_ids[i]`.
+    fn context_input(&self, rows: Vec<f32>, prompt_ids: &[i64]) -> Result<MatrixGameInput, StageError> {
+        let prompts = prompt_ids.iter().map(|p| self.prompt(*p)).collect::<Result<Vec<_>, _>>()?;
+        Ok(MatrixGameInput::from_rows(&self.cfg, rows, &prompts.iter().collect::<Vec<_>>(), self.device()?)?)
     }
 
     fn clip_tensor(&self, values: Vec<f32>, b: usize) -> Result<Tensor, StageError> {
         Ok(Tensor::from_vec(values, (b, self.cfg.frames_per_clip, self.cfg.frame_len()), self.device()?)?)
     }
 
-    fn noise(&self, seed: u64) -> Vec<f32> {
-        crate::linear::gaussian_noise(seed, self.pixels.clip_len())
+    /// Values of one clip's latents.
+    fn clip_len(&self) -> usize {
+        self.cfg.frames_per_clip * self.cfg.frame_len()
     }
+
+    fn noise(&self, seed: u64) -> Vec<f32> {
+        crate::linear::gaussian_noise(seed, self.clip_len())
+    }
+
+    /// A group's candidates decoded by the Wan VAE: the first latent, then
+    /// the prefix through one stream, then each candidate from a copy of
+    /// the stream after the prefix.
+    fn decode_vae(&self, vae: &WanVae, prompt_id: i64, prefix: &[f32], candidates: &[f32], clips_per_candidate: usize) -> Result<Decoded, StageError> {
+        let (s, d, lat) = (self.cfg.frame_size, self.cfg.frame_len(), self.cfg.latent_size());
+        let dev = self.device()?;
+        let frames_of = |stream: &mut wc_wan::vae::DecodeStream, latents: &[f32]| -> Result<Vec<Frame>, StageError> {
+            if latents.is_empty() {
+                return Ok(Vec::new());
+            }
+            let f = latents.len() / d;
+            let z = Tensor::from_slice(latents, (1, f, self.cfg.channels, lat, lat), dev)?.permute((0, 2, 1, 3, 4))?;
+            let video = vae.decode_chunk(stream, &vae.denormalize(&z).map_err(wc_matrix_game::wan_error)?).map_err(wc_matrix_game::wan_error)?;
+            let rgb = PixelCodec.decode(&video)?.flatten_all()?.to_vec1::<u8>()?;
+            Ok(rgb.chunks_exact(s * s * 3).map(|f| Frame::from_u8(s, s, f)).collect())
+        };
+        let mut stream = vae.decode_stream();
+        let first = frames_of(&mut stream, &self.first_latent(prompt_id)?)?.remove(0);
+        let prefix = frames_of(&mut stream, prefix)?;
+        let before = prefix.last().unwrap_or(&first).clone();
+        let candidates = candidates
+            .chunks_exact(self.clip_len() * clips_per_candidate)
+            .map(|c| Ok(std::iter::once(before.clone()).chain(frames_of(&mut stream.clone(), c)?).collect()))
+            .collect::<Result<_, StageError>>()?;
+        Ok(Decoded::Frames(GroupFrames { first, prefix, candidates }))
+    }
+}
+
+/// The prompt encoder of `cfg`, with the frozen networks its config names
+/// read from the run's init commit.
+fn frozen_networks(ctx: &RunContext, init: &CommittedSet, cfg: &MatrixGameConfig) -> Result<PromptEncoder, StageError> {
+    let device = ctx.device()?;
+    let tensors = |path: &str| -> Result<HashMap<String, Tensor>, StageError> {
+        let bytes = init.read(path)?;
+        candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| StageError::artifact(ctx.store.uri_of(path), e))
+    };
+    let vae = match &cfg.codec {
+        LatentCodecConfig::Pixel => None,
+        LatentCodecConfig::WanVae(c) => Some(
+            WanVae::new(c, &Weights::vae_from_tensors(tensors(layout::MATRIX_GAME_VAE)?, c.num_res_blocks)).map_err(|e| StageError::artifact(ctx.store.uri_of(layout::MATRIX_GAME_VAE), e))?,
+        ),
+    };
+    let clip = match &cfg.image_encoder {
+        ImageEncoderConfig::Patches => None,
+        ImageEncoderConfig::ClipVision(c) => Some(
+            ClipVision::new(c, &Weights::from_tensors(tensors(layout::MATRIX_GAME_CLIP)?), DType::F32).map_err(|e| StageError::artifact(ctx.store.uri_of(layout::MATRIX_GAME_CLIP), e))?,
+        ),
+    };
+    Ok(PromptEncoder::new(cfg, vae, clip)?)
 }
 
 impl Backend for MatrixGameBackend<'_> {
@@ -82,7 +178,8 @@ impl Backend for MatrixGameBackend<'_> {
     type Optimizer = Optimizer;
 
     fn clip_shape(&self) -> Vec<usize> {
-        self.pixels.clip_shape()
+        let c = &self.cfg;
+        vec![c.frames_per_clip, c.channels, c.latent_size(), c.latent_size()]
     }
 
     fn load_policy(&self, set: &CommittedSet, k: u64, role: Role) -> Result<MatrixGamePolicy, StageError> {
@@ -121,10 +218,11 @@ impl Backend for MatrixGameBackend<'_> {
             }
             let noise: Vec<f32> = requests.iter().flat_map(|r| self.noise(r.clips[c].noise_seed)).collect();
             let masks: Vec<Vec<u8>> = requests.iter().map(|r| self.pixels.frame_masks(&r.clips[c].windows)).collect();
-            let cache = old.model.encode_context(&self.context_tensor(rows, b)?)?;
+            let ids: Vec<i64> = requests.iter().map(|r| r.prompt_id).collect();
+            let cache = old.model.encode_context(&self.context_input(rows, &ids)?)?;
             let x = sample(&old.model, &cache, &self.clip_tensor(noise.clone(), b)?, &masks, &sampler)?;
             let x = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-            let len = self.pixels.clip_len();
+            let len = self.clip_len();
             for (i, seq) in out.iter_mut().enumerate() {
                 seq.latents.extend_from_slice(&x[i * len..(i + 1) * len]);
                 seq.noise.extend_from_slice(&noise[i * len..(i + 1) * len]);
@@ -137,7 +235,7 @@ impl Backend for MatrixGameBackend<'_> {
 
     fn candidates(&self, old: &MatrixGamePolicy, prompt_id: i64, prefix: &[f32], prefix_windows: &[u8], windows: &[u8], seeds: &[u64]) -> Result<Sampled, StageError> {
         let sampler = world::sampler_config(self.ctx);
-        let cache = old.model.encode_context(&self.context_tensor(self.context(prompt_id, prefix, prefix_windows)?, 1)?)?;
+        let cache = old.model.encode_context(&self.context_input(self.context(prompt_id, prefix, prefix_windows)?, &[prompt_id])?)?;
         let masks = vec![self.pixels.frame_masks(windows); seeds.len()];
         let noise: Vec<f32> = seeds.iter().flat_map(|s| self.noise(*s)).collect();
         let x = sample(&old.model, &cache, &self.clip_tensor(noise.clone(), seeds.len())?, &masks, &sampler)?;
@@ -145,7 +243,10 @@ impl Backend for MatrixGameBackend<'_> {
     }
 
     fn decode(&self, prompt_id: i64, prefix: &[f32], candidates: &[f32], clips_per_candidate: usize) -> Result<Decoded, StageError> {
-        self.pixels.decode(prompt_id, prefix, candidates, clips_per_candidate)
+        match self.prompts.vae() {
+            None => self.pixels.decode(prompt_id, prefix, candidates, clips_per_candidate),
+            Some(vae) => self.decode_vae(vae, prompt_id, prefix, candidates, clips_per_candidate),
+        }
     }
 
     fn frame_size(&self) -> Option<usize> {
@@ -156,22 +257,22 @@ impl Backend for MatrixGameBackend<'_> {
         let ctx = self.ctx;
         let o_cfg = &ctx.cfg.optimize;
         let reference = if o_cfg.kl_weight > 0.0 { Some(self.load(&self.init, 0, "policy")?) } else { None };
-        // (context rows, clean clip, noise, t, masks, r) of every sample.
-        let mut samples: Vec<(Vec<f32>, &[f32], Vec<f32>, f32, Vec<u8>, f32)> = Vec::new();
-        for tc in super::nft_plan(ctx, iter, selected, self.pixels.clip_len()) {
+        // (context rows, clean clip, noise, t, masks, r, prompt) of every sample.
+        let mut samples: Vec<(Vec<f32>, &[f32], Vec<f32>, f32, Vec<u8>, f32, i64)> = Vec::new();
+        for tc in super::nft_plan(ctx, iter, selected, self.clip_len()) {
             let s = tc.selected;
             let history_windows: Vec<u8> = (1..tc.clip_index).flat_map(|h| inputs::clip_windows(ctx, s.row, h)).collect();
             let context = self.context(s.row.prompt_id, tc.history, &history_windows)?;
             let masks = self.pixels.frame_masks(&inputs::clip_windows(ctx, s.row, tc.clip_index));
             for (seed, t) in tc.draws {
-                samples.push((context.clone(), tc.clip, self.noise(seed), t, masks.clone(), s.r as f32));
+                samples.push((context.clone(), tc.clip, self.noise(seed), t, masks.clone(), s.r as f32, s.row.prompt_id));
             }
         }
         let settings = NftSettings { beta: o_cfg.beta, lr: o_cfg.lr, guidance: o_cfg.guidance };
         super::nft_minibatches(&samples, o_cfg.minibatch as usize, |batch| {
             let b = batch.len();
             let nft = NftBatch {
-                context: self.context_tensor(batch.iter().flat_map(|s| s.0.iter().copied()).collect(), b)?,
+                context: self.context_input(batch.iter().flat_map(|s| s.0.iter().copied()).collect(), &batch.iter().map(|s| s.6).collect::<Vec<_>>())?,
                 x: self.clip_tensor(batch.iter().flat_map(|s| s.1.iter().copied()).collect(), b)?,
                 eps: self.clip_tensor(batch.iter().flat_map(|s| s.2.iter().copied()).collect(), b)?,
                 t: batch.iter().map(|s| s.3).collect(),
@@ -190,8 +291,9 @@ impl Backend for MatrixGameBackend<'_> {
 }
 
 /// Checkpoint 0 of a Matrix-Game run: the base's weights (a
-/// `pretrain --arch matrix-game` store) or a seeded fresh model of the
-/// preset, and what every video run starts with.
+/// `pretrain --arch matrix-game` or `model import` store, with the frozen
+/// networks its config names) or a seeded fresh model of the preset, and
+/// what every video run starts with.
 pub fn write_initial_checkpoint(
     store: &RunStore,
     cfg: &PipelineConfig,
@@ -200,21 +302,32 @@ pub fn write_initial_checkpoint(
     files: &mut crate::init::InitFiles,
 ) -> Result<(), StageError> {
     let device = Device::Cpu;
-    let policy = if model.base.is_empty() {
+    let (policy, frozen) = if model.base.is_empty() {
         let mc = MatrixGameConfig::preset(&model.preset).map_err(|e| StageError::invalid("model.preset", e))?;
-        fresh_policy(&mc, derive_seed(cfg.run.seed, 0, SeedDomain::Init, 0, 0), &device)?
+        if mc.codec != LatentCodecConfig::Pixel || mc.image_encoder != ImageEncoderConfig::Patches {
+            return Err(StageError::invalid(
+                "model.preset",
+                format!("preset `{}` reads the Wan VAE and the CLIP tower, which a fresh model does not have: set [model] base to a store made by `worldcompass model import`", model.preset),
+            ));
+        }
+        (fresh_policy(&mc, derive_seed(cfg.run.seed, 0, SeedDomain::Init, 0, 0), &device)?, Vec::new())
     } else {
         let base = crate::init::resolve_store(&model.base)?;
         let (p, step, path) = crate::checkpoints::load_matrix_game_checkpoint(&base, model.base_step, &device)?;
         tracing::info!(base = %path, step, "initialising the policy from the Matrix-Game base model");
-        p
+        (p, crate::checkpoints::matrix_game_frozen_files(&base, Some(step))?)
     };
     let mc = policy.model.cfg.clone();
-    if cfg.rollout.windows_per_clip as usize * wc_model::train::FRAMES_PER_WINDOW != mc.frames_per_clip {
+    let pixel_frames = cfg.rollout.windows_per_clip as usize * wc_model::train::FRAMES_PER_WINDOW;
+    if pixel_frames != mc.pixel_frames_per_clip() {
         return Err(StageError::invalid(
             "rollout.windows_per_clip",
-            format!("{} windows of 4 frames per clip, but the model makes {}-frame clips", cfg.rollout.windows_per_clip, mc.frames_per_clip),
+            format!("{} windows of 4 frames per clip, but the model makes {}-frame clips", cfg.rollout.windows_per_clip, mc.pixel_frames_per_clip()),
         ));
+    }
+    for (name, bytes) in frozen {
+        let path = if name == crate::checkpoints::FROZEN_VAE_FILE { layout::MATRIX_GAME_VAE } else { layout::MATRIX_GAME_CLIP };
+        files.write(path, bytes)?;
     }
     super::pixels::write_run_start(store, cfg, &policy.params, serde_json::to_vec_pretty(&mc).expect("serialises"), mc.frame_size, prompts, files)
 }

@@ -37,10 +37,14 @@ impl PixelFrames {
         self.frames_per_clip * self.frame_len()
     }
 
+    /// Prompt `prompt`'s first frame (u8 HWC).
+    pub fn first_frame(&self, prompt: i64) -> Result<&[u8], StageError> {
+        Ok(self.firsts.get(prompt as usize).ok_or_else(|| StageError::invalid(FIRST_FRAMES, format!("no first frame for prompt {prompt}")))?)
+    }
+
     /// The latent frame of prompt `prompt`'s first frame.
     pub fn first_latent(&self, prompt: i64) -> Result<Vec<f32>, StageError> {
-        let f = self.firsts.get(prompt as usize).ok_or_else(|| StageError::invalid(FIRST_FRAMES, format!("no first frame for prompt {prompt}")))?;
-        Ok(wc_model::codec::encode_frames(&PixelCodec, f, self.frame_size)?)
+        Ok(wc_model::codec::encode_frames(&PixelCodec, self.first_frame(prompt)?, self.frame_size)?)
     }
 
     /// Frames of latent frames.
