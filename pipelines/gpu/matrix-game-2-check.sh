@@ -19,7 +19,10 @@
 #   (`just gpu-check-matrix-game-2`). Writes under $OUT (default
 #   runs/matrix-game-2-check). WC_GPU_CHECK_DEVICE=cpu runs the same flow
 #   on the CPU at the tiny-wan preset (the same layouts at 16x16; the full
-#   size's f32 weights, old weights and optimizer state need about 30 GB).
+#   size's f32 weights, old weights and optimizer state need about 30 GB),
+#   or, with PRESET=matrix-game-2 (LAYERS=N keeps N of the 30 blocks,
+#   FRAME the frame side), the released layouts at a size a CPU holds.
+#   CANDIDATES sets G (16 on a GPU, 4 on the CPU).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bin=${1:-target/cuda/worldcompass-cuda}
@@ -41,13 +44,14 @@ echo "matrix-game-2-check: $(date -u +%FT%TZ) on $(hostname), device $device"
 
 rm -rf "$out/base" "$out/run"
 if [ "$device" = cpu ]; then
-  preset=tiny-wan
-  sizes=(--preset tiny-wan)
-  dtype=f32 candidates=4 windows=1
+  preset=${PRESET:-tiny-wan} dtype=f32 candidates=${CANDIDATES:-4}
 else
-  preset=matrix-game-2
-  sizes=(--preset matrix-game-2 --frame-size "$frame")
-  dtype=bf16 candidates=16 windows=3
+  preset=${PRESET:-matrix-game-2} dtype=bf16 candidates=${CANDIDATES:-16}
+fi
+if [ "$preset" = tiny-wan ]; then
+  sizes=(--preset tiny-wan) windows=1
+else
+  sizes=(--preset "$preset" --frame-size "$frame" ${LAYERS:+--layers "$LAYERS"}) windows=3
 fi
 echo
 echo "== 1. random weights in the released layouts ($preset) =="

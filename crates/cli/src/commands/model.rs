@@ -202,6 +202,11 @@ pub enum ModelWhat {
         /// for capacity runs without the release.
         #[arg(long, conflicts_with_all = ["transformer", "vae", "clip"])]
         random_weights: bool,
+        /// With --random-weights: keep only this many transformer blocks (a
+        /// smaller model of the same width, for a CPU; the action modules
+        /// stay in the first blocks as far as they go).
+        #[arg(long, requires = "random_weights")]
+        layers: Option<usize>,
         /// The Wan VAE's weights.
         #[arg(long)]
         vae: Option<PathBuf>,
@@ -245,13 +250,19 @@ fn read_weights(path: &std::path::Path, device: &candle_core::Device) -> anyhow:
 }
 
 /// `model import`: read the files on the CPU, import them.
-fn import(config: Option<PathBuf>, preset: &str, frame_size: Option<usize>, (transformer, random): (&[PathBuf], bool), vae: Option<PathBuf>, clip: Option<PathBuf>, out: &str) -> anyhow::Result<()> {
+fn import(config: Option<PathBuf>, preset: &str, (frame_size, layers): (Option<usize>, Option<usize>), (transformer, random): (&[PathBuf], bool), vae: Option<PathBuf>, clip: Option<PathBuf>, out: &str) -> anyhow::Result<()> {
     let mut cfg = match &config {
         Some(p) => serde_json::from_str(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?).with_context(|| format!("{} is not a Matrix-Game config", p.display()))?,
         None => wc_matrix_game::MatrixGameConfig::preset(preset).map_err(anyhow::Error::msg)?,
     };
     if let Some(s) = frame_size {
         cfg.frame_size = s;
+    }
+    if let Some(l) = layers {
+        let t = &mut cfg.transformer;
+        anyhow::ensure!(l >= 1 && l <= t.num_layers, "--layers {l}: 1..={}", t.num_layers);
+        t.num_layers = l;
+        t.action_blocks = t.action_blocks.min(l);
     }
     let cpu = candle_core::Device::Cpu;
     let read = |p: &PathBuf| read_weights(p, &cpu).with_context(|| format!("reading the weights {}", p.display()));
@@ -268,8 +279,9 @@ fn import(config: Option<PathBuf>, preset: &str, frame_size: Option<usize>, (tra
     let r = wc_jobs::import::import_matrix_game(&store, &cfg, released)?;
     let verb = if r.written { "imported" } else { "already imported (nothing written)" };
     println!(
-        "{verb}: transformer {} parameters, VAE {}, CLIP tower {}; base store {} (frames {}x{}, {} latent frames per clip)",
+        "{verb}: transformer {} parameters ({} blocks), VAE {}, CLIP tower {}; base store {} (frames {}x{}, {} latent frames per clip)",
         r.transformer_parameters,
+        cfg.transformer.num_layers,
         r.vae_parameters,
         r.clip_parameters,
         store.uri(),
@@ -295,7 +307,7 @@ pub fn run(a: ModelArgs) -> anyhow::Result<()> {
     }
     let device = wc_model::device::open(a.device.or_cpu())?;
     match a.what {
-        ModelWhat::Import { config, preset, frame_size, transformer, random_weights, vae, clip, out } => import(config, &preset, frame_size, (&transformer, random_weights), vae, clip, &out)?,
+        ModelWhat::Import { config, preset, frame_size, transformer, random_weights, layers, vae, clip, out } => import(config, &preset, (frame_size, layers), (&transformer, random_weights), vae, clip, &out)?,
         ModelWhat::Forward { part, config, weights, inputs, out, dtype } => {
             let mut tensors = Vec::new();
             for p in &weights {
