@@ -25,6 +25,7 @@ use wc_world::metric::{Accuracy, AccuracyTally};
 use wc_world::probe::{judge, track_window};
 use wc_world::render::render;
 use wc_world::{ActionMask, Kinematics, Pose, RenderConfig, Scene};
+use wc_matrix_game::config::{ImageEncoderConfig, LatentCodecConfig};
 use wc_matrix_game::model::pack_context;
 use wc_matrix_game::MatrixGameConfig;
 use wc_model::velocity::VelocityModel;
@@ -121,6 +122,12 @@ fn generate_matrix_game_clips(m: &LoadedMatrixGame, requests: &[ClipRequest], sa
         return Ok(Vec::new());
     }
     let cfg = &m.policy.model.cfg;
+    if cfg.codec != LatentCodecConfig::Pixel || cfg.image_encoder != ImageEncoderConfig::Patches {
+        return Err(StageError::invalid(
+            &m.path,
+            "eval generates with the pixel codec and the first frame's patches (the embedded Matrix-Game configurations); this model reads the Wan VAE and CLIP tokens: compare its runs with `worldcompass report` instead",
+        ));
+    }
     let (size, f, d, b) = (cfg.frame_size, cfg.frames_per_clip, cfg.frame_len(), requests.len());
     let dev = m.policy.params.device().clone();
     let mut rows = Vec::with_capacity(b * cfg.context_frames() * cfg.row_len());
@@ -721,6 +728,18 @@ mod tests {
             assert_eq!(&generate_clips(&m, std::slice::from_ref(r), &sampler).unwrap()[0], b);
         }
         assert_ne!(batch[0], batch[1]);
+    }
+
+    /// eval generates from pixel frames; a model on the Wan VAE and CLIP is
+    /// refused with the reason, not run on the wrong inputs.
+    #[test]
+    fn eval_refuses_a_matrix_game_model_on_the_wan_vae() {
+        let cfg = MatrixGameConfig::tiny_wan();
+        let policy = wc_matrix_game::model::fresh_policy(&cfg, 3, &candle_core::Device::Cpu).unwrap();
+        let m = LoadedVideoModel::MatrixGame(LoadedMatrixGame { policy, step: 0, path: "file:///base".into() });
+        let r = ClipRequest { context: vec![0; 3 * 16 * 16 * 3], context_masks: vec![0, 0, 0], masks: vec![1; 4], noise_seed: 1 };
+        let err = generate_clips(&m, &[r], &SamplerConfig::default()).unwrap_err().to_string();
+        assert!(err.contains("file:///base") && err.contains("Wan VAE"), "{err}");
     }
 
     #[test]
