@@ -430,10 +430,21 @@ pub struct OptimizeSection {
     /// fingerprint.
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub guidance: f64,
+    /// Samples per forward and backward pass within a minibatch (gradient
+    /// accumulation: the step is the minibatch's, its activations held for
+    /// `microbatch` samples at a time). 0 (the default): the whole
+    /// minibatch in one pass. Not serialised at 0, so configs without it
+    /// keep their fingerprint.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub microbatch: u64,
 }
 
 fn is_one(v: &f64) -> bool {
     *v == 1.0
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// `text` with every line longer than `max` characters cut there (a parse
@@ -520,7 +531,7 @@ impl PipelineConfig {
         // Upper bounds first: every size that allocates or multiplies, so a
         // huge value is an error that names its key, not an overflow panic
         // or an aborted allocation.
-        let sizes: [(&'static str, u64, u64); 12] = [
+        let sizes: [(&'static str, u64, u64); 13] = [
             ("run.iterations", self.run.iterations, 1_000_000),
             ("data.prompts", self.data.prompts, 10_000_000),
             ("data.groups", self.data.groups, 1_000_000),
@@ -533,6 +544,7 @@ impl PipelineConfig {
             ("reward.external_timeout_s", self.reward.external_timeout_s, MAX_EXTERNAL_TIMEOUT_S),
             ("select.keep_top", s.keep_top, 4096),
             ("optimize.minibatch", o.minibatch, 65_536),
+            ("optimize.microbatch", o.microbatch, 65_536),
         ];
         for (key, value, max) in sizes {
             if value > max {

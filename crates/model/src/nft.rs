@@ -155,13 +155,58 @@ pub fn nft_step<M: VelocityModel>(
     batch: &NftBatch<M::Input>,
     settings: &NftSettings,
 ) -> Result<NftStep> {
-    let v = nft_velocities(policy, old, reference.map(|r| r.0), batch, settings.guidance)?;
-    let mut loss = nft_loss(&v.v_theta, &v.v_old, &v.target, &batch.r, &v.weights, settings.beta)?;
-    if let (Some(v_ref), Some((_, kl))) = (&v.v_ref, reference) {
-        loss = (loss + (kl_term(&v.v_theta, v_ref, &v.weights)? * kl)?)?;
+    nft_step_in_parts(policy, old, reference, opt, std::slice::from_ref(batch), settings)
+}
+
+/// [`nft_step`] on the minibatch made of `parts`, one forward and backward
+/// per part (gradient accumulation: a large model's activations are held
+/// for one part at a time). Part k's loss counts `b_k / B` of the step, so
+/// the gradient is the whole minibatch's, up to the order of float sums;
+/// one part is [`nft_step`] to the bit. The reported loss is the
+/// minibatch's.
+pub fn nft_step_in_parts<M: VelocityModel>(
+    policy: &Policy<M>,
+    old: &Policy<M>,
+    reference: Option<(&Policy<M>, f64)>,
+    opt: &mut Optimizer,
+    parts: &[NftBatch<M::Input>],
+    settings: &NftSettings,
+) -> Result<NftStep> {
+    let total: usize = parts.iter().map(|p| p.t.len()).sum();
+    if total == 0 {
+        return Err(crate::ModelError::Config("an NFT step needs at least one sample".into()));
     }
-    let value = loss.to_scalar::<f32>()? as f64;
-    let grads = loss.backward()?;
+    let mut value = 0.0f64;
+    let mut grads: Option<candle_core::backprop::GradStore> = None;
+    for part in parts {
+        let v = nft_velocities(policy, old, reference.map(|r| r.0), part, settings.guidance)?;
+        let mut loss = nft_loss(&v.v_theta, &v.v_old, &v.target, &part.r, &v.weights, settings.beta)?;
+        if let (Some(v_ref), Some((_, kl))) = (&v.v_ref, reference) {
+            loss = (loss + (kl_term(&v.v_theta, v_ref, &v.weights)? * kl)?)?;
+        }
+        if parts.len() > 1 {
+            loss = (loss * (part.t.len() as f64 / total as f64))?;
+        }
+        value += loss.to_scalar::<f32>()? as f64;
+        let g = loss.backward()?;
+        grads = Some(match grads {
+            None => g,
+            Some(mut acc) => {
+                for var in policy.params.vars().values() {
+                    let w = var.as_tensor();
+                    if let Some(gk) = g.get(w) {
+                        let sum = match acc.get(w) {
+                            Some(a) => (a + gk)?,
+                            None => gk.clone(),
+                        };
+                        acc.insert(w, sum);
+                    }
+                }
+                acc
+            }
+        });
+    }
+    let grads = grads.expect("at least one part");
     let grad_norm = Optimizer::grad_norm(&policy.params, &grads)?;
     if !value.is_finite() || !grad_norm.is_finite() {
         return Ok(NftStep { loss: value, grad_norm, applied: false });

@@ -386,6 +386,37 @@ mod tests {
         assert_ne!(policy.params.to_tensor_set().unwrap(), before);
     }
 
+    /// Gradient accumulation: a minibatch of 3 in parts of 2 and 1 makes
+    /// the whole minibatch's step (the same loss, gradient and update up to
+    /// the order of float sums).
+    #[test]
+    fn an_nft_step_in_parts_is_the_whole_minibatchs_step() {
+        let settings = NftSettings { beta: 1.0, lr: 1e-3, guidance: 1.0 };
+        let (p1, o1) = tiny_pair();
+        let (p2, o2) = tiny_pair();
+        let cfg = p1.model.cfg.clone();
+        let s = samples(&cfg, 3);
+        let mut opt1 = Optimizer::new(OptimConfig::default(), &p1.params).unwrap();
+        let whole = nft_step(&p1, &o1, None, &mut opt1, &nft_batch(&cfg, &s, &Device::Cpu).unwrap(), &settings).unwrap();
+        let parts = [nft_batch(&cfg, &s[..2], &Device::Cpu).unwrap(), nft_batch(&cfg, &s[2..], &Device::Cpu).unwrap()];
+        let mut opt2 = Optimizer::new(OptimConfig::default(), &p2.params).unwrap();
+        let split = wc_model::nft::nft_step_in_parts(&p2, &o2, None, &mut opt2, &parts, &settings).unwrap();
+        assert!(whole.applied && split.applied);
+        assert!((whole.loss - split.loss).abs() < 1e-5 * whole.loss.abs().max(1.0), "{whole:?} vs {split:?}");
+        assert!((whole.grad_norm - split.grad_norm).abs() < 1e-4 * whole.grad_norm, "{whole:?} vs {split:?}");
+        let (a, b) = (p1.params.to_tensor_set().unwrap(), p2.params.to_tensor_set().unwrap());
+        let moved = |x: &wc_schemas::TensorSet, y: &wc_schemas::TensorSet| x.iter().map(|(k, t)| t.to_f32().iter().zip(y[k].to_f32()).map(|(u, v)| (u - v).abs()).fold(0f32, f32::max)).fold(0f32, f32::max);
+        let before = tiny_pair().0.params.to_tensor_set().unwrap();
+        assert!(moved(&a, &before) > 1e-5, "the step moved the weights");
+        assert!(moved(&a, &b) < 1e-6, "parts against the whole: {}", moved(&a, &b));
+        // Parts of 1 sample each: the same step again.
+        let (p3, o3) = tiny_pair();
+        let ones: Vec<_> = (0..3).map(|i| nft_batch(&cfg, &s[i..i + 1], &Device::Cpu).unwrap()).collect();
+        let mut opt3 = Optimizer::new(OptimConfig::default(), &p3.params).unwrap();
+        wc_model::nft::nft_step_in_parts(&p3, &o3, None, &mut opt3, &ones, &settings).unwrap();
+        assert!(moved(&a, &p3.params.to_tensor_set().unwrap()) < 1e-6);
+    }
+
     #[test]
     fn non_finite_samples_are_not_applied() {
         let (policy, old) = tiny_pair();

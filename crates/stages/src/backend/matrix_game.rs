@@ -26,7 +26,7 @@ use wc_model::codec::{PixelCodec, VideoCodec};
 use wc_wan::{ClipVision, WanVae, Weights};
 use wc_world::Frame;
 use wc_model::flow::sample;
-use wc_model::nft::{nft_step, NftBatch, NftSettings};
+use wc_model::nft::{nft_step_in_parts, NftBatch, NftSettings};
 use wc_model::optim::Optimizer;
 use wc_model::velocity::VelocityModel;
 use wc_rl::seeds::{derive_seed, SeedDomain};
@@ -150,6 +150,10 @@ impl<'a> MatrixGameBackend<'a> {
     }
 }
 
+/// One NFT sample: (context rows, clean clip, noise, t, masks into the
+/// clip's frames, r, prompt id).
+type NftSample<'s> = (Vec<f32>, &'s [f32], Vec<f32>, f32, Vec<u8>, f32, i64);
+
 /// The prompt encoder of `cfg`, with the frozen networks its config names
 /// read from the run's init commit.
 fn frozen_networks(ctx: &RunContext, init: &CommittedSet, cfg: &MatrixGameConfig) -> Result<PromptEncoder, StageError> {
@@ -258,7 +262,7 @@ impl Backend for MatrixGameBackend<'_> {
         let o_cfg = &ctx.cfg.optimize;
         let reference = if o_cfg.kl_weight > 0.0 { Some(self.load(&self.init, 0, "policy")?) } else { None };
         // (context rows, clean clip, noise, t, masks, r, prompt) of every sample.
-        let mut samples: Vec<(Vec<f32>, &[f32], Vec<f32>, f32, Vec<u8>, f32, i64)> = Vec::new();
+        let mut samples: Vec<NftSample> = Vec::new();
         for tc in super::nft_plan(ctx, iter, selected, self.clip_len()) {
             let s = tc.selected;
             let history_windows: Vec<u8> = (1..tc.clip_index).flat_map(|h| inputs::clip_windows(ctx, s.row, h)).collect();
@@ -270,18 +274,21 @@ impl Backend for MatrixGameBackend<'_> {
         }
         let settings = NftSettings { beta: o_cfg.beta, lr: o_cfg.lr, guidance: o_cfg.guidance };
         super::nft_minibatches(&samples, o_cfg.minibatch as usize, |batch| {
-            let b = batch.len();
-            let nft = NftBatch {
-                context: self.context_input(batch.iter().flat_map(|s| s.0.iter().copied()).collect(), &batch.iter().map(|s| s.6).collect::<Vec<_>>())?,
-                x: self.clip_tensor(batch.iter().flat_map(|s| s.1.iter().copied()).collect(), b)?,
-                eps: self.clip_tensor(batch.iter().flat_map(|s| s.2.iter().copied()).collect(), b)?,
-                t: batch.iter().map(|s| s.3).collect(),
-                masks: batch.iter().map(|s| s.4.clone()).collect(),
-                r: batch.iter().map(|s| s.5).collect(),
+            let part = |p: &[NftSample]| -> Result<NftBatch<MatrixGameInput>, StageError> {
+                let b = p.len();
+                Ok(NftBatch {
+                    context: self.context_input(p.iter().flat_map(|s| s.0.iter().copied()).collect(), &p.iter().map(|s| s.6).collect::<Vec<_>>())?,
+                    x: self.clip_tensor(p.iter().flat_map(|s| s.1.iter().copied()).collect(), b)?,
+                    eps: self.clip_tensor(p.iter().flat_map(|s| s.2.iter().copied()).collect(), b)?,
+                    t: p.iter().map(|s| s.3).collect(),
+                    masks: p.iter().map(|s| s.4.clone()).collect(),
+                    r: p.iter().map(|s| s.5).collect(),
+                })
             };
+            let parts = super::microbatches(batch, o_cfg.microbatch).map(part).collect::<Result<Vec<_>, _>>()?;
             let r = reference.as_ref().map(|r| (r, o_cfg.kl_weight));
-            let s = nft_step(policy, old, r, opt, &nft, &settings)?;
-            Ok(StepReport { loss: s.loss, grad_norm: s.grad_norm, samples: b, applied: s.applied })
+            let s = nft_step_in_parts(policy, old, r, opt, &parts, &settings)?;
+            Ok(StepReport { loss: s.loss, grad_norm: s.grad_norm, samples: batch.len(), applied: s.applied })
         })
     }
 

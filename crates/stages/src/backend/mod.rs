@@ -200,6 +200,12 @@ pub fn nft_plan<'s, 'a>(ctx: &RunContext, iter: u64, selected: &'s [Selected<'a>
     plan
 }
 
+/// The parts of a minibatch that pass forward and backward together
+/// (`[optimize] microbatch`; 0: the whole minibatch).
+pub fn microbatches<S>(batch: &[S], microbatch: u64) -> std::slice::Chunks<'_, S> {
+    batch.chunks(if microbatch == 0 { batch.len().max(1) } else { microbatch as usize })
+}
+
 /// Run `step` on `samples` in minibatches of `minibatch`, with a progress
 /// bar; one report per step.
 pub fn nft_minibatches<S>(samples: &[S], minibatch: usize, mut step: impl FnMut(&[S]) -> Result<StepReport, StageError>) -> Result<Vec<StepReport>, StageError> {

@@ -126,7 +126,8 @@ impl Backend for WorldBackend<'_> {
         let settings = world::NftSettings { beta: o_cfg.beta, lr: o_cfg.lr, guidance: o_cfg.guidance };
         super::nft_minibatches(&samples, o_cfg.minibatch as usize, |batch| {
             let r = reference.as_ref().map(|r| (r, o_cfg.kl_weight));
-            let s = world::nft_step(policy, old, r, opt, &world::nft_batch(&self.cfg, batch, self.device()?)?, &settings)?;
+            let parts = super::microbatches(batch, o_cfg.microbatch).map(|p| world::nft_batch(&self.cfg, p, self.device()?)).collect::<Result<Vec<_>, _>>()?;
+            let s = wc_model::nft::nft_step_in_parts(policy, old, r, opt, &parts, &settings)?;
             Ok(StepReport { loss: s.loss, grad_norm: s.grad_norm, samples: batch.len(), applied: s.applied })
         })
     }
