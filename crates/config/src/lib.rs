@@ -780,6 +780,24 @@ mod tests {
     }
 
     #[test]
+    fn the_microbatch_defaults_to_the_whole_minibatch_without_changing_the_fingerprint() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../pipelines");
+        let text = std::fs::read_to_string(format!("{root}/embedded.toml")).unwrap();
+        let default = PipelineConfig::parse("a.toml", &text).unwrap();
+        assert_eq!(default.optimize.microbatch, 0);
+        let explicit = PipelineConfig::parse("b.toml", &text.replace("[optimize]", "[optimize]\nmicrobatch = 0")).unwrap();
+        assert_eq!(explicit.fingerprint(), default.fingerprint());
+        let micro = PipelineConfig::parse("c.toml", &text.replace("[optimize]", "[optimize]\nmicrobatch = 4")).unwrap();
+        assert_eq!(micro.optimize.microbatch, 4);
+        assert_ne!(micro.fingerprint(), default.fingerprint());
+        assert_eq!(PipelineConfig::parse("d.toml", &micro.to_toml()).unwrap(), micro, "round trip keeps it");
+        let err = PipelineConfig::parse("e.toml", &text.replace("[optimize]", "[optimize]\nmicrobatch = 70000")).unwrap_err().to_string();
+        assert!(err.contains("optimize.microbatch"), "{err}");
+        let mg2 = PipelineConfig::load(&format!("{root}/matrix-game-2.toml")).unwrap();
+        assert_eq!(mg2.optimize.microbatch, 1);
+    }
+
+    #[test]
     fn the_policy_guidance_defaults_to_one_without_changing_the_fingerprint() {
         let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../pipelines");
         let text = std::fs::read_to_string(format!("{root}/embedded.toml")).unwrap();
