@@ -36,6 +36,19 @@ exec > >(tee "$out/matrix-game-2-check.log") 2>&1
 gpu_mib() {
   if [ "$device" = cpu ]; then echo 0; else nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 | head -n 1; fi
 }
+# Run a command, then print its wall time (and peak host memory where
+# /usr/bin/time exists).
+timed() {
+  local what=$1
+  shift
+  if [ -x /usr/bin/time ]; then
+    /usr/bin/time -f "$what: %e s, peak host memory %M KiB" "$@"
+  else
+    local start=$SECONDS
+    "$@"
+    echo "$what: $((SECONDS - start)) s"
+  fi
+}
 if [ "$device" != cpu ]; then
   . pipelines/gpu/cuda-libs.sh
   cuda_libraries "$bin" || exit 1
@@ -55,7 +68,7 @@ else
 fi
 echo
 echo "== 1. random weights in the released layouts ($preset) =="
-/usr/bin/time -f "import: %e s, peak host memory %M KiB" "$bin" model import "${sizes[@]}" --random-weights --out "$out/base"
+timed import "$bin" model import "${sizes[@]}" --random-weights --out "$out/base"
 
 echo
 echo "== 2. one iteration of the five stages on $device =="
@@ -74,7 +87,7 @@ sed -e "s|^base = .*|base = \"$out/base\"|" \
     -e "s|^pose_model = .*|pose_model = \"\"|" \
     pipelines/matrix-game-2.toml > "$out/pipeline.toml"
 run="file://$out/run"
-/usr/bin/time -f "init: %e s, peak host memory %M KiB" "$bin" init --run "$run" --pipeline "$out/pipeline.toml"
+timed init "$bin" init --run "$run" --pipeline "$out/pipeline.toml"
 printf '%-9s %8s %14s\n' stage wall_s peak_gpu_MiB
 for stage in prefix rollout reward select optimize; do
   base_mib=$(gpu_mib)
