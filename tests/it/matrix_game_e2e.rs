@@ -127,8 +127,7 @@ fn released_layout_weights_import_and_train_through_the_five_stages_on_vae_laten
     let tmp = tempfile::tempdir().unwrap();
     let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/wan");
     let cfg = wc_matrix_game::MatrixGameConfig::tiny_wan();
-    let policy = wc_matrix_game::model::fresh_policy(&cfg, 11, &candle_core::Device::Cpu).unwrap();
-    let released: std::collections::HashMap<String, candle_core::Tensor> = policy.params.vars().iter().map(|(k, v)| (format!("model.{k}"), v.as_tensor().clone())).collect();
+    let released: std::collections::HashMap<String, candle_core::Tensor> = wc_jobs::import::random_release(&cfg, 11).unwrap().transformer.into_iter().collect();
     let transformer = tmp.path().join("base_distill.safetensors");
     candle_core::safetensors::save(&released, &transformer).unwrap();
     let base = tmp.path().join("base");

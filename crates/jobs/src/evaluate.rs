@@ -25,7 +25,6 @@ use wc_world::metric::{Accuracy, AccuracyTally};
 use wc_world::probe::{judge, track_window};
 use wc_world::render::render;
 use wc_world::{ActionMask, Kinematics, Pose, RenderConfig, Scene};
-use wc_matrix_game::config::{ImageEncoderConfig, LatentCodecConfig};
 use wc_matrix_game::model::pack_context;
 use wc_matrix_game::MatrixGameConfig;
 use wc_model::velocity::VelocityModel;
@@ -122,7 +121,7 @@ fn generate_matrix_game_clips(m: &LoadedMatrixGame, requests: &[ClipRequest], sa
         return Ok(Vec::new());
     }
     let cfg = &m.policy.model.cfg;
-    if cfg.codec != LatentCodecConfig::Pixel || cfg.image_encoder != ImageEncoderConfig::Patches {
+    if cfg.reads_frozen_networks() {
         return Err(StageError::invalid(
             &m.path,
             "eval generates with the pixel codec and the first frame's patches (the embedded Matrix-Game configurations); this model reads the Wan VAE and CLIP tokens: compare its runs with `worldcompass report` instead",

@@ -175,8 +175,7 @@ mod tests {
     /// A tiny-wan transformer in the released layout: seeded weights under
     /// `model.`.
     fn released_transformer(cfg: &MatrixGameConfig) -> NamedTensors {
-        let p = wc_matrix_game::model::fresh_policy(cfg, 5, &candle_core::Device::Cpu).unwrap();
-        p.params.vars().iter().map(|(k, v)| (format!("model.{k}"), v.as_tensor().clone())).collect()
+        random_release(cfg, 5).unwrap().transformer
     }
 
     #[test]
@@ -208,7 +207,7 @@ mod tests {
         let got = p.params.vars()[key].as_tensor().clone();
         assert_eq!((got - want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap(), 0.0);
         let frozen = wc_stages::checkpoints::matrix_game_frozen_files(&store, None).unwrap();
-        assert_eq!(frozen.iter().map(|(n, _)| *n).collect::<Vec<_>>(), vec![FROZEN_VAE_FILE, FROZEN_CLIP_FILE]);
+        assert_eq!(frozen.iter().map(|(n, _)| *n).collect::<Vec<_>>(), vec![wc_stages::layout::MATRIX_GAME_VAE, wc_stages::layout::MATRIX_GAME_CLIP]);
         // The same import again writes nothing.
         assert!(!import_matrix_game(&store, &cfg, released()).unwrap().written);
         // A missing action-module key is named as the file spells it.

@@ -216,6 +216,13 @@ impl MatrixGameConfig {
         }
     }
 
+    /// Whether the model reads frozen networks (the Wan VAE, the CLIP
+    /// tower), which a fresh model does not have and only an imported base
+    /// store brings.
+    pub fn reads_frozen_networks(&self) -> bool {
+        self.codec != LatentCodecConfig::Pixel || self.image_encoder != ImageEncoderConfig::Patches
+    }
+
     /// Frames per latent frame after the first (the codec's temporal
     /// factor; the action steps a latent frame reads per frame it codes).
     pub fn temporal(&self) -> usize {
@@ -354,6 +361,7 @@ mod tests {
         MatrixGameConfig::tiny().validate().unwrap();
         MatrixGameConfig::tiny_wan().validate().unwrap();
         MatrixGameConfig::matrix_game_2(352).validate().unwrap();
+        assert!(!MatrixGameConfig::embedded().reads_frozen_networks() && MatrixGameConfig::tiny_wan().reads_frozen_networks());
         let mut c = MatrixGameConfig::embedded();
         c.transformer.in_channels = 36;
         assert!(c.validate().unwrap_err().contains("in_channels 36 must be 2 x channels + 1 = 7"));

@@ -154,21 +154,24 @@ pub const FROZEN_VAE_FILE: &str = "vae.safetensors";
 pub const FROZEN_CLIP_FILE: &str = "clip_vision.safetensors";
 
 /// The frozen networks' files the Matrix-Game checkpoint under `store` (or
-/// `step`) needs, as (file name, bytes): the VAE when its config codes
-/// with the Wan VAE, the CLIP tower when it reads CLIP tokens; an error
-/// names a missing one.
+/// `step`) needs, as (the run's path for the file, bytes): the VAE when
+/// its config codes with the Wan VAE, the CLIP tower when it reads CLIP
+/// tokens; an error names a missing one.
 pub fn matrix_game_frozen_files(store: &RunStore, step: Option<u64>) -> Result<Vec<(&'static str, bytes::Bytes)>, StageError> {
     use wc_matrix_game::config::{ImageEncoderConfig, LatentCodecConfig};
     let (_, set, dir, settings) = pretrain_checkpoint(store, step)?;
     let Some(cfg) = settings.matrix_game else { return Ok(Vec::new()) };
     let mut files = Vec::new();
-    let needed = [(matches!(cfg.codec, LatentCodecConfig::WanVae(_)), FROZEN_VAE_FILE), (matches!(cfg.image_encoder, ImageEncoderConfig::ClipVision(_)), FROZEN_CLIP_FILE)];
-    for name in needed.iter().filter(|(need, _)| *need).map(|(_, f)| *f) {
+    let needed = [
+        (matches!(cfg.codec, LatentCodecConfig::WanVae(_)), FROZEN_VAE_FILE, crate::layout::MATRIX_GAME_VAE),
+        (matches!(cfg.image_encoder, ImageEncoderConfig::ClipVision(_)), FROZEN_CLIP_FILE, crate::layout::MATRIX_GAME_CLIP),
+    ];
+    for (_, name, run_path) in needed.iter().filter(|(need, _, _)| *need) {
         let path = format!("{dir}/{name}");
         if !set.paths().any(|p| p == path) {
             return Err(StageError::invalid(store.uri_of(&path), "the Matrix-Game config needs this frozen network, and the base store does not have it (make the store with `worldcompass model import`)"));
         }
-        files.push((name, set.read(&path)?));
+        files.push((*run_path, set.read(&path)?));
     }
     Ok(files)
 }

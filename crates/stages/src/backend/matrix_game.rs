@@ -15,7 +15,7 @@
 //! init copied into the run (`wc_matrix_game::prompt`).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use candle_core::{DType, Device, Tensor};
 use wc_config::{PipelineConfig, SamplingDtype, WorldModelConfig};
@@ -46,7 +46,9 @@ pub struct MatrixGameBackend<'a> {
     init: CommittedSet,
     /// The first frames (and, with the pixel codec, the decoding).
     pixels: PixelFrames,
-    prompts: PromptEncoder,
+    /// The prompt encoder with its frozen networks, read from the init
+    /// commit when a stage first needs it (select never does).
+    prompts: OnceLock<PromptEncoder>,
     /// Each prompt's conditioning, computed once per stage.
     conditioning: Mutex<HashMap<i64, PromptConditioning>>,
 }
@@ -59,8 +61,7 @@ impl<'a> MatrixGameBackend<'a> {
         cfg.validate().map_err(|e| StageError::invalid(ctx.store.uri_of(&path), e))?;
         let firsts = crate::world_stages::first_frames(ctx, &init, cfg.frame_size)?;
         let pixels = PixelFrames::new(cfg.frame_size, cfg.pixel_frames_per_clip(), firsts);
-        let prompts = frozen_networks(ctx, &init, &cfg)?;
-        Ok(MatrixGameBackend { ctx, cfg, init, pixels, prompts, conditioning: Mutex::new(HashMap::new()) })
+        Ok(MatrixGameBackend { ctx, cfg, init, pixels, prompts: OnceLock::new(), conditioning: Mutex::new(HashMap::new()) })
     }
 
     fn device(&self) -> Result<&Device, StageError> {
@@ -74,6 +75,15 @@ impl<'a> MatrixGameBackend<'a> {
         policy_from_tensors(&self.cfg, &t, self.device()?).map_err(|e| StageError::artifact(self.ctx.store.uri_of(&path), e))
     }
 
+    /// The prompt encoder, its frozen networks read on first use.
+    fn encoder(&self) -> Result<&PromptEncoder, StageError> {
+        if let Some(e) = self.prompts.get() {
+            return Ok(e);
+        }
+        let e = frozen_networks(self.ctx, &self.init, &self.cfg)?;
+        Ok(self.prompts.get_or_init(|| e))
+    }
+
     /// Prompt `prompt_id`'s conditioning (batch 1), computed on first use.
     fn prompt(&self, prompt_id: i64) -> Result<PromptConditioning, StageError> {
         let mut known = self.conditioning.lock().expect("not poisoned");
@@ -82,7 +92,7 @@ impl<'a> MatrixGameBackend<'a> {
         }
         let s = self.cfg.frame_size;
         let frame = Tensor::from_slice(self.pixels.first_frame(prompt_id)?, (1, s, s, 3), self.device()?)?;
-        let c = self.prompts.encode(&frame)?;
+        let c = self.encoder()?.encode(&frame)?;
         known.insert(prompt_id, c.clone());
         Ok(c)
     }
@@ -247,9 +257,12 @@ impl Backend for MatrixGameBackend<'_> {
     }
 
     fn decode(&self, prompt_id: i64, prefix: &[f32], candidates: &[f32], clips_per_candidate: usize) -> Result<Decoded, StageError> {
-        match self.prompts.vae() {
-            None => self.pixels.decode(prompt_id, prefix, candidates, clips_per_candidate),
-            Some(vae) => self.decode_vae(vae, prompt_id, prefix, candidates, clips_per_candidate),
+        match &self.cfg.codec {
+            LatentCodecConfig::Pixel => self.pixels.decode(prompt_id, prefix, candidates, clips_per_candidate),
+            LatentCodecConfig::WanVae(_) => {
+                let vae = self.encoder()?.vae().ok_or_else(|| StageError::invalid(layout::MATRIX_GAME_VAE, "the prompt encoder has no VAE"))?;
+                self.decode_vae(vae, prompt_id, prefix, candidates, clips_per_candidate)
+            }
         }
     }
 
@@ -311,7 +324,7 @@ pub fn write_initial_checkpoint(
     let device = Device::Cpu;
     let (policy, frozen) = if model.base.is_empty() {
         let mc = MatrixGameConfig::preset(&model.preset).map_err(|e| StageError::invalid("model.preset", e))?;
-        if mc.codec != LatentCodecConfig::Pixel || mc.image_encoder != ImageEncoderConfig::Patches {
+        if mc.reads_frozen_networks() {
             return Err(StageError::invalid(
                 "model.preset",
                 format!("preset `{}` reads the Wan VAE and the CLIP tower, which a fresh model does not have: set [model] base to a store made by `worldcompass model import`", model.preset),
@@ -332,8 +345,7 @@ pub fn write_initial_checkpoint(
             format!("{} windows of 4 frames per clip, but the model makes {}-frame clips", cfg.rollout.windows_per_clip, mc.pixel_frames_per_clip()),
         ));
     }
-    for (name, bytes) in frozen {
-        let path = if name == crate::checkpoints::FROZEN_VAE_FILE { layout::MATRIX_GAME_VAE } else { layout::MATRIX_GAME_CLIP };
+    for (path, bytes) in frozen {
         files.write(path, bytes)?;
     }
     super::pixels::write_run_start(store, cfg, &policy.params, serde_json::to_vec_pretty(&mc).expect("serialises"), mc.frame_size, prompts, files)
